@@ -1,0 +1,1 @@
+"""InferGym: Gymnasium environments over a fast GPU inference-cluster simulator."""

@@ -1,0 +1,536 @@
+"""Scenario configuration: frozen, validated dataclasses and the YAML/dict loader.
+
+A scenario is everything a simulation needs besides the seed: the hardware
+(node pools of GPUs), the models deployed and their limits, the service-time
+model, the workload (arrival process, request sizes, model mix, request
+classes with SLOs), the controllers (router, placer, scaler), storage for cold
+starts, the control interval, the horizon and the reward weights. It can be
+given as a shipped name (``envs/scenarios/<name>.yaml``), a YAML path or a
+dict, plus overrides that are deep-merged on top. Unknown keys and
+out-of-range values raise :class:`~envs.sim.errors.ConfigError` naming the key
+path and the value, e.g. ``workload.arrival.rate_per_s: -3 must be > 0``.
+The full schema is documented in ``docs/scenarios.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
+from envs.sim.hardware import GpuType, ModelSpec, gpu_from_config, model_from_config
+
+SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
+
+ROUTERS = (
+    "random",
+    "round_robin",
+    "weighted_round_robin",
+    "least_connections",
+    "least_time",
+    "min_load",
+    "power_of_two",
+    "shortest_expected_delay",
+    "affinity",
+    "central_queue",
+    "external",
+)
+
+
+def shipped_scenarios() -> list[str]:
+    """Names of the scenarios that ship with the package."""
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+
+
+# ----------------------------------------------------------------------------- parts
+
+
+@dataclass(frozen=True)
+class NodePool:
+    """``count`` identical nodes, each with ``gpus_per_node`` GPUs of one type."""
+
+    name: str
+    gpu: GpuType
+    count: int
+    gpus_per_node: int = 8
+    cached_models: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str) -> NodePool:
+        check_keys(path, raw, {"name", "gpu", "count", "gpus_per_node", "cached_models"}, required={"gpu"})
+        gpu = gpu_from_config(raw["gpu"], f"{path}.gpu")
+        count = int(check_number(f"{path}.count", raw.get("count", 1), ge=1, integer=True))
+        per_node = int(check_number(f"{path}.gpus_per_node", raw.get("gpus_per_node", 8), ge=1, le=64, integer=True))
+        cached = raw.get("cached_models", [])
+        if not isinstance(cached, (list, tuple)) or not all(isinstance(c, str) for c in cached):
+            raise fail(f"{path}.cached_models", cached, "must be a list of model names")
+        return cls(str(raw.get("name", gpu.name)), gpu, count, per_node, tuple(cached))
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Latency targets of a request class; ``None`` means no target on that metric.
+
+    A completed request attains its SLO when every set target holds; a dropped
+    request never does.
+    """
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    e2e_s: float | None = None
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str) -> Slo:
+        check_keys(path, raw, {"ttft_s", "tpot_s", "e2e_s"})
+        vals = {}
+        for key in ("ttft_s", "tpot_s", "e2e_s"):
+            v = raw.get(key)
+            vals[key] = None if v is None else float(check_number(f"{path}.{key}", v, gt=0))
+        return cls(**vals)
+
+
+@dataclass(frozen=True)
+class RequestClass:
+    """A class of requests (e.g. ``interactive``, ``batch``) with its SLO and priority.
+
+    ``priority`` 0 is served first when the scenario's queue is ``priority``;
+    ``timeout_s`` is the longest a request may wait in a queue before it is
+    dropped (``inf`` = never).
+    """
+
+    name: str
+    share: float
+    priority: int
+    slo: Slo
+    timeout_s: float
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str) -> RequestClass:
+        check_keys(path, raw, {"name", "share", "priority", "slo", "timeout_s"}, required={"name"})
+        share = float(check_number(f"{path}.share", raw.get("share", 1.0), gt=0))
+        prio = int(check_number(f"{path}.priority", raw.get("priority", 0), ge=0, le=15, integer=True))
+        timeout = raw.get("timeout_s")
+        if timeout is None or (isinstance(timeout, float) and timeout == math.inf):
+            timeout = math.inf
+        else:
+            timeout = float(check_number(f"{path}.timeout_s", timeout, gt=0))
+        return cls(str(raw["name"]), share, prio, Slo.from_config(raw.get("slo", {}), f"{path}.slo"), timeout)
+
+
+@dataclass(frozen=True)
+class ModelDeployment:
+    """One model served by the cluster, with its replica limits and engine settings."""
+
+    name: str
+    spec: ModelSpec
+    replicas: int
+    min_replicas: int
+    max_replicas: int
+    gpu_types: tuple[str, ...]
+    tensor_parallel: int
+    max_batch: int
+    kv_memory_fraction: float
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str, pool_gpus: tuple[str, ...], service_kind: str) -> ModelDeployment:
+        allowed = {
+            "name", "spec", "replicas", "min_replicas", "max_replicas", "gpu_types",
+            "tensor_parallel", "max_batch", "kv_memory_fraction",
+        }  # fmt: skip
+        check_keys(path, raw, allowed, required={"name"})
+        name = raw["name"]
+        if not isinstance(name, str) or not name:
+            raise fail(f"{path}.name", name, "must be a non-empty string")
+        if service_kind == "roofline":
+            spec = model_from_config(raw.get("spec", name), f"{path}.spec")
+        else:
+            # Validation service models do not use the model's physics; any spec will do.
+            spec = model_from_config(raw.get("spec", "llama-2-7b"), f"{path}.spec")
+        replicas = int(check_number(f"{path}.replicas", raw.get("replicas", 1), ge=0, integer=True))
+        lo = int(check_number(f"{path}.min_replicas", raw.get("min_replicas", 0), ge=0, integer=True))
+        hi = int(check_number(f"{path}.max_replicas", raw.get("max_replicas", max(replicas, 1) * 4), ge=1, integer=True))
+        if lo > hi:
+            raise fail(f"{path}.min_replicas", lo, f"must be <= max_replicas ({hi})")
+        if not lo <= replicas <= hi:
+            raise fail(f"{path}.replicas", replicas, f"must be within [min_replicas, max_replicas] = [{lo}, {hi}]")
+        gpu_types = raw.get("gpu_types", list(pool_gpus))
+        if isinstance(gpu_types, str):
+            gpu_types = [gpu_types]
+        if not isinstance(gpu_types, (list, tuple)) or not gpu_types:
+            raise fail(f"{path}.gpu_types", gpu_types, "must be a non-empty list of GPU type names")
+        for i, g in enumerate(gpu_types):
+            if g not in pool_gpus:
+                raise fail(f"{path}.gpu_types[{i}]", g, f"must be a GPU type of a node pool {sorted(set(pool_gpus))}")
+        tp = int(check_number(f"{path}.tensor_parallel", raw.get("tensor_parallel", spec.gpus_per_replica), ge=1, le=64, integer=True))
+        max_batch = int(check_number(f"{path}.max_batch", raw.get("max_batch", 256), ge=1, le=4096, integer=True))
+        frac = float(check_number(f"{path}.kv_memory_fraction", raw.get("kv_memory_fraction", 0.9), gt=0, le=1))
+        return cls(name, spec, replicas, lo, hi, tuple(dict.fromkeys(gpu_types)), tp, max_batch, frac)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How long a replica takes to serve work.
+
+    ``roofline``: the LLM iteration model of :mod:`envs.sim.perf` (continuous
+    batching). ``exponential`` / ``deterministic``: one request at a time with
+    the given mean service time, for checking the engine against queueing theory.
+    """
+
+    kind: str = "roofline"
+    mean_s: float = 1.0
+    compute_efficiency: float | None = None
+    bandwidth_efficiency: float | None = None
+    iteration_overhead_s: float | None = None
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str) -> ServiceSpec:
+        if isinstance(raw, str):
+            raw = {"kind": raw}
+        check_keys(path, raw, {"kind", "mean_s", "compute_efficiency", "bandwidth_efficiency", "iteration_overhead_s"})
+        kind = check_choice(f"{path}.kind", raw.get("kind", "roofline"), ("roofline", "exponential", "deterministic"))
+        mean = float(check_number(f"{path}.mean_s", raw.get("mean_s", 1.0), gt=0))
+        extra = {}
+        for key, lim in (("compute_efficiency", 1.0), ("bandwidth_efficiency", 1.0), ("iteration_overhead_s", 10.0)):
+            v = raw.get(key)
+            extra[key] = None if v is None else float(check_number(f"{path}.{key}", v, ge=0, le=lim))
+        return cls(kind, mean, **extra)
+
+
+ARRIVAL_KEYS = {
+    "poisson": {"rate_per_s"},
+    "mmpp": {"rates_per_s", "mean_dwell_s"},
+    "onoff": {"on_rate_per_s", "off_rate_per_s", "mean_on_s", "mean_off_s"},
+    "diurnal": {"mean_rate_per_s", "amplitude", "period_s", "phase_s"},
+    "trace": {"path", "start_s", "duration_s", "time_scale", "use_sizes"},
+}
+
+
+@dataclass(frozen=True)
+class ArrivalSpec:
+    """The arrival process; ``params`` holds the validated keys of its ``kind``."""
+
+    kind: str
+    params: Mapping[str, Any]
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str) -> ArrivalSpec:
+        check_keys(path, raw, set().union(*ARRIVAL_KEYS.values()) | {"kind"}, required={"kind"})
+        kind = check_choice(f"{path}.kind", raw["kind"], ARRIVAL_KEYS)
+        check_keys(path, raw, ARRIVAL_KEYS[kind] | {"kind"})
+        p = {k: v for k, v in raw.items() if k != "kind"}
+        if kind == "poisson":
+            p["rate_per_s"] = float(check_number(f"{path}.rate_per_s", p.get("rate_per_s"), gt=0))
+        elif kind == "mmpp":
+            rates, dwell = p.get("rates_per_s"), p.get("mean_dwell_s")
+            for key, seq in (("rates_per_s", rates), ("mean_dwell_s", dwell)):
+                if not isinstance(seq, (list, tuple)) or len(seq) < 2:
+                    raise fail(f"{path}.{key}", seq, "must be a list of at least 2 numbers")
+            if len(rates) != len(dwell):
+                raise fail(f"{path}.mean_dwell_s", dwell, f"must have as many entries as rates_per_s ({len(rates)})")
+            p["rates_per_s"] = tuple(float(check_number(f"{path}.rates_per_s[{i}]", r, ge=0)) for i, r in enumerate(rates))
+            p["mean_dwell_s"] = tuple(float(check_number(f"{path}.mean_dwell_s[{i}]", d, gt=0)) for i, d in enumerate(dwell))
+            if not any(r > 0 for r in p["rates_per_s"]):
+                raise fail(f"{path}.rates_per_s", rates, "must have at least one rate > 0")
+        elif kind == "onoff":
+            p["on_rate_per_s"] = float(check_number(f"{path}.on_rate_per_s", p.get("on_rate_per_s"), gt=0))
+            p["off_rate_per_s"] = float(check_number(f"{path}.off_rate_per_s", p.get("off_rate_per_s", 0.0), ge=0))
+            p["mean_on_s"] = float(check_number(f"{path}.mean_on_s", p.get("mean_on_s"), gt=0))
+            p["mean_off_s"] = float(check_number(f"{path}.mean_off_s", p.get("mean_off_s"), gt=0))
+        elif kind == "diurnal":
+            p["mean_rate_per_s"] = float(check_number(f"{path}.mean_rate_per_s", p.get("mean_rate_per_s"), gt=0))
+            p["amplitude"] = float(check_number(f"{path}.amplitude", p.get("amplitude", 0.5), ge=0, le=1))
+            p["period_s"] = float(check_number(f"{path}.period_s", p.get("period_s", 86400.0), gt=0))
+            p["phase_s"] = float(check_number(f"{path}.phase_s", p.get("phase_s", 0.0)))
+        else:  # trace
+            tpath = p.get("path")
+            if not isinstance(tpath, (str, Path)) or not str(tpath):
+                raise fail(
+                    f"{path}.path",
+                    tpath,
+                    "must be the path of an Azure LLM inference trace CSV "
+                    "(TIMESTAMP,ContextTokens,GeneratedTokens), e.g. AzureLLMInferenceTrace_conv.csv "
+                    "from the Azure Public Dataset",
+                )
+            p["path"] = str(tpath)
+            p["start_s"] = float(check_number(f"{path}.start_s", p.get("start_s", 0.0), ge=0))
+            dur = p.get("duration_s")
+            p["duration_s"] = None if dur is None else float(check_number(f"{path}.duration_s", dur, gt=0))
+            p["time_scale"] = float(check_number(f"{path}.time_scale", p.get("time_scale", 1.0), gt=0))
+            use = p.get("use_sizes", True)
+            if not isinstance(use, bool):
+                raise fail(f"{path}.use_sizes", use, "must be true or false")
+            p["use_sizes"] = use
+        return cls(kind, p)
+
+    @property
+    def mean_rate_per_s(self) -> float | None:
+        """Long-run mean arrival rate of a synthetic process (None for traces)."""
+        p = self.params
+        if self.kind == "poisson":
+            return p["rate_per_s"]
+        if self.kind == "mmpp":
+            return sum(r * d for r, d in zip(p["rates_per_s"], p["mean_dwell_s"])) / sum(p["mean_dwell_s"])
+        if self.kind == "onoff":
+            on, off = p["mean_on_s"], p["mean_off_s"]
+            return (p["on_rate_per_s"] * on + p["off_rate_per_s"] * off) / (on + off)
+        if self.kind == "diurnal":
+            return p["mean_rate_per_s"]
+        return None
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """Request sizes in tokens: ``lognormal`` fitted to a mean and p99, ``fixed``, or ``trace``."""
+
+    kind: str = "lognormal"
+    prompt_mean: float = 1155.0
+    prompt_p99: float = 4100.0
+    output_mean: float = 211.0
+    output_p99: float = 600.0
+    prompt_max: int = 32768
+    output_max: int = 4096
+    prompt: int = 512
+    output: int = 128
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str) -> SizeSpec:
+        keys = {"kind", "prompt_mean", "prompt_p99", "output_mean", "output_p99", "prompt_max", "output_max",
+                "prompt", "output"}  # fmt: skip
+        check_keys(path, raw, keys)
+        kind = check_choice(f"{path}.kind", raw.get("kind", "lognormal"), ("lognormal", "fixed", "trace"))
+        d = cls()
+        vals: dict[str, Any] = {"kind": kind}
+        for key in ("prompt_mean", "prompt_p99", "output_mean", "output_p99"):
+            vals[key] = float(check_number(f"{path}.{key}", raw.get(key, getattr(d, key)), ge=1))
+        for key in ("prompt_max", "output_max", "prompt", "output"):
+            vals[key] = int(check_number(f"{path}.{key}", raw.get(key, getattr(d, key)), ge=1, integer=True))
+        for which in ("prompt", "output"):
+            if vals[f"{which}_p99"] <= vals[f"{which}_mean"]:
+                raise fail(f"{path}.{which}_p99", vals[f"{which}_p99"], f"must be > {which}_mean ({vals[f'{which}_mean']})")
+        return cls(**vals)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Arrivals, sizes, the share of each model and the request classes."""
+
+    arrival: ArrivalSpec
+    sizes: SizeSpec
+    model_mix: Mapping[str, float]
+    classes: tuple[RequestClass, ...]
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str, model_names: list[str]) -> Workload:
+        check_keys(path, raw, {"arrival", "sizes", "model_mix", "classes"}, required={"arrival"})
+        arrival = ArrivalSpec.from_config(raw["arrival"], f"{path}.arrival")
+        sizes = SizeSpec.from_config(raw.get("sizes", {}), f"{path}.sizes")
+        if sizes.kind == "trace" and arrival.kind != "trace":
+            raise fail(f"{path}.sizes.kind", "trace", "needs workload.arrival.kind: trace")
+        mix_raw = raw.get("model_mix", {m: 1.0 for m in model_names})
+        check_keys(f"{path}.model_mix", mix_raw, model_names)
+        mix = {m: float(check_number(f"{path}.model_mix.{m}", w, ge=0)) for m, w in mix_raw.items()}
+        if sum(mix.values()) <= 0:
+            raise fail(f"{path}.model_mix", mix_raw, "must give some model a weight > 0")
+        classes_raw = raw.get("classes", [{"name": "interactive", "slo": {"ttft_s": 2.0, "tpot_s": 0.2}}])
+        if not isinstance(classes_raw, (list, tuple)) or not classes_raw:
+            raise fail(f"{path}.classes", classes_raw, "must be a non-empty list of request classes")
+        classes = tuple(RequestClass.from_config(c, f"{path}.classes[{i}]") for i, c in enumerate(classes_raw))
+        names = [c.name for c in classes]
+        if len(set(names)) != len(names):
+            raise fail(f"{path}.classes", names, "must have distinct names")
+        return cls(arrival, sizes, mix, classes)
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Where replica weights come from at a cold start.
+
+    Remote storage bandwidth is shared equally by the loads in progress
+    (processor sharing); a node that held the model within ``cache_ttl_s``
+    loads it from its local disk instead. ``startup_s`` is the fixed part of a
+    cold start (container start, engine init, graph capture).
+    """
+
+    remote_bandwidth_gbps: float = 2.0
+    local_bandwidth_gbps: float = 8.0
+    cache_ttl_s: float = 3600.0
+    startup_s: float = 20.0
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str) -> StorageSpec:
+        d = cls()
+        check_keys(path, raw, {"remote_bandwidth_gbps", "local_bandwidth_gbps", "cache_ttl_s", "startup_s"})
+        return cls(
+            float(check_number(f"{path}.remote_bandwidth_gbps", raw.get("remote_bandwidth_gbps", d.remote_bandwidth_gbps), gt=0)),
+            float(check_number(f"{path}.local_bandwidth_gbps", raw.get("local_bandwidth_gbps", d.local_bandwidth_gbps), gt=0)),
+            float(check_number(f"{path}.cache_ttl_s", raw.get("cache_ttl_s", d.cache_ttl_s), ge=0)),
+            float(check_number(f"{path}.startup_s", raw.get("startup_s", d.startup_s), ge=0)),
+        )
+
+
+@dataclass(frozen=True)
+class ControllerSpec:
+    """A controller by registry name plus its parameters (validated by the controller itself)."""
+
+    kind: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str) -> ControllerSpec:
+        if isinstance(raw, str):
+            return cls(raw, {})
+        if not isinstance(raw, Mapping) or "kind" not in raw or not isinstance(raw["kind"], str):
+            raise fail(path, raw, "must be a controller name or a mapping with a 'kind' name and its parameters")
+        return cls(raw["kind"], {k: v for k, v in raw.items() if k != "kind"})
+
+    def as_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.params}
+
+
+DEFAULT_REWARD = {"slo_violations": 1.0, "drops": 2.0, "gpu_cost": 0.5, "placement_failures": 0.1}
+
+
+# ----------------------------------------------------------------------------- scenario
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A complete, validated simulation setting. Build with :func:`load_scenario`."""
+
+    name: str
+    description: str
+    horizon_s: float
+    control_interval_s: float
+    tick_s: float
+    nodes: tuple[NodePool, ...]
+    models: tuple[ModelDeployment, ...]
+    service: ServiceSpec
+    workload: Workload
+    routing: ControllerSpec
+    placement: ControllerSpec
+    scaling: ControllerSpec
+    queue: str
+    storage: StorageSpec
+    reward: Mapping[str, float]
+    raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    KEYS = frozenset(
+        {"name", "description", "horizon_s", "control_interval_s", "tick_s", "nodes", "models", "service",
+         "workload", "routing", "placement", "scaling", "queue", "storage", "reward"}
+    )  # fmt: skip
+
+    @classmethod
+    def from_config(cls, raw: Any) -> Scenario:
+        check_keys("", raw, cls.KEYS, required={"models", "workload"})
+        horizon = float(check_number("horizon_s", raw.get("horizon_s", 3600.0), gt=0))
+        interval = float(check_number("control_interval_s", raw.get("control_interval_s", 15.0), gt=0))
+        if interval > horizon:
+            raise fail("control_interval_s", interval, f"must be <= horizon_s ({horizon})")
+        tick = float(check_number("tick_s", raw.get("tick_s", 1.0), gt=0))
+        if tick > interval:
+            raise fail("tick_s", tick, f"must be <= control_interval_s ({interval})")
+        service = ServiceSpec.from_config(raw.get("service", "roofline"), "service")
+        nodes_raw = raw.get("nodes", [{"gpu": "a100-80gb", "count": 2, "gpus_per_node": 8}])
+        if not isinstance(nodes_raw, (list, tuple)) or not nodes_raw:
+            raise fail("nodes", nodes_raw, "must be a non-empty list of node pools")
+        nodes = tuple(NodePool.from_config(n, f"nodes[{i}]") for i, n in enumerate(nodes_raw))
+        pool_gpus = tuple(n.gpu.name for n in nodes)
+        models_raw = raw["models"]
+        if not isinstance(models_raw, (list, tuple)) or not models_raw:
+            raise fail("models", models_raw, "must be a non-empty list of model deployments")
+        models = tuple(
+            ModelDeployment.from_config(m, f"models[{i}]", pool_gpus, service.kind) for i, m in enumerate(models_raw)
+        )
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise fail("models", names, "must have distinct names")
+        for i, n in enumerate(nodes):
+            for j, c in enumerate(n.cached_models):
+                if c not in names:
+                    raise fail(f"nodes[{i}].cached_models[{j}]", c, f"must be one of the models {names}")
+        workload = Workload.from_config(raw["workload"], "workload", names)
+        routing = ControllerSpec.from_config(raw.get("routing", "least_connections"), "routing")
+        check_choice("routing.kind" if not isinstance(raw.get("routing"), str) else "routing", routing.kind, ROUTERS)
+        placement = ControllerSpec.from_config(raw.get("placement", "first_fit"), "placement")
+        scaling = ControllerSpec.from_config(raw.get("scaling", "static"), "scaling")
+        queue = check_choice("queue", raw.get("queue", "fifo"), ("fifo", "priority"))
+        storage = StorageSpec.from_config(raw.get("storage", {}), "storage")
+        reward_raw = raw.get("reward", DEFAULT_REWARD)
+        if not isinstance(reward_raw, Mapping):
+            raise fail("reward", reward_raw, "must be a mapping of reward term name to weight")
+        reward = {str(k): float(check_number(f"reward.{k}", v, ge=0)) for k, v in reward_raw.items()}
+        name = str(raw.get("name", "custom"))
+        return cls(
+            name, str(raw.get("description", "")), horizon, interval, tick, nodes, models, service, workload,
+            routing, placement, scaling, queue, storage, reward, raw=copy.deepcopy(dict(raw)),
+        )  # fmt: skip
+
+    @property
+    def gpu_types(self) -> tuple[GpuType, ...]:
+        """Distinct GPU types of the node pools, in order of first appearance."""
+        seen: dict[str, GpuType] = {}
+        for n in self.nodes:
+            seen.setdefault(n.gpu.name, n.gpu)
+        return tuple(seen.values())
+
+    def model_index(self, name: str) -> int:
+        for i, m in enumerate(self.models):
+            if m.name == name:
+                return i
+        raise ConfigError(f"model: {name!r} must be one of {[m.name for m in self.models]}")
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``overrides`` merged in; mappings merge, everything else replaces.
+
+    A key written with dots (``"workload.arrival.rate_per_s"``) addresses a nested key.
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(key, str) and "." in key:
+            head, rest = key.split(".", 1)
+            value = {rest: value}
+            key = head
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_scenario(spec: str | Path | Mapping[str, Any] | Scenario = "default", overrides: Mapping[str, Any] | None = None) -> Scenario:
+    """Build a validated :class:`Scenario` from a shipped name, a YAML path, a dict or a Scenario."""
+    if isinstance(spec, Scenario):
+        if not overrides:
+            return spec
+        raw: Mapping[str, Any] = spec.raw
+    elif isinstance(spec, Mapping):
+        raw = spec
+    elif isinstance(spec, (str, Path)):
+        path = Path(spec)
+        if str(spec) in shipped_scenarios():
+            path = SCENARIO_DIR / f"{spec}.yaml"
+        elif not (path.suffix in (".yaml", ".yml") and path.exists()):
+            raise ConfigError(
+                f"scenario: {str(spec)!r} must be a shipped scenario name {shipped_scenarios()} "
+                "or the path of an existing .yaml file"
+            )
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"scenario: {str(path)!r} is not valid YAML: {exc}") from None
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"scenario: {str(path)!r} must hold a mapping at the top level")
+        raw = dict(raw)
+        raw.setdefault("name", path.stem)
+    else:
+        raise fail("scenario", spec, "must be a scenario name, a YAML path, a mapping or a Scenario")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return Scenario.from_config(raw)

@@ -1,0 +1,701 @@
+"""The simulator: owns the engine state and is the only thing that changes it.
+
+:class:`Simulator` turns a :class:`~envs.sim.config.Scenario` and a seed into
+pre-generated request arrays, a GPU cluster (:class:`~envs.sim.cluster.ClusterState`)
+and replica arrays, then moves time forward with :meth:`Simulator.advance`,
+which runs the compiled event loop of :mod:`envs.sim.kernel`. Between calls
+the caller (an environment, a controller loop, :func:`run_scenario`) reads
+read-only views and issues commands: :meth:`set_target_replicas`,
+:meth:`route` (for the ``external`` router) and placement decisions.
+
+Replica lifecycle: LOADING (cold start; GPUs allocated and billed) -> READY ->
+DRAINING (takes no new requests, finishes its queue and batch) -> RELEASED.
+A cold start transfers the model's weights from remote storage, whose
+bandwidth is shared equally by all transfers in progress, or from the node's
+local disk when the node held the model within the cache TTL, then spends the
+fixed ``startup_s``. Placement of a new replica asks the scenario's placer;
+no room is a recorded placement failure, never an exception.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from envs.sim import kernel as K
+from envs.sim import workload as W
+from envs.sim.cluster import Allocation, ClusterState, Demand
+from envs.sim.config import ControllerSpec, Scenario, load_scenario
+from envs.sim.errors import ConfigError, check_keys, check_number, fail
+from envs.sim.metrics import overlap_s, request_kpis
+from envs.sim.perf import RooflineParams, kv_capacity_tokens, replica_coefficients, saturation_throughput
+from envs.sim.view import ModelLoad
+
+ROUTER_PARAMS: dict[str, dict[str, float]] = {"affinity": {"load_bound_eps": 0.25}}
+N_SESSIONS = 1024  # affinity keys: requests draw a session id uniformly from this many sessions
+
+
+def _controller(module: str, factory: str, spec: Any, path: str) -> Any:
+    """Resolve a controller by name from the ``baselines`` package.
+
+    The simulator layer does not import ``baselines`` at module level (it sits
+    below it); controllers register there and are looked up only when a
+    scenario names one, like a plugin.
+    """
+    mod = importlib.import_module(f"baselines.{module}")
+    if isinstance(spec, ControllerSpec):
+        spec = spec.as_config() if spec.params else spec.kind
+    return getattr(mod, factory)(spec, path)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_trace(path: str, start_s: float, duration_s: float | None, time_scale: float) -> W.Trace:
+    return W.read_azure_trace(path, start_s=start_s, duration_s=duration_s, time_scale=time_scale)
+
+
+@dataclass
+class _Replica:
+    """Python-side bookkeeping of a replica the kernel does not need."""
+
+    rid: int
+    model: int
+    gpu_type: int
+    alloc: Allocation
+    gpus: int
+    usd_per_s: float
+    load_bytes: float = 0.0  # remaining remote-storage bytes while loading
+    remote: bool = False
+    freed: bool = False
+
+
+class Simulator:
+    """A seeded discrete-event simulation of one scenario.
+
+    Args:
+        scenario: a Scenario, shipped name, YAML path or dict.
+        seed: seed of the workload generator (or a ``numpy.random.Generator``).
+        overrides: deep-merged into the scenario before validation.
+        router / placer / scaler: override the scenario's controllers (name, dict or object).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario | str | Mapping[str, Any] = "default",
+        seed: int | np.random.Generator = 0,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        router: Any = None,
+        placer: Any = None,
+        scaler: Any = None,
+    ) -> None:
+        self.scenario = sc = load_scenario(scenario, overrides)
+        self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.n_models = len(sc.models)
+        self.n_classes = len(sc.workload.classes)
+        self.per_request = sc.service.kind != "roofline"
+        routing = ControllerSpec.from_config(router, "router") if router is not None else sc.routing
+        if routing.kind not in K.ROUTER_IDS:
+            raise fail("routing", routing.kind, f"must be one of {sorted(K.ROUTER_IDS)}")
+        self.router_name = routing.kind
+        allowed = ROUTER_PARAMS.get(routing.kind, {})
+        check_keys("routing", dict(routing.params), allowed)
+        rparams = {**allowed, **routing.params}
+        for key, val in rparams.items():
+            check_number(f"routing.{key}", val, ge=0)
+        self.placer = _controller("placement", "make_placer", placer if placer is not None else sc.placement, "placement")
+        scaler_spec = scaler if scaler is not None else sc.scaling
+        self.scalers = [
+            _controller("scaling", "make_scaler", scaler_spec, "scaling") for _ in range(self.n_models)
+        ]
+        self._roofline = self._roofline_params()
+        self._build_cluster()
+        self._generate_requests()
+        self._build_state(rparams)
+        self.placement_failures = 0
+        self.placement_failures_by_model = np.zeros(self.n_models, np.int64)
+        self._prev_busy = np.zeros(0)
+        self._window_t0 = 0.0
+        self._seen_done = 0
+        self._seen_drop = 0
+        self._seen_arr = 0
+        self._tick_seen = 0
+        for m, dep in enumerate(sc.models):
+            for _ in range(dep.replicas):
+                self._add_replica(m, None, warm=True)
+        self.target = np.array([dep.replicas for dep in sc.models], np.int64)
+        for s in self.scalers:
+            s.reset()
+
+    # ------------------------------------------------------------------ construction
+
+    def _roofline_params(self) -> RooflineParams:
+        from envs.sim.perf import DEFAULT_ROOFLINE
+
+        svc = self.scenario.service
+        changes = {
+            k: getattr(svc, k)
+            for k in ("compute_efficiency", "bandwidth_efficiency", "iteration_overhead_s")
+            if getattr(svc, k) is not None
+        }
+        if not changes:
+            return DEFAULT_ROOFLINE
+        import dataclasses
+
+        return dataclasses.replace(DEFAULT_ROOFLINE, **changes)
+
+    def _build_cluster(self) -> None:
+        sc = self.scenario
+        self.gpu_types = list(sc.gpu_types)
+        names = [g.name for g in self.gpu_types]
+        node_type, node_gpus = [], []
+        cached = []
+        for pool in sc.nodes:
+            for _ in range(pool.count):
+                node_type.append(names.index(pool.gpu.name))
+                node_gpus.append(pool.gpus_per_node)
+                cached.append([sc.model_index(c) for c in pool.cached_models])
+        n = len(node_type)
+        big = np.full(n, 1 << 40, np.int64)  # CPU and host memory are not modelled for LLM replicas
+        self.cluster = ClusterState(names, np.array(node_type), np.array(node_gpus), big, big, n_models=self.n_models)
+        for node, models in enumerate(cached):
+            for m in models:
+                self.cluster.touch_cache(node, m, 0.0)
+        self._live_on_node = np.zeros((n, self.n_models), np.int64)
+        # per (model, gpu type): kernel coefficients, KV capacity, speed; None where the model does not fit
+        self._rep_params: dict[tuple[int, int], tuple[np.ndarray, int, float] | None] = {}
+        sizes = sc.workload.sizes
+        p_mean = sizes.prompt if sizes.kind == "fixed" else sizes.prompt_mean
+        o_mean = sizes.output if sizes.kind == "fixed" else sizes.output_mean
+        for m, dep in enumerate(sc.models):
+            for g, gpu in enumerate(self.gpu_types):
+                if gpu.name not in dep.gpu_types:
+                    continue
+                if self.per_request:
+                    coef = np.array([0.0, 0.0, 0.0, 0.0, 1.0])
+                    self._rep_params[m, g] = (coef, 1 << 40, 1.0 / sc.service.mean_s)
+                    continue
+                try:
+                    kv_cap = kv_capacity_tokens(gpu, dep.spec, dep.tensor_parallel, dep.kv_memory_fraction)
+                except ConfigError as exc:
+                    raise ConfigError(f"models[{m}]: {exc}") from None
+                coef = np.array(replica_coefficients(gpu, dep.spec, dep.tensor_parallel, self._roofline))
+                sat = saturation_throughput(
+                    gpu, dep.spec, prompt_tokens=p_mean, output_tokens=o_mean, tensor_parallel=dep.tensor_parallel,
+                    max_batch=dep.max_batch, memory_fraction=dep.kv_memory_fraction, params=self._roofline,
+                )  # fmt: skip
+                self._rep_params[m, g] = (coef, int(kv_cap), float(sat["requests_per_s"]))
+
+    def _generate_requests(self) -> None:
+        sc, rng = self.scenario, self.rng
+        wl = sc.workload
+        arr = wl.arrival
+        h = sc.horizon_s
+        p = arr.params
+        prompt = output = None
+        if arr.kind == "poisson":
+            t = W.poisson_arrivals(rng, p["rate_per_s"], h)
+        elif arr.kind == "mmpp":
+            t = W.mmpp_arrivals(rng, p["rates_per_s"], p["mean_dwell_s"], h)
+        elif arr.kind == "onoff":
+            t = W.mmpp_arrivals(
+                rng, (p["on_rate_per_s"], p["off_rate_per_s"]), (p["mean_on_s"], p["mean_off_s"]), h, start_state=0
+            )
+        elif arr.kind == "diurnal":
+            t = W.diurnal_arrivals(rng, p["mean_rate_per_s"], p["amplitude"], p["period_s"], h, p["phase_s"])
+        else:
+            try:
+                tr = _cached_trace(p["path"], p["start_s"], p["duration_s"], p["time_scale"])
+            except FileNotFoundError:
+                raise fail("workload.arrival.path", p["path"], "does not exist") from None
+            except ConfigError as exc:
+                raise ConfigError(f"workload.arrival: {exc}") from None
+            keep = tr.arrival_s < h
+            t = tr.arrival_s[keep]
+            if p["use_sizes"]:
+                prompt = np.maximum(tr.prompt_tokens[keep], 1)
+                output = np.maximum(tr.output_tokens[keep], 1)
+        n = len(t)
+        if prompt is None:
+            sz = wl.sizes
+            if sz.kind == "fixed":
+                prompt = np.full(n, sz.prompt, np.int64)
+                output = np.full(n, sz.output, np.int64)
+            else:
+                prompt = W.sample_lengths(rng, n, sz.prompt_mean, sz.prompt_p99, 1, sz.prompt_max)
+                output = W.sample_lengths(rng, n, sz.output_mean, sz.output_p99, 1, sz.output_max)
+        if self.per_request:
+            output = np.ones(n, np.int64)
+        names = [m.name for m in sc.models]
+        mix = np.array([wl.model_mix.get(nm, 0.0) for nm in names])
+        model = rng.choice(len(names), size=n, p=mix / mix.sum()) if len(names) > 1 else np.zeros(n, np.int64)
+        shares = np.array([c.share for c in wl.classes])
+        cls = rng.choice(len(shares), size=n, p=shares / shares.sum()) if len(shares) > 1 else np.zeros(n, np.int64)
+        u = rng.random((n, 2))
+        session = rng.integers(0, N_SESSIONS, size=n)
+        if sc.service.kind == "exponential":
+            svc = rng.exponential(sc.service.mean_s, size=n)
+        else:
+            svc = np.full(n, sc.service.mean_s)
+        timeout = np.array([c.timeout_s for c in wl.classes])
+        prio_rank = np.argsort(np.argsort([c.priority for c in wl.classes], kind="stable"), kind="stable")
+        self.rf = rf = np.full((n + 1, K.N_RF), np.nan)  # +1: a sentinel row keeps n == 0 arrays non-empty
+        rf[:n, K.R_ARR] = t
+        rf[:n, K.R_SVC] = svc
+        rf[:n, K.R_U1] = u[:, 0]
+        rf[:n, K.R_U2] = u[:, 1]
+        rf[:n, K.R_DEADLINE] = t + timeout[cls]
+        self.ri = ri = np.zeros((n + 1, K.N_RI), np.int64)
+        ri[:n, K.R_PROMPT] = prompt
+        ri[:n, K.R_OUTPUT] = output
+        ri[:n, K.R_MODEL] = model
+        ri[:n, K.R_CLASS] = cls
+        ri[:n, K.R_LIST] = prio_rank[cls] if sc.queue == "priority" else 0
+        ri[:, K.R_REPLICA] = -1
+        ri[:, K.R_NEXT] = -1
+        ri[:n, K.R_SESSION] = session
+        self.n_requests = n
+        self.slo = np.array(
+            [[math.inf if v is None else v for v in (c.slo.ttft_s, c.slo.tpot_s, c.slo.e2e_s)] for c in wl.classes]
+        )
+
+    def _build_state(self, rparams: Mapping[str, float]) -> None:
+        sc = self.scenario
+        n = self.n_requests
+        cap = max(16, sum(2 * d.max_replicas for d in sc.models))
+        self.max_batch_cap = 1 if self.per_request else max(d.max_batch for d in sc.models)
+        self.pf = np.zeros((cap, K.N_PF))
+        self.pi = np.zeros((cap, K.N_PI), np.int64)
+        self.run = np.zeros((cap, self.max_batch_cap), np.int64)
+        self.pfl = np.zeros((cap, self.max_batch_cap), np.int64)
+        n_lists = self.n_classes if sc.queue == "priority" else 1
+        self.qh = np.full((self.n_models + cap, n_lists), -1, np.int64)
+        self.qt = np.full((self.n_models + cap, n_lists), -1, np.int64)
+        self.qn = np.zeros(self.n_models + cap, np.int64)
+        self.mi = np.zeros((self.n_models, K.N_MI), np.int64)
+        self.mrep = np.zeros((self.n_models, cap), np.int64)
+        self.mn = np.zeros(self.n_models, np.int64)
+        hcap = 4 * cap + 16
+        self.ht = np.zeros(hcap)
+        self.hk = np.zeros(hcap, np.int64)
+        self.hr = np.zeros(hcap, np.int64)
+        self.hv = np.zeros(hcap, np.int64)
+        self.gf = np.zeros(K.N_GF)
+        self.gf[K.G_TICK_S] = sc.tick_s
+        self.gf[K.G_AFFINITY_EPS] = rparams.get("load_bound_eps", 0.25)
+        self.gi = np.zeros(K.N_GI, np.int64)
+        self.gi[K.I_NREQ] = n
+        self.gi[K.I_PENDING] = -1
+        self.gi[K.I_ROUTER] = K.ROUTER_IDS[self.router_name]
+        self.gi[K.I_SVC_KIND] = K.SVC_PER_REQUEST if self.per_request else K.SVC_ROOFLINE
+        self.gi[K.I_NLISTS] = n_lists
+        self.gi[K.I_NMODELS] = self.n_models
+        n_ticks = int(math.ceil(sc.horizon_s / sc.tick_s)) + 2
+        self.gi[K.I_TICK_CAP] = n_ticks
+        self.tick_inflight = np.zeros((n_ticks, self.n_models), np.int64)
+        self.tick_queued = np.zeros((n_ticks, self.n_models), np.int64)
+        self.log_done = np.zeros(n + 1, np.int64)
+        self.log_drop = np.zeros(n + 1, np.int64)
+        self.n_replicas = 0
+        self.replicas: list[_Replica] = []
+        self._loading_remote: list[_Replica] = []
+        self._load_clock = 0.0
+
+    def _grow_replicas(self) -> None:
+        """Double the replica capacity (rare: only when a scenario scales far beyond its start)."""
+        old = self.pf.shape[0]
+        new = 2 * old
+        self.pf = np.concatenate([self.pf, np.zeros((old, K.N_PF))])
+        self.pi = np.concatenate([self.pi, np.zeros((old, K.N_PI), np.int64)])
+        self.run = np.concatenate([self.run, np.zeros_like(self.run)])
+        self.pfl = np.concatenate([self.pfl, np.zeros_like(self.pfl)])
+        nl = self.qh.shape[1]
+        self.qh = np.concatenate([self.qh, np.full((old, nl), -1, np.int64)])
+        self.qt = np.concatenate([self.qt, np.full((old, nl), -1, np.int64)])
+        self.qn = np.concatenate([self.qn, np.zeros(old, np.int64)])
+        mrep = np.zeros((self.n_models, new), np.int64)
+        mrep[:, :old] = self.mrep
+        self.mrep = mrep
+        hcap = 4 * new + 16
+        for name in ("ht", "hk", "hr", "hv"):
+            arr = getattr(self, name)
+            grown = np.zeros(hcap, arr.dtype)
+            grown[: len(arr)] = arr
+            setattr(self, name, grown)
+
+    # ------------------------------------------------------------------ time
+
+    @property
+    def now(self) -> float:
+        return float(self.gf[K.G_NOW])
+
+    def _kernel(self, until: float, route_to: int = -1) -> int:
+        return K.advance(
+            self.rf, self.ri, self.pf, self.pi, self.run, self.pfl, self.qh, self.qt, self.qn, self.mi,
+            self.mrep, self.mn, self.ht, self.hk, self.hr, self.hv, self.gf, self.gi,
+            self.log_done, self.log_drop, self.tick_inflight, self.tick_queued, float(until), int(route_to),
+        )  # fmt: skip
+
+    def advance(self, until: float) -> int | None:
+        """Run every event up to ``until`` (seconds).
+
+        Returns None when the clock reached ``until``. With the ``external``
+        router it may stop earlier, at an arrival, and return that request's id:
+        call :meth:`route` with a decision, then ``advance`` again.
+        """
+        if until < self.now:
+            raise ValueError(f"until: {until!r} must be >= the current time {self.now!r}")
+        code = self._kernel(until)
+        self._sync_releases()
+        if code == K.STOP_ROUTE:
+            return int(self.gi[K.I_PENDING])
+        return None
+
+    @property
+    def pending_request(self) -> int | None:
+        """Id of the request waiting for an external routing decision, if any."""
+        p = int(self.gi[K.I_PENDING])
+        return None if p < 0 else p
+
+    def route(self, replica: int) -> None:
+        """Send the pending request to ``replica`` (a READY replica of its model), or -1 to the central queue."""
+        i = self.pending_request
+        if i is None:
+            raise RuntimeError("route() called with no request waiting for a routing decision")
+        if replica >= 0:
+            if not (replica < self.n_replicas and self.pi[replica, K.Q_STATE] == K.REP_READY):
+                raise ValueError(f"replica: {replica!r} is not a READY replica")
+            if self.pi[replica, K.Q_MODEL] != self.ri[i, K.R_MODEL]:
+                raise ValueError(f"replica: {replica!r} does not serve model {int(self.ri[i, K.R_MODEL])}")
+        self._kernel(self.now, route_to=replica)
+        self._sync_releases()
+
+    # ------------------------------------------------------------------ replicas
+
+    def _sync_releases(self) -> None:
+        """Free the cluster resources of replicas the kernel released (drained)."""
+        for rep in self.replicas:
+            if not rep.freed and self.pi[rep.rid, K.Q_STATE] == K.REP_RELEASED:
+                self._free(rep, float(self.pf[rep.rid, K.P_RELEASE]))
+
+    def _free(self, rep: _Replica, t: float) -> None:
+        rep.freed = True
+        self.cluster.release(rep.alloc)
+        node = rep.alloc.node
+        self._live_on_node[node, rep.model] -= 1
+        if self._live_on_node[node, rep.model] == 0:
+            self.cluster.touch_cache(node, rep.model, t)
+
+    def _place(self, m: int, gpu_type: int | None) -> tuple[Allocation, int] | None:
+        dep = self.scenario.models[m]
+        names = [g.name for g in self.gpu_types]
+        types = [names.index(g) for g in dep.gpu_types] if gpu_type is None else [gpu_type]
+        for g in types:
+            if self._rep_params.get((m, g)) is None:
+                continue
+            d = Demand(num_gpu=dep.tensor_parallel, gpu_type=g, model=m)
+            node = self.placer.select(self.cluster, d, self.rng)
+            if node >= 0:
+                return self.cluster.allocate(node, d), g
+        return None
+
+    def _add_replica(self, m: int, gpu_type: int | None, warm: bool = False) -> bool:
+        placed = self._place(m, gpu_type)
+        if placed is None:
+            self.placement_failures += 1
+            self.placement_failures_by_model[m] += 1
+            return False
+        alloc, g = placed
+        if self.n_replicas >= self.pf.shape[0]:
+            self._grow_replicas()
+        r = self.n_replicas
+        self.n_replicas += 1
+        coef, kv_cap, speed = self._rep_params[m, g]
+        dep = self.scenario.models[m]
+        now = self.now
+        pf, pi = self.pf, self.pi
+        pf[r, K.P_CTOK : K.P_OVH + 1] = coef[:4]
+        pf[r, K.P_TILE] = coef[4]
+        pf[r, K.P_ALLOC] = now
+        pf[r, K.P_READY] = now if warm else math.inf
+        pf[r, K.P_RELEASE] = math.inf
+        pf[r, K.P_SPEED] = speed
+        pf[r, K.P_EWMA] = -1.0
+        pi[r, K.Q_MODEL] = m
+        pi[r, K.Q_MAXB] = 1 if self.per_request else dep.max_batch
+        pi[r, K.Q_KVCAP] = kv_cap
+        pi[r, K.Q_MINFIN] = 1 << 62
+        pi[r, K.Q_HASH] = int(K._hash64(np.uint64(r + 1)) >> np.uint64(1))
+        self.mrep[m, self.mn[m]] = r
+        self.mn[m] += 1
+        gpu = self.gpu_types[g]
+        rep = _Replica(r, m, g, alloc, dep.tensor_parallel, dep.tensor_parallel * gpu.usd_per_hour / 3600.0)
+        self.replicas.append(rep)
+        node = alloc.node
+        st = self.scenario.storage
+        local = bool(self.cluster.cached[node, m]) and (
+            self._live_on_node[node, m] > 0 or now - self.cluster.cached_at[node, m] <= st.cache_ttl_s
+        )
+        self._live_on_node[node, m] += 1
+        self.cluster.touch_cache(node, m, math.inf)
+        if warm:
+            pi[r, K.Q_STATE] = K.REP_READY
+            return True
+        pi[r, K.Q_STATE] = K.REP_LOADING
+        if dep.spec.load_time_s is not None:
+            self._push_ready(r, now + dep.spec.load_time_s)
+        elif local:
+            self._push_ready(r, now + dep.spec.weight_bytes / (st.local_bandwidth_gbps * 1e9) + st.startup_s)
+        else:
+            self._progress_loads(now)
+            rep.remote = True
+            rep.load_bytes = dep.spec.weight_bytes
+            self._loading_remote.append(rep)
+            self._schedule_remote_loads(now)
+        return True
+
+    def _push_ready(self, r: int, t: float) -> None:
+        self.pi[r, K.Q_VERSION] += 1  # invalidates an earlier READY estimate
+        if self.gi[K.I_HEAP_N] >= len(self.ht) - 1:
+            self._grow_heap()
+        K.heap_push(self.ht, self.hk, self.hr, self.hv, self.gi, float(t), K.EV_READY, r, self.pi[r, K.Q_VERSION])
+
+    def _grow_heap(self) -> None:
+        for name in ("ht", "hk", "hr", "hv"):
+            arr = getattr(self, name)
+            setattr(self, name, np.concatenate([arr, np.zeros_like(arr)]))
+
+    def _progress_loads(self, now: float) -> None:
+        """Move remote transfers from the last update to ``now`` under equal bandwidth sharing."""
+        bw = self.scenario.storage.remote_bandwidth_gbps * 1e9
+        t = self._load_clock
+        active = [r for r in self._loading_remote if r.load_bytes > 0]
+        while active and t < now:
+            share = bw / len(active)
+            smallest = min(r.load_bytes for r in active)
+            dt = min(now - t, smallest / share)
+            for r in active:
+                r.load_bytes = max(0.0, r.load_bytes - share * dt)
+            t += dt
+            active = [r for r in active if r.load_bytes > 1e-6]
+        self._loading_remote = [r for r in self._loading_remote if r.load_bytes > 1e-6]
+        self._load_clock = now
+
+    def _schedule_remote_loads(self, now: float) -> None:
+        """(Re)compute every active transfer's finish time assuming no new transfer starts."""
+        bw = self.scenario.storage.remote_bandwidth_gbps * 1e9
+        startup = self.scenario.storage.startup_s
+        active = sorted(self._loading_remote, key=lambda r: (r.load_bytes, r.rid))
+        t, done_bytes = now, 0.0
+        for k, rep in enumerate(active):
+            t += (rep.load_bytes - done_bytes) * (len(active) - k) / bw
+            done_bytes = rep.load_bytes
+            self._push_ready(rep.rid, t + startup)
+
+    def _remove_replica(self, m: int) -> bool:
+        """Take one replica of model ``m`` out of service: cancel a load, else drain a READY one."""
+        pi = self.pi
+        live = [int(r) for r in self.mrep[m, : self.mn[m]]]
+        loading = [r for r in live if pi[r, K.Q_STATE] == K.REP_LOADING]
+        now = self.now
+        if loading:
+            r = max(loading)  # newest load first: it has made the least progress
+            self._progress_loads(now)
+            K._release(self.pf, pi, self.mrep, self.mn, r, now)
+            rep = self.replicas[r]
+            self._free(rep, now)
+            if rep in self._loading_remote:
+                self._loading_remote.remove(rep)
+                self._schedule_remote_loads(now)
+            return True
+        ready = [r for r in live if pi[r, K.Q_STATE] == K.REP_READY]
+        if not ready:
+            return False
+        # drain the replica with the least work in flight (newest on ties)
+        r = min(ready, key=lambda x: (self.qn[self.n_models + x] + pi[x, K.Q_NRUN], -x))
+        pi[r, K.Q_STATE] = K.REP_DRAINING
+        if pi[r, K.Q_BUSY] == 0 and pi[r, K.Q_NRUN] == 0 and self.qn[self.n_models + r] == 0:
+            K._release(self.pf, pi, self.mrep, self.mn, r, now)
+            self._free(self.replicas[r], now)
+        return True
+
+    def replicas_of(self, m: int) -> dict[str, int]:
+        """Counts of model ``m``'s live replicas by state."""
+        st = self.pi[self.mrep[m, : self.mn[m]], K.Q_STATE]
+        return {
+            "ready": int(np.count_nonzero(st == K.REP_READY)),
+            "loading": int(np.count_nonzero(st == K.REP_LOADING)),
+            "draining": int(np.count_nonzero(st == K.REP_DRAINING)),
+        }
+
+    def set_target_replicas(self, model: int | str, n: int, gpu_type: int | str | None = None) -> int:
+        """Ask for ``n`` provisioned (READY + LOADING) replicas of ``model``.
+
+        ``n`` is clamped to the deployment's ``[min_replicas, max_replicas]``
+        (returned). New replicas go on GPUs of ``gpu_type`` (index or name; default:
+        the model's allowed types in order) wherever the placer puts them; a
+        replica with no room counts as a placement failure. Removal cancels
+        loading replicas first, then drains the READY replica with least work.
+        """
+        m = self.scenario.model_index(model) if isinstance(model, str) else int(model)
+        if not 0 <= m < self.n_models:
+            raise ValueError(f"model: {model!r} must be in [0, {self.n_models})")
+        if isinstance(gpu_type, str):
+            names = [g.name for g in self.gpu_types]
+            if gpu_type not in names:
+                raise ValueError(f"gpu_type: {gpu_type!r} must be one of {names}")
+            gpu_type = names.index(gpu_type)
+        dep = self.scenario.models[m]
+        n = int(min(max(int(n), dep.min_replicas), dep.max_replicas))
+        self.target[m] = n
+        counts = self.replicas_of(m)
+        have = counts["ready"] + counts["loading"]
+        for _ in range(n - have):
+            if not self._add_replica(m, gpu_type):
+                break
+        for _ in range(have - n):
+            if not self._remove_replica(m):
+                break
+        return n
+
+    # ------------------------------------------------------------------ views and KPIs
+
+    def busy_s(self) -> np.ndarray:
+        """Busy seconds of every replica so far (the iteration in progress counted up to now)."""
+        k = self.n_replicas
+        busy = self.pf[:k, K.P_BUSY_S].copy()
+        on = self.pi[:k, K.Q_BUSY] == 1
+        busy[on] += self.now - self.pf[:k, K.P_ITER_START][on]
+        return busy
+
+    def window_kpis(self, t0: float, t1: float, done: np.ndarray, n_dropped: int, n_arrived: int, busy0: np.ndarray) -> dict[str, float]:
+        """KPIs over ``[t0, t1)`` given the requests that finished in it."""
+        out = {"requests_arrived": float(n_arrived)}
+        out.update(request_kpis(self.rf, self.ri, done, n_dropped, self.slo))
+        k = self.n_replicas
+        pf = self.pf[:k]
+        alloc_s = overlap_s(pf[:, K.P_ALLOC], pf[:, K.P_RELEASE], t0, t1)
+        gpus = np.array([r.gpus for r in self.replicas], float)
+        usd = np.array([r.usd_per_s for r in self.replicas], float)
+        out["gpu_seconds"] = float(np.dot(alloc_s, gpus))
+        out["cost_usd"] = float(np.dot(alloc_s, usd))
+        ready_s = overlap_s(pf[:, K.P_READY], pf[:, K.P_RELEASE], t0, t1)
+        busy = self.busy_s()
+        b0 = np.zeros(k)
+        b0[: len(busy0)] = busy0[:k]
+        tot = ready_s.sum()
+        out["utilization"] = float(min(1.0, (busy - b0).sum() / tot)) if tot > 0 else 0.0
+        return out
+
+    def episode_kpis(self) -> dict[str, float]:
+        """KPIs from time 0 to now (see :mod:`envs.sim.metrics` for definitions)."""
+        nd, nx = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP])
+        out = self.window_kpis(0.0, self.now, self.log_done[:nd], nx, int(self.gi[K.I_NEXT_ARR]), np.zeros(0))
+        out["requests_in_system"] = out["requests_arrived"] - out["requests_completed"] - out["requests_dropped"]
+        out["placement_failures"] = float(self.placement_failures)
+        return out
+
+    def interval_kpis(self) -> dict[str, float]:
+        """KPIs since the previous call (or the start) up to now; advances the window."""
+        t0, t1 = self._window_t0, self.now
+        nd, nx, na = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP]), int(self.gi[K.I_NEXT_ARR])
+        out = self.window_kpis(t0, t1, self.log_done[self._seen_done : nd], nx - self._seen_drop, na - self._seen_arr, self._prev_busy)
+        self._window_t0, self._seen_done, self._seen_drop, self._seen_arr = t1, nd, nx, na
+        self._prev_busy = self.busy_s()
+        return out
+
+    def in_system(self) -> int:
+        """Requests arrived but neither completed nor dropped (queued or running)."""
+        return int(self.gi[K.I_NEXT_ARR] - self.gi[K.I_NDONE] - self.gi[K.I_NDROP])
+
+    def model_load(self, m: int, t0: float, done: np.ndarray, n_dropped: int, busy0: np.ndarray) -> ModelLoad:
+        """The scaler's view of model ``m`` over ``[t0, now)``."""
+        now = self.now
+        dt = max(now - t0, 1e-9)
+        counts = self.replicas_of(m)
+        reps = self.mrep[m, : self.mn[m]]
+        ready = reps[self.pi[reps, K.Q_STATE] == K.REP_READY]
+        mdone = done[self.ri[done, K.R_MODEL] == m]
+        kpis = request_kpis(self.rf, self.ri, mdone, n_dropped, self.slo)
+        a0 = np.searchsorted(self.rf[: self.n_requests, K.R_ARR], t0, side="left")
+        a1 = int(self.gi[K.I_NEXT_ARR])
+        arrived = int(np.count_nonzero(self.ri[a0:a1, K.R_MODEL] == m))
+        k0 = int(math.floor(t0 / self.scenario.tick_s + 1e-9))
+        k1 = min(int(self.gi[K.I_NTICK]), int(self.gi[K.I_TICK_CAP]))
+        ticks = self.tick_inflight[k0:k1, m].astype(float)
+        tick_t = (np.arange(k0, k1) + 1) * self.scenario.tick_s
+        arr_t = self.rf[a0:a1, K.R_ARR][self.ri[a0:a1, K.R_MODEL] == m]
+        tick_arr = np.diff(np.searchsorted(arr_t, np.concatenate([[t0], tick_t]), side="right")) if len(tick_t) else np.zeros(0)
+        busy = self.busy_s()
+        b0 = np.zeros(len(busy))
+        b0[: len(busy0)] = busy0[: len(busy)]
+        pf = self.pf[: self.n_replicas]
+        mine = self.pi[: self.n_replicas, K.Q_MODEL] == m
+        ready_s = overlap_s(pf[mine, K.P_READY], pf[mine, K.P_RELEASE], t0, now).sum()
+        util = float(min(1.0, (busy - b0)[mine].sum() / ready_s)) if ready_s > 0 else 0.0
+        kv_cap = self.pi[ready, K.Q_KVCAP].sum()
+        speeds = self.pf[ready, K.P_SPEED] if len(ready) else np.array([self._nominal_speed(m)])
+        return ModelLoad(
+            model=self.scenario.models[m].name,
+            now_s=now,
+            interval_s=dt,
+            replicas_ready=counts["ready"],
+            replicas_loading=counts["loading"],
+            replicas_draining=counts["draining"],
+            target_replicas=int(self.target[m]),
+            arrival_rate_per_s=arrived / dt,
+            completion_rate_per_s=len(mdone) / dt,
+            in_flight=int(self.mi[m, K.M_INFLIGHT]),
+            in_flight_mean=float(ticks.mean()) if len(ticks) else float(self.mi[m, K.M_INFLIGHT]),
+            queue_len=int(self.mi[m, K.M_QUEUED]),
+            utilization=util,
+            kv_usage=float(self.pi[ready, K.Q_KVRES].sum() / kv_cap) if kv_cap > 0 and not self.per_request else 0.0,
+            ttft_p99_s=kpis["ttft_p99_s"],
+            slo_attainment=kpis["slo_attainment"],
+            capacity_rps_per_replica=float(np.mean(speeds)),
+            tick_s=self.scenario.tick_s,
+            tick_in_flight=ticks,
+            tick_arrivals=tick_arr.astype(float),
+        )
+
+    def _nominal_speed(self, m: int) -> float:
+        vals = [v[2] for (mm, _), v in self._rep_params.items() if mm == m and v is not None]
+        return float(np.mean(vals)) if vals else 1.0
+
+    def control_step(self) -> dict[str, float]:
+        """Run the scenario's scalers once (one control decision for every model)."""
+        t0 = self._window_t0
+        nd, nx = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP])
+        done = self.log_done[self._seen_done : nd]
+        drops = self.log_drop[self._seen_drop : nx]
+        for m in range(self.n_models):
+            n_drop_m = int(np.count_nonzero(self.ri[drops, K.R_MODEL] == m))
+            load = self.model_load(m, t0, done, n_drop_m, self._prev_busy)
+            want = self.scalers[m].desired_replicas(load)
+            self.set_target_replicas(m, want)
+        return self.interval_kpis()
+
+
+def run_scenario(scenario: Scenario | str | Mapping[str, Any] = "default", seed: int = 0, *, overrides: Mapping[str, Any] | None = None,
+                 on_interval: Callable[[Simulator, dict[str, float]], None] | None = None) -> dict[str, float]:  # fmt: skip
+    """Run a scenario to its horizon with its configured controllers and return the episode KPIs.
+
+    The scalers decide once per ``control_interval_s``; ``on_interval`` (if
+    given) sees the simulator and each interval's KPIs. The keys are
+    documented in :mod:`envs.sim.metrics`, plus ``requests_in_system`` and
+    ``placement_failures``.
+    """
+    sim = Simulator(scenario, seed, overrides=overrides)
+    sc = sim.scenario
+    n_steps = int(math.ceil(sc.horizon_s / sc.control_interval_s - 1e-9))
+    for k in range(1, n_steps + 1):
+        sim.advance(min(k * sc.control_interval_s, sc.horizon_s))
+        kpis = sim.control_step()
+        if on_interval is not None:
+            on_interval(sim, kpis)
+    return sim.episode_kpis()

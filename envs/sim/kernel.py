@@ -1,0 +1,555 @@
+"""The compiled hot loop of the discrete-event engine.
+
+All simulation state lives in a handful of numpy arrays (struct-of-arrays: one
+row per request, one row per replica, linked-list queues, a binary event heap)
+so that :func:`advance` can be compiled with numba and process millions of
+events per second. :mod:`envs.sim.engine` owns the arrays and is the only
+caller; nothing here allocates.
+
+Time model. Events are ordered by ``(time, priority, sequence)``: replica
+READY (0) before ITERATION_END (1) before an arrival (2) before a metrics tick
+(3); equal keys never happen because the sequence number is unique. Arrivals
+are pre-generated and sorted, so they are read from a cursor instead of the heap.
+
+Service model. A replica runs *iterations* (vLLM / Orca continuous batching).
+At an iteration start it admits queued requests (own queue, then its model's
+central queue, in class-priority order) while the batch is below
+``max_batch`` and the KV cache can reserve ``prompt + output`` tokens for the
+request (reservation at admission, so a running request is never preempted).
+The iteration runs the prefill of the admitted requests plus one decode token
+for every request that was already running; it lasts
+``max(c_tok * padded(tokens), w_read + kv_tok * kv_tokens_read) + overhead``
+(``padded`` rounds up to the GEMM token tile, as :mod:`envs.sim.perf` does). The
+admitted requests get their first token at its end; a request with ``n``
+output tokens completes at the end of the ``n``-th iteration counting its
+admission. ``per_request`` service (validation models) runs one request per
+iteration for its pre-drawn service time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+INF = np.inf
+
+# request float columns
+R_ARR, R_SVC, R_U1, R_U2, R_ADMIT, R_FIRST, R_DONE, R_DEADLINE = range(8)
+N_RF = 8
+# request int columns
+R_PROMPT, R_OUTPUT, R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_FINISH, R_CLASS, R_SESSION = range(10)
+N_RI = 10
+# request states
+REQ_FUTURE, REQ_QUEUED, REQ_RUNNING, REQ_DONE, REQ_DROPPED = range(5)
+
+# replica float columns
+P_CTOK, P_WREAD, P_KVTOK, P_OVH, P_BUSY_S, P_ITER_START, P_ITER_DUR, P_ALLOC, P_READY, P_RELEASE = range(10)
+P_SPEED, P_EWMA, P_WRR, P_TILE = 10, 11, 12, 13
+N_PF = 14
+# replica int columns
+Q_STATE, Q_MODEL, Q_MAXB, Q_KVCAP, Q_KVRES, Q_KVSUM, Q_NRUN, Q_ITER, Q_MINFIN, Q_BUSY = range(10)
+Q_NPF, Q_VERSION, Q_PFTOK, Q_NDEC, Q_HASH, Q_TOKENS = 10, 11, 12, 13, 14, 15
+N_PI = 16
+# replica states
+REP_FREE, REP_LOADING, REP_READY, REP_DRAINING, REP_RELEASED = range(5)
+
+# per-model int columns
+M_INFLIGHT, M_QUEUED, M_RR, M_RUNNING = range(4)
+N_MI = 4
+
+# global scalars
+G_NOW, G_TICK_S, G_AFFINITY_EPS = range(3)
+N_GF = 3
+(I_NEXT_ARR, I_NREQ, I_HEAP_N, I_SEQ, I_NDONE, I_NDROP, I_PENDING, I_ROUTER, I_SVC_KIND, I_NLISTS,
+ I_NTICK, I_NMODELS, I_TICK_CAP) = range(13)  # fmt: skip
+N_GI = 13
+
+# event types / priorities
+EV_READY, EV_ITER_END = 0, 1
+PRIO_ARRIVAL = 2
+
+# routers (names in envs.sim.config.ROUTERS)
+ROUTER_IDS = {
+    "random": 0,
+    "round_robin": 1,
+    "least_connections": 2,
+    "central_queue": 3,
+    "power_of_two": 4,
+    "shortest_expected_delay": 5,
+    "weighted_round_robin": 6,
+    "least_time": 7,
+    "min_load": 8,
+    "affinity": 9,
+    "external": 10,
+}
+SVC_PER_REQUEST, SVC_ROOFLINE = 0, 1
+
+# advance() return codes
+STOP_UNTIL, STOP_ROUTE = 0, 1
+
+
+# ----------------------------------------------------------------------------- heap
+
+
+@njit(cache=True, inline="always")
+def _less(ht, hk, a, b):
+    return ht[a] < ht[b] or (ht[a] == ht[b] and hk[a] < hk[b])
+
+
+@njit(cache=True)
+def _swap(ht, hk, hr, hv, a, b):
+    ht[a], ht[b] = ht[b], ht[a]
+    hk[a], hk[b] = hk[b], hk[a]
+    hr[a], hr[b] = hr[b], hr[a]
+    hv[a], hv[b] = hv[b], hv[a]
+
+
+@njit(cache=True)
+def heap_push(ht, hk, hr, hv, gi, t, prio, rep, version):
+    n = gi[I_HEAP_N]
+    ht[n] = t
+    hk[n] = (prio << 48) | gi[I_SEQ]
+    gi[I_SEQ] += 1
+    hr[n] = rep
+    hv[n] = version
+    gi[I_HEAP_N] = n + 1
+    while n > 0:
+        p = (n - 1) >> 1
+        if _less(ht, hk, n, p):
+            _swap(ht, hk, hr, hv, n, p)
+            n = p
+        else:
+            break
+
+
+@njit(cache=True)
+def heap_pop(ht, hk, hr, hv, gi):
+    n = gi[I_HEAP_N] - 1
+    gi[I_HEAP_N] = n
+    _swap(ht, hk, hr, hv, 0, n)
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= n:
+            break
+        c = left
+        if left + 1 < n and _less(ht, hk, left + 1, left):
+            c = left + 1
+        if _less(ht, hk, c, i):
+            _swap(ht, hk, hr, hv, c, i)
+            i = c
+        else:
+            break
+    return n  # index of the popped entry (now just past the heap)
+
+
+# ----------------------------------------------------------------------------- queues
+
+
+@njit(cache=True)
+def _enqueue(ri, qh, qt, qn, q, i):
+    lst = ri[i, R_LIST]
+    ri[i, R_NEXT] = -1
+    if qt[q, lst] < 0:
+        qh[q, lst] = i
+    else:
+        ri[qt[q, lst], R_NEXT] = i
+    qt[q, lst] = i
+    qn[q] += 1
+
+
+@njit(cache=True)
+def _drop(rf, ri, mi, log_drop, gi, i):
+    ri[i, R_STATE] = REQ_DROPPED
+    rf[i, R_DONE] = rf[i, R_DEADLINE]
+    m = ri[i, R_MODEL]
+    mi[m, M_INFLIGHT] -= 1
+    mi[m, M_QUEUED] -= 1
+    log_drop[gi[I_NDROP]] = i
+    gi[I_NDROP] += 1
+
+
+@njit(cache=True)
+def purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, now):
+    """Drop every queued request whose deadline has passed (all queues)."""
+    nq, nl = qh.shape
+    for q in range(nq):
+        if qn[q] == 0:
+            continue
+        for lst in range(nl):
+            prev = -1
+            i = qh[q, lst]
+            while i >= 0:
+                nxt = ri[i, R_NEXT]
+                if rf[i, R_DEADLINE] <= now:
+                    if prev < 0:
+                        qh[q, lst] = nxt
+                    else:
+                        ri[prev, R_NEXT] = nxt
+                    if qt[q, lst] == i:
+                        qt[q, lst] = prev
+                    qn[q] -= 1
+                    _drop(rf, ri, mi, log_drop, gi, i)
+                else:
+                    prev = i
+                i = nxt
+
+
+# ----------------------------------------------------------------------------- replicas
+
+
+@njit(cache=True)
+def _release(pf, pi, mrep, mn, r, t):
+    pi[r, Q_STATE] = REP_RELEASED
+    pi[r, Q_VERSION] += 1
+    pf[r, P_RELEASE] = t
+    m = pi[r, Q_MODEL]
+    n = mn[m]
+    # ordered removal keeps mrep[m] sorted by id (routing tie-breaks rely on it)
+    k = 0
+    while k < n and mrep[m, k] != r:
+        k += 1
+    if k < n:
+        for j in range(k, n - 1):
+            mrep[m, j] = mrep[m, j + 1]
+        mn[m] = n - 1
+
+
+@njit(cache=True)
+def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t):
+    """Admit what fits and start the next iteration of replica ``r`` if there is work."""
+    if pi[r, Q_BUSY] != 0:
+        return
+    state = pi[r, Q_STATE]
+    if state != REP_READY and state != REP_DRAINING:
+        return
+    m = pi[r, Q_MODEL]
+    n_models = gi[I_NMODELS]
+    own = n_models + r
+    n_dec = pi[r, Q_NRUN]
+    maxb = pi[r, Q_MAXB]
+    per_request = gi[I_SVC_KIND] == SVC_PER_REQUEST
+    admitted = 0
+    pf_tokens = 0
+    svc = 0.0
+    blocked = False
+    for lst in range(gi[I_NLISTS]):
+        if blocked:
+            break
+        for src in range(2):
+            q = own if src == 0 else m
+            if src == 1 and state != REP_READY:
+                break
+            while qh[q, lst] >= 0 and pi[r, Q_NRUN] < maxb:
+                i = qh[q, lst]
+                # pop the head
+                nxt = ri[i, R_NEXT]
+                if rf[i, R_DEADLINE] <= t:
+                    qh[q, lst] = nxt
+                    if nxt < 0:
+                        qt[q, lst] = -1
+                    qn[q] -= 1
+                    _drop(rf, ri, mi, log_drop, gi, i)
+                    continue
+                need = 0 if per_request else ri[i, R_PROMPT] + ri[i, R_OUTPUT]
+                if need > pi[r, Q_KVCAP]:
+                    # can never fit on this replica: drop rather than block the queue forever
+                    qh[q, lst] = nxt
+                    if nxt < 0:
+                        qt[q, lst] = -1
+                    qn[q] -= 1
+                    _drop(rf, ri, mi, log_drop, gi, i)
+                    continue
+                if pi[r, Q_KVRES] + need > pi[r, Q_KVCAP]:
+                    blocked = True
+                    break
+                qh[q, lst] = nxt
+                if nxt < 0:
+                    qt[q, lst] = -1
+                qn[q] -= 1
+                mi[m, M_QUEUED] -= 1
+                mi[m, M_RUNNING] += 1
+                pi[r, Q_KVRES] += need
+                ri[i, R_STATE] = REQ_RUNNING
+                ri[i, R_REPLICA] = r
+                rf[i, R_ADMIT] = t
+                fin = pi[r, Q_ITER] + ri[i, R_OUTPUT] - 1
+                ri[i, R_FINISH] = fin
+                if fin < pi[r, Q_MINFIN]:
+                    pi[r, Q_MINFIN] = fin
+                run[r, pi[r, Q_NRUN]] = i
+                pi[r, Q_NRUN] += 1
+                pfl[r, admitted] = i
+                admitted += 1
+                pf_tokens += ri[i, R_PROMPT]
+                svc += rf[i, R_SVC]
+            if blocked or pi[r, Q_NRUN] >= maxb:
+                break
+    if admitted == 0 and n_dec == 0:
+        return
+    if per_request:
+        dur = svc
+    else:
+        tokens = pf_tokens + n_dec
+        # GEMM kernels tile the token dimension; a part-filled tile costs a full one (see envs.sim.perf)
+        tile = pf[r, P_TILE]
+        compute = pf[r, P_CTOK] * (np.ceil(tokens / tile) * tile)
+        memory = pf[r, P_WREAD] + pf[r, P_KVTOK] * pi[r, Q_KVSUM]
+        dur = (compute if compute > memory else memory) + pf[r, P_OVH]
+    pi[r, Q_NPF] = admitted
+    pi[r, Q_PFTOK] = pf_tokens
+    pi[r, Q_NDEC] = n_dec
+    pi[r, Q_BUSY] = 1
+    pf[r, P_ITER_START] = t
+    pf[r, P_ITER_DUR] = dur
+    heap_push(ht, hk, hr, hv, gi, t + dur, EV_ITER_END, r, pi[r, Q_VERSION])
+
+
+@njit(cache=True)
+def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, r, t):
+    pi[r, Q_BUSY] = 0
+    pf[r, P_BUSY_S] += pf[r, P_ITER_DUR]
+    n_pf = pi[r, Q_NPF]
+    for k in range(n_pf):
+        rf[pfl[r, k], R_FIRST] = t
+    pi[r, Q_TOKENS] += n_pf + pi[r, Q_NDEC]
+    pi[r, Q_KVSUM] += pi[r, Q_NDEC] + pi[r, Q_PFTOK] + n_pf
+    pi[r, Q_NPF] = 0
+    it = pi[r, Q_ITER]
+    pi[r, Q_ITER] = it + 1
+    if pi[r, Q_MINFIN] == it:
+        n = pi[r, Q_NRUN]
+        k = 0
+        new_min = np.int64(1) << 62
+        gf_alpha = 0.2  # EWMA weight of the newest latency sample (least_time router)
+        while k < n:
+            i = run[r, k]
+            if ri[i, R_FINISH] == it:
+                ri[i, R_STATE] = REQ_DONE
+                rf[i, R_DONE] = t
+                ctx = ri[i, R_PROMPT] + ri[i, R_OUTPUT]
+                if gi[I_SVC_KIND] != SVC_PER_REQUEST:
+                    pi[r, Q_KVRES] -= ctx
+                    pi[r, Q_KVSUM] -= ctx
+                else:
+                    pi[r, Q_KVSUM] -= ctx
+                m = ri[i, R_MODEL]
+                mi[m, M_INFLIGHT] -= 1
+                mi[m, M_RUNNING] -= 1
+                log_done[gi[I_NDONE]] = i
+                gi[I_NDONE] += 1
+                lat = t - rf[i, R_ARR]
+                ew = pf[r, P_EWMA]
+                pf[r, P_EWMA] = lat if ew < 0 else ew + gf_alpha * (lat - ew)
+                n -= 1
+                run[r, k] = run[r, n]
+            else:
+                if ri[i, R_FINISH] < new_min:
+                    new_min = ri[i, R_FINISH]
+                k += 1
+        pi[r, Q_NRUN] = n
+        pi[r, Q_MINFIN] = new_min
+    if pi[r, Q_STATE] == REP_DRAINING and pi[r, Q_NRUN] == 0 and qn[gi[I_NMODELS] + r] == 0:
+        _release(pf, pi, mrep, mn, r, t)
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+@njit(cache=True)
+def _in_flight(pi, qn, gi, r):
+    return qn[gi[I_NMODELS] + r] + pi[r, Q_NRUN]
+
+
+@njit(cache=True)
+def _hash64(x):
+    # splitmix64 finaliser: a fixed, well-mixed hash for the affinity ring
+    z = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True)
+def _kth_ready(pi, mrep, mn, m, k):
+    for j in range(mn[m]):
+        r = mrep[m, j]
+        if pi[r, Q_STATE] == REP_READY:
+            if k == 0:
+                return r
+            k -= 1
+    return -1
+
+
+@njit(cache=True)
+def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i):
+    """Pick a READY replica of the request's model with the scenario's router; -1 = central queue.
+
+    ``mrep[m]`` lists the model's live replicas in increasing id order, so every
+    scan below visits candidates in id order and ties go to the lowest id.
+    """
+    m = ri[i, R_MODEL]
+    router = gi[I_ROUTER]
+    if router == 3:  # central_queue: late binding
+        return -1
+    n = 0
+    for k in range(mn[m]):
+        if pi[mrep[m, k], Q_STATE] == REP_READY:
+            n += 1
+    if n == 0:
+        return -1
+    if router == 0:  # random
+        return _kth_ready(pi, mrep, mn, m, min(int(rf[i, R_U1] * n), n - 1))
+    if router == 1:  # round_robin
+        c = _kth_ready(pi, mrep, mn, m, mi[m, M_RR] % n)
+        mi[m, M_RR] += 1
+        return c
+    if router == 4:  # power_of_two: two distinct uniform picks, fewer in flight wins (ties: first pick)
+        ka = min(int(rf[i, R_U1] * n), n - 1)
+        a = _kth_ready(pi, mrep, mn, m, ka)
+        if n == 1:
+            return a
+        j = min(int(rf[i, R_U2] * (n - 1)), n - 2)
+        b = _kth_ready(pi, mrep, mn, m, j if j < ka else j + 1)
+        return a if _in_flight(pi, qn, gi, a) <= _in_flight(pi, qn, gi, b) else b
+    if router == 6:  # smooth weighted round robin (nginx): weights = replica speed
+        total = 0.0
+        best = -1
+        for k in range(mn[m]):
+            r = mrep[m, k]
+            if pi[r, Q_STATE] != REP_READY:
+                continue
+            pf[r, P_WRR] += pf[r, P_SPEED]
+            total += pf[r, P_SPEED]
+            if best < 0 or pf[r, P_WRR] > pf[best, P_WRR]:
+                best = r
+        pf[best, P_WRR] -= total
+        return best
+    if router == 9:  # affinity: consistent hashing with bounded loads (Mirrokni et al. 2018)
+        cands = np.empty(n, np.int64)
+        hs = np.empty(n, np.uint64)
+        total = 1
+        j = 0
+        for k in range(mn[m]):
+            r = mrep[m, k]
+            if pi[r, Q_STATE] == REP_READY:
+                cands[j] = r
+                hs[j] = np.uint64(pi[r, Q_HASH])
+                total += _in_flight(pi, qn, gi, r)
+                j += 1
+        bound = np.ceil((1.0 + gf[G_AFFINITY_EPS]) * total / n)
+        key = _hash64(np.uint64(ri[i, R_SESSION]))
+        order = np.argsort(hs)
+        start = 0
+        while start < n and hs[order[start]] < key:
+            start += 1
+        for step in range(n):
+            r = cands[order[(start + step) % n]]
+            if _in_flight(pi, qn, gi, r) + 1 <= bound:
+                return r
+        return cands[order[start % n]]
+    # score-based routers: lowest score wins, ties to the lowest id
+    best = -1
+    bv = INF
+    for k in range(mn[m]):
+        r = mrep[m, k]
+        if pi[r, Q_STATE] != REP_READY:
+            continue
+        load = _in_flight(pi, qn, gi, r)
+        if router == 2:  # least_connections
+            v = float(load)
+        elif router == 5:  # shortest expected delay: (in flight + 1) / speed
+            v = (load + 1.0) / pf[r, P_SPEED]
+        elif router == 8:  # min_load: in flight / speed
+            v = load / pf[r, P_SPEED]
+        else:  # 7 least_time (nginx): EWMA latency x (in flight + 1); unmeasured replicas first
+            ew = pf[r, P_EWMA]
+            v = -1.0 / (1.0 + load) if ew < 0 else ew * (load + 1.0)
+        if v < bv:
+            best, bv = r, v
+    return best
+
+
+@njit(cache=True)
+def dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, i, r, t):
+    """Put arrived request ``i`` in replica ``r``'s queue (or the central queue if r < 0) and wake a server."""
+    m = ri[i, R_MODEL]
+    ri[i, R_STATE] = REQ_QUEUED
+    mi[m, M_QUEUED] += 1
+    if r >= 0:
+        ri[i, R_REPLICA] = r
+        _enqueue(ri, qh, qt, qn, gi[I_NMODELS] + r, i)
+        start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t)
+        return
+    _enqueue(ri, qh, qt, qn, m, i)
+    # wake the lowest-id idle READY replica, if any
+    best = -1
+    for k in range(mn[m]):
+        c = mrep[m, k]
+        if pi[c, Q_STATE] == REP_READY and pi[c, Q_BUSY] == 0 and (best < 0 or c < best):
+            best = c
+    if best >= 0:
+        start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, best, t)
+
+
+# ----------------------------------------------------------------------------- main loop
+
+
+@njit(cache=True)
+def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi,
+            log_done, log_drop, tick_inflight, tick_queued, until, route_to):  # fmt: skip
+    """Run every event with time <= ``until``.
+
+    Returns ``STOP_UNTIL`` when the clock reached ``until``, or ``STOP_ROUTE``
+    when the router is ``external`` and request ``gi[I_PENDING]`` waits for a
+    routing decision; the caller passes it back as ``route_to`` (replica id, or
+    -1 for the central queue) on the next call.
+    """
+    n_req = gi[I_NREQ]
+    tick_s = gf[G_TICK_S]
+    if gi[I_PENDING] >= 0:
+        i = gi[I_PENDING]
+        gi[I_PENDING] = -1
+        gi[I_NEXT_ARR] += 1
+        t = rf[i, R_ARR]
+        dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, i, route_to, t)
+    while True:
+        na = gi[I_NEXT_ARR]
+        t_arr = rf[na, R_ARR] if na < n_req else INF
+        t_heap = ht[0] if gi[I_HEAP_N] > 0 else INF
+        t_tick = (gi[I_NTICK] + 1) * tick_s
+        t_next = min(t_arr, t_heap, t_tick)
+        if t_next > until:
+            break
+        gf[G_NOW] = t_next
+        if t_heap <= t_arr and t_heap <= t_tick:
+            k = heap_pop(ht, hk, hr, hv, gi)
+            r = hr[k]
+            if hv[k] != pi[r, Q_VERSION]:
+                continue  # cancelled (replica released or load cancelled)
+            ev = hk[k] >> 48
+            if ev == EV_ITER_END:
+                _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, r, t_heap)
+            else:
+                pi[r, Q_STATE] = REP_READY
+                pf[r, P_READY] = t_heap
+            start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t_heap)
+        elif t_arr <= t_tick:
+            m = ri[na, R_MODEL]
+            mi[m, M_INFLIGHT] += 1
+            if gi[I_ROUTER] == 10:
+                gi[I_PENDING] = na
+                return STOP_ROUTE
+            gi[I_NEXT_ARR] = na + 1
+            r = route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, na)
+            dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, na, r, t_arr)
+        else:
+            purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, t_tick)
+            k = gi[I_NTICK]
+            if k < gi[I_TICK_CAP]:
+                for m in range(gi[I_NMODELS]):
+                    tick_inflight[k, m] = mi[m, M_INFLIGHT]
+                    tick_queued[k, m] = mi[m, M_QUEUED]
+            gi[I_NTICK] = k + 1
+    gf[G_NOW] = until
+    return STOP_UNTIL

@@ -1,0 +1,1 @@
+"""Runnable scripts and configs: train, evaluate, reproduce, benchmark, plot."""
