@@ -1,1 +1,34 @@
-"""InferGym: Gymnasium environments over a fast GPU inference-cluster simulator."""
+"""InferGym: Gymnasium environments over a fast GPU inference-cluster simulator.
+
+Importing ``envs`` registers the environment ids (idempotently):
+
+=============================  =========================================================
+id                             one step is
+=============================  =========================================================
+``InferGym/Autoscale-v0``      one control interval; action = replica change per model
+``InferGym/Routing-v0``        one arriving request; action = which replica serves it
+``InferGym/Placement-v0``      one replica or job to place; action = which node
+=============================  =========================================================
+
+``gymnasium.make("InferGym/Autoscale-v0", scenario="bursty")``
+"""
+
+from __future__ import annotations
+
+import gymnasium
+
+ENV_IDS = {
+    "InferGym/Autoscale-v0": "envs.autoscale:AutoscaleEnv",
+    "InferGym/Routing-v0": "envs.routing:RoutingEnv",
+    "InferGym/Placement-v0": "envs.placement:PlacementEnv",
+}
+
+
+def register_envs() -> None:
+    """Register every InferGym id with gymnasium (safe to call more than once)."""
+    for env_id, entry_point in ENV_IDS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point=entry_point, disable_env_checker=False)
+
+
+register_envs()

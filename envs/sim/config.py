@@ -393,7 +393,21 @@ class ControllerSpec:
         return {"kind": self.kind, **self.params}
 
 
-DEFAULT_REWARD = {"slo_violations": 1.0, "drops": 2.0, "gpu_cost": 0.5, "placement_failures": 0.1}
+# Reward terms of all environments (each env documents the ones it produces and their units).
+REWARD_TERMS = frozenset(
+    {"slo_violations", "drops", "gpu_cost", "placement_failures", "fragmented_gpus", "gpus_in_use", "invalid_actions",
+     "latency"}
+)  # fmt: skip
+DEFAULT_REWARD = {
+    "slo_violations": 1.0,
+    "drops": 1.0,
+    "gpu_cost": 0.02,
+    "placement_failures": 0.1,
+    "fragmented_gpus": 0.1,
+    "gpus_in_use": 0.01,
+    "invalid_actions": 1.0,
+    "latency": 0.1,
+}
 
 
 # ----------------------------------------------------------------------------- scenario
@@ -464,7 +478,8 @@ class Scenario:
         reward_raw = raw.get("reward", DEFAULT_REWARD)
         if not isinstance(reward_raw, Mapping):
             raise fail("reward", reward_raw, "must be a mapping of reward term name to weight")
-        reward = {str(k): float(check_number(f"reward.{k}", v, ge=0)) for k, v in reward_raw.items()}
+        check_keys("reward", reward_raw, REWARD_TERMS)
+        reward = {**DEFAULT_REWARD, **{str(k): float(check_number(f"reward.{k}", v, ge=0)) for k, v in reward_raw.items()}}
         name = str(raw.get("name", "custom"))
         return cls(
             name, str(raw.get("description", "")), horizon, interval, tick, nodes, models, service, workload,

@@ -391,7 +391,17 @@ class Simulator:
         if self._live_on_node[node, rep.model] == 0:
             self.cluster.touch_cache(node, rep.model, t)
 
-    def _place(self, m: int, gpu_type: int | None) -> tuple[Allocation, int] | None:
+    def replica_demand(self, m: int, gpu_type: int | None = None) -> Demand:
+        """What one replica of model ``m`` asks of a node: ``tensor_parallel`` whole GPUs of an allowed type."""
+        dep = self.scenario.models[m]
+        names = [g.name for g in self.gpu_types]
+        if gpu_type is None:
+            types = tuple(names.index(g) for g in dep.gpu_types if self._rep_params.get((m, names.index(g))))
+        else:
+            types = (gpu_type,)
+        return Demand(num_gpu=dep.tensor_parallel, gpu_types=types, model=m)
+
+    def _place(self, m: int, gpu_type: int | None, node: int | None) -> tuple[Allocation, int] | None:
         dep = self.scenario.models[m]
         names = [g.name for g in self.gpu_types]
         types = [names.index(g) for g in dep.gpu_types] if gpu_type is None else [gpu_type]
@@ -399,13 +409,46 @@ class Simulator:
             if self._rep_params.get((m, g)) is None:
                 continue
             d = Demand(num_gpu=dep.tensor_parallel, gpu_type=g, model=m)
-            node = self.placer.select(self.cluster, d, self.rng)
-            if node >= 0:
-                return self.cluster.allocate(node, d), g
+            if node is None:
+                chosen = self.placer.select(self.cluster, d, self.rng)
+            else:
+                chosen = node if 0 <= node < self.cluster.n_nodes and self.cluster.fits(node, d) else -1
+            if chosen >= 0:
+                return self.cluster.allocate(chosen, d), g
         return None
 
-    def _add_replica(self, m: int, gpu_type: int | None, warm: bool = False) -> bool:
-        placed = self._place(m, gpu_type)
+    def add_replica(self, model: int | str, node: int | None = None, gpu_type: int | None = None) -> bool:
+        """Start one new replica of ``model`` (cold start), on ``node`` or where the placer says.
+
+        Returns False, and counts a placement failure, when it does not fit
+        (on that node, or anywhere). Used by placement decisions made outside
+        the simulator (the Placement environment); scalers use
+        :meth:`set_target_replicas`.
+        """
+        m = self.scenario.model_index(model) if isinstance(model, str) else int(model)
+        if self.replicas_of(m)["ready"] + self.replicas_of(m)["loading"] >= self.scenario.models[m].max_replicas:
+            return False
+        ok = self._add_replica(m, gpu_type, node=node)
+        if ok:
+            self.target[m] = self.replicas_of(m)["ready"] + self.replicas_of(m)["loading"]
+        return ok
+
+    def desired_replicas(self) -> np.ndarray:
+        """Ask every model's scaler for its target without applying it (advances no window)."""
+        t0 = self._window_t0
+        nd, nx = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP])
+        done = self.log_done[self._seen_done : nd]
+        drops = self.log_drop[self._seen_drop : nx]
+        out = np.zeros(self.n_models, np.int64)
+        for m in range(self.n_models):
+            n_drop_m = int(np.count_nonzero(self.ri[drops, K.R_MODEL] == m))
+            load = self.model_load(m, t0, done, n_drop_m, self._prev_busy)
+            dep = self.scenario.models[m]
+            out[m] = min(max(int(self.scalers[m].desired_replicas(load)), dep.min_replicas), dep.max_replicas)
+        return out
+
+    def _add_replica(self, m: int, gpu_type: int | None, warm: bool = False, node: int | None = None) -> bool:
+        placed = self._place(m, gpu_type, node)
         if placed is None:
             self.placement_failures += 1
             self.placement_failures_by_model[m] += 1
@@ -669,15 +712,8 @@ class Simulator:
 
     def control_step(self) -> dict[str, float]:
         """Run the scenario's scalers once (one control decision for every model)."""
-        t0 = self._window_t0
-        nd, nx = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP])
-        done = self.log_done[self._seen_done : nd]
-        drops = self.log_drop[self._seen_drop : nx]
-        for m in range(self.n_models):
-            n_drop_m = int(np.count_nonzero(self.ri[drops, K.R_MODEL] == m))
-            load = self.model_load(m, t0, done, n_drop_m, self._prev_busy)
-            want = self.scalers[m].desired_replicas(load)
-            self.set_target_replicas(m, want)
+        for m, want in enumerate(self.desired_replicas()):
+            self.set_target_replicas(m, int(want))
         return self.interval_kpis()
 
 

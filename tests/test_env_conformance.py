@@ -1,0 +1,193 @@
+"""Conformance of every registered InferGym environment (a new id is covered when registered).
+
+Each id gets gymnasium's and stable-baselines3's env checkers, a seeded
+two-env rollout compared for exact equality over 200+ steps, a pickle round
+trip, a 2-worker SubprocVecEnv, and a random policy over a full episode of
+every shipped scenario with no NaN or inf.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import envs
+from envs.sim import shipped_scenarios
+
+IDS = sorted(envs.ENV_IDS)
+TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+# Short horizons keep rollouts fast; everything else comes from the scenario.
+SMALL = {"horizon_s": 300.0}
+
+
+def make(env_id: str, scenario: str = "default", **kw):
+    return gym.make(env_id, scenario=scenario, **{**SMALL, **kw})
+
+
+def _sample(env, rng: np.random.Generator):
+    """A uniformly random action; valid ones only when the env offers a mask."""
+    base = env.unwrapped
+    if hasattr(base, "action_masks"):
+        mask = base.action_masks()
+        valid = np.flatnonzero(mask)
+        return int(rng.choice(valid)) if len(valid) else 0
+    space = env.action_space
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return rng.integers(0, space.nvec).astype(space.dtype)
+    return int(rng.integers(space.n))
+
+
+def _rollout(env, seed: int, steps: int):
+    rng = np.random.default_rng(seed)
+    obs, info = env.reset(seed=seed)
+    out = [(obs, info)]
+    for _ in range(steps):
+        obs, reward, term, trunc, info = env.step(_sample(env, rng))
+        out.append((obs, reward, term, trunc, info))
+        if term or trunc:
+            obs, info = env.reset()
+            out.append((obs, info))
+    return out
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_gymnasium_env_checker(env_id):
+    from gymnasium.utils.env_checker import check_env
+
+    env = make(env_id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped, skip_render_check=False)
+    assert not [str(w.message) for w in caught], [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_sb3_env_checker(env_id):
+    from stable_baselines3.common.env_checker import check_env
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(make(env_id).unwrapped, warn=True)
+    assert not [str(w.message) for w in caught], [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_same_seed_same_trajectory_and_different_seeds_differ(env_id):
+    a = _rollout(make(env_id), seed=3, steps=220)
+    b = _rollout(make(env_id), seed=3, steps=220)
+    assert _equal(a, b)
+    c = _rollout(make(env_id), seed=4, steps=220)
+    assert not _equal(a, c)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_observations_in_space_and_flags(env_id):
+    env = make(env_id)
+    rng = np.random.default_rng(0)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    truncated = False
+    for _ in range(5000):
+        obs, reward, term, truncated, info = env.step(_sample(env, rng))
+        assert obs.dtype == np.float32 and env.observation_space.contains(obs)
+        assert np.isfinite(reward)
+        assert "rewards" in info and "kpi" in info
+        assert np.isclose(reward, env.unwrapped.reward_from_terms(info["rewards"]))
+        assert not term, "the horizon end must be truncation, and nothing else ends an episode"
+        if truncated:
+            break
+    assert truncated, "an episode of a 300 s horizon must end"
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_pickle_round_trip_continues_identically(env_id):
+    env = make(env_id)
+    env.reset(seed=1)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        env.step(_sample(env, rng))
+    clone = pickle.loads(pickle.dumps(env))
+    act_rng = np.random.default_rng(7)
+    for _ in range(20):
+        action = _sample(env, act_rng)
+        assert _equal(env.step(action), clone.step(action))
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_subproc_vec_env_two_workers(env_id):
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    vec = make_vec_env(env_id, n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, env_kwargs={"scenario": "default", **SMALL})
+    try:
+        obs = vec.reset()
+        assert obs.shape[0] == 2
+        for _ in range(5):
+            actions = np.array([vec.action_space.sample() for _ in range(2)])
+            if vec.has_attr("action_masks"):
+                masks = vec.env_method("action_masks")
+                actions = np.array([int(np.flatnonzero(m)[0]) if np.any(m) else 0 for m in masks])
+            obs, rewards, dones, infos = vec.step(actions)
+            assert np.all(np.isfinite(rewards))
+    finally:
+        vec.close()
+
+
+@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize("scenario", shipped_scenarios())
+def test_random_policy_full_episode_every_scenario(env_id, scenario):
+    kw = {"workload": {"arrival": {"path": str(TRACE)}}} if scenario == "azure-conv" else {}
+    if scenario == "azure-conv":
+        assert TRACE.exists(), f"the Azure trace must be beside the repository at {TRACE}"
+    env = make(env_id, scenario, **kw)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    for _ in range(20000):
+        obs, reward, term, trunc, info = env.step(_sample(env, rng))
+        assert np.all(np.isfinite(obs)) and np.isfinite(reward)
+        if term or trunc:
+            break
+    assert term or trunc
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_unknown_kwarg_raises(env_id):
+    with pytest.raises(ValueError, match="no_such_argument"):
+        gym.make(env_id, scenario="default", no_such_argument=1)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_action_outside_space_raises(env_id):
+    env = make(env_id)
+    env.reset(seed=0)
+    space = env.action_space
+    bad = space.nvec + 5 if isinstance(space, gym.spaces.MultiDiscrete) else space.n + 5
+    with pytest.raises(ValueError, match="action"):
+        env.step(bad)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_render_rgb_array(env_id):
+    env = make(env_id, render_mode="rgb_array")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        env.step(_sample(env, rng))
+    frame = env.render()
+    assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
+    assert frame.std() > 5, "the frame must show something"
