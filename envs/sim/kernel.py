@@ -91,12 +91,12 @@ STOP_UNTIL, STOP_ROUTE = 0, 1
 # ----------------------------------------------------------------------------- heap
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _less(ht, hk, a, b):
     return ht[a] < ht[b] or (ht[a] == ht[b] and hk[a] < hk[b])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _swap(ht, hk, hr, hv, a, b):
     ht[a], ht[b] = ht[b], ht[a]
     hk[a], hk[b] = hk[b], hk[a]
@@ -104,7 +104,7 @@ def _swap(ht, hk, hr, hv, a, b):
     hv[a], hv[b] = hv[b], hv[a]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def heap_push(ht, hk, hr, hv, gi, t, prio, rep, version):
     n = gi[I_HEAP_N]
     ht[n] = t
@@ -122,7 +122,7 @@ def heap_push(ht, hk, hr, hv, gi, t, prio, rep, version):
             break
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def heap_pop(ht, hk, hr, hv, gi):
     n = gi[I_HEAP_N] - 1
     gi[I_HEAP_N] = n
@@ -146,7 +146,7 @@ def heap_pop(ht, hk, hr, hv, gi):
 # ----------------------------------------------------------------------------- queues
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _enqueue(ri, qh, qt, qn, q, i):
     lst = ri[i, R_LIST]
     ri[i, R_NEXT] = -1
@@ -158,7 +158,7 @@ def _enqueue(ri, qh, qt, qn, q, i):
     qn[q] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _drop(rf, ri, mi, log_drop, gi, i):
     ri[i, R_STATE] = REQ_DROPPED
     rf[i, R_DONE] = rf[i, R_DEADLINE]
@@ -169,7 +169,7 @@ def _drop(rf, ri, mi, log_drop, gi, i):
     gi[I_NDROP] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, now):
     """Drop every queued request whose deadline has passed (all queues)."""
     nq, nl = qh.shape
@@ -198,7 +198,7 @@ def purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, now):
 # ----------------------------------------------------------------------------- replicas
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _release(pf, pi, mrep, mn, r, t):
     pi[r, Q_STATE] = REP_RELEASED
     pi[r, Q_VERSION] += 1
@@ -215,7 +215,7 @@ def _release(pf, pi, mrep, mn, r, t):
         mn[m] = n - 1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t):
     """Admit what fits and start the next iteration of replica ``r`` if there is work."""
     if pi[r, Q_BUSY] != 0:
@@ -305,7 +305,7 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
     heap_push(ht, hk, hr, hv, gi, t + dur, EV_ITER_END, r, pi[r, Q_VERSION])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, r, t):
     pi[r, Q_BUSY] = 0
     pf[r, P_BUSY_S] += pf[r, P_ITER_DUR]
@@ -356,12 +356,12 @@ def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, r, 
 # ----------------------------------------------------------------------------- routing
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _in_flight(pi, qn, gi, r):
     return qn[gi[I_NMODELS] + r] + pi[r, Q_NRUN]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _hash64(x):
     # splitmix64 finaliser: a fixed, well-mixed hash for the affinity ring
     z = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -370,7 +370,7 @@ def _hash64(x):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _kth_ready(pi, mrep, mn, m, k):
     for j in range(mn[m]):
         r = mrep[m, j]
@@ -381,7 +381,7 @@ def _kth_ready(pi, mrep, mn, m, k):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i):
     """Pick a READY replica of the request's model with the scenario's router; -1 = central queue.
 
@@ -470,7 +470,7 @@ def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i):
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, i, r, t):
     """Put arrived request ``i`` in replica ``r``'s queue (or the central queue if r < 0) and wake a server."""
     m = ri[i, R_MODEL]
@@ -495,7 +495,7 @@ def dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv,
 # ----------------------------------------------------------------------------- main loop
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi,
             log_done, log_drop, tick_inflight, tick_queued, until, route_to):  # fmt: skip
     """Run every event with time <= ``until``.
