@@ -472,7 +472,6 @@ class Simulator:
         pi[r, K.Q_MODEL] = m
         pi[r, K.Q_MAXB] = 1 if self.per_request else dep.max_batch
         pi[r, K.Q_KVCAP] = kv_cap
-        pi[r, K.Q_MINFIN] = 1 << 62
         pi[r, K.Q_HASH] = int(K._hash64(np.uint64(r + 1)) >> np.uint64(1))
         self.mrep[m, self.mn[m]] = r
         self.mn[m] += 1

@@ -47,7 +47,7 @@ P_CTOK, P_WREAD, P_KVTOK, P_OVH, P_BUSY_S, P_ITER_START, P_ITER_DUR, P_ALLOC, P_
 P_SPEED, P_EWMA, P_WRR, P_TILE = 10, 11, 12, 13
 N_PF = 14
 # replica int columns
-Q_STATE, Q_MODEL, Q_MAXB, Q_KVCAP, Q_KVRES, Q_KVSUM, Q_NRUN, Q_ITER, Q_MINFIN, Q_BUSY = range(10)
+Q_STATE, Q_MODEL, Q_MAXB, Q_KVCAP, Q_KVRES, Q_KVSUM, Q_NRUN, Q_ITER, Q_SPARE, Q_BUSY = range(10)  # Q_SPARE: unused slot
 Q_NPF, Q_VERSION, Q_PFTOK, Q_NDEC, Q_HASH, Q_TOKENS = 10, 11, 12, 13, 14, 15
 N_PI = 16
 # replica states
@@ -63,6 +63,8 @@ N_GF = 3
 (I_NEXT_ARR, I_NREQ, I_HEAP_N, I_SEQ, I_NDONE, I_NDROP, I_PENDING, I_ROUTER, I_SVC_KIND, I_NLISTS,
  I_NTICK, I_NMODELS, I_TICK_CAP) = range(13)  # fmt: skip
 N_GI = 13
+
+EWMA_WEIGHT = 0.2  # weight of the newest latency sample in a replica's EWMA (least_time router)
 
 # event types / priorities
 EV_READY, EV_ITER_END = 0, 1
@@ -199,6 +201,43 @@ def purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, now):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def _run_before(ri, a, b):
+    fa, fb = ri[a, R_FINISH], ri[b, R_FINISH]
+    return fa < fb or (fa == fb and a < b)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _run_push(run, ri, r, n, i):
+    """Add request ``i`` to replica ``r``'s running heap of size ``n``."""
+    run[r, n] = i
+    while n > 0:
+        p = (n - 1) >> 1
+        if _run_before(ri, run[r, n], run[r, p]):
+            run[r, n], run[r, p] = run[r, p], run[r, n]
+            n = p
+        else:
+            break
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _run_sift_down(run, ri, r, n):
+    """Remove the top of replica ``r``'s running heap; ``n`` is the size after removal."""
+    run[r, 0] = run[r, n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and _run_before(ri, run[r, c + 1], run[r, c]):
+            c += 1
+        if _run_before(ri, run[r, c], run[r, i]):
+            run[r, c], run[r, i] = run[r, i], run[r, c]
+            i = c
+        else:
+            break
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def _release(pf, pi, mrep, mn, r, t):
     pi[r, Q_STATE] = REP_RELEASED
     pi[r, Q_VERSION] += 1
@@ -273,11 +312,8 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
                 ri[i, R_STATE] = REQ_RUNNING
                 ri[i, R_REPLICA] = r
                 rf[i, R_ADMIT] = t
-                fin = pi[r, Q_ITER] + ri[i, R_OUTPUT] - 1
-                ri[i, R_FINISH] = fin
-                if fin < pi[r, Q_MINFIN]:
-                    pi[r, Q_MINFIN] = fin
-                run[r, pi[r, Q_NRUN]] = i
+                ri[i, R_FINISH] = pi[r, Q_ITER] + ri[i, R_OUTPUT] - 1
+                _run_push(run, ri, r, pi[r, Q_NRUN], i)
                 pi[r, Q_NRUN] += 1
                 pfl[r, admitted] = i
                 admitted += 1
@@ -317,38 +353,27 @@ def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, r, 
     pi[r, Q_NPF] = 0
     it = pi[r, Q_ITER]
     pi[r, Q_ITER] = it + 1
-    if pi[r, Q_MINFIN] == it:
-        n = pi[r, Q_NRUN]
-        k = 0
-        new_min = np.int64(1) << 62
-        gf_alpha = 0.2  # EWMA weight of the newest latency sample (least_time router)
-        while k < n:
-            i = run[r, k]
-            if ri[i, R_FINISH] == it:
-                ri[i, R_STATE] = REQ_DONE
-                rf[i, R_DONE] = t
-                ctx = ri[i, R_PROMPT] + ri[i, R_OUTPUT]
-                if gi[I_SVC_KIND] != SVC_PER_REQUEST:
-                    pi[r, Q_KVRES] -= ctx
-                    pi[r, Q_KVSUM] -= ctx
-                else:
-                    pi[r, Q_KVSUM] -= ctx
-                m = ri[i, R_MODEL]
-                mi[m, M_INFLIGHT] -= 1
-                mi[m, M_RUNNING] -= 1
-                log_done[gi[I_NDONE]] = i
-                gi[I_NDONE] += 1
-                lat = t - rf[i, R_ARR]
-                ew = pf[r, P_EWMA]
-                pf[r, P_EWMA] = lat if ew < 0 else ew + gf_alpha * (lat - ew)
-                n -= 1
-                run[r, k] = run[r, n]
-            else:
-                if ri[i, R_FINISH] < new_min:
-                    new_min = ri[i, R_FINISH]
-                k += 1
-        pi[r, Q_NRUN] = n
-        pi[r, Q_MINFIN] = new_min
+    # run[r, :n] is a min-heap on (finish iteration, request id): completions pop in O(log batch)
+    n = pi[r, Q_NRUN]
+    while n > 0 and ri[run[r, 0], R_FINISH] == it:
+        i = run[r, 0]
+        n -= 1
+        _run_sift_down(run, ri, r, n)
+        ri[i, R_STATE] = REQ_DONE
+        rf[i, R_DONE] = t
+        ctx = ri[i, R_PROMPT] + ri[i, R_OUTPUT]
+        if gi[I_SVC_KIND] != SVC_PER_REQUEST:
+            pi[r, Q_KVRES] -= ctx
+        pi[r, Q_KVSUM] -= ctx
+        m = ri[i, R_MODEL]
+        mi[m, M_INFLIGHT] -= 1
+        mi[m, M_RUNNING] -= 1
+        log_done[gi[I_NDONE]] = i
+        gi[I_NDONE] += 1
+        lat = t - rf[i, R_ARR]
+        ew = pf[r, P_EWMA]
+        pf[r, P_EWMA] = lat if ew < 0 else ew + EWMA_WEIGHT * (lat - ew)
+    pi[r, Q_NRUN] = n
     if pi[r, Q_STATE] == REP_DRAINING and pi[r, Q_NRUN] == 0 and qn[gi[I_NMODELS] + r] == 0:
         _release(pf, pi, mrep, mn, r, t)
 
