@@ -12,8 +12,9 @@ READY (0) before ITERATION_END (1) before an arrival (2) before a metrics tick
 are pre-generated and sorted, so they are read from a cursor instead of the heap.
 
 Service model. A replica runs *iterations* (vLLM / Orca continuous batching).
-At an iteration start it admits queued requests (own queue, then its model's
-central queue, in class-priority order) while the batch is below
+At an iteration start it admits queued requests (oldest first among the heads
+of its own queue and its model's central queue; under a priority queue, the
+highest-priority class first) while the batch is below
 ``max_batch`` and the KV cache can reserve ``prompt + output`` tokens for the
 request (reservation at admission, so a running request is never preempted).
 The iteration runs the prefill of the admitted requests plus one decode token
@@ -61,8 +62,8 @@ N_MI = 4
 G_NOW, G_TICK_S, G_AFFINITY_EPS = range(3)
 N_GF = 3
 (I_NEXT_ARR, I_NREQ, I_HEAP_N, I_SEQ, I_NDONE, I_NDROP, I_PENDING, I_ROUTER, I_SVC_KIND, I_NLISTS,
- I_NTICK, I_NMODELS, I_TICK_CAP) = range(13)  # fmt: skip
-N_GI = 13
+ I_NTICK, I_NMODELS, I_TICK_CAP, I_PRIORITY) = range(14)  # fmt: skip
+N_GI = 14
 
 EWMA_WEIGHT = 0.2  # weight of the newest latency sample in a replica's EWMA (least_time router)
 
@@ -173,27 +174,24 @@ def _drop(rf, ri, mi, log_drop, gi, i):
 
 @njit(cache=True, error_model="numpy")
 def purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, now):
-    """Drop every queued request whose deadline has passed (all queues)."""
+    """Drop every queued request whose deadline has passed (all queues).
+
+    A list holds one request class in arrival order, so its deadlines
+    (arrival + the class timeout) are increasing: only heads need checking.
+    """
     nq, nl = qh.shape
     for q in range(nq):
         if qn[q] == 0:
             continue
         for lst in range(nl):
-            prev = -1
             i = qh[q, lst]
-            while i >= 0:
+            while i >= 0 and rf[i, R_DEADLINE] <= now:
                 nxt = ri[i, R_NEXT]
-                if rf[i, R_DEADLINE] <= now:
-                    if prev < 0:
-                        qh[q, lst] = nxt
-                    else:
-                        ri[prev, R_NEXT] = nxt
-                    if qt[q, lst] == i:
-                        qt[q, lst] = prev
-                    qn[q] -= 1
-                    _drop(rf, ri, mi, log_drop, gi, i)
-                else:
-                    prev = i
+                qh[q, lst] = nxt
+                if nxt < 0:
+                    qt[q, lst] = -1
+                qn[q] -= 1
+                _drop(rf, ri, mi, log_drop, gi, i)
                 i = nxt
 
 
@@ -271,56 +269,53 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
     admitted = 0
     pf_tokens = 0
     svc = 0.0
-    blocked = False
-    for lst in range(gi[I_NLISTS]):
-        if blocked:
-            break
-        for src in range(2):
-            q = own if src == 0 else m
-            if src == 1 and state != REP_READY:
-                break
-            while qh[q, lst] >= 0 and pi[r, Q_NRUN] < maxb:
-                i = qh[q, lst]
-                # pop the head
-                nxt = ri[i, R_NEXT]
-                if rf[i, R_DEADLINE] <= t:
-                    qh[q, lst] = nxt
-                    if nxt < 0:
-                        qt[q, lst] = -1
-                    qn[q] -= 1
-                    _drop(rf, ri, mi, log_drop, gi, i)
-                    continue
-                need = 0 if per_request else ri[i, R_PROMPT] + ri[i, R_OUTPUT]
-                if need > pi[r, Q_KVCAP]:
-                    # can never fit on this replica: drop rather than block the queue forever
-                    qh[q, lst] = nxt
-                    if nxt < 0:
-                        qt[q, lst] = -1
-                    qn[q] -= 1
-                    _drop(rf, ri, mi, log_drop, gi, i)
-                    continue
-                if pi[r, Q_KVRES] + need > pi[r, Q_KVCAP]:
-                    blocked = True
+    n_lists = gi[I_NLISTS]
+    by_priority = gi[I_PRIORITY] != 0
+    while pi[r, Q_NRUN] < maxb:
+        # Next request: lowest class rank first under a priority queue, then the earliest
+        # arrival among the heads of the replica's own lists and its model's central lists.
+        bq, bl, bi = -1, -1, -1
+        for lst in range(n_lists):
+            for src in range(2):
+                q = own if src == 0 else m
+                if src == 1 and state != REP_READY:
                     break
-                qh[q, lst] = nxt
-                if nxt < 0:
-                    qt[q, lst] = -1
-                qn[q] -= 1
-                mi[m, M_QUEUED] -= 1
-                mi[m, M_RUNNING] += 1
-                pi[r, Q_KVRES] += need
-                ri[i, R_STATE] = REQ_RUNNING
-                ri[i, R_REPLICA] = r
-                rf[i, R_ADMIT] = t
-                ri[i, R_FINISH] = pi[r, Q_ITER] + ri[i, R_OUTPUT] - 1
-                _run_push(run, ri, r, pi[r, Q_NRUN], i)
-                pi[r, Q_NRUN] += 1
-                pfl[r, admitted] = i
-                admitted += 1
-                pf_tokens += ri[i, R_PROMPT]
-                svc += rf[i, R_SVC]
-            if blocked or pi[r, Q_NRUN] >= maxb:
+                h = qh[q, lst]
+                if h < 0:
+                    continue
+                if bi < 0 or rf[h, R_ARR] < rf[bi, R_ARR]:
+                    bq, bl, bi = q, lst, h
+            if by_priority and bi >= 0:
                 break
+        if bi < 0:
+            break
+        i = bi
+        need = 0 if per_request else ri[i, R_PROMPT] + ri[i, R_OUTPUT]
+        expired = rf[i, R_DEADLINE] <= t
+        # a request that can never fit on this replica is dropped rather than block the queue forever
+        if not expired and need <= pi[r, Q_KVCAP] and pi[r, Q_KVRES] + need > pi[r, Q_KVCAP]:
+            break  # head-of-line: wait for KV to free up
+        nxt = ri[i, R_NEXT]
+        qh[bq, bl] = nxt
+        if nxt < 0:
+            qt[bq, bl] = -1
+        qn[bq] -= 1
+        if expired or need > pi[r, Q_KVCAP]:
+            _drop(rf, ri, mi, log_drop, gi, i)
+            continue
+        mi[m, M_QUEUED] -= 1
+        mi[m, M_RUNNING] += 1
+        pi[r, Q_KVRES] += need
+        ri[i, R_STATE] = REQ_RUNNING
+        ri[i, R_REPLICA] = r
+        rf[i, R_ADMIT] = t
+        ri[i, R_FINISH] = pi[r, Q_ITER] + ri[i, R_OUTPUT] - 1
+        _run_push(run, ri, r, pi[r, Q_NRUN], i)
+        pi[r, Q_NRUN] += 1
+        pfl[r, admitted] = i
+        admitted += 1
+        pf_tokens += ri[i, R_PROMPT]
+        svc += rf[i, R_SVC]
     if admitted == 0 and n_dec == 0:
         return
     if per_request:
