@@ -49,7 +49,8 @@ def check_action(space: Any, action: Any, env_name: str) -> np.ndarray:
     """Return ``action`` as an int64 array, or raise if it is not in the action space."""
     arr = np.asarray(action)
     ok = arr.shape == space.shape and (
-        np.issubdtype(arr.dtype, np.integer) or (np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0))
+        np.issubdtype(arr.dtype, np.integer)
+        or (np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0))
     )
     if ok:
         arr = arr.astype(np.int64)

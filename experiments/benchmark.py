@@ -31,11 +31,19 @@ from envs.sim import Simulator
 class Args:
     """Benchmark settings (all have defaults)."""
 
-    mmc_requests: int = field(default=400_000, metadata={"help": "simulated requests in the M/M/c run (>= 200k)"})
-    simpy_requests: int = field(default=100_000, metadata={"help": "requests in the SimPy run of the same model"})
+    mmc_requests: int = field(
+        default=400_000, metadata={"help": "simulated requests in the M/M/c run (>= 200k)"}
+    )
+    simpy_requests: int = field(
+        default=100_000, metadata={"help": "requests in the SimPy run of the same model"}
+    )
     env_steps: int = field(default=3_000, metadata={"help": "steps per environment timing"})
-    repeats: int = field(default=3, metadata={"help": "timed repeats; the best (least disturbed) is reported"})
-    quick: bool = field(default=False, metadata={"help": "tiny sizes for a smoke test (numbers not meaningful)"})
+    repeats: int = field(
+        default=3, metadata={"help": "timed repeats; the best (least disturbed) is reported"}
+    )
+    quick: bool = field(
+        default=False, metadata={"help": "tiny sizes for a smoke test (numbers not meaningful)"}
+    )
 
 
 MMC_SERVERS = 8
@@ -120,12 +128,16 @@ def env_steps_per_s(env_id: str, steps: int, seed: int = 0) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for name, f in Args.__dataclass_fields__.items():
         if f.type == "bool":
             parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=f.metadata["help"])
         else:
-            parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=f.default, help=f.metadata["help"])
+            parser.add_argument(
+                f"--{name.replace('_', '-')}", type=int, default=f.default, help=f.metadata["help"]
+            )
     args = Args(**vars(parser.parse_args(argv)))
     if args.quick:
         args = Args(mmc_requests=20_000, simpy_requests=5_000, env_steps=200, repeats=1, quick=True)
@@ -143,7 +155,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ]
     print(f"{'workload':<36} {'requests':>10} {'sim s':>8} {'requests/s':>12} {'mean wait s':>12}")
     for name, r in rows:
-        print(f"{name:<36} {int(r['requests']):>10} {r['sim_s']:>8.3f} {r['rps']:>12,.0f} {r['wait_mean_s']:>12.4f}")
+        print(
+            f"{name:<36} {int(r['requests']):>10} {r['sim_s']:>8.3f} {r['rps']:>12,.0f} {r['wait_mean_s']:>12.4f}"
+        )
     result = {
         "mmc_requests_per_s": round(mmc["rps"]),
         "mmc_e2e_requests_per_s": round(mmc["e2e_rps"]),

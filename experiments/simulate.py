@@ -38,8 +38,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", default="default", help=f"shipped name {shipped_scenarios()} or a YAML path")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="workload seeds (one run each)")
-    p.add_argument("--trace", default=None, help="Azure LLM trace CSV for trace-replay scenarios (azure-conv)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override, repeatable")
+    p.add_argument(
+        "--trace", default=None, help="Azure LLM trace CSV for trace-replay scenarios (azure-conv)"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override, repeatable"
+    )
     p.add_argument("--json", default=None, help="also write the KPIs to this JSON file")
     args = p.parse_args(argv)
     try:
@@ -72,7 +76,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     n = sum(results["requests_arrived"])
     print(f"\nsimulated {n:,.0f} requests in {wall:.2f} s wall time ({n / wall:,.0f} requests/s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"scenario": sc.name, "seeds": args.seeds, "kpis": results}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"scenario": sc.name, "seeds": args.seeds, "kpis": results}, indent=2)
+        )
     return results
 
 

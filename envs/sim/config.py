@@ -66,7 +66,9 @@ class NodePool:
         check_keys(path, raw, {"name", "gpu", "count", "gpus_per_node", "cached_models"}, required={"gpu"})
         gpu = gpu_from_config(raw["gpu"], f"{path}.gpu")
         count = int(check_number(f"{path}.count", raw.get("count", 1), ge=1, integer=True))
-        per_node = int(check_number(f"{path}.gpus_per_node", raw.get("gpus_per_node", 8), ge=1, le=64, integer=True))
+        per_node = int(
+            check_number(f"{path}.gpus_per_node", raw.get("gpus_per_node", 8), ge=1, le=64, integer=True)
+        )
         cached = raw.get("cached_models", [])
         if not isinstance(cached, (list, tuple)) or not all(isinstance(c, str) for c in cached):
             raise fail(f"{path}.cached_models", cached, "must be a list of model names")
@@ -138,7 +140,9 @@ class ModelDeployment:
     kv_memory_fraction: float
 
     @classmethod
-    def from_config(cls, raw: Any, path: str, pool_gpus: tuple[str, ...], service_kind: str) -> ModelDeployment:
+    def from_config(
+        cls, raw: Any, path: str, pool_gpus: tuple[str, ...], service_kind: str
+    ) -> ModelDeployment:
         allowed = {
             "name", "spec", "replicas", "min_replicas", "max_replicas", "gpu_types",
             "tensor_parallel", "max_batch", "kv_memory_fraction",
@@ -154,11 +158,17 @@ class ModelDeployment:
             spec = model_from_config(raw.get("spec", "llama-2-7b"), f"{path}.spec")
         replicas = int(check_number(f"{path}.replicas", raw.get("replicas", 1), ge=0, integer=True))
         lo = int(check_number(f"{path}.min_replicas", raw.get("min_replicas", 0), ge=0, integer=True))
-        hi = int(check_number(f"{path}.max_replicas", raw.get("max_replicas", max(replicas, 1) * 4), ge=1, integer=True))
+        hi = int(
+            check_number(
+                f"{path}.max_replicas", raw.get("max_replicas", max(replicas, 1) * 4), ge=1, integer=True
+            )
+        )
         if lo > hi:
             raise fail(f"{path}.min_replicas", lo, f"must be <= max_replicas ({hi})")
         if not lo <= replicas <= hi:
-            raise fail(f"{path}.replicas", replicas, f"must be within [min_replicas, max_replicas] = [{lo}, {hi}]")
+            raise fail(
+                f"{path}.replicas", replicas, f"must be within [min_replicas, max_replicas] = [{lo}, {hi}]"
+            )
         gpu_types = raw.get("gpu_types", list(pool_gpus))
         if isinstance(gpu_types, str):
             gpu_types = [gpu_types]
@@ -166,10 +176,24 @@ class ModelDeployment:
             raise fail(f"{path}.gpu_types", gpu_types, "must be a non-empty list of GPU type names")
         for i, g in enumerate(gpu_types):
             if g not in pool_gpus:
-                raise fail(f"{path}.gpu_types[{i}]", g, f"must be a GPU type of a node pool {sorted(set(pool_gpus))}")
-        tp = int(check_number(f"{path}.tensor_parallel", raw.get("tensor_parallel", spec.gpus_per_replica), ge=1, le=64, integer=True))
-        max_batch = int(check_number(f"{path}.max_batch", raw.get("max_batch", 256), ge=1, le=4096, integer=True))
-        frac = float(check_number(f"{path}.kv_memory_fraction", raw.get("kv_memory_fraction", 0.9), gt=0, le=1))
+                raise fail(
+                    f"{path}.gpu_types[{i}]", g, f"must be a GPU type of a node pool {sorted(set(pool_gpus))}"
+                )
+        tp = int(
+            check_number(
+                f"{path}.tensor_parallel",
+                raw.get("tensor_parallel", spec.gpus_per_replica),
+                ge=1,
+                le=64,
+                integer=True,
+            )
+        )
+        max_batch = int(
+            check_number(f"{path}.max_batch", raw.get("max_batch", 256), ge=1, le=4096, integer=True)
+        )
+        frac = float(
+            check_number(f"{path}.kv_memory_fraction", raw.get("kv_memory_fraction", 0.9), gt=0, le=1)
+        )
         return cls(name, spec, replicas, lo, hi, tuple(dict.fromkeys(gpu_types)), tp, max_batch, frac)
 
 
@@ -192,11 +216,21 @@ class ServiceSpec:
     def from_config(cls, raw: Any, path: str) -> ServiceSpec:
         if isinstance(raw, str):
             raw = {"kind": raw}
-        check_keys(path, raw, {"kind", "mean_s", "compute_efficiency", "bandwidth_efficiency", "iteration_overhead_s"})
-        kind = check_choice(f"{path}.kind", raw.get("kind", "roofline"), ("roofline", "exponential", "deterministic"))
+        check_keys(
+            path,
+            raw,
+            {"kind", "mean_s", "compute_efficiency", "bandwidth_efficiency", "iteration_overhead_s"},
+        )
+        kind = check_choice(
+            f"{path}.kind", raw.get("kind", "roofline"), ("roofline", "exponential", "deterministic")
+        )
         mean = float(check_number(f"{path}.mean_s", raw.get("mean_s", 1.0), gt=0))
         extra = {}
-        for key, lim in (("compute_efficiency", 1.0), ("bandwidth_efficiency", 1.0), ("iteration_overhead_s", 10.0)):
+        for key, lim in (
+            ("compute_efficiency", 1.0),
+            ("bandwidth_efficiency", 1.0),
+            ("iteration_overhead_s", 10.0),
+        ):
             v = raw.get(key)
             extra[key] = None if v is None else float(check_number(f"{path}.{key}", v, ge=0, le=lim))
         return cls(kind, mean, **extra)
@@ -232,18 +266,28 @@ class ArrivalSpec:
                 if not isinstance(seq, (list, tuple)) or len(seq) < 2:
                     raise fail(f"{path}.{key}", seq, "must be a list of at least 2 numbers")
             if len(rates) != len(dwell):
-                raise fail(f"{path}.mean_dwell_s", dwell, f"must have as many entries as rates_per_s ({len(rates)})")
-            p["rates_per_s"] = tuple(float(check_number(f"{path}.rates_per_s[{i}]", r, ge=0)) for i, r in enumerate(rates))
-            p["mean_dwell_s"] = tuple(float(check_number(f"{path}.mean_dwell_s[{i}]", d, gt=0)) for i, d in enumerate(dwell))
+                raise fail(
+                    f"{path}.mean_dwell_s", dwell, f"must have as many entries as rates_per_s ({len(rates)})"
+                )
+            p["rates_per_s"] = tuple(
+                float(check_number(f"{path}.rates_per_s[{i}]", r, ge=0)) for i, r in enumerate(rates)
+            )
+            p["mean_dwell_s"] = tuple(
+                float(check_number(f"{path}.mean_dwell_s[{i}]", d, gt=0)) for i, d in enumerate(dwell)
+            )
             if not any(r > 0 for r in p["rates_per_s"]):
                 raise fail(f"{path}.rates_per_s", rates, "must have at least one rate > 0")
         elif kind == "onoff":
             p["on_rate_per_s"] = float(check_number(f"{path}.on_rate_per_s", p.get("on_rate_per_s"), gt=0))
-            p["off_rate_per_s"] = float(check_number(f"{path}.off_rate_per_s", p.get("off_rate_per_s", 0.0), ge=0))
+            p["off_rate_per_s"] = float(
+                check_number(f"{path}.off_rate_per_s", p.get("off_rate_per_s", 0.0), ge=0)
+            )
             p["mean_on_s"] = float(check_number(f"{path}.mean_on_s", p.get("mean_on_s"), gt=0))
             p["mean_off_s"] = float(check_number(f"{path}.mean_off_s", p.get("mean_off_s"), gt=0))
         elif kind == "diurnal":
-            p["mean_rate_per_s"] = float(check_number(f"{path}.mean_rate_per_s", p.get("mean_rate_per_s"), gt=0))
+            p["mean_rate_per_s"] = float(
+                check_number(f"{path}.mean_rate_per_s", p.get("mean_rate_per_s"), gt=0)
+            )
             p["amplitude"] = float(check_number(f"{path}.amplitude", p.get("amplitude", 0.5), ge=0, le=1))
             p["period_s"] = float(check_number(f"{path}.period_s", p.get("period_s", 86400.0), gt=0))
             p["phase_s"] = float(check_number(f"{path}.phase_s", p.get("phase_s", 0.0)))
@@ -275,7 +319,9 @@ class ArrivalSpec:
         if self.kind == "poisson":
             return p["rate_per_s"]
         if self.kind == "mmpp":
-            return sum(r * d for r, d in zip(p["rates_per_s"], p["mean_dwell_s"])) / sum(p["mean_dwell_s"])
+            return sum(r * d for r, d in zip(p["rates_per_s"], p["mean_dwell_s"], strict=True)) / sum(
+                p["mean_dwell_s"]
+            )
         if self.kind == "onoff":
             on, off = p["mean_on_s"], p["mean_off_s"]
             return (p["on_rate_per_s"] * on + p["off_rate_per_s"] * off) / (on + off)
@@ -312,7 +358,11 @@ class SizeSpec:
             vals[key] = int(check_number(f"{path}.{key}", raw.get(key, getattr(d, key)), ge=1, integer=True))
         for which in ("prompt", "output"):
             if vals[f"{which}_p99"] <= vals[f"{which}_mean"]:
-                raise fail(f"{path}.{which}_p99", vals[f"{which}_p99"], f"must be > {which}_mean ({vals[f'{which}_mean']})")
+                raise fail(
+                    f"{path}.{which}_p99",
+                    vals[f"{which}_p99"],
+                    f"must be > {which}_mean ({vals[f'{which}_mean']})",
+                )
         return cls(**vals)
 
 
@@ -340,7 +390,9 @@ class Workload:
         classes_raw = raw.get("classes", [{"name": "interactive", "slo": {"ttft_s": 2.0, "tpot_s": 0.2}}])
         if not isinstance(classes_raw, (list, tuple)) or not classes_raw:
             raise fail(f"{path}.classes", classes_raw, "must be a non-empty list of request classes")
-        classes = tuple(RequestClass.from_config(c, f"{path}.classes[{i}]") for i, c in enumerate(classes_raw))
+        classes = tuple(
+            RequestClass.from_config(c, f"{path}.classes[{i}]") for i, c in enumerate(classes_raw)
+        )
         names = [c.name for c in classes]
         if len(set(names)) != len(names):
             raise fail(f"{path}.classes", names, "must have distinct names")
@@ -367,8 +419,20 @@ class StorageSpec:
         d = cls()
         check_keys(path, raw, {"remote_bandwidth_gbps", "local_bandwidth_gbps", "cache_ttl_s", "startup_s"})
         return cls(
-            float(check_number(f"{path}.remote_bandwidth_gbps", raw.get("remote_bandwidth_gbps", d.remote_bandwidth_gbps), gt=0)),
-            float(check_number(f"{path}.local_bandwidth_gbps", raw.get("local_bandwidth_gbps", d.local_bandwidth_gbps), gt=0)),
+            float(
+                check_number(
+                    f"{path}.remote_bandwidth_gbps",
+                    raw.get("remote_bandwidth_gbps", d.remote_bandwidth_gbps),
+                    gt=0,
+                )
+            ),
+            float(
+                check_number(
+                    f"{path}.local_bandwidth_gbps",
+                    raw.get("local_bandwidth_gbps", d.local_bandwidth_gbps),
+                    gt=0,
+                )
+            ),
             float(check_number(f"{path}.cache_ttl_s", raw.get("cache_ttl_s", d.cache_ttl_s), ge=0)),
             float(check_number(f"{path}.startup_s", raw.get("startup_s", d.startup_s), ge=0)),
         )
@@ -386,7 +450,9 @@ class ControllerSpec:
         if isinstance(raw, str):
             return cls(raw, {})
         if not isinstance(raw, Mapping) or "kind" not in raw or not isinstance(raw["kind"], str):
-            raise fail(path, raw, "must be a controller name or a mapping with a 'kind' name and its parameters")
+            raise fail(
+                path, raw, "must be a controller name or a mapping with a 'kind' name and its parameters"
+            )
         return cls(raw["kind"], {k: v for k, v in raw.items() if k != "kind"})
 
     def as_config(self) -> dict[str, Any]:
@@ -459,7 +525,8 @@ class Scenario:
         if not isinstance(models_raw, (list, tuple)) or not models_raw:
             raise fail("models", models_raw, "must be a non-empty list of model deployments")
         models = tuple(
-            ModelDeployment.from_config(m, f"models[{i}]", pool_gpus, service.kind) for i, m in enumerate(models_raw)
+            ModelDeployment.from_config(m, f"models[{i}]", pool_gpus, service.kind)
+            for i, m in enumerate(models_raw)
         )
         names = [m.name for m in models]
         if len(set(names)) != len(names):
@@ -470,7 +537,9 @@ class Scenario:
                     raise fail(f"nodes[{i}].cached_models[{j}]", c, f"must be one of the models {names}")
         workload = Workload.from_config(raw["workload"], "workload", names)
         routing = ControllerSpec.from_config(raw.get("routing", "least_connections"), "routing")
-        check_choice("routing.kind" if not isinstance(raw.get("routing"), str) else "routing", routing.kind, ROUTERS)
+        check_choice(
+            "routing.kind" if not isinstance(raw.get("routing"), str) else "routing", routing.kind, ROUTERS
+        )
         placement = ControllerSpec.from_config(raw.get("placement", "first_fit"), "placement")
         scaling = ControllerSpec.from_config(raw.get("scaling", "static"), "scaling")
         queue = check_choice("queue", raw.get("queue", "fifo"), ("fifo", "priority"))
@@ -479,7 +548,10 @@ class Scenario:
         if not isinstance(reward_raw, Mapping):
             raise fail("reward", reward_raw, "must be a mapping of reward term name to weight")
         check_keys("reward", reward_raw, REWARD_TERMS)
-        reward = {**DEFAULT_REWARD, **{str(k): float(check_number(f"reward.{k}", v, ge=0)) for k, v in reward_raw.items()}}
+        reward = {
+            **DEFAULT_REWARD,
+            **{str(k): float(check_number(f"reward.{k}", v, ge=0)) for k, v in reward_raw.items()},
+        }
         name = str(raw.get("name", "custom"))
         return cls(
             name, str(raw.get("description", "")), horizon, interval, tick, nodes, models, service, workload,
@@ -519,7 +591,9 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[st
     return out
 
 
-def load_scenario(spec: str | Path | Mapping[str, Any] | Scenario = "default", overrides: Mapping[str, Any] | None = None) -> Scenario:
+def load_scenario(
+    spec: str | Path | Mapping[str, Any] | Scenario = "default", overrides: Mapping[str, Any] | None = None
+) -> Scenario:
     """Build a validated :class:`Scenario` from a shipped name, a YAML path, a dict or a Scenario."""
     if isinstance(spec, Scenario):
         if not overrides:

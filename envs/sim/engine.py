@@ -108,7 +108,9 @@ class Simulator:
         rparams = {**allowed, **routing.params}
         for key, val in rparams.items():
             check_number(f"routing.{key}", val, ge=0)
-        self.placer = _controller("placement", "make_placer", placer if placer is not None else sc.placement, "placement")
+        self.placer = _controller(
+            "placement", "make_placer", placer if placer is not None else sc.placement, "placement"
+        )
         scaler_spec = scaler if scaler is not None else sc.scaling
         self.scalers = [
             _controller("scaling", "make_scaler", scaler_spec, "scaling") for _ in range(self.n_models)
@@ -162,7 +164,9 @@ class Simulator:
                 cached.append([sc.model_index(c) for c in pool.cached_models])
         n = len(node_type)
         big = np.full(n, 1 << 40, np.int64)  # CPU and host memory are not modelled for LLM replicas
-        self.cluster = ClusterState(names, np.array(node_type), np.array(node_gpus), big, big, n_models=self.n_models)
+        self.cluster = ClusterState(
+            names, np.array(node_type), np.array(node_gpus), big, big, n_models=self.n_models
+        )
         for node, models in enumerate(cached):
             for m in models:
                 self.cluster.touch_cache(node, m, 0.0)
@@ -204,7 +208,11 @@ class Simulator:
             t = W.mmpp_arrivals(rng, p["rates_per_s"], p["mean_dwell_s"], h)
         elif arr.kind == "onoff":
             t = W.mmpp_arrivals(
-                rng, (p["on_rate_per_s"], p["off_rate_per_s"]), (p["mean_on_s"], p["mean_off_s"]), h, start_state=0
+                rng,
+                (p["on_rate_per_s"], p["off_rate_per_s"]),
+                (p["mean_on_s"], p["mean_off_s"]),
+                h,
+                start_state=0,
             )
         elif arr.kind == "diurnal":
             t = W.diurnal_arrivals(rng, p["mean_rate_per_s"], p["amplitude"], p["period_s"], h, p["phase_s"])
@@ -235,7 +243,11 @@ class Simulator:
         mix = np.array([wl.model_mix.get(nm, 0.0) for nm in names])
         model = rng.choice(len(names), size=n, p=mix / mix.sum()) if len(names) > 1 else np.zeros(n, np.int64)
         shares = np.array([c.share for c in wl.classes])
-        cls = rng.choice(len(shares), size=n, p=shares / shares.sum()) if len(shares) > 1 else np.zeros(n, np.int64)
+        cls = (
+            rng.choice(len(shares), size=n, p=shares / shares.sum())
+            if len(shares) > 1
+            else np.zeros(n, np.int64)
+        )
         u = rng.random((n, 2))
         session = rng.integers(0, N_SESSIONS, size=n)
         if sc.service.kind == "exponential":
@@ -261,7 +273,10 @@ class Simulator:
         ri[:n, K.R_SESSION] = session
         self.n_requests = n
         self.slo = np.array(
-            [[math.inf if v is None else v for v in (c.slo.ttft_s, c.slo.tpot_s, c.slo.e2e_s)] for c in wl.classes]
+            [
+                [math.inf if v is None else v for v in (c.slo.ttft_s, c.slo.tpot_s, c.slo.e2e_s)]
+                for c in wl.classes
+            ]
         )
 
     def _build_state(self, rparams: Mapping[str, float]) -> None:
@@ -427,7 +442,10 @@ class Simulator:
         :meth:`set_target_replicas`.
         """
         m = self.scenario.model_index(model) if isinstance(model, str) else int(model)
-        if self.replicas_of(m)["ready"] + self.replicas_of(m)["loading"] >= self.scenario.models[m].max_replicas:
+        if (
+            self.replicas_of(m)["ready"] + self.replicas_of(m)["loading"]
+            >= self.scenario.models[m].max_replicas
+        ):
             return False
         ok = self._add_replica(m, gpu_type, node=node)
         if ok:
@@ -506,7 +524,9 @@ class Simulator:
         self.pi[r, K.Q_VERSION] += 1  # invalidates an earlier READY estimate
         if self.gi[K.I_HEAP_N] >= len(self.ht) - 1:
             self._grow_heap()
-        K.heap_push(self.ht, self.hk, self.hr, self.hv, self.gi, float(t), K.EV_READY, r, self.pi[r, K.Q_VERSION])
+        K.heap_push(
+            self.ht, self.hk, self.hr, self.hv, self.gi, float(t), K.EV_READY, r, self.pi[r, K.Q_VERSION]
+        )
 
     def _grow_heap(self) -> None:
         for name in ("ht", "hk", "hr", "hv"):
@@ -616,7 +636,9 @@ class Simulator:
         busy[on] += self.now - self.pf[:k, K.P_ITER_START][on]
         return busy
 
-    def window_kpis(self, t0: float, t1: float, done: np.ndarray, n_dropped: int, n_arrived: int, busy0: np.ndarray) -> dict[str, float]:
+    def window_kpis(
+        self, t0: float, t1: float, done: np.ndarray, n_dropped: int, n_arrived: int, busy0: np.ndarray
+    ) -> dict[str, float]:
         """KPIs over ``[t0, t1)`` given the requests that finished in it."""
         out = {"requests_arrived": float(n_arrived)}
         out.update(request_kpis(self.rf, self.ri, done, n_dropped, self.slo))
@@ -639,7 +661,9 @@ class Simulator:
         """KPIs from time 0 to now (see :mod:`envs.sim.metrics` for definitions)."""
         nd, nx = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP])
         out = self.window_kpis(0.0, self.now, self.log_done[:nd], nx, int(self.gi[K.I_NEXT_ARR]), np.zeros(0))
-        out["requests_in_system"] = out["requests_arrived"] - out["requests_completed"] - out["requests_dropped"]
+        out["requests_in_system"] = (
+            out["requests_arrived"] - out["requests_completed"] - out["requests_dropped"]
+        )
         out["placement_failures"] = float(self.placement_failures)
         return out
 
@@ -647,7 +671,14 @@ class Simulator:
         """KPIs since the previous call (or the start) up to now; advances the window."""
         t0, t1 = self._window_t0, self.now
         nd, nx, na = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP]), int(self.gi[K.I_NEXT_ARR])
-        out = self.window_kpis(t0, t1, self.log_done[self._seen_done : nd], nx - self._seen_drop, na - self._seen_arr, self._prev_busy)
+        out = self.window_kpis(
+            t0,
+            t1,
+            self.log_done[self._seen_done : nd],
+            nx - self._seen_drop,
+            na - self._seen_arr,
+            self._prev_busy,
+        )
         self._window_t0, self._seen_done, self._seen_drop, self._seen_arr = t1, nd, nx, na
         self._prev_busy = self.busy_s()
         return out
@@ -686,7 +717,9 @@ class Simulator:
             tpot = np.zeros(n)
             tpot[multi] = (f[multi, K.R_DONE] - f[multi, K.R_FIRST]) / (out_tokens[multi] - 1)
             target = self.slo[ri[mdone, K.R_CLASS]]
-            met = int(np.count_nonzero((ttft <= target[:, 0]) & (tpot <= target[:, 1]) & (e2e <= target[:, 2])))
+            met = int(
+                np.count_nonzero((ttft <= target[:, 0]) & (tpot <= target[:, 1]) & (e2e <= target[:, 2]))
+            )
             # np.percentile(ttft, 99), "linear" method, step by step as numpy computes it
             virtual = (n - 1) * (99.0 / 100)
             if virtual >= n - 1:
@@ -713,7 +746,9 @@ class Simulator:
         ticks = self.tick_inflight[k0:k1, m].astype(float)
         if k1 > k0:
             tick_t = (np.arange(k0, k1) + 1) * tick_s
-            tick_arr = np.diff(np.searchsorted(arr_t, np.concatenate([[t0], tick_t]), side="right")).astype(float)
+            tick_arr = np.diff(np.searchsorted(arr_t, np.concatenate([[t0], tick_t]), side="right")).astype(
+                float
+            )
         else:
             tick_arr = np.zeros(0)
         busy = self.busy_s()
@@ -740,7 +775,9 @@ class Simulator:
             in_flight_mean=float(ticks.mean()) if len(ticks) else float(in_flight),
             queue_len=int(self.mi[m, K.M_QUEUED]),
             utilization=util,
-            kv_usage=float(pi[ready, K.Q_KVRES].sum() / kv_cap) if kv_cap > 0 and not self.per_request else 0.0,
+            kv_usage=float(pi[ready, K.Q_KVRES].sum() / kv_cap)
+            if kv_cap > 0 and not self.per_request
+            else 0.0,
             ttft_p99_s=ttft_p99,
             slo_attainment=met / finished if finished else 1.0,
             capacity_rps_per_replica=float(np.mean(speeds)),

@@ -48,7 +48,9 @@ P_CTOK, P_WREAD, P_KVTOK, P_OVH, P_BUSY_S, P_ITER_START, P_ITER_DUR, P_ALLOC, P_
 P_SPEED, P_EWMA, P_WRR, P_TILE = 10, 11, 12, 13
 N_PF = 14
 # replica int columns
-Q_STATE, Q_MODEL, Q_MAXB, Q_KVCAP, Q_KVRES, Q_KVSUM, Q_NRUN, Q_ITER, Q_SPARE, Q_BUSY = range(10)  # Q_SPARE: unused slot
+Q_STATE, Q_MODEL, Q_MAXB, Q_KVCAP, Q_KVRES, Q_KVSUM, Q_NRUN, Q_ITER, Q_SPARE, Q_BUSY = range(
+    10
+)  # Q_SPARE: unused slot
 Q_NPF, Q_VERSION, Q_PFTOK, Q_NDEC, Q_HASH, Q_TOKENS = 10, 11, 12, 13, 14, 15
 N_PI = 16
 # replica states
@@ -499,7 +501,9 @@ def dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv,
     if r >= 0:
         ri[i, R_REPLICA] = r
         _enqueue(ri, qh, qt, qn, gi[I_NMODELS] + r, i)
-        start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t)
+        start_iteration(
+            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t
+        )
         return
     _enqueue(ri, qh, qt, qn, m, i)
     # wake the lowest-id idle READY replica, if any
@@ -509,7 +513,9 @@ def dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv,
         if pi[c, Q_STATE] == REP_READY and pi[c, Q_BUSY] == 0 and (best < 0 or c < best):
             best = c
     if best >= 0:
-        start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, best, t)
+        start_iteration(
+            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, best, t
+        )
 
 
 # ----------------------------------------------------------------------------- main loop
@@ -532,7 +538,9 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
         gi[I_PENDING] = -1
         gi[I_NEXT_ARR] += 1
         t = rf[i, R_ARR]
-        dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, i, route_to, t)
+        dispatch(
+            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, i, route_to, t
+        )
     while True:
         na = gi[I_NEXT_ARR]
         t_arr = rf[na, R_ARR] if na < n_req else INF
@@ -553,7 +561,9 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
             else:
                 pi[r, Q_STATE] = REP_READY
                 pf[r, P_READY] = t_heap
-            start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t_heap)
+            start_iteration(
+                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t_heap
+            )
         elif t_arr <= t_tick:
             m = ri[na, R_MODEL]
             mi[m, M_INFLIGHT] += 1
@@ -562,7 +572,9 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
                 return STOP_ROUTE
             gi[I_NEXT_ARR] = na + 1
             r = route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, na)
-            dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, na, r, t_arr)
+            dispatch(
+                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, na, r, t_arr
+            )
         else:
             purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, t_tick)
             k = gi[I_NTICK]

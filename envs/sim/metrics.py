@@ -50,7 +50,9 @@ KPI_KEYS = (
 )
 
 
-def request_kpis(rf: np.ndarray, ri: np.ndarray, done: np.ndarray, n_dropped: int, slo: np.ndarray) -> dict[str, float]:
+def request_kpis(
+    rf: np.ndarray, ri: np.ndarray, done: np.ndarray, n_dropped: int, slo: np.ndarray
+) -> dict[str, float]:
     """Latency and SLO KPIs of the completed requests ``done`` (ids) plus ``n_dropped`` drops.
 
     ``slo`` is a ``(n_classes, 3)`` array of (ttft, tpot, e2e) targets, ``inf`` where unset.
@@ -58,7 +60,9 @@ def request_kpis(rf: np.ndarray, ri: np.ndarray, done: np.ndarray, n_dropped: in
     n = len(done)
     out = {"requests_completed": float(n), "requests_dropped": float(n_dropped)}
     if n == 0:
-        out.update(wait_mean_s=0.0, e2e_mean_s=0.0, e2e_p99_s=0.0, ttft_p50_s=0.0, ttft_p99_s=0.0, tpot_mean_s=0.0)
+        out.update(
+            wait_mean_s=0.0, e2e_mean_s=0.0, e2e_p99_s=0.0, ttft_p50_s=0.0, ttft_p99_s=0.0, tpot_mean_s=0.0
+        )
         met = 0
     else:
         f = rf[done]
