@@ -1,0 +1,509 @@
+"""stable-baselines3 glue: build, train, checkpoint, resume and load PPO, A2C, DQN and MaskablePPO agents.
+
+Hyperparameters come per (algorithm, env id) from ``agents/hyperparams/<algo>.yaml``
+(a ``default`` entry with per-env-id entries merged over it, then ``key=value``
+command-line overrides parsed with ``yaml.safe_load``, dotted keys for nested
+values; never ``eval``). :func:`train` writes a self-describing run folder::
+
+    run_dir/run.json                    resolved config, command line, git SHA, seed, versions, resumes
+    run_dir/tb/run_1/                   tensorboard: charts/, kpi/, SB3's rollout/ train/ time/
+    run_dir/checkpoints/model_<N>_steps.zip  (+ model_vecnormalize_<N>_steps.pkl)
+    run_dir/model.zip, run_dir/vecnormalize.pkl   the final agent
+
+Calling :func:`train` again on a folder with checkpoints resumes from the
+latest one (model + VecNormalize statistics) with ``reset_num_timesteps=False``
+so the step counter and the tensorboard curve continue. A resumed run is not
+bit-identical to an uninterrupted one (optimizer state is restored, the
+environment and torch RNG streams are re-seeded from ``seed + steps done``).
+:func:`load_agent` turns a run folder or a ``.zip`` into an :class:`SB3Policy`
+for :mod:`experiments.evaluate`.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import importlib.util
+import inspect
+import json
+import pickle
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+import yaml
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+
+import envs
+from agents import EpisodeKpis
+from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
+
+HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
+
+
+def _maskable_ppo() -> type[BaseAlgorithm]:
+    from sb3_contrib import MaskablePPO
+
+    return MaskablePPO
+
+
+ALGOS: dict[str, Any] = {
+    "ppo": lambda: PPO,
+    "a2c": lambda: A2C,
+    "dqn": lambda: DQN,
+    "maskable_ppo": _maskable_ppo,
+}
+# Names for activation_fn in YAML (a string in the file, a torch class only when the model is built).
+ACTIVATIONS = {
+    "tanh": th.nn.Tanh,
+    "relu": th.nn.ReLU,
+    "elu": th.nn.ELU,
+    "leaky_relu": th.nn.LeakyReLU,
+    "gelu": th.nn.GELU,
+}
+VECNORMALIZE_KEYS = ("norm_obs", "norm_reward", "clip_obs", "clip_reward", "gamma", "epsilon")
+# Set by train() itself, so not hyperparameters.
+_RESERVED = {"self", "env", "seed", "tensorboard_log", "verbose", "_init_setup_model"}
+TB_RUN_NAME = "run"
+KPI_LOG_KEYS = ("slo_attainment", "ttft_p99_s", "cost_usd", "requests_dropped")
+
+
+def algo_class(algo: str) -> type[BaseAlgorithm]:
+    """The SB3 class of an algorithm name (``ppo``, ``a2c``, ``dqn``, ``maskable_ppo``)."""
+    return ALGOS[check_choice("algo", algo, ALGOS)]()
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = (
+            _deep_merge(out[k], v)
+            if isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+            else copy.deepcopy(v)
+        )
+    return out
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def parse_overrides(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``["n_steps=128", "policy_kwargs.net_arch=[32, 32]"]`` -> nested dict; values via ``yaml.safe_load``."""
+    if items is None:
+        return {}
+    if isinstance(items, Mapping):
+        return copy.deepcopy(dict(items))
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise fail("override", item, "must be key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise fail(f"override {key}", raw, f"is not valid YAML ({exc.__class__.__name__})") from None
+        if isinstance(value, str) and _FLOAT.match(value.strip()):
+            value = float(value)  # PyYAML (YAML 1.1) reads "1e-3" as a string; a learning rate is meant
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise fail("override", item, f"sets inside {part!r}, which was given a scalar value")
+        node[parts[-1]] = value
+    return out
+
+
+def load_hyperparams(
+    algo: str, env_id: str, overrides: Sequence[str] | Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Resolved hyperparameters: ``default``, then the env id's entry, then ``overrides`` (deep-merged)."""
+    check_choice("algo", algo, ALGOS)
+    path = HYPERPARAMS_DIR / f"{algo}.yaml"
+    table = yaml.safe_load(path.read_text()) or {}
+    check_keys(f"{algo}.yaml", table, {"default", *envs.ENV_IDS}, required=("default",))
+    hp = _deep_merge(table["default"], table.get(env_id) or {})
+    hp = _deep_merge(hp, parse_overrides(overrides))
+    cls = algo_class(algo)
+    allowed = (set(inspect.signature(cls.__init__).parameters) - _RESERVED) | {"vecnormalize"}
+    check_keys("hyperparams", hp, allowed)
+    vn = hp.setdefault("vecnormalize", {"norm_obs": True, "norm_reward": False})
+    check_keys("hyperparams.vecnormalize", vn, VECNORMALIZE_KEYS)
+    act = (hp.get("policy_kwargs") or {}).get("activation_fn")
+    if act is not None:
+        check_choice("hyperparams.policy_kwargs.activation_fn", act, ACTIVATIONS)
+    return hp
+
+
+def _model_kwargs(hp: Mapping[str, Any]) -> dict[str, Any]:
+    kw = {k: copy.deepcopy(v) for k, v in hp.items() if k != "vecnormalize"}
+    pk = kw.get("policy_kwargs")
+    if pk and "activation_fn" in pk:
+        pk["activation_fn"] = ACTIVATIONS[pk["activation_fn"]]
+    kw.setdefault("device", "cpu")  # MLP policies on small observations are faster on CPU
+    return kw
+
+
+# ---------------------------------------------------------------------------------------------- policy
+
+
+class SB3Policy:
+    """An SB3 model as a :class:`agents.Policy`; observations are normalised with the training statistics.
+
+    Masked models (MaskablePPO) receive ``env.action_masks()`` at every decision.
+    ``deterministic`` is the default of :meth:`predict`; the evaluator may override it per call.
+    """
+
+    def __init__(
+        self,
+        model: BaseAlgorithm,
+        vecnormalize: VecNormalize | None = None,
+        deterministic: bool = True,
+        name: str | None = None,
+    ) -> None:
+        self.model = model
+        self.vecnormalize = vecnormalize
+        self.deterministic = deterministic
+        self.name = name or type(model).__name__
+        self.masked = type(model).__name__ == "MaskablePPO"
+
+    def reset(self) -> None:
+        """Nothing to forget: the policies are feed-forward."""
+
+    def predict(self, obs: np.ndarray, env: gym.Env, deterministic: bool | None = None) -> Any:
+        o = self.vecnormalize.normalize_obs(obs) if self.vecnormalize is not None else obs
+        det = self.deterministic if deterministic is None else deterministic
+        kw = {"action_masks": np.asarray(env.unwrapped.action_masks(), dtype=bool)} if self.masked else {}
+        action, _ = self.model.predict(o, deterministic=det, **kw)
+        action = np.asarray(action)
+        return int(action) if action.ndim == 0 else action
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+class KpiLogCallback(BaseCallback):
+    """Logs episode reward/length (``charts/``), episode KPIs (``kpi/``) and steps/s to the SB3 logger.
+
+    Episode KPIs aggregate each env's per-step ``info["kpi"]`` with
+    :class:`agents.EpisodeKpis`; values are averaged over the episodes that
+    ended since the last log dump.
+    """
+
+    def __init__(self, kpi_keys: Sequence[str] = KPI_LOG_KEYS) -> None:
+        super().__init__()
+        self.kpi_keys = tuple(kpi_keys)
+        self._acc: list[EpisodeKpis] = []
+        self._t0 = 0.0
+        self._steps0 = 0
+
+    def _on_training_start(self) -> None:
+        self._acc = [EpisodeKpis() for _ in range(self.training_env.num_envs)]
+        self._t0, self._steps0 = time.perf_counter(), self.num_timesteps
+
+    def _on_step(self) -> bool:
+        for i, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"], strict=True)):
+            if "kpi" in info:
+                self._acc[i].add(info["kpi"])
+            if done:
+                if "episode" in info:
+                    self.logger.record_mean("charts/episode_reward", float(info["episode"]["r"]))
+                    self.logger.record_mean("charts/episode_length", float(info["episode"]["l"]))
+                kpis = self._acc[i].result()
+                for key in self.kpi_keys:
+                    if key in kpis:
+                        self.logger.record_mean(f"kpi/{key}", kpis[key])
+                self._acc[i] = EpisodeKpis()
+        return True
+
+    def _on_rollout_end(self) -> None:
+        dt = time.perf_counter() - self._t0
+        if dt > 0:
+            self.logger.record("charts/steps_per_s", (self.num_timesteps - self._steps0) / dt)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+_CKPT = re.compile(r"^model_(\d+)_steps\.zip$")
+
+
+def latest_checkpoint(run_dir: str | Path) -> tuple[Path, int] | None:
+    """The checkpoint of ``run_dir/checkpoints`` with the most steps, and its step count."""
+    found = []
+    for p in (Path(run_dir) / "checkpoints").glob("model_*_steps.zip"):
+        m = _CKPT.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    if not found:
+        return None
+    steps, path = max(found)
+    return path, steps
+
+
+def _checkpoint_sidecar(zip_path: Path, kind: str) -> Path:
+    """``model_<N>_steps.zip`` -> ``model_<kind>_<N>_steps.pkl`` (CheckpointCallback's naming)."""
+    m = _CKPT.match(zip_path.name)
+    if m:
+        return zip_path.with_name(f"model_{kind}_{m.group(1)}_steps.pkl")
+    return zip_path.with_name(f"{kind}.pkl")
+
+
+def git_sha() -> str | None:
+    """``git rev-parse HEAD`` of the repository holding this file, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in (
+        "numpy",
+        "numba",
+        "scipy",
+        "gymnasium",
+        "torch",
+        "stable-baselines3",
+        "sb3-contrib",
+        "infergym",
+    ):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def make_vec(
+    env_id: str,
+    scenario: Any,
+    n_envs: int,
+    seed: int,
+    env_kwargs: Mapping[str, Any] | None = None,
+    subproc: bool = False,
+) -> VecEnv:
+    """``n_envs`` Monitor-wrapped copies of ``gym.make(env_id, scenario=scenario, **env_kwargs)``, seeded."""
+    check_choice("env_id", env_id, envs.ENV_IDS)
+    return make_vec_env(
+        env_id,
+        n_envs=n_envs,
+        seed=seed,
+        env_kwargs={"scenario": scenario, **(env_kwargs or {})},
+        vec_env_cls=SubprocVecEnv if subproc else DummyVecEnv,
+    )
+
+
+def _check_algo_fits(algo: str, vec: VecEnv, env_id: str) -> None:
+    if algo == "dqn" and not isinstance(vec.action_space, gym.spaces.Discrete):
+        raise fail("algo", algo, f"needs a Discrete action space; {env_id} has {vec.action_space}")
+    if algo == "maskable_ppo" and not vec.has_attr("action_masks"):
+        raise fail("algo", algo, f"needs an env with action_masks(); {env_id} has none")
+
+
+def train(
+    env_id: str,
+    algo: str,
+    scenario: Any,
+    total_timesteps: int,
+    seed: int,
+    run_dir: str | Path,
+    n_envs: int = 2,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
+    checkpoint_freq: int = 10_000,
+    progress_bar: bool | None = None,
+    subproc: bool = False,
+    torch_threads: int = 1,
+    command: str | None = None,
+) -> BaseAlgorithm:
+    """Train (or resume) ``algo`` on ``env_id`` until ``total_timesteps`` steps; return the model.
+
+    ``checkpoint_freq`` is in environment steps (summed over the ``n_envs``
+    copies). ``progress_bar=None`` shows SB3's bar when tqdm and rich are
+    installed. ``command`` is recorded in run.json (default: this process's argv).
+    """
+    check_number("total_timesteps", total_timesteps, gt=0, integer=True)
+    check_number("seed", seed, ge=0, integer=True)
+    check_number("n_envs", n_envs, ge=1, integer=True)
+    check_number("checkpoint_freq", checkpoint_freq, ge=1, integer=True)
+    if not isinstance(scenario, str):
+        raise fail(
+            "scenario", scenario, "must be a shipped scenario name or a YAML path (recorded in run.json)"
+        )
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hp = load_hyperparams(algo, env_id, overrides)
+    config = {
+        "env_id": env_id,
+        "algo": algo,
+        "scenario": scenario,
+        "env_kwargs": dict(env_kwargs or {}),
+        "seed": int(seed),
+        "n_envs": int(n_envs),
+        "hyperparams": hp,
+    }
+    run_json = run_dir / "run.json"
+    record = json.loads(run_json.read_text()) if run_json.exists() else None
+    if record is not None and record["config"] != json.loads(json.dumps(config)):
+        raise ConfigError(
+            f"run_dir {run_dir.name!r} holds a run with another config; resume needs the same config "
+            f"(was {record['config']}, now {config})"
+        )
+    ckpt = latest_checkpoint(run_dir)
+    done_steps = ckpt[1] if ckpt else 0
+    th.set_num_threads(torch_threads)
+
+    # A resumed run must not replay the first episodes: re-seed from the steps already done.
+    vec = make_vec(env_id, scenario, n_envs, seed + done_steps, env_kwargs, subproc)
+    _check_algo_fits(algo, vec, env_id)
+    vn_cfg = hp["vecnormalize"]
+    cls = algo_class(algo)
+    tb_dir = str(run_dir / "tb")
+    if ckpt:
+        vn_path = _checkpoint_sidecar(ckpt[0], "vecnormalize")
+        if vn_path.exists():
+            vec = VecNormalize.load(str(vn_path), vec)
+            vec.training = True
+        else:
+            vec = VecNormalize(vec, **vn_cfg)
+        model = cls.load(ckpt[0], env=vec, tensorboard_log=tb_dir, device=_model_kwargs(hp)["device"])
+        rb = _checkpoint_sidecar(ckpt[0], "replay_buffer")
+        if rb.exists() and hasattr(model, "load_replay_buffer"):
+            model.load_replay_buffer(rb)
+        set_random_seed(seed + done_steps)
+    else:
+        vec = VecNormalize(vec, **vn_cfg)
+        model = cls(env=vec, seed=seed, tensorboard_log=tb_dir, verbose=0, **_model_kwargs(hp))
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    cmd = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    if record is None:
+        record = {
+            "config": config,
+            "created_utc": now,
+            "git_sha": git_sha(),
+            "versions": package_versions(),
+            "sessions": [],
+        }
+    record["total_timesteps"] = int(total_timesteps)
+    record["sessions"].append(
+        {"started_utc": now, "command": cmd, "git_sha": git_sha(), "from_timesteps": int(model.num_timesteps)}
+    )
+    run_json.write_text(json.dumps(record, indent=2) + "\n")
+
+    if progress_bar is None:
+        progress_bar = all(importlib.util.find_spec(m) is not None for m in ("tqdm", "rich"))
+    remaining = int(total_timesteps) - int(model.num_timesteps)
+    if remaining > 0:
+        callbacks = [
+            CheckpointCallback(
+                save_freq=max(checkpoint_freq // n_envs, 1),
+                save_path=str(run_dir / "checkpoints"),
+                name_prefix="model",
+                save_vecnormalize=True,
+                save_replay_buffer=algo == "dqn",
+            ),
+            KpiLogCallback(),
+        ]
+        model.learn(
+            remaining,
+            callback=callbacks,
+            tb_log_name=TB_RUN_NAME,
+            reset_num_timesteps=ckpt is None,
+            progress_bar=progress_bar,
+        )
+    _save(model, vec, run_dir, algo)
+    record["sessions"][-1]["to_timesteps"] = int(model.num_timesteps)
+    run_json.write_text(json.dumps(record, indent=2) + "\n")
+    vec.close()
+    return model
+
+
+def _save(model: BaseAlgorithm, vec: VecEnv, run_dir: Path, algo: str) -> None:
+    """Save the final agent, and a checkpoint of it so a later call resumes from exactly here."""
+    n = int(model.num_timesteps)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    model.save(run_dir / "model.zip")
+    model.save(ckpt_dir / f"model_{n}_steps.zip")
+    if isinstance(vec, VecNormalize):
+        vec.save(str(run_dir / "vecnormalize.pkl"))
+        vec.save(str(ckpt_dir / f"model_vecnormalize_{n}_steps.pkl"))
+    if algo == "dqn":
+        model.save_replay_buffer(ckpt_dir / f"model_replay_buffer_{n}_steps.pkl")
+
+
+def _algo_of(zip_path: Path) -> str:
+    """The algorithm of a saved model: from the run's run.json, else from the policy class in the zip."""
+    for d in (zip_path.parent, zip_path.parent.parent):
+        rj = d / "run.json"
+        if rj.exists():
+            return json.loads(rj.read_text())["config"]["algo"]
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as zf:
+        data = zf.read("data").decode()
+    if "MaskableActorCriticPolicy" in data:
+        return "maskable_ppo"
+    if "DQNPolicy" in data:
+        return "dqn"
+    return "ppo"  # A2C and PPO share ActorCriticPolicy, whose predict() is the same
+
+
+def load_agent(path: str | Path, deterministic: bool = True) -> SB3Policy:
+    """An :class:`SB3Policy` from a run folder (its final model, else its latest checkpoint) or a ``.zip``.
+
+    The VecNormalize statistics saved beside the model are applied to
+    observations, frozen (no updates at evaluation).
+    """
+    p = Path(path)
+    if p.is_dir():
+        zip_path = p / "model.zip"
+        vn_path = p / "vecnormalize.pkl"
+        if not zip_path.exists():
+            ckpt = latest_checkpoint(p)
+            if ckpt is None:
+                raise fail("agent", str(path), "holds neither model.zip nor checkpoints/model_<N>_steps.zip")
+            zip_path, vn_path = ckpt[0], _checkpoint_sidecar(ckpt[0], "vecnormalize")
+    else:
+        if p.suffix != ".zip" or not p.exists():
+            raise fail("agent", str(path), "must be a run folder or an existing .zip")
+        zip_path = p
+        vn_path = (
+            _checkpoint_sidecar(p, "vecnormalize") if _CKPT.match(p.name) else p.with_name("vecnormalize.pkl")
+        )
+    algo = _algo_of(zip_path)
+    model = algo_class(algo).load(zip_path, device="cpu")
+    vn = None
+    if vn_path.exists():
+        with open(vn_path, "rb") as fh:
+            vn = pickle.load(fh)  # VecNormalize.load without a venv: only the statistics are needed
+        vn.training = False
+        vn.norm_reward = False
+    label = p.name if p.is_dir() else zip_path.stem
+    return SB3Policy(model, vn, deterministic=deterministic, name=f"{algo}:{label}")
