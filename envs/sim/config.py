@@ -226,13 +226,13 @@ class ServiceSpec:
         )
         mean = float(check_number(f"{path}.mean_s", raw.get("mean_s", 1.0), gt=0))
         extra = {}
-        for key, lim in (
-            ("compute_efficiency", 1.0),
-            ("bandwidth_efficiency", 1.0),
-            ("iteration_overhead_s", 10.0),
+        for key, bounds in (
+            ("compute_efficiency", {"gt": 0, "le": 1.0}),
+            ("bandwidth_efficiency", {"gt": 0, "le": 1.0}),
+            ("iteration_overhead_s", {"ge": 0, "le": 10.0}),
         ):
             v = raw.get(key)
-            extra[key] = None if v is None else float(check_number(f"{path}.{key}", v, ge=0, le=lim))
+            extra[key] = None if v is None else float(check_number(f"{path}.{key}", v, **bounds))
         return cls(kind, mean, **extra)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -170,7 +171,6 @@ class Simulator:
         for node, models in enumerate(cached):
             for m in models:
                 self.cluster.touch_cache(node, m, 0.0)
-        self._live_on_node = np.zeros((n, self.n_models), np.int64)
         # per (model, gpu type): kernel coefficients, KV capacity, speed; None where the model does not fit
         self._rep_params: dict[tuple[int, int], tuple[np.ndarray, int, float] | None] = {}
         sizes = sc.workload.sizes
@@ -187,7 +187,7 @@ class Simulator:
                 try:
                     kv_cap = kv_capacity_tokens(gpu, dep.spec, dep.tensor_parallel, dep.kv_memory_fraction)
                 except ConfigError as exc:
-                    raise ConfigError(f"models[{m}]: {exc}") from None
+                    raise ConfigError(f"models[{m}].{exc}") from None
                 coef = np.array(replica_coefficients(gpu, dep.spec, dep.tensor_parallel, self._roofline))
                 sat = saturation_throughput(
                     gpu, dep.spec, prompt_tokens=p_mean, output_tokens=o_mean, tensor_parallel=dep.tensor_parallel,
@@ -217,10 +217,10 @@ class Simulator:
         elif arr.kind == "diurnal":
             t = W.diurnal_arrivals(rng, p["mean_rate_per_s"], p["amplitude"], p["period_s"], h, p["phase_s"])
         else:
+            if not Path(p["path"]).is_file():
+                raise fail("workload.arrival.path", p["path"], "is not an existing file")
             try:
                 tr = _cached_trace(p["path"], p["start_s"], p["duration_s"], p["time_scale"])
-            except FileNotFoundError:
-                raise fail("workload.arrival.path", p["path"], "does not exist") from None
             except ConfigError as exc:
                 raise ConfigError(f"workload.arrival: {exc}") from None
             keep = tr.arrival_s < h
@@ -268,6 +268,7 @@ class Simulator:
         ri[:n, K.R_MODEL] = model
         ri[:n, K.R_CLASS] = cls
         ri[:n, K.R_LIST] = prio_rank[cls]  # one queue list per class, ordered by priority
+        ri[:n, K.R_PRIO] = np.array([c.priority for c in wl.classes])[cls]
         ri[:, K.R_REPLICA] = -1
         ri[:, K.R_NEXT] = -1
         ri[:n, K.R_SESSION] = session
@@ -402,10 +403,20 @@ class Simulator:
     def _free(self, rep: _Replica, t: float) -> None:
         rep.freed = True
         self.cluster.release(rep.alloc)
-        node = rep.alloc.node
-        self._live_on_node[node, rep.model] -= 1
-        if self._live_on_node[node, rep.model] == 0:
-            self.cluster.touch_cache(node, rep.model, t)
+        if self.pf[rep.rid, K.P_READY] <= t:  # it finished loading: the weights stay on the node's disk
+            self.cluster.touch_cache(rep.alloc.node, rep.model, t)
+
+    def _weights_on_node(self, node: int, m: int, now: float) -> bool:
+        """Whether ``node`` holds model ``m``'s weights: a loaded replica there, or a cached copy within the TTL.
+
+        A replica still loading does not count: its transfer has not finished.
+        """
+        if self.cluster.cached[node, m] and now - self.cluster.cached_at[node, m] <= self.scenario.storage.cache_ttl_s:
+            return True
+        return any(
+            not r.freed and r.model == m and r.alloc.node == node and self.pf[r.rid, K.P_READY] <= now
+            for r in self.replicas
+        )
 
     def replica_demand(self, m: int, gpu_type: int | None = None) -> Demand:
         """What one replica of model ``m`` asks of a node: ``tensor_parallel`` whole GPUs of an allowed type."""
@@ -499,11 +510,7 @@ class Simulator:
         self.replicas.append(rep)
         node = alloc.node
         st = self.scenario.storage
-        local = bool(self.cluster.cached[node, m]) and (
-            self._live_on_node[node, m] > 0 or now - self.cluster.cached_at[node, m] <= st.cache_ttl_s
-        )
-        self._live_on_node[node, m] += 1
-        self.cluster.touch_cache(node, m, math.inf)
+        local = self._weights_on_node(node, m, now)
         if warm:
             pi[r, K.Q_STATE] = K.REP_READY
             return True
@@ -772,7 +779,7 @@ class Simulator:
             arrival_rate_per_s=arrived / dt,
             completion_rate_per_s=n / dt,
             in_flight=in_flight,
-            in_flight_mean=float(ticks.mean()) if len(ticks) else float(in_flight),
+            in_flight_mean=float(ticks.sum() / len(ticks)) if len(ticks) else float(in_flight),
             queue_len=int(self.mi[m, K.M_QUEUED]),
             utilization=util,
             kv_usage=float(pi[ready, K.Q_KVRES].sum() / kv_cap)
@@ -780,7 +787,7 @@ class Simulator:
             else 0.0,
             ttft_p99_s=ttft_p99,
             slo_attainment=met / finished if finished else 1.0,
-            capacity_rps_per_replica=float(np.mean(speeds)),
+            capacity_rps_per_replica=float(speeds.sum() / len(speeds)),
             tick_s=tick_s,
             tick_in_flight=ticks,
             tick_arrivals=tick_arr,

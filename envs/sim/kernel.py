@@ -38,8 +38,8 @@ INF = np.inf
 R_ARR, R_SVC, R_U1, R_U2, R_ADMIT, R_FIRST, R_DONE, R_DEADLINE = range(8)
 N_RF = 8
 # request int columns
-R_PROMPT, R_OUTPUT, R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_FINISH, R_CLASS, R_SESSION = range(10)
-N_RI = 10
+R_PROMPT, R_OUTPUT, R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_FINISH, R_CLASS, R_SESSION, R_PRIO = range(11)
+N_RI = 11
 # request states
 REQ_FUTURE, REQ_QUEUED, REQ_RUNNING, REQ_DONE, REQ_DROPPED = range(5)
 
@@ -164,9 +164,10 @@ def _enqueue(ri, qh, qt, qn, q, i):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _drop(rf, ri, mi, log_drop, gi, i):
+def _drop(rf, ri, mi, log_drop, gi, i, t):
+    """Drop queued request ``i``, found at time ``t`` (a timed-out request is dropped at its deadline)."""
     ri[i, R_STATE] = REQ_DROPPED
-    rf[i, R_DONE] = rf[i, R_DEADLINE]
+    rf[i, R_DONE] = min(t, rf[i, R_DEADLINE])
     m = ri[i, R_MODEL]
     mi[m, M_INFLIGHT] -= 1
     mi[m, M_QUEUED] -= 1
@@ -193,7 +194,7 @@ def purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, now):
                 if nxt < 0:
                     qt[q, lst] = -1
                 qn[q] -= 1
-                _drop(rf, ri, mi, log_drop, gi, i)
+                _drop(rf, ri, mi, log_drop, gi, i, now)
                 i = nxt
 
 
@@ -274,8 +275,8 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
     n_lists = gi[I_NLISTS]
     by_priority = gi[I_PRIORITY] != 0
     while pi[r, Q_NRUN] < maxb:
-        # Next request: lowest class rank first under a priority queue, then the earliest
-        # arrival among the heads of the replica's own lists and its model's central lists.
+        # Next request: among the heads of the replica's own lists and its model's central
+        # lists, the highest priority level (priority queue only), then the earliest arrival.
         bq, bl, bi = -1, -1, -1
         for lst in range(n_lists):
             for src in range(2):
@@ -285,10 +286,12 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
                 h = qh[q, lst]
                 if h < 0:
                     continue
-                if bi < 0 or rf[h, R_ARR] < rf[bi, R_ARR]:
+                if bi < 0:
                     bq, bl, bi = q, lst, h
-            if by_priority and bi >= 0:
-                break
+                    continue
+                ph, pb = (ri[h, R_PRIO], ri[bi, R_PRIO]) if by_priority else (0, 0)
+                if ph < pb or (ph == pb and rf[h, R_ARR] < rf[bi, R_ARR]):
+                    bq, bl, bi = q, lst, h
         if bi < 0:
             break
         i = bi
@@ -303,7 +306,7 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
             qt[bq, bl] = -1
         qn[bq] -= 1
         if expired or need > pi[r, Q_KVCAP]:
-            _drop(rf, ri, mi, log_drop, gi, i)
+            _drop(rf, ri, mi, log_drop, gi, i, t)
             continue
         mi[m, M_QUEUED] -= 1
         mi[m, M_RUNNING] += 1
