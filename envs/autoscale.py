@@ -1,0 +1,594 @@
+"""``InferGym/Autoscale-v0``: the agent is the replica autoscaler of an LLM inference cluster.
+
+One step is one control interval of the scenario (``control_interval_s``,
+15 s simulated by default): the agent changes each model's replica count
+(and, where a model may run on several GPU types, picks the type of the
+replicas it adds), the simulator runs the interval with the scenario's router
+and placer, and the agent pays for SLO misses, drops, GPU dollars and failed
+placements. :class:`ScalerPolicy` runs a classical scaler from ``baselines``
+(HPA, KPA, ...) through the same action space, so learned and classical
+scaling are measured by the same loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.common import check_action, split_kwargs, weighted_reward
+from envs.sim import kernel as K
+from envs.sim.config import ControllerSpec, Scenario
+from envs.sim.engine import Simulator
+from envs.sim.errors import ConfigError, check_choice, check_number, fail
+from envs.sim.view import ModelLoad
+
+ENV_PARAMS = ("max_step", "router", "placer")
+#: The cost terms of ``info["rewards"]`` (weights: the scenario's ``reward`` block).
+REWARD_KEYS = ("slo_violations", "drops", "gpu_cost", "placement_failures")
+
+#: Per-model observation features, in order: (name, low, high).
+MODEL_FEATURES: tuple[tuple[str, float, float], ...] = (
+    ("arrival_rate", 0.0, 4.0),
+    ("load_ratio", 0.0, 16.0),
+    ("queue_len", 0.0, 4.0),
+    ("in_flight", 0.0, 4.0),
+    ("replicas_ready", 0.0, 1.0),
+    ("replicas_loading", 0.0, 1.0),
+    ("replicas_draining", 0.0, 4.0),
+    ("replicas_unplaced", 0.0, 1.0),
+    ("utilization", 0.0, 1.0),
+    ("kv_usage", 0.0, 1.0),
+    ("ttft_p99", 0.0, 32.0),
+    ("slo_attainment", 0.0, 1.0),
+    ("arrival_trend", -4.0, 4.0),
+)
+TIME_FEATURES: tuple[tuple[str, float, float], ...] = (
+    ("time_of_day_sin", -1.0, 1.0),
+    ("time_of_day_cos", -1.0, 1.0),
+    ("horizon_elapsed", 0.0, 1.0),
+)
+
+
+class AutoscaleEnv(gym.Env):
+    """The replica autoscaler of a simulated GPU inference cluster.
+
+    ## Description
+
+    A cluster of GPU nodes serves one or more LLMs (the scenario: hardware,
+    models, workload, SLOs). Requests arrive, the scenario's router spreads them
+    over READY replicas, which run continuous batching. Each step the agent
+    sets how many replicas every model should have. A new replica is placed
+    by the scenario's placer and cold-starts (LOADING: GPUs allocated and
+    billed, weights transferred, then startup) before it serves; a removed
+    replica DRAINS (finishes its work, takes no new requests) and is then
+    released. Too few replicas means queues, SLO misses and drops (requests time
+    out in the queue); too many costs GPU dollars. One step is one control
+    interval (``control_interval_s`` of simulated time, 15 s by default): the
+    action is applied with ``Simulator.set_target_replicas``, then the simulator
+    runs to the end of the interval (never past the horizon).
+
+    ## Action Space
+
+    ``MultiDiscrete([2k+1] * n_models + [n_types_j for each hybrid model j])``
+    with ``k = max_step`` (default 2).
+
+    * Component ``m < n_models``: value ``a`` changes model ``m``'s provisioned
+      replicas (READY + LOADING; draining ones do not count) by ``a - k``, so
+      ``0..2k`` means ``-k..+k`` and ``a == k`` holds. The new target is
+      ``provisioned + (a - k)``, then clamped to the deployment's
+      ``[min_replicas, max_replicas]``; clamping is the only consequence of
+      asking for too many or too few (no mask, no penalty besides what the
+      cluster does), and ``info["clamped"]`` counts the replicas asked for
+      beyond the limits. Removal follows the engine: LOADING replicas are
+      cancelled first (newest first), then the READY replica with the least work
+      in flight drains (newest on ties). An added replica that fits nowhere
+      is a placement failure (a cost term); the target then drops to what was
+      provisioned at the next step, so "hold" never retries a failed placement.
+    * Hybrid (vertical) scaling: for every model whose ``gpu_types`` lists more
+      than one GPU type (e.g. scenario ``heterogeneous``), one more component,
+      in model order, chooses the GPU type of the replicas that model ADDS this
+      step, as an index into that model's ``gpu_types`` list. It has no effect
+      on removals (above) or when the model does not grow. A type where the
+      model does not fit, or with no free GPUs, gives placement failures.
+
+    ## Observation Space
+
+    ``Box(float32)`` of ``13 * n_models + sum(n_types_j) + 3`` values: a block of
+    13 per model (offset ``13 m``), then for each hybrid model the replicas per
+    allowed GPU type, then three time features. Per-model rates and
+    percentiles cover the interval that just ended (all zero right after
+    reset); counts are at the decision time. Every value is clipped to the
+    bounds below. Notation: ``N`` = the model's ``max_replicas``, ``B`` = its
+    ``max_batch``, ``C`` = its nominal capacity (saturation throughput of one
+    replica at the scenario's mean request sizes, averaged over its GPU types,
+    req/s), ``c`` = the mean capacity of its READY replicas (``C`` when none),
+    ``S`` = the smallest TTFT target of the scenario's request classes (1 s if
+    no class sets one).
+
+    | index | feature (model m)   | raw quantity (unit)                                    | scaled as             | min | max |
+    |-------|---------------------|--------------------------------------------------------|-----------------------|-----|-----|
+    | 0     | arrival_rate        | arrivals in the interval / its length (req/s)          | / (N C)               | 0   | 4   |
+    | 1     | load_ratio          | arrival rate (req/s) vs READY capacity (req/s)         | rate / (max(ready,1) c) | 0 | 16  |
+    | 2     | queue_len           | requests waiting for a batch slot (requests)           | log1p(x) / log1p(N B) | 0   | 4   |
+    | 3     | in_flight           | requests queued or running (requests)                  | log1p(x) / log1p(N B) | 0   | 4   |
+    | 4     | replicas_ready      | READY replicas (replicas)                              | / N                   | 0   | 1   |
+    | 5     | replicas_loading    | LOADING replicas, cold starts in progress (replicas)   | / N                   | 0   | 1   |
+    | 6     | replicas_draining   | DRAINING replicas (replicas)                           | / N                   | 0   | 4   |
+    | 7     | replicas_unplaced   | target - (READY + LOADING): failed placements (replicas) | / N                 | 0   | 1   |
+    | 8     | utilization         | busy time / READY time of the model's replicas (s/s)   | as is                 | 0   | 1   |
+    | 9     | kv_usage            | KV cache reserved / capacity, READY replicas (tokens/tokens) | as is           | 0   | 1   |
+    | 10    | ttft_p99            | TTFT p99 of the interval, 0 if nothing completed (s)   | / S                   | 0   | 32  |
+    | 11    | slo_attainment      | finished requests meeting their SLO, 1 if none (fraction) | as is              | 0   | 1   |
+    | 12    | arrival_trend       | rate - previous interval's rate, 0 at step 1 (req/s)   | / (N C)               | -4  | 4   |
+
+    Then for each hybrid model, for each of its allowed GPU types in order:
+    provisioned (READY + LOADING) replicas on that type / N, in ``[0, 1]``.
+    Last, with ``t`` the simulated time in seconds:
+
+    | index  | feature                          | value                                                  | min | max |
+    |--------|----------------------------------|--------------------------------------------------------|-----|-----|
+    | -3, -2 | time_of_day_sin, time_of_day_cos | sin, cos of 2 pi (t + phase_s) / period_s for a diurnal workload, else 0 | -1 | 1 |
+    | -1     | horizon_elapsed                  | t / horizon_s                                          | 0   | 1   |
+
+    ``load_ratio`` against 1.0 is what a good controller needs: above 1 the
+    READY replicas cannot keep up with the arrivals. The names are in
+    :data:`MODEL_FEATURES` and :data:`TIME_FEATURES`.
+
+    ## Rewards
+
+    ``reward = -(w_slo * slo_violations + w_drops * drops + w_cost * gpu_cost
+    + w_pf * placement_failures)``, weights from the scenario's ``reward`` block
+    (defaults :data:`envs.sim.config.DEFAULT_REWARD`: 1.0, 1.0, 0.02, 0.1). The
+    terms, all costs over the step's interval ``[t0, t1)``:
+
+    * ``slo_violations`` (fraction): requests that finished (completed or
+      dropped) and missed their SLO / requests that finished; 0 if none finished.
+    * ``drops`` (fraction): dropped requests / max(1, arrived requests).
+    * ``gpu_cost`` ($/hour): dollars of allocated GPUs (LOADING, READY and
+      DRAINING replicas) in the interval / (t1 - t0) * 3600.
+    * ``placement_failures`` (count): replicas asked for this step that fit nowhere.
+
+    ``info["rewards"]`` holds the terms; ``reward_from_terms(terms)`` recomputes
+    the reward. ``info["kpi"]`` holds the interval KPIs of
+    ``Simulator.interval_kpis`` (keys in :mod:`envs.sim.metrics`) plus
+    ``replicas_ready`` and ``target_replicas`` (summed over models) and
+    ``replicas_ready/<model>``, ``target_replicas/<model>``. ``info["replicas"]``
+    is an ``(n_models, 3)`` int64 array of READY, LOADING, DRAINING replicas;
+    ``info["clamped"]`` the replicas requested beyond the limits this step.
+
+    ## Starting State
+
+    The scenario's initial replicas, READY (warm) on nodes chosen by the placer,
+    empty queues, at time 0; the first action is taken then, before any
+    interval was observed. Arrivals, request sizes and the placer's random
+    choices are drawn from the env's seeded generator at reset.
+
+    ## Episode End
+
+    ``truncated`` is True when the simulated time reaches ``horizon_s`` (the
+    last interval may be shorter). ``terminated`` is always False: nothing ends
+    an autoscaling task early. Stepping before ``reset`` or after the horizon
+    raises ``RuntimeError``.
+
+    ## Arguments
+
+    ``gymnasium.make("InferGym/Autoscale-v0", scenario="default", render_mode=None, max_step=2,
+    router=None, placer=None, **scenario_overrides)``
+
+    * ``scenario``: shipped name, YAML path, dict or Scenario.
+    * ``max_step``: largest replica change per model per step (integer >= 1). A
+      value at least ``max_replicas`` makes every reachable target one step away.
+    * ``router`` / ``placer``: override the scenario's ``routing`` / ``placement``
+      controllers (name or ``{"kind": ..., **params}``). The scenario's
+      ``scaling`` controller is not used: the agent is the scaler (see
+      :class:`ScalerPolicy` to run it as a policy). The ``external`` router is
+      not supported (it would need routing decisions).
+    * any other keyword is a top-level scenario key (``horizon_s``,
+      ``workload``, ...) deep-merged into the scenario.
+
+    ## Version History
+
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any) -> None:
+        self.scenario, own = split_kwargs(scenario, kwargs, ENV_PARAMS, "AutoscaleEnv")
+        sc: Scenario = self.scenario
+        if render_mode is not None:
+            check_choice("render_mode", render_mode, self.metadata["render_modes"])
+        self.render_mode = render_mode
+        self.max_step = int(check_number("max_step", own.get("max_step", 2), ge=1, integer=True))
+        self.router = own.get("router")
+        self.placer = own.get("placer")
+        # A throw-away simulator over one interval validates router and placer now (not at the
+        # first reset) and gives the nominal replica capacities.
+        probe = Simulator(
+            sc, 0, overrides={"horizon_s": sc.control_interval_s}, router=self.router, placer=self.placer
+        )
+        if probe.router_name == "external":
+            raise fail(
+                "router" if self.router is not None else "routing",
+                "external",
+                "is not supported by AutoscaleEnv",
+            )
+        self.n_models = n = len(sc.models)
+        self.model_names = [d.name for d in sc.models]
+        self.min_replicas = np.array([d.min_replicas for d in sc.models], np.int64)
+        self.max_replicas = np.array([d.max_replicas for d in sc.models], np.int64)
+        self._lo = [int(v) for v in self.min_replicas]
+        self._hi = [int(v) for v in self.max_replicas]
+        self._inv_n = [1.0 / v for v in self._hi]
+        self.nominal_capacity_rps = np.array([probe._nominal_speed(m) for m in range(n)])
+        self._inv_nc = [1.0 / (self._hi[m] * self.nominal_capacity_rps[m]) for m in range(n)]
+        self._inv_log_nb = [1.0 / math.log1p(d.max_replicas * d.max_batch) for d in sc.models]
+        targets = [c.slo.ttft_s for c in sc.workload.classes if c.slo.ttft_s is not None]
+        self.ttft_target_s = float(min(targets)) if targets else 1.0
+        gpu_names = [g.name for g in sc.gpu_types]
+        # hybrid models: (model index, global GPU type index of each allowed type)
+        self.hybrid = [
+            (m, [gpu_names.index(g) for g in d.gpu_types])
+            for m, d in enumerate(sc.models)
+            if len(d.gpu_types) > 1
+        ]
+        arr = sc.workload.arrival
+        self._diurnal = (arr.params["period_s"], arr.params["phase_s"]) if arr.kind == "diurnal" else None
+        self.n_steps = int(math.ceil(sc.horizon_s / sc.control_interval_s - 1e-9))
+
+        self.action_space = spaces.MultiDiscrete(
+            [2 * self.max_step + 1] * n + [len(t) for _, t in self.hybrid]
+        )
+        lo = (
+            [f[1] for f in MODEL_FEATURES] * n
+            + [0.0] * sum(len(t) for _, t in self.hybrid)
+            + [f[1] for f in TIME_FEATURES]
+        )
+        hi = (
+            [f[2] for f in MODEL_FEATURES] * n
+            + [1.0] * sum(len(t) for _, t in self.hybrid)
+            + [f[2] for f in TIME_FEATURES]
+        )
+        self._obs_low = np.array(lo, np.float32)
+        self._obs_high = np.array(hi, np.float32)
+        self.observation_space = spaces.Box(self._obs_low, self._obs_high, dtype=np.float32)
+
+        self.sim: Simulator | None = None
+        self.model_loads: list[ModelLoad] = []
+        self._step = 0
+
+    # ------------------------------------------------------------------ gymnasium API
+
+    def reset(
+        self, *, seed: int | None = None, options: Mapping[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.sim = Simulator(self.scenario, seed=self.np_random, router=self.router, placer=self.placer)
+        self._step = 0
+        self._prev_rate: list[float] | None = None
+        self.model_loads = self._scaler_views()
+        n, h = self.n_models, self.n_steps + 1
+        self._hist = {
+            "t": np.zeros(h),
+            "arrival": np.zeros((h, n)),
+            "capacity": np.zeros((h, n)),
+            "ready": np.zeros((h, n)),
+            "loading": np.zeros((h, n)),
+            "ttft_p99": np.zeros((h, n)),
+            "reward": np.zeros(h),
+        }
+        self._record()
+        obs = self._observation()
+        return obs, {"replicas": self._replica_counts()}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        a = check_action(self.action_space, action, "AutoscaleEnv")
+        sim = self.sim
+        if sim is None:
+            raise RuntimeError("AutoscaleEnv: call reset() before step()")
+        if self._step >= self.n_steps:
+            raise RuntimeError("AutoscaleEnv: the episode reached its horizon; call reset()")
+        sc = self.scenario
+        n, k = self.n_models, self.max_step
+        failures0 = sim.placement_failures
+        gpu_of = {m: types[int(a[n + j])] for j, (m, types) in enumerate(self.hybrid)}
+        clamped = 0
+        for m in range(n):
+            load = self.model_loads[m]
+            have = load.replicas_ready + load.replicas_loading
+            want = have + int(a[m]) - k
+            got = min(max(want, self._lo[m]), self._hi[m])
+            clamped += abs(want - got)
+            if got != have or sim.target[m] != got:
+                sim.set_target_replicas(m, got, gpu_of.get(m))
+        self._step += 1
+        t0 = sim.now
+        sim.advance(min(self._step * sc.control_interval_s, sc.horizon_s))
+        dt = sim.now - t0
+        self.model_loads = self._scaler_views()
+        kpi = sim.interval_kpis()
+        finished = kpi["requests_completed"] + kpi["requests_dropped"]
+        terms = {
+            "slo_violations": kpi["slo_violations"] / finished if finished > 0 else 0.0,
+            "drops": kpi["requests_dropped"] / max(1.0, kpi["requests_arrived"]),
+            "gpu_cost": kpi["cost_usd"] / dt * 3600.0,
+            "placement_failures": float(sim.placement_failures - failures0),
+        }
+        reward = self.reward_from_terms(terms)
+        ready_total = target_total = 0
+        for m, load in enumerate(self.model_loads):
+            name = self.model_names[m]
+            kpi[f"replicas_ready/{name}"] = float(load.replicas_ready)
+            kpi[f"target_replicas/{name}"] = float(load.target_replicas)
+            ready_total += load.replicas_ready
+            target_total += load.target_replicas
+        kpi["replicas_ready"] = float(ready_total)
+        kpi["target_replicas"] = float(target_total)
+        self._record(reward)
+        obs = self._observation()
+        truncated = self._step >= self.n_steps
+        info = {"rewards": terms, "kpi": kpi, "replicas": self._replica_counts(), "clamped": int(clamped)}
+        return obs, reward, False, truncated, info
+
+    def reward_from_terms(self, terms: Mapping[str, float]) -> float:
+        """Reward of a step from its cost terms: minus their sum weighted by the scenario's ``reward``."""
+        return weighted_reward(terms, self.scenario.reward)
+
+    # ------------------------------------------------------------------ scaler views and adapters
+
+    def _scaler_views(self) -> list[ModelLoad]:
+        """Each model's :class:`ModelLoad` over the current KPI window, as ``Simulator.desired_replicas`` builds it.
+
+        Must run before ``interval_kpis`` (which moves the window on). The
+        engine has no public accessor for the window, hence the private fields.
+        """
+        sim = self.sim
+        gi = sim.gi
+        nd, nx = int(gi[K.I_NDONE]), int(gi[K.I_NDROP])
+        done = sim.log_done[sim._seen_done : nd]
+        drops = sim.log_drop[sim._seen_drop : nx]
+        if self.n_models == 1:
+            n_drop = [len(drops)]
+        else:
+            n_drop = np.bincount(sim.ri[drops, K.R_MODEL], minlength=self.n_models).tolist()
+        t0, busy0 = sim._window_t0, sim._prev_busy
+        return [sim.model_load(m, t0, done, n_drop[m], busy0) for m in range(self.n_models)]
+
+    def scaler_action(
+        self, desired_replicas: Sequence[int], gpu_types: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """The action that moves every model toward ``desired_replicas`` (provisioned = ready + loading).
+
+        The change is clipped to ``[-max_step, max_step]``, so a controller run
+        through this action space is a rate-limited version of itself; with
+        ``max_step >= max_replicas`` the clip never binds. ``gpu_types`` gives, per
+        hybrid model, the index into its allowed types (default 0).
+        """
+        if len(desired_replicas) != self.n_models:
+            raise ValueError(
+                f"desired_replicas: {list(desired_replicas)!r} must have {self.n_models} entries"
+            )
+        k = self.max_step
+        act = np.zeros(len(self.action_space.nvec), np.int64)
+        for m, load in enumerate(self.model_loads):
+            delta = int(desired_replicas[m]) - (load.replicas_ready + load.replicas_loading)
+            act[m] = min(max(delta, -k), k) + k
+        if gpu_types is not None:
+            if len(gpu_types) != len(self.hybrid):
+                raise ValueError(f"gpu_types: {list(gpu_types)!r} must have {len(self.hybrid)} entries")
+            act[self.n_models :] = gpu_types
+        return act
+
+    # ------------------------------------------------------------------ observation and history
+
+    def _replica_counts(self) -> np.ndarray:
+        return np.array(
+            [[ld.replicas_ready, ld.replicas_loading, ld.replicas_draining] for ld in self.model_loads],
+            np.int64,
+        )
+
+    def _observation(self) -> np.ndarray:
+        sim = self.sim
+        # the reset window is empty, so the first interval has no previous rate to compare with
+        first = self._prev_rate is None or self._step <= 1
+        rates = [ld.arrival_rate_per_s for ld in self.model_loads]
+        prev = rates if first else self._prev_rate
+        self._prev_rate = rates
+        s_inv = 1.0 / self.ttft_target_s
+        vals: list[float] = []
+        for m, ld in enumerate(self.model_loads):
+            inv_n, inv_nc, inv_lnb = self._inv_n[m], self._inv_nc[m], self._inv_log_nb[m]
+            rate = rates[m]
+            have = ld.replicas_ready + ld.replicas_loading
+            vals += (
+                rate * inv_nc,
+                rate / (max(ld.replicas_ready, 1) * ld.capacity_rps_per_replica),
+                math.log1p(ld.queue_len) * inv_lnb,
+                math.log1p(ld.in_flight) * inv_lnb,
+                ld.replicas_ready * inv_n,
+                ld.replicas_loading * inv_n,
+                ld.replicas_draining * inv_n,
+                max(ld.target_replicas - have, 0) * inv_n,
+                ld.utilization,
+                ld.kv_usage,
+                ld.ttft_p99_s * s_inv,
+                ld.slo_attainment,
+                (rate - prev[m]) * inv_nc,
+            )
+        if self.hybrid:
+            pi = sim.pi
+            for m, types in self.hybrid:
+                live = sim.mrep[m, : sim.mn[m]]
+                counts = dict.fromkeys(types, 0)
+                for r in live[pi[live, K.Q_STATE] <= K.REP_READY].tolist():  # LOADING or READY
+                    counts[sim.replicas[r].gpu_type] += 1
+                vals += (counts[g] * self._inv_n[m] for g in types)
+        now = sim.now
+        if self._diurnal is not None:
+            period, phase = self._diurnal
+            ang = 2.0 * math.pi * (now + phase) / period
+            vals += (math.sin(ang), math.cos(ang))
+        else:
+            vals += (0.0, 0.0)
+        vals.append(now / self.scenario.horizon_s)
+        obs = np.array(vals, np.float32)
+        return np.clip(obs, self._obs_low, self._obs_high, out=obs)
+
+    def _record(self, reward: float = 0.0) -> None:
+        h, i = self._hist, self._step
+        h["t"][i] = self.sim.now
+        h["reward"][i] = reward
+        for m, ld in enumerate(self.model_loads):
+            h["arrival"][i, m] = ld.arrival_rate_per_s if i > 0 else 0.0
+            h["capacity"][i, m] = ld.replicas_ready * ld.capacity_rps_per_replica
+            h["ready"][i, m] = ld.replicas_ready
+            h["loading"][i, m] = ld.replicas_loading
+            h["ttft_p99"][i, m] = ld.ttft_p99_s
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self) -> np.ndarray | None:
+        """Draw the episode so far: load vs capacity, replicas, TTFT p99 vs SLO (``rgb_array`` mode)."""
+        if self.render_mode is None:
+            gym.logger.warn(
+                "AutoscaleEnv.render() called without a render_mode; pass render_mode='rgb_array'"
+            )
+            return None
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+
+        fig = Figure(figsize=(9.0, 7.0), dpi=80)
+        canvas = FigureCanvasAgg(fig)
+        axes = fig.subplots(3, 1, sharex=True)
+        if self.sim is None:
+            fig.suptitle("InferGym/Autoscale-v0 (call reset() first)")
+        else:
+            h, i = self._hist, self._step
+            t = h["t"][: i + 1]
+            for m, name in enumerate(self.model_names):
+                c = f"C{m % 10}"
+                # interval values belong to the interval that ends at t[j]; counts hold from t[j] on
+                axes[0].step(t[1:], h["arrival"][1 : i + 1, m], where="pre", color=c, label=name)
+                axes[0].step(t, h["capacity"][: i + 1, m], where="post", color=c, ls="--")
+                axes[1].step(t, h["ready"][: i + 1, m], where="post", color=c)
+                axes[1].step(
+                    t, h["ready"][: i + 1, m] + h["loading"][: i + 1, m], where="post", color=c, ls=":"
+                )
+                axes[2].step(t[1:], h["ttft_p99"][1 : i + 1, m], where="pre", color=c)
+            axes[2].axhline(self.ttft_target_s, color="k", ls="--", lw=1)
+            axes[0].set_ylabel("requests / s")
+            axes[0].set_title("arrival rate (solid) vs capacity of READY replicas (dashed)", fontsize=10)
+            axes[1].set_ylabel("replicas")
+            axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
+            axes[1].set_title("replicas: READY (solid), READY + LOADING (dotted)", fontsize=10)
+            axes[2].set_ylabel("TTFT p99 (s)")
+            axes[2].set_title("time to first token, p99 per interval; dashed: SLO target", fontsize=10)
+            axes[2].set_xlabel("simulated time (s)")
+            for ax in axes:
+                ax.grid(alpha=0.3)
+                ax.set_xlim(0.0, self.scenario.horizon_s)
+            axes[0].legend(
+                fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="model", title_fontsize=8
+            )
+            fig.suptitle(
+                f"InferGym/Autoscale-v0, scenario {self.scenario.name!r}: t = {self.sim.now:.0f} s, "
+                f"return so far {h['reward'][: i + 1].sum():.2f}",
+                fontsize=11,
+            )
+        fig.tight_layout()
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+
+
+class ScalerPolicy:
+    """A classical scaler from ``baselines.scaling`` evaluated as a policy through :class:`AutoscaleEnv`.
+
+    ``predict(obs, env)`` ignores ``obs`` and reads the env's scaler views
+    (``env.model_loads``: the same :class:`~envs.sim.view.ModelLoad` that
+    ``Simulator.desired_replicas`` gives the scenario's scalers), asks one
+    scaler per model for its target, clamps it to ``[min_replicas,
+    max_replicas]`` and converts it with :meth:`AutoscaleEnv.scaler_action`.
+    The change per step is clipped to ``env.max_step``, so this is a
+    rate-limited version of the controller; make the env with ``max_step`` at
+    least ``max_replicas`` (e.g. 16) and it decides exactly as
+    :func:`envs.sim.run_scenario` does. The first decision of an episode (time
+    0, no interval observed yet) holds without asking the scalers, since
+    ``run_scenario`` first decides at the end of the first interval. The
+    scalers are reset whenever the env starts a new episode.
+
+    Args:
+        scaler: a scaler name, ``{"kind": ..., **params}`` mapping, or ``None`` for the
+            env scenario's ``scaling`` controller.
+        gpu_type: for hybrid models, how to pick the type of added replicas:
+            ``"first_fit"`` (the first allowed type, in the model's order, with a
+            node that has room for one replica; else the first type) or an index
+            into the model's allowed types.
+    """
+
+    def __init__(self, scaler: Any = None, gpu_type: str | int = "first_fit") -> None:
+        if not (gpu_type == "first_fit" or (isinstance(gpu_type, int) and not isinstance(gpu_type, bool))):
+            raise fail("gpu_type", gpu_type, "must be 'first_fit' or an index into a model's gpu_types")
+        self.spec = scaler
+        self.gpu_type = gpu_type
+        self.scalers: list[Any] = []
+        self._sim: Simulator | None = None
+
+    def reset(self) -> None:
+        """Forget the scalers' history (done automatically at each new episode)."""
+        for s in self.scalers:
+            s.reset()
+
+    def _build(self, env: AutoscaleEnv) -> None:
+        # envs sits above baselines; resolve the scaler like the engine resolves controllers (a plugin).
+        make_scaler = importlib.import_module("baselines.scaling").make_scaler
+        spec = self.spec
+        if spec is None:
+            sc: ControllerSpec = env.scenario.scaling
+            spec = sc.as_config() if sc.params else sc.kind
+        self.scalers = [make_scaler(spec, "scaler") for _ in range(env.n_models)]
+
+    def predict(self, obs: np.ndarray | None, env: Any) -> np.ndarray:
+        """The action for the env's current state (``obs`` is not used)."""
+        base: AutoscaleEnv = env.unwrapped
+        if not isinstance(base, AutoscaleEnv):
+            raise ConfigError(f"env: {type(base).__name__} must be an AutoscaleEnv")
+        if base.sim is None:
+            raise RuntimeError("ScalerPolicy.predict: reset the env first")
+        if len(self.scalers) != base.n_models:
+            self._build(base)
+        if base.sim is not self._sim:
+            self._sim = base.sim
+            self.reset()
+        if base.sim.now <= 0.0:
+            # Nothing observed yet: hold, as run_scenario first decides at the end of the first interval.
+            return base.scaler_action([ld.replicas_provisioned for ld in base.model_loads], self._types(base))
+        desired = [
+            min(max(int(s.desired_replicas(load)), base._lo[m]), base._hi[m])
+            for m, (s, load) in enumerate(zip(self.scalers, base.model_loads, strict=True))
+        ]
+        return base.scaler_action(desired, self._types(base))
+
+    def _types(self, base: AutoscaleEnv) -> list[int] | None:
+        return [self._pick_type(base, m, t) for m, t in base.hybrid] if base.hybrid else None
+
+    def _pick_type(self, base: AutoscaleEnv, m: int, types: list[int]) -> int:
+        if self.gpu_type != "first_fit":
+            if not 0 <= self.gpu_type < len(types):
+                raise fail(
+                    "gpu_type",
+                    self.gpu_type,
+                    f"must be in [0, {len(types)}) for model {base.model_names[m]!r}",
+                )
+            return int(self.gpu_type)
+        sim = base.sim
+        for j, g in enumerate(types):
+            if sim.cluster.feasible(sim.replica_demand(m, g)).any():
+                return j
+        return 0
