@@ -22,9 +22,9 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -319,7 +319,10 @@ class Simulator:
         self.log_done = np.zeros(n + 1, np.int64)
         self.log_drop = np.zeros(n + 1, np.int64)
         self.n_replicas = 0
-        self.replicas: list[_Replica] = []
+        self.replicas: list[_Replica] = []  # every replica ever started, indexed by id
+        self._live: list[_Replica] = []  # those still holding cluster resources
+        self._rep_gpus = np.zeros(0)
+        self._rep_usd = np.zeros(0)
         self._loading_remote: list[_Replica] = []
         self._load_clock = 0.0
 
@@ -396,12 +399,15 @@ class Simulator:
 
     def _sync_releases(self) -> None:
         """Free the cluster resources of replicas the kernel released (drained)."""
-        for rep in self.replicas:
-            if not rep.freed and self.pi[rep.rid, K.Q_STATE] == K.REP_RELEASED:
-                self._free(rep, float(self.pf[rep.rid, K.P_RELEASE]))
+        if not self._live:
+            return
+        released = [rep for rep in self._live if self.pi[rep.rid, K.Q_STATE] == K.REP_RELEASED]
+        for rep in released:
+            self._free(rep, float(self.pf[rep.rid, K.P_RELEASE]))
 
     def _free(self, rep: _Replica, t: float) -> None:
         rep.freed = True
+        self._live.remove(rep)
         self.cluster.release(rep.alloc)
         if self.pf[rep.rid, K.P_READY] <= t:  # it finished loading: the weights stay on the node's disk
             self.cluster.touch_cache(rep.alloc.node, rep.model, t)
@@ -411,11 +417,13 @@ class Simulator:
 
         A replica still loading does not count: its transfer has not finished.
         """
-        if self.cluster.cached[node, m] and now - self.cluster.cached_at[node, m] <= self.scenario.storage.cache_ttl_s:
+        if (
+            self.cluster.cached[node, m]
+            and now - self.cluster.cached_at[node, m] <= self.scenario.storage.cache_ttl_s
+        ):
             return True
         return any(
-            not r.freed and r.model == m and r.alloc.node == node and self.pf[r.rid, K.P_READY] <= now
-            for r in self.replicas
+            r.model == m and r.alloc.node == node and self.pf[r.rid, K.P_READY] <= now for r in self._live
         )
 
     def replica_demand(self, m: int, gpu_type: int | None = None) -> Demand:
@@ -508,6 +516,9 @@ class Simulator:
         gpu = self.gpu_types[g]
         rep = _Replica(r, m, g, alloc, dep.tensor_parallel, dep.tensor_parallel * gpu.usd_per_hour / 3600.0)
         self.replicas.append(rep)
+        self._live.append(rep)
+        self._rep_gpus = np.append(self._rep_gpus, rep.gpus)
+        self._rep_usd = np.append(self._rep_usd, rep.usd_per_s)
         node = alloc.node
         st = self.scenario.storage
         local = self._weights_on_node(node, m, now)
@@ -529,16 +540,18 @@ class Simulator:
 
     def _push_ready(self, r: int, t: float) -> None:
         self.pi[r, K.Q_VERSION] += 1  # invalidates an earlier READY estimate
-        if self.gi[K.I_HEAP_N] >= len(self.ht) - 1:
-            self._grow_heap()
         K.heap_push(
-            self.ht, self.hk, self.hr, self.hv, self.gi, float(t), K.EV_READY, r, self.pi[r, K.Q_VERSION]
+            self.ht,
+            self.hk,
+            self.hr,
+            self.hv,
+            self.gi,
+            self.pi,
+            float(t),
+            K.EV_READY,
+            r,
+            self.pi[r, K.Q_VERSION],
         )
-
-    def _grow_heap(self) -> None:
-        for name in ("ht", "hk", "hr", "hv"):
-            arr = getattr(self, name)
-            setattr(self, name, np.concatenate([arr, np.zeros_like(arr)]))
 
     def _progress_loads(self, now: float) -> None:
         """Move remote transfers from the last update to ``now`` under equal bandwidth sharing."""
@@ -652,8 +665,7 @@ class Simulator:
         k = self.n_replicas
         pf = self.pf[:k]
         alloc_s = overlap_s(pf[:, K.P_ALLOC], pf[:, K.P_RELEASE], t0, t1)
-        gpus = np.array([r.gpus for r in self.replicas], float)
-        usd = np.array([r.usd_per_s for r in self.replicas], float)
+        gpus, usd = self._rep_gpus, self._rep_usd
         out["gpu_seconds"] = float(np.dot(alloc_s, gpus))
         out["cost_usd"] = float(np.dot(alloc_s, usd))
         ready_s = overlap_s(pf[:, K.P_READY], pf[:, K.P_RELEASE], t0, t1)

@@ -38,7 +38,9 @@ INF = np.inf
 R_ARR, R_SVC, R_U1, R_U2, R_ADMIT, R_FIRST, R_DONE, R_DEADLINE = range(8)
 N_RF = 8
 # request int columns
-R_PROMPT, R_OUTPUT, R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_FINISH, R_CLASS, R_SESSION, R_PRIO = range(11)
+R_PROMPT, R_OUTPUT, R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_FINISH, R_CLASS, R_SESSION, R_PRIO = range(
+    11
+)
 N_RI = 11
 # request states
 REQ_FUTURE, REQ_QUEUED, REQ_RUNNING, REQ_DONE, REQ_DROPPED = range(5)
@@ -48,9 +50,9 @@ P_CTOK, P_WREAD, P_KVTOK, P_OVH, P_BUSY_S, P_ITER_START, P_ITER_DUR, P_ALLOC, P_
 P_SPEED, P_EWMA, P_WRR, P_TILE = 10, 11, 12, 13
 N_PF = 14
 # replica int columns
-Q_STATE, Q_MODEL, Q_MAXB, Q_KVCAP, Q_KVRES, Q_KVSUM, Q_NRUN, Q_ITER, Q_SPARE, Q_BUSY = range(
+Q_STATE, Q_MODEL, Q_MAXB, Q_KVCAP, Q_KVRES, Q_KVSUM, Q_NRUN, Q_ITER, Q_SEG, Q_BUSY = range(
     10
-)  # Q_SPARE: unused slot
+)  # Q_SEG: iterations the pending ITER_END event covers (see start_iteration)
 Q_NPF, Q_VERSION, Q_PFTOK, Q_NDEC, Q_HASH, Q_TOKENS = 10, 11, 12, 13, 14, 15
 N_PI = 16
 # replica states
@@ -110,8 +112,10 @@ def _swap(ht, hk, hr, hv, a, b):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def heap_push(ht, hk, hr, hv, gi, t, prio, rep, version):
+def heap_push(ht, hk, hr, hv, gi, pi, t, prio, rep, version):
     n = gi[I_HEAP_N]
+    if n >= len(ht):
+        n = _heap_compact(ht, hk, hr, hv, gi, pi)
     ht[n] = t
     hk[n] = (prio << 48) | gi[I_SEQ]
     gi[I_SEQ] += 1
@@ -125,6 +129,36 @@ def heap_push(ht, hk, hr, hv, gi, t, prio, rep, version):
             n = p
         else:
             break
+
+
+@njit(cache=True, error_model="numpy")
+def _heap_compact(ht, hk, hr, hv, gi, pi):
+    """Drop cancelled events (stale replica version) and rebuild the heap; returns the new size.
+
+    Each replica has at most one live event, so with room for 4 per replica
+    compaction always frees space; it is rare (only split decode runs leave
+    cancelled events behind faster than they are popped).
+    """
+    n = 0
+    for k in range(gi[I_HEAP_N]):
+        if hv[k] == pi[hr[k], Q_VERSION]:
+            ht[n], hk[n], hr[n], hv[n] = ht[k], hk[k], hr[k], hv[k]
+            n += 1
+    for start in range((n - 2) >> 1, -1, -1):  # bottom-up heapify; keys are unique, so order is preserved
+        i = start
+        while True:
+            c = 2 * i + 1
+            if c >= n:
+                break
+            if c + 1 < n and _less(ht, hk, c + 1, c):
+                c += 1
+            if _less(ht, hk, c, i):
+                _swap(ht, hk, hr, hv, c, i)
+                i = c
+            else:
+                break
+    gi[I_HEAP_N] = n
+    return n
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -323,22 +357,73 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
         svc += rf[i, R_SVC]
     if admitted == 0 and n_dec == 0:
         return
+    n_iter = 1
     if per_request:
-        dur = svc
+        end = t + svc
     else:
-        tokens = pf_tokens + n_dec
-        # GEMM kernels tile the token dimension; a part-filled tile costs a full one (see envs.sim.perf)
-        tile = pf[r, P_TILE]
-        compute = pf[r, P_CTOK] * (np.ceil(tokens / tile) * tile)
-        memory = pf[r, P_WREAD] + pf[r, P_KVTOK] * pi[r, Q_KVSUM]
-        dur = (compute if compute > memory else memory) + pf[r, P_OVH]
+        end = t + _iteration_s(pf, r, pf_tokens + n_dec, pi[r, Q_KVSUM])
+        if admitted == 0 and _queues_empty(qh, gi, m, own, state == REP_READY):
+            # Decode-only and nothing to admit: every iteration until the next completion is
+            # known now, so one event covers them all. Their boundaries are summed exactly as
+            # per-iteration events would; an arrival for this replica splits the run
+            # (split_decode_run) at the first boundary after it.
+            n_iter = ri[run[r, 0], R_FINISH] - pi[r, Q_ITER] + 1
+            kv = pi[r, Q_KVSUM]
+            for _ in range(n_iter - 1):
+                kv += n_dec
+                end = end + _iteration_s(pf, r, n_dec, kv)
+    pi[r, Q_SEG] = n_iter
     pi[r, Q_NPF] = admitted
     pi[r, Q_PFTOK] = pf_tokens
     pi[r, Q_NDEC] = n_dec
     pi[r, Q_BUSY] = 1
     pf[r, P_ITER_START] = t
-    pf[r, P_ITER_DUR] = dur
-    heap_push(ht, hk, hr, hv, gi, t + dur, EV_ITER_END, r, pi[r, Q_VERSION])
+    pf[r, P_ITER_DUR] = end - t
+    heap_push(ht, hk, hr, hv, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _iteration_s(pf, r, tokens, kv_tokens):
+    """One iteration of replica ``r``: max(compute, memory) + overhead (see envs.sim.perf)."""
+    # GEMM kernels tile the token dimension; a part-filled tile costs a full one
+    tile = pf[r, P_TILE]
+    compute = pf[r, P_CTOK] * (np.ceil(tokens / tile) * tile)
+    memory = pf[r, P_WREAD] + pf[r, P_KVTOK] * kv_tokens
+    return (compute if compute > memory else memory) + pf[r, P_OVH]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _queues_empty(qh, gi, m, own, with_central):
+    for lst in range(gi[I_NLISTS]):
+        if qh[own, lst] >= 0 or (with_central and qh[m, lst] >= 0):
+            return False
+    return True
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def split_decode_run(pf, pi, ht, hk, hr, hv, gi, r, t):
+    """Cut replica ``r``'s multi-iteration decode run at its first iteration boundary after ``t``.
+
+    Called when work arrives for the replica; per-iteration events would have
+    let it admit that work at exactly this boundary.
+    """
+    if pi[r, Q_BUSY] == 0 or pi[r, Q_SEG] <= 1:
+        return
+    start = pf[r, P_ITER_START]
+    n_dec = pi[r, Q_NDEC]
+    kv = pi[r, Q_KVSUM]
+    end = start + _iteration_s(pf, r, n_dec, kv)
+    j = 1
+    while end <= t and j < pi[r, Q_SEG]:
+        kv += n_dec
+        end = end + _iteration_s(pf, r, n_dec, kv)
+        j += 1
+    if j == pi[r, Q_SEG]:
+        return
+    pi[r, Q_SEG] = j
+    pf[r, P_ITER_DUR] = end - start
+    pi[r, Q_VERSION] += 1
+    heap_push(ht, hk, hr, hv, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -348,10 +433,12 @@ def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, r, 
     n_pf = pi[r, Q_NPF]
     for k in range(n_pf):
         rf[pfl[r, k], R_FIRST] = t
-    pi[r, Q_TOKENS] += n_pf + pi[r, Q_NDEC]
-    pi[r, Q_KVSUM] += pi[r, Q_NDEC] + pi[r, Q_PFTOK] + n_pf
+    n_iter = pi[r, Q_SEG]
+    pi[r, Q_TOKENS] += n_pf + pi[r, Q_NDEC] * n_iter
+    pi[r, Q_KVSUM] += pi[r, Q_NDEC] * n_iter + pi[r, Q_PFTOK] + n_pf
     pi[r, Q_NPF] = 0
-    it = pi[r, Q_ITER]
+    pi[r, Q_SEG] = 1
+    it = pi[r, Q_ITER] + n_iter - 1  # the last iteration this event covers
     pi[r, Q_ITER] = it + 1
     # run[r, :n] is a min-heap on (finish iteration, request id): completions pop in O(log batch)
     n = pi[r, Q_NRUN]
@@ -504,15 +591,19 @@ def dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv,
     if r >= 0:
         ri[i, R_REPLICA] = r
         _enqueue(ri, qh, qt, qn, gi[I_NMODELS] + r, i)
+        split_decode_run(pf, pi, ht, hk, hr, hv, gi, r, t)
         start_iteration(
             rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t
         )
         return
     _enqueue(ri, qh, qt, qn, m, i)
-    # wake the lowest-id idle READY replica, if any
+    # busy READY replicas pull from the central queue at their next iteration boundary;
+    # wake the lowest-id idle one, if any
     best = -1
     for k in range(mn[m]):
         c = mrep[m, k]
+        if pi[c, Q_STATE] == REP_READY and pi[c, Q_SEG] > 1:
+            split_decode_run(pf, pi, ht, hk, hr, hv, gi, c, t)
         if pi[c, Q_STATE] == REP_READY and pi[c, Q_BUSY] == 0 and (best < 0 or c < best):
             best = c
     if best >= 0:
