@@ -203,3 +203,28 @@ def test_render_rgb_array(env_id):
     frame = env.render()
     assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
     assert frame.std() > 5, "the frame must show something"
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_maskable_ppo_trains_with_action_masks(env_id):
+    """Every env that can have invalid actions exposes masks that sb3-contrib's MaskablePPO uses."""
+    env = make(env_id)
+    if not hasattr(env.unwrapped, "action_masks"):
+        assert isinstance(env.action_space, gym.spaces.MultiDiscrete)  # Autoscale: clamped, never invalid
+        return
+    from sb3_contrib import MaskablePPO
+    from sb3_contrib.common.wrappers import ActionMasker
+
+    masked = ActionMasker(env, lambda e: e.unwrapped.action_masks())
+    model = MaskablePPO("MlpPolicy", masked, n_steps=128, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=256)
+    assert model.num_timesteps >= 256
+    obs, _ = masked.reset(seed=0)
+    for _ in range(50):
+        mask = env.unwrapped.action_masks()
+        action, _ = model.predict(obs, action_masks=mask, deterministic=True)
+        if mask.any():
+            assert mask[int(action)], "a masked policy must choose a valid action"
+        obs, _, term, trunc, _ = masked.step(int(action))
+        if term or trunc:
+            obs, _ = masked.reset()
