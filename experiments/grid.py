@@ -1,0 +1,585 @@
+"""Run a grid of experiment cells (envs x scenarios x policies x seeds) in local processes or on Ray Tune.
+
+A :class:`Cell` is one unit of work: ``evaluate`` runs one policy spec (anything
+:func:`experiments.evaluate.make_policy` accepts) for one episode seed; ``train``
+trains an SB3 agent with one training seed into ``run_dir/agents/<key>/`` and then
+evaluates it on held-out episode seeds. :func:`run_grid` runs cells concurrently
+(a process pool, or one Ray Tune trial per cell), retries a failing cell, and
+appends each finished cell's rows to ``run_dir/results.jsonl`` at once, so an
+interrupted grid resumes without redoing finished cells. Both backends write the
+same rows for the same cells. Each row holds the cell's fields, its ``key``, the
+evaluator's metrics (see :mod:`experiments.evaluate`), ``seed`` (the cell's seed:
+the episode seed of an evaluate cell, the training seed of a train cell),
+``episode_seed`` (the seed the episode was reset with) and ``policy_name`` (the
+evaluator's name for the policy).
+
+Fault injection, for tests and for trying fault tolerance on a cluster: when the
+environment variable ``INFERGYM_GRID_FAULTS`` names a folder (shared by all
+nodes), every cell run appends its key to ``<folder>/calls.log``; a cell whose key
+(or ``*``) is a line of ``<folder>/fail_always`` raises; one listed in
+``<folder>/fail_once`` raises on its first run only (marker ``<folder>/failed/<key>``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import envs
+from envs.sim.errors import check_choice, check_number, fail
+
+__all__ = ["Cell", "run_cell", "run_grid", "read_results", "FAULTS_ENV", "TRAIN_EVAL_SEEDS"]
+
+KINDS = ("evaluate", "train")
+BACKENDS = ("local", "ray")
+FAULTS_ENV = "INFERGYM_GRID_FAULTS"
+# Held-out episode seeds for trained agents: far from training seeds, the same for every training seed
+# so agents are compared on identical episodes.
+TRAIN_EVAL_SEEDS = (10_000, 10_001, 10_002)
+EVALUATE_PARAMS = frozenset({"policy_seed", "deterministic"})  # read by evaluate cells; other keys are labels
+TRAIN_PARAMS = frozenset(
+    {
+        "total_timesteps",
+        "eval_seeds",
+        "eval_env_kwargs",
+        "eval_scenario",
+        "n_envs",
+        "checkpoint_freq",
+        "overrides",
+        "deterministic",
+    }
+)  # any other key of a train cell is a hyperparameter override (dotted keys allowed)
+RESULTS_FILE = "results.jsonl"
+
+
+def _jsonable(path: str, value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value, sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise fail(path, value, f"must be JSON-serialisable ({exc})") from None
+
+
+def _pairs(path: str, items: Any) -> tuple[tuple[str, Any], ...]:
+    if isinstance(items, Mapping):
+        items = items.items()
+    out = []
+    for item in items:
+        if not (isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2):
+            raise fail(path, item, "must be a mapping or (key, value) pairs")
+        k, v = item
+        if not isinstance(k, str) or not k:
+            raise fail(path, k, "keys must be non-empty strings")
+        out.append((k, _jsonable(f"{path}.{k}", v)))
+    keys = [k for k, _ in out]
+    if len(set(keys)) != len(keys):
+        raise fail(path, keys, "has a repeated key")
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of grid work; hashable, and identified across runs by :attr:`key`.
+
+    ``env_kwargs`` and ``params`` accept a mapping or (key, value) pairs and are
+    stored as sorted pairs of JSON values. ``params`` of an evaluate cell:
+    ``policy_seed`` (default 0, as the evaluate CLI), ``deterministic``
+    (default True); other keys are labels copied into the rows. ``params`` of a
+    train cell: ``total_timesteps`` (required), ``eval_seeds`` (default
+    :data:`TRAIN_EVAL_SEEDS`), ``eval_scenario`` / ``eval_env_kwargs`` (default:
+    the training ones), ``n_envs``, ``checkpoint_freq``, ``overrides`` (list of
+    ``key=value``), ``deterministic``; any other key is a hyperparameter override
+    such as ``learning_rate`` or ``policy_kwargs.net_arch``.
+    """
+
+    kind: str
+    env_id: str
+    scenario: str
+    policy: str
+    seed: int
+    env_kwargs: tuple = ()
+    params: tuple = ()
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        check_choice("cell.kind", self.kind, KINDS)
+        check_choice("cell.env_id", self.env_id, envs.ENV_IDS)
+        for name in ("scenario", "policy"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise fail(f"cell.{name}", value, "must be a non-empty string")
+        if not isinstance(self.label, str):
+            raise fail("cell.label", self.label, "must be a string")
+        check_number("cell.seed", self.seed, ge=0, integer=True)
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "env_kwargs", _pairs("cell.env_kwargs", self.env_kwargs))
+        object.__setattr__(self, "params", _pairs("cell.params", self.params))
+        p = dict(self.params)
+        if self.kind == "train":
+            if "total_timesteps" not in p:
+                raise fail("cell.params.total_timesteps", None, "is required for a train cell")
+            check_number("cell.params.total_timesteps", p["total_timesteps"], gt=0, integer=True)
+            seeds = p.get("eval_seeds", list(TRAIN_EVAL_SEEDS))
+            if not isinstance(seeds, list) or not seeds:
+                raise fail("cell.params.eval_seeds", seeds, "must be a non-empty list of seeds")
+            for s in seeds:
+                check_number("cell.params.eval_seeds[]", s, ge=0, integer=True)
+            if "eval_env_kwargs" in p and not isinstance(p["eval_env_kwargs"], dict):
+                raise fail("cell.params.eval_env_kwargs", p["eval_env_kwargs"], "must be a mapping")
+
+    # A tuple field may hold lists (JSON values), so hash the canonical identity instead of the fields.
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON (``env_kwargs`` and ``params`` as mappings)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["env_kwargs"] = dict(self.env_kwargs)
+        d["params"] = dict(self.params)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Cell:
+        """The inverse of :meth:`to_dict`; unknown keys are errors."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise fail("cell", unknown, f"has unknown keys (known: {sorted(names)})")
+        return cls(**dict(d))
+
+    @property
+    def key(self) -> str:
+        """sha1 of the canonical JSON of the fields: the cell's identity in results.jsonl."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(blob.encode()).hexdigest()
+
+    @property
+    def name(self) -> str:
+        """The policy's name in tables: ``label``, else the policy spec / algorithm."""
+        return self.label or self.policy
+
+    @property
+    def expected_rows(self) -> int:
+        """Rows a finished cell has written (one per evaluated episode)."""
+        return len(dict(self.params).get("eval_seeds", TRAIN_EVAL_SEEDS)) if self.kind == "train" else 1
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name!r} on {self.env_id} / {self.scenario}, seed {self.seed} (key {self.key[:12]})"
+
+
+def _row(cell: Cell, key: str, ev: Mapping[str, Any]) -> dict[str, Any]:
+    row = cell.to_dict()
+    row["label"] = cell.name
+    row["key"] = key
+    row["episode_seed"] = ev["seed"]
+    row["policy_name"] = ev["policy"]
+    for k, v in ev.items():
+        if k not in ("env_id", "scenario", "policy", "seed"):
+            row[k] = v
+    return json.loads(json.dumps(row, allow_nan=True))  # plain JSON types, columns in insertion order
+
+
+def run_cell(cell: Cell, run_dir: Path) -> list[dict[str, Any]]:
+    """Run one cell; one row per evaluated episode (see the module docstring for the columns)."""
+    from experiments.evaluate import evaluate_policy, make_policy
+
+    run_dir = Path(run_dir)
+    p = dict(cell.params)
+    key = cell.key
+    if cell.kind == "evaluate":
+        policy = make_policy(cell.env_id, cell.policy, int(p.get("policy_seed", 0)))
+        ev_rows = evaluate_policy(
+            cell.env_id,
+            policy,
+            cell.scenario,
+            [cell.seed],
+            dict(cell.env_kwargs),
+            deterministic=bool(p.get("deterministic", True)),
+        )
+    else:
+        from agents.sb3 import load_agent, parse_overrides, train
+
+        overrides = parse_overrides(p.get("overrides"))
+        extra = [f"{k}={json.dumps(v)}" for k, v in p.items() if k not in TRAIN_PARAMS]
+        overrides.update(parse_overrides(extra))
+        agent_dir = run_dir / "agents" / key
+        train_kw: dict[str, Any] = {}
+        for name in ("n_envs", "checkpoint_freq"):
+            if name in p:
+                train_kw[name] = int(p[name])
+        train(
+            cell.env_id,
+            cell.policy,
+            cell.scenario,
+            int(p["total_timesteps"]),
+            cell.seed,
+            agent_dir,
+            overrides=overrides,
+            env_kwargs=dict(cell.env_kwargs),
+            progress_bar=False,
+            command=f"experiments.grid cell {key}",
+            **train_kw,
+        )
+        agent = load_agent(agent_dir, deterministic=bool(p.get("deterministic", True)))
+        ev_rows = evaluate_policy(
+            cell.env_id,
+            agent,
+            p.get("eval_scenario", cell.scenario),
+            [int(s) for s in p.get("eval_seeds", TRAIN_EVAL_SEEDS)],
+            p.get("eval_env_kwargs", dict(cell.env_kwargs)),
+            deterministic=bool(p.get("deterministic", True)),
+        )
+    return [_row(cell, key, ev) for ev in ev_rows]
+
+
+def _listed(path: Path, key: str) -> bool:
+    if not path.exists():
+        return False
+    lines = {ln.strip() for ln in path.read_text().splitlines()}
+    return key in lines or "*" in lines
+
+
+def _run_cell_dict(cell_dict: Mapping[str, Any], run_dir: str, faults: str | None) -> list[dict[str, Any]]:
+    """Worker entry point (local pool and Ray trial): fault injection, then :func:`run_cell`."""
+    cell = Cell.from_dict(cell_dict)
+    if faults:
+        fdir = Path(faults)
+        key = cell.key
+        with open(fdir / "calls.log", "a") as fh:
+            fh.write(key + "\n")
+        if _listed(fdir / "fail_always", key):
+            raise RuntimeError(f"injected failure (fail_always) in cell {key}")
+        marker = fdir / "failed" / key
+        if _listed(fdir / "fail_once", key) and not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            raise RuntimeError(f"injected failure (fail_once) in cell {key}")
+    return run_cell(cell, Path(run_dir))
+
+
+# ------------------------------------------------------------------------------------------ results file
+
+
+def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every complete JSON row of ``run_dir/results.jsonl`` (a torn last line is ignored)."""
+    path = Path(run_dir) / RESULTS_FILE
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _load_done(path: Path, cells: Sequence[Cell]) -> dict[str, list[dict[str, Any]]]:
+    """Rows of finished requested cells by key; rewrites the file if it holds torn lines or partial cells.
+
+    A cell counts as finished only when all its rows are there, so a driver killed mid-write redoes
+    that cell instead of keeping half of it.
+    """
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    rows, torn = [], False
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn = True
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_key.setdefault(r.get("key", ""), []).append(r)
+    want = {c.key: c.expected_rows for c in cells}
+    partial = {k for k, n in want.items() if k in by_key and len(by_key[k]) != n}
+    if torn or partial:
+        keep = [r for r in rows if r.get("key") not in partial]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, path)
+    return {k: v for k, v in by_key.items() if k in want and k not in partial}
+
+
+class _Appender:
+    """Appends a finished cell's rows as one write, flushed and fsynced, so a crash loses at most that cell."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in rows))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+# ----------------------------------------------------------------------------------------------- backends
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    # torch + fork is unsafe (threads and locks copied mid-flight); forkserver where available.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _run_local(
+    pending: Sequence[Cell],
+    run_dir: Path,
+    workers: int,
+    max_retries: int,
+    bar: Any,
+    on_rows: Callable[[Cell, list[dict[str, Any]]], None],
+    faults: str | None,
+) -> None:
+    attempts = dict.fromkeys((c.key for c in pending), 0)
+    queue = list(pending)
+    pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=_mp_context())
+    running: dict[cf.Future, Cell] = {}
+    fatal: RuntimeError | None = None
+    clean = False
+    try:
+        while queue or running:
+            while queue and fatal is None:
+                cell = queue.pop(0)
+                attempts[cell.key] += 1
+                running[pool.submit(_run_cell_dict, cell.to_dict(), str(run_dir), faults)] = cell
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            broken = False
+            for fut in finished:
+                cell = running.pop(fut)
+                try:
+                    rows = fut.result()
+                except Exception as exc:
+                    broken |= isinstance(exc, cf.process.BrokenProcessPool)
+                    if attempts[cell.key] > max_retries:
+                        if fatal is None:
+                            fatal = RuntimeError(
+                                f"grid cell {cell.describe()} failed after {attempts[cell.key]} attempts: {exc!r}"
+                            )
+                            fatal.__cause__ = exc
+                            queue.clear()  # stop launching, but keep what the running cells finish
+                    elif fatal is None:
+                        queue.append(cell)
+                    continue
+                on_rows(cell, rows)
+                bar.update(1)
+            if broken:
+                # A dead worker breaks the whole pool: every running cell is lost; resubmit them on a new pool.
+                for cell in running.values():
+                    if fatal is None and attempts[cell.key] <= max_retries:
+                        queue.append(cell)
+                    elif fatal is None:
+                        fatal = RuntimeError(f"grid cell {cell.describe()} failed: its worker process died")
+                running.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                if queue and fatal is None:
+                    pool = cf.ProcessPoolExecutor(
+                        max_workers=min(workers, len(queue)), mp_context=_mp_context()
+                    )
+        clean = True
+    finally:
+        for fut in running:
+            fut.cancel()
+        # On Ctrl-C do not wait for long cells; their rows would be dropped anyway.
+        pool.shutdown(wait=clean, cancel_futures=True)
+    if fatal is not None:
+        raise fatal
+
+
+def _ray_trainable(config: dict[str, Any]) -> None:
+    from ray import tune
+
+    rows = _run_cell_dict(config["cell"], config["run_dir"], config["faults"])
+    tune.report(
+        {"rows_json": json.dumps(rows), "n_rows": len(rows), "cell_key": rows[0]["key"] if rows else ""}
+    )
+
+
+def _collector(results_path: Path, keys: Sequence[str], progress: bool) -> Any:
+    """A Tune callback (runs in the driver) that appends a trial's rows to results.jsonl when they arrive.
+
+    It holds only picklable state because Tune pickles it with the experiment and gives it back on restore.
+    """
+    from ray import tune
+
+    class _Collect(tune.Callback):
+        def __init__(self) -> None:
+            self.path, self.keys, self.progress, self.done = str(results_path), set(keys), progress, set()
+            self.bar = None
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {**self.__dict__, "bar": None}
+
+        def on_trial_result(
+            self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+        ) -> None:
+            key = result.get("cell_key")
+            if key in self.keys and key not in self.done:
+                self.done.add(key)
+                _Appender(Path(self.path))(json.loads(result["rows_json"]))
+                if self.bar is None:
+                    from tqdm.auto import tqdm
+
+                    self.bar = tqdm(
+                        total=len(self.keys), desc="grid (ray)", unit="cell", disable=not self.progress
+                    )
+                self.bar.update(1)
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return _Collect()
+
+
+def _run_ray(
+    pending: Sequence[Cell],
+    run_dir: Path,
+    workers: int,
+    ray_address: str | None,
+    max_retries: int,
+    progress: bool,
+    faults: str | None,
+    gpus_per_trial: float,
+) -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        import ray
+        from ray import tune
+    except ImportError as exc:
+        raise fail("backend", "ray", f"needs Ray Tune: pip install 'infergym[ray]' ({exc})") from None
+
+    by_key = {c.key: c for c in pending}
+    started, temp_dir = False, None
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {
+            "address": ray_address or None,
+            "include_dashboard": False,
+            "log_to_driver": False,
+        }
+        if not ray_address:
+            # Ray puts unix sockets under its temp dir, whose path must stay short; never the home folder.
+            temp_dir = tempfile.mkdtemp(prefix="infergym-ray-")
+            kw.update(num_cpus=workers, _temp_dir=temp_dir)
+        ray.init(**kw)
+        started = True
+    storage = (run_dir / "ray_results").resolve()
+    exp_dir = storage / "grid"
+    keys_file = storage / "grid-cells.json"
+    trainable = tune.with_resources(_ray_trainable, {"cpu": 1, "gpu": float(gpus_per_trial)})
+    param_space = {
+        "cell": tune.grid_search([c.to_dict() for c in pending]),
+        "run_dir": str(run_dir.resolve()),
+        "faults": faults,
+    }
+    try:
+        old_keys = set(json.loads(keys_file.read_text())) if keys_file.exists() else None
+        restorable = exp_dir.exists() and tune.Tuner.can_restore(str(exp_dir))
+        # Restore Tune's own state only when it is this grid's: every pending cell is one of its trials.
+        if restorable and old_keys is not None and set(by_key) <= old_keys:
+            tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, restart_errored=True)
+        else:
+            if exp_dir.exists():
+                n = 1
+                while (storage / f"grid.old-{n}").exists():
+                    n += 1
+                exp_dir.rename(storage / f"grid.old-{n}")
+            storage.mkdir(parents=True, exist_ok=True)
+            keys_file.write_text(json.dumps(sorted(by_key)))
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                # a fresh actor per trial costs seconds of imports, more than a typical evaluate cell
+                tune_config=tune.TuneConfig(reuse_actors=True),
+                run_config=tune.RunConfig(
+                    storage_path=str(storage),
+                    name="grid",
+                    failure_config=tune.FailureConfig(max_failures=max_retries),
+                    callbacks=[_collector(run_dir / RESULTS_FILE, list(by_key), progress)],
+                    verbose=0,
+                ),
+            )
+        results = tuner.fit()
+        finished = _load_done(run_dir / RESULTS_FILE, pending)
+        for res in results:
+            key = Cell.from_dict(res.config["cell"]).key if res.config and "cell" in res.config else None
+            if res.error is not None and key not in finished:
+                what = by_key[key].describe() if key in by_key else f"trial in {res.path}"
+                raise RuntimeError(
+                    f"grid cell {what} failed after {max_retries + 1} attempts: {res.error!r}"
+                ) from res.error
+    finally:
+        if started:
+            ray.shutdown()
+            if temp_dir:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def run_grid(
+    cells: Sequence[Cell],
+    run_dir: Path,
+    *,
+    backend: str = "local",
+    workers: int = 2,
+    ray_address: str | None = None,
+    max_retries: int = 1,
+    progress: bool = True,
+    gpus_per_trial: float = 0,
+) -> list[dict[str, Any]]:
+    """Run every cell not already in ``run_dir/results.jsonl``; all rows of ``cells`` (old + new), in cell order.
+
+    Each finished cell's rows are appended to ``results.jsonl`` as soon as it
+    finishes. A cell that raises is retried up to ``max_retries`` times, then the
+    grid fails with an error naming the cell (cells finished before stay written).
+    ``backend="ray"`` runs each cell as a Ray Tune trial (``ray_address`` of a
+    running cluster, or a local Ray with ``workers`` CPUs); Tune's state lives
+    under ``run_dir/ray_results``. Repeated cells run once.
+    """
+    check_choice("backend", backend, BACKENDS)
+    check_number("workers", workers, ge=1, integer=True)
+    check_number("max_retries", max_retries, ge=0, integer=True)
+    check_number("gpus_per_trial", gpus_per_trial, ge=0)
+    for c in cells:
+        if not isinstance(c, Cell):
+            raise fail("cells[]", c, "must be a Cell")
+    unique = list(dict.fromkeys(cells))
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RESULTS_FILE
+    done = _load_done(path, unique)
+    pending = [c for c in unique if c.key not in done]
+    append = _Appender(path)
+
+    def on_rows(cell: Cell, rows: list[dict[str, Any]]) -> None:
+        append(rows)
+        done[cell.key] = rows
+
+    if pending:
+        from tqdm.auto import tqdm
+
+        faults = os.environ.get(FAULTS_ENV) or None
+        if faults:
+            faults = str(Path(faults).resolve())
+        if backend == "local":
+            with tqdm(total=len(unique), initial=len(unique) - len(pending), desc="grid", unit="cell",
+                      disable=not progress) as bar:  # fmt: skip
+                _run_local(pending, run_dir, workers, max_retries, bar, on_rows, faults)
+        else:
+            _run_ray(pending, run_dir, workers, ray_address, max_retries, progress, faults, gpus_per_trial)
+            done = _load_done(path, unique)
+            missing = [c for c in pending if c.key not in done]
+            if missing:
+                raise RuntimeError(
+                    f"grid cell {missing[0].describe()} reported no rows ({len(missing)} missing)"
+                )
+    return [r for c in unique for r in done[c.key]]
