@@ -343,22 +343,8 @@ class AutoscaleEnv(gym.Env):
     # ------------------------------------------------------------------ scaler views and adapters
 
     def _scaler_views(self) -> list[ModelLoad]:
-        """Each model's :class:`ModelLoad` over the current KPI window, as ``Simulator.desired_replicas`` builds it.
-
-        Must run before ``interval_kpis`` (which moves the window on). The
-        engine has no public accessor for the window, hence the private fields.
-        """
-        sim = self.sim
-        gi = sim.gi
-        nd, nx = int(gi[K.I_NDONE]), int(gi[K.I_NDROP])
-        done = sim.log_done[sim._seen_done : nd]
-        drops = sim.log_drop[sim._seen_drop : nx]
-        if self.n_models == 1:
-            n_drop = [len(drops)]
-        else:
-            n_drop = np.bincount(sim.ri[drops, K.R_MODEL], minlength=self.n_models).tolist()
-        t0, busy0 = sim._window_t0, sim._prev_busy
-        return [sim.model_load(m, t0, done, n_drop[m], busy0) for m in range(self.n_models)]
+        """Each model's :class:`ModelLoad` over the current KPI window (before ``interval_kpis`` moves it on)."""
+        return self.sim.model_loads()
 
     def scaler_action(
         self, desired_replicas: Sequence[int], gpu_types: Sequence[int] | None = None

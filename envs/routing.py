@@ -478,9 +478,9 @@ class RoutingEnv(gym.Env):
                 _observe(*self._arrays, self.speed_max, -1, self.n_models, self.n_classes, self._seen,
                          self._terms, self._obs, self._mask, self._slot_rep)  # fmt: skip
                 self._mask[:] = True  # nothing to route: any action is accepted and ignored
-                sim._sync_releases()
+                sim.sync_releases()
                 return -1
-            sim._sync_releases()
+            sim.sync_releases()
             sim.control_step()
             self._cache_arrays()  # a scale-up may have grown (replaced) the replica arrays
             self._sync()
@@ -497,7 +497,7 @@ class RoutingEnv(gym.Env):
 
     def _sync(self) -> None:
         sim = self.sim
-        sim._sync_releases()
+        sim.sync_releases()
         self._draining = bool(np.any(sim.pi[: sim.n_replicas, K.Q_STATE] == K.REP_DRAINING))
 
     # ------------------------------------------------------------------ rendering

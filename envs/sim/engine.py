@@ -371,7 +371,7 @@ class Simulator:
         if until < self.now:
             raise ValueError(f"until: {until!r} must be >= the current time {self.now!r}")
         code = self._kernel(until)
-        self._sync_releases()
+        self.sync_releases()
         if code == K.STOP_ROUTE:
             return int(self.gi[K.I_PENDING])
         return None
@@ -393,11 +393,11 @@ class Simulator:
             if self.pi[replica, K.Q_MODEL] != self.ri[i, K.R_MODEL]:
                 raise ValueError(f"replica: {replica!r} does not serve model {int(self.ri[i, K.R_MODEL])}")
         self._kernel(self.now, route_to=replica)
-        self._sync_releases()
+        self.sync_releases()
 
     # ------------------------------------------------------------------ replicas
 
-    def _sync_releases(self) -> None:
+    def sync_releases(self) -> None:
         """Free the cluster resources of replicas the kernel released (drained)."""
         if not self._live:
             return
@@ -471,16 +471,24 @@ class Simulator:
             self.target[m] = self.replicas_of(m)["ready"] + self.replicas_of(m)["loading"]
         return ok
 
-    def desired_replicas(self) -> np.ndarray:
-        """Ask every model's scaler for its target without applying it (advances no window)."""
-        t0 = self._window_t0
+    def model_loads(self) -> list[ModelLoad]:
+        """Every model's scaler view over the current KPI window (from the last :meth:`interval_kpis` to now).
+
+        Call before :meth:`interval_kpis`, which moves the window on.
+        """
         nd, nx = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP])
         done = self.log_done[self._seen_done : nd]
         drops = self.log_drop[self._seen_drop : nx]
+        n_drop = np.bincount(self.ri[drops, K.R_MODEL], minlength=self.n_models)
+        return [
+            self.model_load(m, self._window_t0, done, int(n_drop[m]), self._prev_busy)
+            for m in range(self.n_models)
+        ]
+
+    def desired_replicas(self) -> np.ndarray:
+        """Ask every model's scaler for its target without applying it (advances no window)."""
         out = np.zeros(self.n_models, np.int64)
-        for m in range(self.n_models):
-            n_drop_m = int(np.count_nonzero(self.ri[drops, K.R_MODEL] == m))
-            load = self.model_load(m, t0, done, n_drop_m, self._prev_busy)
+        for m, load in enumerate(self.model_loads()):
             dep = self.scenario.models[m]
             out[m] = min(max(int(self.scalers[m].desired_replicas(load)), dep.min_replicas), dep.max_replicas)
         return out
