@@ -1,0 +1,154 @@
+"""experiments.reproduce: a tiny table end to end, baseline calibration, and table numbers from experiments.stats."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from envs.sim.errors import ConfigError
+from experiments import reproduce, stats
+
+TINY = {
+    "description": "smoke table",
+    "env_id": "InferGym/Autoscale-v0",
+    "eval_seeds": 2,
+    "calibration_seeds": [1000],
+    "train_seed_base": 10000,
+    "scenarios": {
+        "default": {
+            "train_env_kwargs": {"horizon_s": 240},
+            "eval_env_kwargs": {"horizon_s": 240},
+        }
+    },
+    "baselines": [
+        {
+            "name": "hpa",
+            "spec": {"kind": "hpa", "metric": "in_flight_per_replica"},
+            "sweep": {"target": [4, 64]},
+            "env_kwargs": {"max_step": 16},
+        }
+    ],
+    "agents": [
+        {
+            "name": "ppo",
+            "algo": "ppo",
+            "total_timesteps": 256,
+            "overrides": {"n_steps": 64, "batch_size": 64, "n_epochs": 1},
+        }
+    ],
+    "kpis": [
+        {"key": "return", "label": "reward", "fmt": ".2f", "iqm": True},
+        {"key": "slo_attainment", "fmt": ".3f"},
+        {"key": "cost_usd", "fmt": ".2f"},
+    ],
+    "figures": ["episode", "ttft_cdf", "tradeoff", "kpi_bars"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    res = reproduce.reproduce(
+        TINY, root / "out", root / "run", workers=2, progress=False, command="pytest tiny table"
+    )
+    return root, res
+
+
+def test_tiny_table_end_to_end_writes_table_csv_figures_readme(tiny):
+    root, res = tiny
+    out = root / "out"
+    md = (out / "table.md").read_text()
+    assert "| hpa | target=" in md and "| ppo | 256 steps |" in md
+    assert "P(improvement)" in md
+    with open(out / "table.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["policy"], r["kpi"]) for r in rows} >= {
+        ("hpa", "return"),
+        ("ppo", "return"),
+        ("ppo", "cost_usd"),
+    }
+    for name in ("episode_default.png", "ttft_cdf_default.png", "tradeoff_default.png", "kpis_default.png"):
+        assert (out / name).stat().st_size > 1000, name
+    readme = (out / "README.md").read_text()
+    assert "pytest tiny table" in readme and "Git SHA" in readme
+    # the agent was trained in the grid's run folder, with tensorboard logs
+    assert list((root / "run" / "agents").glob("*/tb/run_1"))
+
+
+def test_table_numbers_are_the_stats_helpers_on_the_episode_returns(tiny):
+    root, res = tiny
+    with open(root / "out" / "episodes.csv") as fh:
+        eps = [r for r in csv.DictReader(fh) if r["label"].startswith("eval|default|hpa|")]
+    returns = np.array([float(r["return"]) for r in sorted(eps, key=lambda r: int(r["seed"]))])
+    assert len(returns) == 2
+    row = next(r for r in res["summary"] if r["policy"] == "hpa" and r["kpi"] == "return")
+    ref = stats.mean_ci(returns)
+    assert (row["mean"], row["mean_low"], row["mean_high"]) == pytest.approx(tuple(ref))
+    assert row["iqm"] == pytest.approx(stats.iqm(returns))
+    # the agent's run is one training seed, scored as the mean over its evaluation episodes
+    ppo = next(r for r in res["summary"] if r["policy"] == "ppo" and r["kpi"] == "return")
+    assert ppo["n_runs"] == 2
+
+
+def test_calibration_uses_only_calibration_seeds_and_the_chosen_value_is_reported(tiny):
+    root, res = tiny
+    chosen = res["chosen"][("default", "hpa")]
+    assert chosen in (4, 64)
+    with open(root / "out" / "sweep.csv") as fh:
+        sweep = list(csv.DictReader(fh))
+    assert {int(r["value"]) for r in sweep} == {4, 64}
+    best = max(sweep, key=lambda r: float(r["return"]))
+    assert int(best["value"]) == chosen and best["chosen"] == "True"
+    assert f"target={chosen}" in (root / "out" / "table.md").read_text()
+
+
+def _fake(values):
+    return [{"return": v, "slo_attainment": s, "requests_arrived": 0} for v, s in values]
+
+
+def test_choose_value_picks_the_best_mean_of_the_selection_metric():
+    by_value = {
+        8: _fake([(-10.0, 1.0), (-30.0, 1.0)]),  # mean -20
+        16: _fake([(-12.0, 1.0), (-14.0, 0.9)]),  # mean -13: best
+        32: _fake([(-5.0, 1.0), (-40.0, 1.0)]),  # best single episode, mean -22.5
+    }
+    assert reproduce.choose_value(by_value, "best", "return") == 16
+    # ties go to the first value in sweep order
+    assert reproduce.choose_value({1: _fake([(0.0, 1)]), 2: _fake([(0.0, 1)])}) == 1
+
+
+def test_choose_value_smallest_meeting_and_mean_load_rules():
+    by_value = {
+        2: _fake([(-1.0, 0.80), (-1.0, 0.995)]),
+        4: _fake([(-9.0, 0.991), (-9.0, 0.999)]),
+        8: _fake([(-20.0, 1.0), (-20.0, 1.0)]),
+    }
+    rule = {"smallest_meeting": {"slo_attainment": 0.99}}
+    assert reproduce.choose_value(by_value, rule) == 4
+    # nobody meets the floor: fall back to the best by the metric
+    assert reproduce.choose_value(by_value, {"smallest_meeting": {"slo_attainment": 1.01}}) == 2
+    assert reproduce.choose_value(by_value, "mean_load", mean_load=3) == 4
+    assert reproduce.choose_value(by_value, "mean_load", mean_load=99) == 8
+
+
+def test_seeds_must_be_disjoint_and_unknown_keys_are_errors():
+    with pytest.raises(ConfigError, match="disjoint"):
+        reproduce.resolve_options(reproduce.load_table({**TINY, "calibration_seeds": [1]}))
+    with pytest.raises(ConfigError, match="colour"):
+        reproduce.load_table({**TINY, "colour": "red"})
+    with pytest.raises(ConfigError, match="trace"):
+        reproduce.resolve_options(reproduce.load_table("autoscale"), scenarios=["azure-conv"])
+
+
+def test_shipped_tables_load_and_quick_shrinks_them():
+    for name in reproduce.table_names():
+        cfg = reproduce.load_table(name)
+        opts = reproduce.resolve_options(cfg, quick=True)
+        assert len(opts.eval_seeds) == 3 and opts.total_timesteps is not None
+        assert not set(opts.calibration_seeds) & set(opts.eval_seeds)
+    full = reproduce.resolve_options(reproduce.load_table("autoscale"))
+    assert "azure-conv" not in full.scenarios  # skipped without --trace
+    with_trace = reproduce.resolve_options(reproduce.load_table("autoscale"), trace="t.csv")
+    assert with_trace.scenarios == ("steady", "diurnal", "bursty", "azure-conv")
