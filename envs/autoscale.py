@@ -144,7 +144,7 @@ class AutoscaleEnv(gym.Env):
 
     ``reward = -(w_slo * slo_violations + w_drops * drops + w_cost * gpu_cost
     + w_pf * placement_failures)``, weights from the scenario's ``reward`` block
-    (defaults :data:`envs.sim.config.DEFAULT_REWARD`: 1.0, 1.0, 0.02, 0.1). The
+    (defaults :data:`envs.sim.config.DEFAULT_REWARD`: 10, 10, 0.02, 0.1). The
     terms, all costs over the step's interval ``[t0, t1)``:
 
     * ``slo_violations`` (fraction): requests that finished (completed or

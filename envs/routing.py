@@ -235,7 +235,7 @@ class RoutingEnv(gym.Env):
 
     ``reward = -(w_slo * slo_violations + w_drops * drops + w_lat * latency +
     w_inv * invalid_actions)`` with the scenario's ``reward`` weights (defaults
-    :data:`envs.sim.config.DEFAULT_REWARD`: 1.0, 1.0, 0.1, 1.0). The terms are
+    :data:`envs.sim.config.DEFAULT_REWARD`: 10, 10, 0.1, 1.0). The terms are
     costs of the requests that FINISHED (completed or dropped) since the
     previous step, whichever decision sent them (delayed credit):
 
