@@ -30,7 +30,7 @@ from envs.sim.cluster import (
     fragment_per_type,
     gpu_row_aggregates,
 )
-from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
+from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail, split_controller_spec
 
 __all__ = [
     "PLACERS",
@@ -519,17 +519,7 @@ def make_placer(spec: str | Mapping[str, Any] | Placer, path: str = "placement")
     naming ``path`` and the bad value."""
     if isinstance(spec, Placer):
         return spec
-    if isinstance(spec, str):
-        kind, params, kind_path = spec, {}, path
-    elif isinstance(spec, Mapping):
-        if "kind" not in spec:
-            raise ConfigError(f"{path}.kind: required key is missing")
-        kind, kind_path = spec["kind"], f"{path}.kind"
-        params = {k: v for k, v in spec.items() if k != "kind"}
-    else:
-        raise fail(path, spec, "must be a placer name, a mapping with 'kind', or a Placer")
-    check_choice(kind_path, kind, PLACERS)
-    cls = PLACERS[kind]
+    cls, params = split_controller_spec(spec, path, PLACERS, "placer")
     allowed = _PARAMS.get(cls, ())
     check_keys(path, params, allowed)
     return cls(**params, path=path) if allowed else cls()

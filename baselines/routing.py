@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from envs.sim import kernel as K
-from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
+from envs.sim.errors import check_keys, check_number, fail, split_controller_spec
 
 _MASK64 = (1 << 64) - 1
 
@@ -154,18 +154,7 @@ def build_router(spec: str | Mapping[str, Any] | Router, path: str = "routing") 
     """
     if isinstance(spec, Router):
         return spec
-    if isinstance(spec, str):
-        kind, params, kind_path = spec, {}, path
-    elif isinstance(spec, Mapping):
-        if "kind" not in spec:
-            raise ConfigError(f"{path}.kind: required key is missing")
-        kind = spec["kind"]
-        params = {k: v for k, v in spec.items() if k != "kind"}
-        kind_path = f"{path}.kind"
-    else:
-        raise fail(path, spec, "must be a router name, a mapping with 'kind', or a Router")
-    check_choice(kind_path, kind, ROUTERS)
-    cls = ROUTERS[kind]
+    cls, params = split_controller_spec(spec, path, ROUTERS, "router")
     check_keys(path, params, cls.param_names())
     return cls(path=path, **params)
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
+from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail, split_controller_spec
 from envs.sim.view import ModelLoad
 
 # Float slack for time comparisons and for ceil() of ratios that are integers in exact arithmetic.
@@ -278,18 +278,7 @@ def make_scaler(spec: str | Mapping[str, Any] | Scaler, path: str = "scaling") -
     """
     if isinstance(spec, Scaler):
         return spec
-    if isinstance(spec, str):
-        kind, params, kind_path = spec, {}, path
-    elif isinstance(spec, Mapping):
-        if "kind" not in spec:
-            raise ConfigError(f"{path}.kind: required key is missing")
-        kind = spec["kind"]
-        params = {k: v for k, v in spec.items() if k != "kind"}
-        kind_path = f"{path}.kind"
-    else:
-        raise fail(path, spec, "must be a scaler name, a mapping with 'kind', or a Scaler")
-    check_choice(kind_path, kind, SCALERS)
-    cls = SCALERS[kind]
+    cls, params = split_controller_spec(spec, path, SCALERS, "scaler")
     check_keys(path, params, cls.param_names())
     return cls(path=path, **params)
 
