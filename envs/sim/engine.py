@@ -34,7 +34,7 @@ from envs.sim import workload as W
 from envs.sim.cluster import Allocation, ClusterState, Demand
 from envs.sim.config import ControllerSpec, Scenario, load_scenario
 from envs.sim.errors import ConfigError, check_keys, check_number, fail
-from envs.sim.metrics import overlap_s, request_kpis
+from envs.sim.metrics import overlap_s, percentiles, request_kpis, request_latencies, slo_met
 from envs.sim.perf import RooflineParams, kv_capacity_tokens, replica_coefficients, saturation_throughput
 from envs.sim.view import ModelLoad
 
@@ -735,28 +735,9 @@ class Simulator:
         if n == 0:
             ttft_p99, met = 0.0, 0
         else:
-            f = rf[mdone]
-            arr = f[:, K.R_ARR]
-            ttft = f[:, K.R_FIRST] - arr
-            e2e = f[:, K.R_DONE] - arr
-            out_tokens = ri[mdone, K.R_OUTPUT]
-            multi = out_tokens > 1
-            tpot = np.zeros(n)
-            tpot[multi] = (f[multi, K.R_DONE] - f[multi, K.R_FIRST]) / (out_tokens[multi] - 1)
-            target = self.slo[ri[mdone, K.R_CLASS]]
-            met = int(
-                np.count_nonzero((ttft <= target[:, 0]) & (tpot <= target[:, 1]) & (e2e <= target[:, 2]))
-            )
-            # np.percentile(ttft, 99), "linear" method, step by step as numpy computes it
-            virtual = (n - 1) * (99.0 / 100)
-            if virtual >= n - 1:
-                ttft_p99 = float(ttft.max())
-            else:
-                lo = math.floor(virtual)
-                a, b = np.partition(ttft, (lo, lo + 1))[lo : lo + 2].tolist()
-                gamma = virtual - lo
-                diff = b - a
-                ttft_p99 = b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+            ttft, tpot, e2e, _ = request_latencies(rf, ri, mdone)
+            met = slo_met(ri, mdone, ttft, tpot, e2e, self.slo)
+            ttft_p99 = percentiles(ttft, (99.0,))[0]
         finished = n + n_dropped
         a0 = np.searchsorted(rf[: self.n_requests, K.R_ARR], t0, side="left")
         a1 = int(self.gi[K.I_NEXT_ARR])
