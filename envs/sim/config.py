@@ -241,7 +241,7 @@ ARRIVAL_KEYS = {
     "mmpp": {"rates_per_s", "mean_dwell_s"},
     "onoff": {"on_rate_per_s", "off_rate_per_s", "mean_on_s", "mean_off_s"},
     "diurnal": {"mean_rate_per_s", "amplitude", "period_s", "phase_s"},
-    "trace": {"path", "start_s", "duration_s", "time_scale", "use_sizes"},
+    "trace": {"path", "start_s", "duration_s", "time_scale"},
 }
 
 
@@ -306,10 +306,6 @@ class ArrivalSpec:
             dur = p.get("duration_s")
             p["duration_s"] = None if dur is None else float(check_number(f"{path}.duration_s", dur, gt=0))
             p["time_scale"] = float(check_number(f"{path}.time_scale", p.get("time_scale", 1.0), gt=0))
-            use = p.get("use_sizes", True)
-            if not isinstance(use, bool):
-                raise fail(f"{path}.use_sizes", use, "must be true or false")
-            p["use_sizes"] = use
         return cls(kind, p)
 
     @property

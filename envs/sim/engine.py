@@ -225,7 +225,7 @@ class Simulator:
                 raise ConfigError(f"workload.arrival: {exc}") from None
             keep = tr.arrival_s < h
             t = tr.arrival_s[keep]
-            if p["use_sizes"]:
+            if wl.sizes.kind == "trace":
                 prompt = np.maximum(tr.prompt_tokens[keep], 1)
                 output = np.maximum(tr.output_tokens[keep], 1)
         n = len(t)
@@ -711,8 +711,9 @@ class Simulator:
         return out
 
     def in_system(self) -> int:
-        """Requests arrived but neither completed nor dropped (queued or running)."""
-        return int(self.gi[K.I_NEXT_ARR] - self.gi[K.I_NDONE] - self.gi[K.I_NDROP])
+        """Requests arrived but neither completed nor dropped (waiting for routing, queued or running)."""
+        pending = int(self.gi[K.I_PENDING] >= 0)
+        return int(self.gi[K.I_NEXT_ARR] + pending - self.gi[K.I_NDONE] - self.gi[K.I_NDROP])
 
     def model_load(self, m: int, t0: float, done: np.ndarray, n_dropped: int, busy0: np.ndarray) -> ModelLoad:
         """The scaler's view of model ``m`` over ``[t0, now)``.
