@@ -55,6 +55,11 @@ class TrainArgs:
     hp: tuple[str, ...] = field(
         default=(), metadata=_help("hyperparameter overrides KEY=VALUE (YAML values)")
     )
+    hyperparams: str | None = field(
+        default=None,
+        metadata=_help("hyperparameter table in the format of agents/hyperparams/<algo>.yaml, e.g. a "
+                       "search's best_hyperparams.yaml; its values replace the shipped ones, --hp wins"),
+    )  # fmt: skip
     env_kwargs: tuple[str, ...] = field(
         default=(), metadata=_help("gym.make keywords KEY=VALUE, e.g. horizon_s=600")
     )
@@ -114,6 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv_list = list(sys.argv[1:] if argv is None else argv)
     try:
+        overrides: list[str] | dict = list(args.hp)
+        if args.hyperparams is not None:
+            from agents.sb3 import _deep_merge
+            from experiments.tune_hparams import hyperparams_file_overrides
+
+            table = hyperparams_file_overrides(args.hyperparams, args.algo, args.env)
+            overrides = _deep_merge(table, parse_overrides(list(args.hp)))
         model = train(
             args.env,
             args.algo,
@@ -122,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.seed,
             Path(args.run_dir),
             n_envs=args.n_envs,
-            overrides=list(args.hp),
+            overrides=overrides,
             env_kwargs=parse_overrides(list(args.env_kwargs)),
             checkpoint_freq=args.checkpoint_freq,
             progress_bar=False if args.no_progress_bar else None,
