@@ -321,6 +321,8 @@ class Simulator:
         self.n_replicas = 0
         self.replicas: list[_Replica] = []  # every replica ever started, indexed by id
         self._live: list[_Replica] = []  # those still holding cluster resources
+        self._lat_key: tuple = ()
+        self._lat_val: tuple = ()
         self._rep_gpus = np.zeros(0)
         self._rep_usd = np.zeros(0)
         self._loading_remote: list[_Replica] = []
@@ -656,6 +658,24 @@ class Simulator:
 
     # ------------------------------------------------------------------ views and KPIs
 
+    def _latencies(self, done: np.ndarray) -> tuple:
+        """request_latencies + slo_met of completed requests, memoised for the window being read.
+
+        Scaler views and interval KPIs read the same window within one control
+        step; the completion log only grows, so (count, first id, last id) of a
+        slice of it identifies the slice.
+        """
+        key = (len(done), int(done[0]) if len(done) else -1, int(done[-1]) if len(done) else -1)
+        if self._lat_key != key:
+            if len(done) == 0:
+                empty = np.zeros(0)
+                self._lat_val = (empty, empty, empty, np.zeros(0, bool), 0)
+            else:
+                ttft, tpot, e2e, multi = request_latencies(self.rf, self.ri, done)
+                self._lat_val = (ttft, tpot, e2e, multi, slo_met(self.ri, done, ttft, tpot, e2e, self.slo))
+            self._lat_key = key
+        return self._lat_val
+
     def busy_s(self) -> np.ndarray:
         """Busy seconds of every replica so far (the iteration in progress counted up to now)."""
         k = self.n_replicas
@@ -669,7 +689,7 @@ class Simulator:
     ) -> dict[str, float]:
         """KPIs over ``[t0, t1)`` given the requests that finished in it."""
         out = {"requests_arrived": float(n_arrived)}
-        out.update(request_kpis(self.rf, self.ri, done, n_dropped, self.slo))
+        out.update(request_kpis(self.rf, self.ri, done, n_dropped, self.slo, self._latencies(done)))
         k = self.n_replicas
         pf = self.pf[:k]
         alloc_s = overlap_s(pf[:, K.P_ALLOC], pf[:, K.P_RELEASE], t0, t1)
@@ -736,8 +756,7 @@ class Simulator:
         if n == 0:
             ttft_p99, met = 0.0, 0
         else:
-            ttft, tpot, e2e, _ = request_latencies(rf, ri, mdone)
-            met = slo_met(ri, mdone, ttft, tpot, e2e, self.slo)
+            ttft, tpot, e2e, _, met = self._latencies(mdone)
             ttft_p99 = percentiles(ttft, (99.0,))[0]
         finished = n + n_dropped
         a0 = np.searchsorted(rf[: self.n_requests, K.R_ARR], t0, side="left")

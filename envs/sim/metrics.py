@@ -51,11 +51,17 @@ KPI_KEYS = (
 
 
 def request_kpis(
-    rf: np.ndarray, ri: np.ndarray, done: np.ndarray, n_dropped: int, slo: np.ndarray
+    rf: np.ndarray,
+    ri: np.ndarray,
+    done: np.ndarray,
+    n_dropped: int,
+    slo: np.ndarray,
+    latencies: tuple | None = None,
 ) -> dict[str, float]:
     """Latency and SLO KPIs of the completed requests ``done`` (ids) plus ``n_dropped`` drops.
 
-    ``slo`` is a ``(n_classes, 3)`` array of (ttft, tpot, e2e) targets, ``inf`` where unset.
+    ``slo`` is a ``(n_classes, 3)`` array of (ttft, tpot, e2e) targets, ``inf`` where unset;
+    ``latencies`` may pass :func:`request_latencies` of ``done`` plus :func:`slo_met`, already computed.
     """
     n = len(done)
     out = {"requests_completed": float(n), "requests_dropped": float(n_dropped)}
@@ -65,7 +71,11 @@ def request_kpis(
         )
         met = 0
     else:
-        ttft, tpot, e2e, multi = request_latencies(rf, ri, done)
+        if latencies is None:
+            ttft, tpot, e2e, multi = request_latencies(rf, ri, done)
+            met = slo_met(ri, done, ttft, tpot, e2e, slo)
+        else:
+            ttft, tpot, e2e, multi, met = latencies
         p50, p99 = percentiles(ttft, (50.0, 99.0))
         out.update(
             wait_mean_s=float(np.mean(rf[done, K.R_ADMIT] - rf[done, K.R_ARR])),
@@ -75,7 +85,6 @@ def request_kpis(
             ttft_p99_s=p99,
             tpot_mean_s=float(np.mean(tpot[multi])) if multi.any() else 0.0,
         )
-        met = slo_met(ri, done, ttft, tpot, e2e, slo)
     finished = n + n_dropped
     out["slo_attainment"] = met / finished if finished else 1.0
     out["slo_violations"] = float(finished - met)
