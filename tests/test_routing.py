@@ -51,7 +51,10 @@ def scenario(tmp_path, times_s, router, replicas=3, nodes=None, service=None) ->
         "nodes": nodes or [{"gpu": "a100-80gb", "count": 1, "gpus_per_node": 8}],
         "models": [{"name": "llama-3-8b", "replicas": replicas, "min_replicas": 1, "max_replicas": 8}],
         "service": service or {"kind": "deterministic", "mean_s": 1.0},
-        "workload": {"arrival": {"kind": "trace", "path": write_trace(tmp_path, times_s)}},
+        "workload": {
+            "arrival": {"kind": "trace", "path": write_trace(tmp_path, times_s)},
+            "sizes": {"kind": "trace"},
+        },
         "routing": router,
         "scaling": "static",
     }
