@@ -21,7 +21,6 @@ Deviations from the cited systems are stated in each class docstring and in
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from baselines.base import ParametrizedController
 from envs.sim import kernel as K
 from envs.sim.errors import check_keys, check_number, fail, split_controller_spec
 
@@ -75,7 +75,7 @@ class AffinityParams(RouterParams):
         )
 
 
-class Router(abc.ABC):
+class Router(ParametrizedController, abc.ABC):
     """A request router: a registry name, a source, frozen ``params`` and a decision rule.
 
     ``choose(sim, i)`` returns the replica id the engine's router of the same
@@ -89,32 +89,12 @@ class Router(abc.ABC):
     source: ClassVar[str]
     params_cls: ClassVar[type[RouterParams]] = RouterParams
 
-    def __init__(self, params: RouterParams | None = None, **kwargs: Any) -> None:
-        if params is None:
-            path = kwargs.pop("path", "routing")
-            check_keys(path, kwargs, self.param_names())
-            params = self.params_cls(path=path, **kwargs)
-        elif kwargs:
-            raise TypeError("pass either a params object or keyword parameters, not both")
-        elif not isinstance(params, self.params_cls):
-            raise TypeError(
-                f"{type(self).__name__} needs {self.params_cls.__name__}, got {type(params).__name__}"
-            )
-        self.params = params
-        self.reset()
-
-    @classmethod
-    def param_names(cls) -> list[str]:
-        """Parameter names accepted in a scenario's ``routing`` mapping (besides ``kind``)."""
-        return [f.name for f in dataclasses.fields(cls.params_cls) if f.init and f.name != "path"]
+    config_key: ClassVar[str] = "routing"
 
     def engine_spec(self) -> str | dict[str, Any]:
         """What ``Simulator(router=...)`` and a scenario's ``routing`` entry take for this router."""
         values = {k: getattr(self.params, k) for k in self.param_names()}
         return {"kind": self.name, **values} if values else self.name
-
-    def reset(self) -> None:  # noqa: B027 - stateless routers need no reset
-        """Forget all state (start of an episode)."""
 
     @abc.abstractmethod
     def choose(self, sim: Any, i: int) -> int:

@@ -16,7 +16,6 @@ scaler from a scenario's YAML (``"hpa"`` or ``{"kind": "hpa", "target": 0.7}``).
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from baselines.base import ParametrizedController
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail, split_controller_spec
 from envs.sim.view import ModelLoad
 
@@ -221,7 +221,7 @@ class ScalerParams:
 # --------------------------------------------------------------------------------------------------
 
 
-class Scaler(abc.ABC):
+class Scaler(ParametrizedController, abc.ABC):
     """A replica autoscaler for one model: frozen ``params`` plus history that ``reset`` forgets.
 
     Build with keyword parameters (``HpaScaler(target=0.7)``), a params object
@@ -232,27 +232,7 @@ class Scaler(abc.ABC):
     name: ClassVar[str]
     params_cls: ClassVar[type[ScalerParams]]
 
-    def __init__(self, params: ScalerParams | None = None, **kwargs: Any) -> None:
-        if params is None:
-            path = kwargs.pop("path", "scaling")
-            check_keys(path, kwargs, self.param_names())
-            params = self.params_cls(path=path, **kwargs)
-        elif kwargs:
-            raise TypeError("pass either a params object or keyword parameters, not both")
-        elif not isinstance(params, self.params_cls):
-            raise TypeError(
-                f"{type(self).__name__} needs {self.params_cls.__name__}, got {type(params).__name__}"
-            )
-        self.params = params
-        self.reset()
-
-    @classmethod
-    def param_names(cls) -> list[str]:
-        """Parameter names accepted in a scenario's ``scaling`` mapping (besides ``kind``)."""
-        return [f.name for f in dataclasses.fields(cls.params_cls) if f.init and f.name != "path"]
-
-    def reset(self) -> None:  # noqa: B027 - stateless scalers need no reset
-        """Forget all history (start of an episode)."""
+    config_key: ClassVar[str] = "scaling"
 
     @abc.abstractmethod
     def desired_replicas(self, load: ModelLoad) -> int:

@@ -442,6 +442,36 @@ def _collector(results_path: Path, keys: Sequence[str], progress: bool) -> Any:
     return _Collect()
 
 
+def start_ray(ray_address: str | None, workers: int) -> tuple[bool, str | None]:
+    """Join ``ray_address``, or start a local Ray with ``workers`` CPUs, unless Ray is already up.
+
+    Returns ``(started, temp_dir)`` for :func:`stop_ray`. A local Ray keeps its
+    temp and log files in a fresh short temp dir (its unix sockets need a short
+    path), never in the home folder.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False, None
+    kw: dict[str, Any] = {"address": ray_address or None, "include_dashboard": False, "log_to_driver": False}
+    temp_dir = None
+    if not ray_address:
+        temp_dir = tempfile.mkdtemp(prefix="infergym-ray-")
+        kw.update(num_cpus=workers, _temp_dir=temp_dir)
+    ray.init(**kw)
+    return True, temp_dir
+
+
+def stop_ray(started: bool, temp_dir: str | None) -> None:
+    """Shut down a Ray that :func:`start_ray` started and remove its temp dir."""
+    if started:
+        import ray
+
+        ray.shutdown()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def _run_ray(
     pending: Sequence[Cell],
     run_dir: Path,
@@ -454,25 +484,12 @@ def _run_ray(
 ) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
-        import ray
         from ray import tune
     except ImportError as exc:
         raise fail("backend", "ray", f"needs Ray Tune: pip install 'infergym[ray]' ({exc})") from None
 
     by_key = {c.key: c for c in pending}
-    started, temp_dir = False, None
-    if not ray.is_initialized():
-        kw: dict[str, Any] = {
-            "address": ray_address or None,
-            "include_dashboard": False,
-            "log_to_driver": False,
-        }
-        if not ray_address:
-            # Ray puts unix sockets under its temp dir, whose path must stay short; never the home folder.
-            temp_dir = tempfile.mkdtemp(prefix="infergym-ray-")
-            kw.update(num_cpus=workers, _temp_dir=temp_dir)
-        ray.init(**kw)
-        started = True
+    started, temp_dir = start_ray(ray_address, workers)
     storage = (run_dir / "ray_results").resolve()
     exp_dir = storage / "grid"
     keys_file = storage / "grid-cells.json"
@@ -519,10 +536,7 @@ def _run_ray(
                     f"grid cell {what} failed after {max_retries + 1} attempts: {res.error!r}"
                 ) from res.error
     finally:
-        if started:
-            ray.shutdown()
-            if temp_dir:
-                shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_ray(started, temp_dir)
 
 
 def run_grid(

@@ -36,9 +36,7 @@ import itertools
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +47,7 @@ import yaml
 
 import envs
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
+from experiments.grid import start_ray, stop_ray
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 SEARCHERS = ("random", "optuna")
@@ -355,7 +354,6 @@ def _run_ray(
 ) -> list[dict]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
-        import ray
         from ray import tune
         from ray.tune.search import BasicVariantGenerator
     except ImportError as exc:
@@ -371,19 +369,7 @@ def _run_ray(
     else:
         searcher = BasicVariantGenerator(random_state=cfg.search_seed)
 
-    started, temp_dir = False, None
-    if not ray.is_initialized():
-        kw: dict[str, Any] = {
-            "address": ray_address or None,
-            "include_dashboard": False,
-            "log_to_driver": False,
-        }
-        if not ray_address:
-            # Ray's unix sockets live under its temp dir, whose path must stay short; never the home folder.
-            temp_dir = tempfile.mkdtemp(prefix="infergym-ray-")
-            kw.update(num_cpus=workers, _temp_dir=temp_dir)
-        ray.init(**kw)
-        started = True
+    started, temp_dir = start_ray(ray_address, workers)
     storage = (out / "ray_results").resolve()
     exp_dir = storage / EXPERIMENT
     try:
@@ -425,10 +411,7 @@ def _run_ray(
         rows.sort(key=lambda r: r["trial"])
         return rows
     finally:
-        if started:
-            ray.shutdown()
-            if temp_dir:
-                shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_ray(started, temp_dir)
 
 
 # ---------------------------------------------------------------------------------------------- results
