@@ -462,6 +462,15 @@ def start_ray(ray_address: str | None, workers: int) -> tuple[bool, str | None]:
     return True, temp_dir
 
 
+def move_aside(path: Path) -> None:
+    """Rename an existing folder to ``<name>.old-<n>`` (first free n) so a fresh run can use the name."""
+    if path.exists():
+        n = 1
+        while path.with_name(f"{path.name}.old-{n}").exists():
+            n += 1
+        path.rename(path.with_name(f"{path.name}.old-{n}"))
+
+
 def stop_ray(started: bool, temp_dir: str | None) -> None:
     """Shut down a Ray that :func:`start_ray` started and remove its temp dir."""
     if started:
@@ -506,11 +515,7 @@ def _run_ray(
         if restorable and old_keys is not None and set(by_key) <= old_keys:
             tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, restart_errored=True)
         else:
-            if exp_dir.exists():
-                n = 1
-                while (storage / f"grid.old-{n}").exists():
-                    n += 1
-                exp_dir.rename(storage / f"grid.old-{n}")
+            move_aside(exp_dir)
             storage.mkdir(parents=True, exist_ok=True)
             keys_file.write_text(json.dumps(sorted(by_key)))
             tuner = tune.Tuner(

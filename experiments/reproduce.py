@@ -227,7 +227,6 @@ def _value_str(v: Any) -> str:
 
 def calibration_cells(cfg: Mapping[str, Any], opts: Options) -> list[Any]:
     """One evaluate cell per (scenario, baseline with a sweep, sweep value, calibration seed)."""
-    Cell = _grid().Cell
     cells = []
     for s in opts.scenarios:
         kw = scenario_env_kwargs(cfg, opts, s, "train")
@@ -236,19 +235,31 @@ def calibration_cells(cfg: Mapping[str, Any], opts: Options) -> list[Any]:
                 for v in values:
                     spec = {**b["spec"], param: v}
                     for seed in opts.calibration_seeds:
-                        cells.append(
-                            Cell(
-                                kind="evaluate",
-                                env_id=cfg["env_id"],
-                                scenario=s,
-                                policy=spec_string(spec),
-                                seed=int(seed),
-                                env_kwargs=_freeze({**kw, **(b.get("env_kwargs") or {})}),
-                                params=(),
-                                label=f"calib|{s}|{b['name']}|{param}={_value_str(v)}|{seed}",
-                            )
-                        )
+                        label = f"calib|{s}|{b['name']}|{param}={_value_str(v)}|{seed}"
+                        cells.append(_baseline_cell(cfg, s, b, spec, seed, kw, label))
     return cells
+
+
+def _baseline_cell(
+    cfg: Mapping[str, Any],
+    scenario: str,
+    baseline: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    seed: int,
+    env_kwargs: Mapping[str, Any],
+    label: str,
+) -> Any:
+    """One evaluation episode of a baseline with the given parameters (calibration or evaluation)."""
+    return _grid().Cell(
+        kind="evaluate",
+        env_id=cfg["env_id"],
+        scenario=scenario,
+        policy=spec_string(spec),
+        seed=int(seed),
+        env_kwargs=_freeze({**env_kwargs, **(baseline.get("env_kwargs") or {})}),
+        params=(),
+        label=label,
+    )
 
 
 def evaluation_cells(
@@ -265,18 +276,7 @@ def evaluation_cells(
             for param in b.get("sweep") or {}:
                 spec[param] = chosen[(s, b["name"])]
             for seed in opts.eval_seeds:
-                cells.append(
-                    Cell(
-                        kind="evaluate",
-                        env_id=cfg["env_id"],
-                        scenario=s,
-                        policy=spec_string(spec),
-                        seed=int(seed),
-                        env_kwargs=_freeze({**ev_kw, **(b.get("env_kwargs") or {})}),
-                        params=(),
-                        label=f"eval|{s}|{b['name']}|{seed}",
-                    )
-                )
+                cells.append(_baseline_cell(cfg, s, b, spec, seed, ev_kw, f"eval|{s}|{b['name']}|{seed}"))
         for a in selected_agents(cfg, opts):
             steps = opts.total_timesteps or int(a["total_timesteps"])
             agent_kw = dict(a.get("env_kwargs") or {})

@@ -47,7 +47,7 @@ import yaml
 
 import envs
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
-from experiments.grid import start_ray, stop_ray
+from experiments.grid import move_aside, start_ray, stop_ray
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 SEARCHERS = ("random", "optuna")
@@ -373,12 +373,8 @@ def _run_ray(
     storage = (out / "ray_results").resolve()
     exp_dir = storage / EXPERIMENT
     try:
-        if exp_dir.exists():
-            # a search is not resumed: its sampler state would have to match; keep the old one aside
-            n = 1
-            while (storage / f"{EXPERIMENT}.old-{n}").exists():
-                n += 1
-            exp_dir.rename(storage / f"{EXPERIMENT}.old-{n}")
+        # a search is not resumed: its sampler state would have to match; keep the old one aside
+        move_aside(exp_dir)
         tuner = tune.Tuner(
             tune.with_resources(_ray_trainable, {"cpu": 1}),
             param_space={"search": cfg.to_dict(), "hp": {p.key: p.tune_domain() for p in cfg.space}},

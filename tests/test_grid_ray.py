@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
-import ray
 
 from experiments.grid import FAULTS_ENV, Cell, read_results, run_grid
 
@@ -27,17 +23,6 @@ def grid_2x2() -> list[Cell]:
 def calls(faults: Path) -> list[str]:
     log = faults / "calls.log"
     return log.read_text().split() if log.exists() else []
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the module (starting Ray costs seconds); shut down and its temp dir removed after."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    temp_dir = tempfile.mkdtemp(prefix="infergym-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,13 +5,10 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 
 import agents.sb3 as sb3
@@ -44,17 +41,6 @@ TINY = {
         "gamma": {"uniform": [0.9, 0.99]},
     },
 }
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the module; shut down and its short temp dir removed afterwards."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    temp_dir = tempfile.mkdtemp(prefix="infergym-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def with_(path: str, value) -> dict:
