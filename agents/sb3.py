@@ -3,7 +3,10 @@
 Hyperparameters come per (algorithm, env id) from ``agents/hyperparams/<algo>.yaml``
 (a ``default`` entry with per-env-id entries merged over it, then ``key=value``
 command-line overrides parsed with ``yaml.safe_load``, dotted keys for nested
-values; never ``eval``). :func:`train` writes a self-describing run folder::
+values; never ``eval``). Besides the algorithm's own arguments the table takes
+``vecnormalize`` (VecNormalize arguments) and ``frame_stack`` (k >= 1: the policy
+sees the observations of the last k steps, SB3's ``VecFrameStack``; the
+evaluator rebuilds the same stack). :func:`train` writes a self-describing run folder::
 
     run_dir/run.json                    resolved config, command line, git SHA, seed, versions, resumes
     run_dir/tb/run_1/                   tensorboard: charts/, kpi/, SB3's rollout/ train/ time/
@@ -46,7 +49,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import set_random_seed
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack, VecNormalize
 
 import envs
 from agents import EpisodeKpis
@@ -142,8 +145,12 @@ def load_hyperparams(
     hp = _deep_merge(table["default"], table.get(env_id) or {})
     hp = _deep_merge(hp, parse_overrides(overrides))
     cls = algo_class(algo)
-    allowed = (set(inspect.signature(cls.__init__).parameters) - _RESERVED) | {"vecnormalize"}
+    allowed = (set(inspect.signature(cls.__init__).parameters) - _RESERVED) | {"vecnormalize", "frame_stack"}
     check_keys("hyperparams", hp, allowed)
+    if "frame_stack" in hp:  # observations of the last k steps, concatenated (SB3 VecFrameStack)
+        hp["frame_stack"] = int(
+            check_number("hyperparams.frame_stack", hp["frame_stack"], ge=1, integer=True)
+        )
     vn = hp.setdefault("vecnormalize", {"norm_obs": True, "norm_reward": False})
     check_keys("hyperparams.vecnormalize", vn, VECNORMALIZE_KEYS)
     act = (hp.get("policy_kwargs") or {}).get("activation_fn")
@@ -153,7 +160,7 @@ def load_hyperparams(
 
 
 def _model_kwargs(hp: Mapping[str, Any]) -> dict[str, Any]:
-    kw = {k: copy.deepcopy(v) for k, v in hp.items() if k != "vecnormalize"}
+    kw = {k: copy.deepcopy(v) for k, v in hp.items() if k not in ("vecnormalize", "frame_stack")}
     pk = kw.get("policy_kwargs")
     if pk and "activation_fn" in pk:
         pk["activation_fn"] = ACTIVATIONS[pk["activation_fn"]]
@@ -169,6 +176,9 @@ class SB3Policy:
 
     Masked models (MaskablePPO) receive ``env.action_masks()`` at every decision.
     ``deterministic`` is the default of :meth:`predict`; the evaluator may override it per call.
+    ``frame_stack`` k > 1 (hyperparameter ``frame_stack``) feeds the model the last k observations
+    concatenated, oldest first, zeros before the episode's first, exactly as SB3's ``VecFrameStack``
+    did in training; :meth:`reset` (called by the evaluator at every episode start) clears them.
     """
 
     def __init__(
@@ -177,17 +187,32 @@ class SB3Policy:
         vecnormalize: VecNormalize | None = None,
         deterministic: bool = True,
         name: str | None = None,
+        frame_stack: int = 1,
     ) -> None:
         self.model = model
         self.vecnormalize = vecnormalize
         self.deterministic = deterministic
         self.name = name or type(model).__name__
         self.masked = type(model).__name__ == "MaskablePPO"
+        self.frame_stack = int(check_number("frame_stack", frame_stack, ge=1, integer=True))
+        self._stack: np.ndarray | None = None
 
     def reset(self) -> None:
-        """Nothing to forget: the policies are feed-forward."""
+        """Start a new episode: forget the stacked observations (the networks are feed-forward)."""
+        self._stack = None
+
+    def _stacked(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs)
+        if self._stack is None:
+            self._stack = np.zeros(obs.shape[:-1] + (obs.shape[-1] * self.frame_stack,), obs.dtype)
+        d = obs.shape[-1]
+        self._stack[..., :-d] = self._stack[..., d:].copy()
+        self._stack[..., -d:] = obs
+        return self._stack.copy()
 
     def predict(self, obs: np.ndarray, env: gym.Env, deterministic: bool | None = None) -> Any:
+        if self.frame_stack > 1:
+            obs = self._stacked(obs)
         o = self.vecnormalize.normalize_obs(obs) if self.vecnormalize is not None else obs
         det = self.deterministic if deterministic is None else deterministic
         kw = {"action_masks": np.asarray(env.unwrapped.action_masks(), dtype=bool)} if self.masked else {}
@@ -381,6 +406,8 @@ def train(
     # A resumed run must not replay the first episodes: re-seed from the steps already done.
     vec = make_vec(env_id, scenario, n_envs, seed + done_steps, env_kwargs, subproc)
     _check_algo_fits(algo, vec, env_id)
+    if hp.get("frame_stack", 1) > 1:
+        vec = VecFrameStack(vec, hp["frame_stack"])
     vn_cfg = hp["vecnormalize"]
     cls = algo_class(algo)
     tb_dir = str(run_dir / "tb")
@@ -475,6 +502,15 @@ def _algo_of(zip_path: Path) -> str:
     return "ppo"  # A2C and PPO share ActorCriticPolicy, whose predict() is the same
 
 
+def _run_hyperparams(zip_path: Path) -> dict[str, Any]:
+    """The resolved hyperparameters in the run.json of a model's run folder ({} for a bare .zip)."""
+    for folder in (zip_path.parent, zip_path.parent.parent):
+        run_json = folder / "run.json"
+        if run_json.exists():
+            return dict(json.loads(run_json.read_text())["config"].get("hyperparams", {}))
+    return {}
+
+
 def load_agent(path: str | Path, deterministic: bool = True) -> SB3Policy:
     """An :class:`SB3Policy` from a run folder (its final model, else its latest checkpoint) or a ``.zip``.
 
@@ -506,4 +542,5 @@ def load_agent(path: str | Path, deterministic: bool = True) -> SB3Policy:
         vn.training = False
         vn.norm_reward = False
     label = p.name if p.is_dir() else zip_path.stem
-    return SB3Policy(model, vn, deterministic=deterministic, name=f"{algo}:{label}")
+    stack = _run_hyperparams(zip_path).get("frame_stack", 1)
+    return SB3Policy(model, vn, deterministic=deterministic, name=f"{algo}:{label}", frame_stack=stack)

@@ -84,6 +84,34 @@ def test_train_checkpoint_resume_and_evaluate(tmp_path):
     assert all(np.isfinite(r["return"]) for r in a)
 
 
+def test_frame_stack_trains_and_evaluates_with_the_same_stacking(tmp_path):
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
+
+    with pytest.raises(ConfigError, match="hyperparams.frame_stack: 0 must be >= 1"):
+        load_hyperparams("ppo", AUTOSCALE, ["frame_stack=0"])
+    env_kwargs = {"horizon_s": 120.0}
+    train(AUTOSCALE, "ppo", "bursty", 128, 0, tmp_path, n_envs=1, overrides=[*TINY, "frame_stack=3"],
+          env_kwargs=env_kwargs, progress_bar=False)  # fmt: skip
+    agent = load_agent(tmp_path)
+    assert agent.frame_stack == 3 and agent.model.observation_space.shape == (3 * 16,)
+    # the evaluator's stacking is SB3's VecFrameStack, step for step and across episodes
+    vec = VecFrameStack(DummyVecEnv([lambda: gym.make(AUTOSCALE, scenario="bursty", **env_kwargs)]), 3)
+    env = gym.make(AUTOSCALE, scenario="bursty", **env_kwargs)
+    for episode in range(2):
+        vec.seed(episode)
+        expected = vec.reset()[0]
+        obs, _ = env.reset(seed=episode)
+        agent.reset()
+        for _ in range(8):
+            assert np.array_equal(agent._stacked(obs), expected)
+            action = env.action_space.sample()
+            obs, *_ = env.step(action)
+            expected = vec.step(action[None])[0][0]
+    rows = evaluate_policy(AUTOSCALE, agent, "bursty", [0, 0], env_kwargs)
+    assert rows[0]["return"] == rows[1]["return"], "reset() forgets the previous episode's frames"
+
+
 def test_maskable_ppo_on_routing_uses_masks(tmp_path):
     env_kwargs = {"horizon_s": 20.0}
     train("InferGym/Routing-v0", "maskable_ppo", "default", 128, 1, tmp_path, n_envs=1, overrides=TINY,

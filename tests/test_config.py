@@ -36,11 +36,32 @@ def overrides_for(name: str) -> dict:
     return copy.deepcopy(TRACE_OVERRIDE) if name == "azure-conv" else {}
 
 
+def test_dwell_shape_is_validated_and_defaults_to_memoryless():
+    assert load_scenario("spiky").workload.arrival.params["dwell_shape"] == 1.0
+    assert load_scenario("bursty").workload.arrival.params["dwell_shape"] == 16.0
+    onoff = {"kind": "onoff", "on_rate_per_s": 5, "mean_on_s": 10, "mean_off_s": 20}
+    mmpp = {"kind": "mmpp", "rates_per_s": [1, 5], "mean_dwell_s": [10, 20]}
+    for arrival in (onoff, mmpp):
+        raw = {"service": {"kind": "exponential", "mean_s": 1.0}, "models": [{"name": "m", "replicas": 1}],
+               "workload": {"arrival": {**arrival, "dwell_shape": 0}}}  # fmt: skip
+        with pytest.raises(ConfigError, match=r"workload\.arrival\.dwell_shape: 0 must be > 0"):
+            load_scenario(raw)
+
+
 # ----------------------------------------------------------------------------- shipped scenarios
 
 
 def test_the_shipped_scenarios_are_the_documented_ones():
-    expected = {"azure-conv", "bursty", "default", "diurnal", "heterogeneous", "multi-model", "steady"}
+    expected = {
+        "azure-conv",
+        "bursty",
+        "default",
+        "diurnal",
+        "heterogeneous",
+        "multi-model",
+        "spiky",
+        "steady",
+    }
     assert set(shipped_scenarios()) == expected
     docs = (Path(__file__).resolve().parents[1] / "docs" / "scenarios.md").read_text()
     for name in expected:

@@ -85,6 +85,26 @@ def test_mmpp_three_states_rate_and_start_state():
     assert 10.0 < np.mean(early) < 20.0
 
 
+@pytest.mark.parametrize("shape, cv_expected", [(1.0, 1.0), (16.0, 0.25)])
+def test_dwell_shape_sets_the_regularity_of_bursts(shape: float, cv_expected: float):
+    # On at 100/s, off at 0: the gaps longer than 1 s are the off periods (plus ~0.01 s; an on gap
+    # exceeds 1 s with probability e^-100).
+    times = mmpp_arrivals(np.random.default_rng(8), [100.0, 0.0], [20.0, 80.0], 200_000.0, dwell_shape=shape)
+    gaps = np.diff(times)
+    off = gaps[gaps > 1.0]
+    assert off.size > 1500
+    assert abs(off.mean() / 80.0 - 1.0) < 0.05
+    assert abs(off.std() / off.mean() / cv_expected - 1.0) < 0.1
+    # the long-run rate does not depend on the shape
+    assert abs(times.size / 200_000.0 / 20.0 - 1.0) < 0.03
+
+
+def test_mmpp_exponential_dwells_are_unchanged_by_the_shape_option():
+    a = mmpp_arrivals(np.random.default_rng(5), [10.0, 1.0], [2.0, 8.0], 500.0)
+    b = mmpp_arrivals(np.random.default_rng(5), [10.0, 1.0], [2.0, 8.0], 500.0, dwell_shape=1.0)
+    assert np.array_equal(a, b)
+
+
 def test_mmpp_single_state_is_poisson():
     times = mmpp_arrivals(np.random.default_rng(4), [50.0], [3.0], 4000.0)
     assert abs(times.size - 200_000) < 4 * math.sqrt(200_000)

@@ -238,8 +238,8 @@ class ServiceSpec:
 
 ARRIVAL_KEYS = {
     "poisson": {"rate_per_s"},
-    "mmpp": {"rates_per_s", "mean_dwell_s"},
-    "onoff": {"on_rate_per_s", "off_rate_per_s", "mean_on_s", "mean_off_s"},
+    "mmpp": {"rates_per_s", "mean_dwell_s", "dwell_shape"},
+    "onoff": {"on_rate_per_s", "off_rate_per_s", "mean_on_s", "mean_off_s", "dwell_shape"},
     "diurnal": {"mean_rate_per_s", "amplitude", "period_s", "phase_s"},
     "trace": {"path", "start_s", "duration_s", "time_scale"},
 }
@@ -277,6 +277,7 @@ class ArrivalSpec:
             )
             if not any(r > 0 for r in p["rates_per_s"]):
                 raise fail(f"{path}.rates_per_s", rates, "must have at least one rate > 0")
+            p["dwell_shape"] = float(check_number(f"{path}.dwell_shape", p.get("dwell_shape", 1.0), gt=0))
         elif kind == "onoff":
             p["on_rate_per_s"] = float(check_number(f"{path}.on_rate_per_s", p.get("on_rate_per_s"), gt=0))
             p["off_rate_per_s"] = float(
@@ -284,6 +285,7 @@ class ArrivalSpec:
             )
             p["mean_on_s"] = float(check_number(f"{path}.mean_on_s", p.get("mean_on_s"), gt=0))
             p["mean_off_s"] = float(check_number(f"{path}.mean_off_s", p.get("mean_off_s"), gt=0))
+            p["dwell_shape"] = float(check_number(f"{path}.dwell_shape", p.get("dwell_shape", 1.0), gt=0))
         elif kind == "diurnal":
             p["mean_rate_per_s"] = float(
                 check_number(f"{path}.mean_rate_per_s", p.get("mean_rate_per_s"), gt=0)

@@ -205,7 +205,7 @@ class Simulator:
         if arr.kind == "poisson":
             t = W.poisson_arrivals(rng, p["rate_per_s"], h)
         elif arr.kind == "mmpp":
-            t = W.mmpp_arrivals(rng, p["rates_per_s"], p["mean_dwell_s"], h)
+            t = W.mmpp_arrivals(rng, p["rates_per_s"], p["mean_dwell_s"], h, dwell_shape=p["dwell_shape"])
         elif arr.kind == "onoff":
             t = W.mmpp_arrivals(
                 rng,
@@ -213,6 +213,7 @@ class Simulator:
                 (p["mean_on_s"], p["mean_off_s"]),
                 h,
                 start_state=0,
+                dwell_shape=p["dwell_shape"],
             )
         elif arr.kind == "diurnal":
             t = W.diurnal_arrivals(rng, p["mean_rate_per_s"], p["amplitude"], p["period_s"], h, p["phase_s"])

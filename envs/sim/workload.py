@@ -108,6 +108,7 @@ def mmpp_arrivals(
     mean_dwell_s: Sequence[float],
     horizon_s: float,
     start_state: int | None = None,
+    dwell_shape: float = 1.0,
 ) -> np.ndarray:
     """Markov-modulated Poisson arrivals on ``[0, horizon_s)``.
 
@@ -118,6 +119,13 @@ def mmpp_arrivals(
     ``dwell_i / sum(dwell)`` and the long-run mean rate is
     ``sum(rate_i * dwell_i) / sum(dwell_i)``. With ``start_state=None`` the first state is
     drawn from that time-stationary distribution, so the stream is stationary from t = 0.
+
+    ``dwell_shape`` k > 1 makes the dwells Gamma(k, mean / k) instead (a Markov-modulated
+    process becomes semi-Markov): same means, coefficient of variation 1 / sqrt(k), so bursts
+    come at roughly regular gaps, like load driven by periodic jobs. A controller that remembers
+    when the last burst ended can then prepare for the next; with k = 1 (exponential, the
+    default) the time already spent in a state says nothing about when it ends. Only the fraction
+    of time in each state is stationary from t = 0 when k > 1, not the phase within a dwell.
     """
     _check_rng(rng)
     horizon = float(_number("horizon_s", horizon_s, ge=0))
@@ -125,6 +133,7 @@ def mmpp_arrivals(
     dwells = _number_sequence("mean_dwell_s", mean_dwell_s, gt=0)
     if len(rates) != len(dwells):
         raise fail("mean_dwell_s", list(mean_dwell_s), f"must have one entry per rate ({len(rates)})")
+    shape = float(_number("dwell_shape", dwell_shape, gt=0))
     k = len(rates)
     mean_rate = float(np.dot(rates, dwells) / dwells.sum())
     _check_expected_count("rates_per_s*horizon_s", mean_rate * horizon)
@@ -146,7 +155,11 @@ def mmpp_arrivals(
             steps = rng.integers(1, k, size=chunk)
             steps[0] = 0
             states = (state + np.cumsum(steps)) % k
-        ends = elapsed + np.cumsum(rng.exponential(dwells[states]))
+        if shape == 1.0:
+            dwell = rng.exponential(dwells[states])
+        else:
+            dwell = rng.gamma(shape, dwells[states] / shape)
+        ends = elapsed + np.cumsum(dwell)
         states_parts.append(states)
         ends_parts.append(ends)
         elapsed = float(ends[-1])
