@@ -28,7 +28,9 @@ from envs.sim.engine import Simulator
 from envs.sim.errors import ConfigError, check_choice, check_number, fail
 from envs.sim.view import ModelLoad
 
-ENV_PARAMS = ("max_step", "router", "placer")
+ENV_PARAMS = ("max_step", "action_mode", "router", "placer")
+#: How Autoscale-v0 reads its per-model action components (see the class docstring).
+ACTION_MODES = ("delta", "target")
 #: The cost terms of ``info["rewards"]`` (weights: the scenario's ``reward`` block).
 REWARD_KEYS = ("slo_violations", "drops", "gpu_cost", "placement_failures")
 
@@ -76,9 +78,19 @@ class AutoscaleEnv(gym.Env):
     ## Action Space
 
     ``MultiDiscrete([2k+1] * n_models + [n_types_j for each hybrid model j])``
-    with ``k = max_step`` (default 2).
+    with ``k = max_step`` (default 2) in the default ``action_mode="delta"``;
+    ``MultiDiscrete([N_m - L_m + 1 for each model m] + [n_types_j ...])`` in
+    ``action_mode="target"`` (``L_m``, ``N_m``: the model's ``min_replicas``,
+    ``max_replicas``).
 
-    * Component ``m < n_models``: value ``a`` changes model ``m``'s provisioned
+    * Component ``m < n_models``, ``action_mode="target"``: value ``a`` sets model
+      ``m``'s provisioned replicas (READY + LOADING) to ``L_m + a``, whatever they
+      are now; ``max_step`` is not used. Everything else (removal order, placement
+      failures, hybrid components) is as below. A policy then maps a state to a
+      replica count, as a classical scaler does, instead of to a change that depends
+      on replicas still loading: on ``bursty`` this made PPO learn in a fraction of
+      the steps (see ``results/``).
+    * Component ``m < n_models``, ``action_mode="delta"``: value ``a`` changes model ``m``'s provisioned
       replicas (READY + LOADING; draining ones do not count) by ``a - k``, so
       ``0..2k`` means ``-k..+k`` and ``a == k`` holds. The new target is
       ``provisioned + (a - k)``, then clamped to the deployment's
@@ -179,11 +191,13 @@ class AutoscaleEnv(gym.Env):
     ## Arguments
 
     ``gymnasium.make("InferGym/Autoscale-v0", scenario="default", render_mode=None, max_step=2,
-    router=None, placer=None, **scenario_overrides)``
+    action_mode="delta", router=None, placer=None, **scenario_overrides)``
 
     * ``scenario``: shipped name, YAML path, dict or Scenario.
     * ``max_step``: largest replica change per model per step (integer >= 1). A
       value at least ``max_replicas`` makes every reachable target one step away.
+    * ``action_mode``: ``"delta"`` (a change of at most ``max_step``) or
+      ``"target"`` (the replica count itself); see Action Space.
     * ``router`` / ``placer``: override the scenario's ``routing`` / ``placement``
       controllers (name or ``{"kind": ..., **params}``). The scenario's
       ``scaling`` controller is not used: the agent is the scaler (see
@@ -194,7 +208,7 @@ class AutoscaleEnv(gym.Env):
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version (``action_mode`` and ``dwell_shape`` arrivals added before any release).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -206,6 +220,7 @@ class AutoscaleEnv(gym.Env):
             check_choice("render_mode", render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
         self.max_step = int(check_number("max_step", own.get("max_step", 2), ge=1, integer=True))
+        self.action_mode = check_choice("action_mode", own.get("action_mode", "delta"), ACTION_MODES)
         self.router = own.get("router")
         self.placer = own.get("placer")
         # A throw-away simulator over one interval validates router and placer now (not at the
@@ -242,9 +257,12 @@ class AutoscaleEnv(gym.Env):
         self._diurnal = (arr.params["period_s"], arr.params["phase_s"]) if arr.kind == "diurnal" else None
         self.n_steps = int(math.ceil(sc.horizon_s / sc.control_interval_s - 1e-9))
 
-        self.action_space = spaces.MultiDiscrete(
-            [2 * self.max_step + 1] * n + [len(t) for _, t in self.hybrid]
+        per_model = (
+            [2 * self.max_step + 1] * n
+            if self.action_mode == "delta"
+            else [hi - lo + 1 for lo, hi in zip(self._lo, self._hi, strict=True)]
         )
+        self.action_space = spaces.MultiDiscrete(per_model + [len(t) for _, t in self.hybrid])
         lo = (
             [f[1] for f in MODEL_FEATURES] * n
             + [0.0] * sum(len(t) for _, t in self.hybrid)
@@ -302,7 +320,7 @@ class AutoscaleEnv(gym.Env):
         for m in range(n):
             load = self.model_loads[m]
             have = load.replicas_ready + load.replicas_loading
-            want = have + int(a[m]) - k
+            want = have + int(a[m]) - k if self.action_mode == "delta" else self._lo[m] + int(a[m])
             got = min(max(want, self._lo[m]), self._hi[m])
             clamped += abs(want - got)
             if got != have or sim.target[m] != got:
@@ -351,9 +369,10 @@ class AutoscaleEnv(gym.Env):
     ) -> np.ndarray:
         """The action that moves every model toward ``desired_replicas`` (provisioned = ready + loading).
 
-        The change is clipped to ``[-max_step, max_step]``, so a controller run
-        through this action space is a rate-limited version of itself; with
-        ``max_step >= max_replicas`` the clip never binds. ``gpu_types`` gives, per
+        In ``action_mode="delta"`` the change is clipped to ``[-max_step, max_step]``, so a
+        controller run through this action space is a rate-limited version of itself; with
+        ``max_step >= max_replicas`` the clip never binds. In ``action_mode="target"`` the
+        action is the target itself (clamped to the limits). ``gpu_types`` gives, per
         hybrid model, the index into its allowed types (default 0).
         """
         if len(desired_replicas) != self.n_models:
@@ -363,6 +382,9 @@ class AutoscaleEnv(gym.Env):
         k = self.max_step
         act = np.zeros(len(self.action_space.nvec), np.int64)
         for m, load in enumerate(self.model_loads):
+            if self.action_mode == "target":
+                act[m] = min(max(int(desired_replicas[m]), self._lo[m]), self._hi[m]) - self._lo[m]
+                continue
             delta = int(desired_replicas[m]) - (load.replicas_ready + load.replicas_loading)
             act[m] = min(max(delta, -k), k) + k
         if gpu_types is not None:

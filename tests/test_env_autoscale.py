@@ -321,3 +321,22 @@ def test_scaler_views_equal_the_kpi_definitions():
             assert view.slo_attainment == ref["slo_attainment"]
             checked += len(mine) > 1
     assert checked > 10
+
+
+def test_target_action_mode_sets_the_replica_count_directly():
+    env = AutoscaleEnv("bursty", horizon_s=600, action_mode="target")
+    assert env.action_space.nvec.tolist() == [16]  # min_replicas 1 .. max_replicas 16
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.array([7]))  # 1 + 7 = 8 replicas, from 3: five cold starts
+    assert info["replicas"][0, :2].sum() == 8 and info["kpi"]["target_replicas"] == 8.0
+    _, _, _, _, info = env.step(np.array([1]))  # 2 replicas: loading ones are cancelled first
+    assert info["replicas"][0, :2].sum() == 2 and info["clamped"] == 0
+    assert env.scaler_action([40]).tolist() == [15], "a scaler's target is clamped to max_replicas"
+    with pytest.raises(ConfigError, match="action_mode: 'absolute'"):
+        AutoscaleEnv("default", action_mode="absolute")
+
+
+def test_scaler_policy_through_target_actions_reproduces_run_scenario():
+    env = AutoscaleEnv("bursty", horizon_s=600, action_mode="target")
+    run_episode(env, ScalerPolicy())  # the scenario's own HPA, no rate limit in this mode
+    assert env.sim.episode_kpis() == run_scenario("bursty", seed=5, overrides={"horizon_s": 600})
