@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.common import check_action, split_kwargs, weighted_reward
-from envs.sim.cluster import GPU_MILLI, ClusterState, Demand, TaskMix, fragment_per_type, gpu_row_aggregates
+from envs.sim.cluster import GPU_MILLI, ClusterState, Demand, TaskMix, refresh_fragments
 from envs.sim.config import ControllerSpec
 from envs.sim.engine import Simulator
 from envs.sim.errors import check_choice, check_keys, check_number, fail
@@ -127,8 +127,8 @@ class _FgdTracker:
     Equals ``cluster.fragmented_gpu_milli(TaskMix(seen))`` where ``seen`` pairs every task type
     offered this episode with its count. The per-node, per-type fragments F_n(m) of the episode's
     task types (known at reset; unseen ones weigh 0) and their column sums are kept current by
-    recomputing only the nodes whose ``ClusterState.version`` moved, so a step costs a few small
-    numpy operations. Fragments are whole milli-GPU, so the float sums are exact.
+    recomputing only the nodes whose ``ClusterState.version`` moved, in one compiled call
+    (``refresh_fragments``). Fragments are whole milli-GPU, so the float sums are exact.
     """
 
     def start(self, cluster: ClusterState, types: Sequence[Demand]) -> None:
@@ -151,24 +151,22 @@ class _FgdTracker:
         if self.total == 0.0:
             return 0.0
         c, mix = self.cluster, self.mix
-        rows = np.flatnonzero(c.version != self.version)
-        if rows.size:
-            # Usually one node changed: a slice (a view) is cheaper than fancy indexing.
-            sel = slice(int(rows[0]), int(rows[0]) + 1) if rows.size == 1 else rows
-            count_u, small_u = gpu_row_aggregates(c.gpu_free_milli[sel], mix.thresholds)
-            ti = mix.threshold_index
-            new = fragment_per_type(
-                mix,
-                c.gpu_free_total[sel],
-                count_u[:, ti],
-                small_u[:, ti],
-                c.cpu_free_milli[sel],
-                c.mem_free_mib[sel],
-                mix.type_ok(c)[sel],
-            )
-            self.col_sum += (new - self.frag[sel]).sum(axis=0)
-            self.frag[sel] = new
-            self.version[sel] = c.version[sel]
+        refresh_fragments(
+            c.version,
+            self.version,
+            c.gpu_free_milli,
+            c.gpu_free_total,
+            c.cpu_free_milli,
+            c.mem_free_mib,
+            mix.type_ok(c),
+            mix.gpu_task,
+            mix.num_gpu,
+            mix.threshold,
+            mix.cpu_milli,
+            mix.memory_mib,
+            self.frag,
+            self.col_sum,
+        )
         return float(self.col_sum @ self.counts) / self.total
 
 
@@ -385,6 +383,7 @@ class PlacementEnv(gym.Env):
         self._inv_cpu = np.where(c.node_cpu_milli > 0, 1.0 / np.maximum(c.node_cpu_milli, 1), 0.0)
         self._inv_mem = np.where(c.node_memory_mib > 0, 1.0 / np.maximum(c.node_memory_mib, 1), 0.0)
         self._buf = np.zeros(self.observation_space.shape, dtype=np.float32)
+        self._obs_version = np.full(c.n_nodes, -1, dtype=np.int64)  # node versions the buffer shows
         nodes = self._node_block()
         typed = np.flatnonzero(c.node_gpu_type >= 0)
         nodes[typed, 3 + c.node_gpu_type[typed]] = 1.0
@@ -456,7 +455,7 @@ class PlacementEnv(gym.Env):
         )
         self._jobs, types = self._episode_items(
             [
-                (num, milli, cpu, mem, tuple(sorted(rmap[g] for g in types)), -1)
+                (num, milli, cpu, mem, tuple(sorted([rmap[g] for g in types])) if types else (), -1)
                 for num, milli, cpu, mem, types in keys
             ]
         )
@@ -601,6 +600,17 @@ class PlacementEnv(gym.Env):
 
     def _observe(self) -> np.ndarray:
         c, nodes, t = self.cluster, self._node_block(), len(self.type_names)
+        if self.sim is None:
+            # jobs: no node feature depends on the item or the clock, so only the nodes whose
+            # version moved since the last observation change (usually one or two)
+            rows = np.flatnonzero(c.version != self._obs_version)
+            if len(rows) <= 4:
+                for n in rows.tolist():
+                    self._node_row(nodes, n, t)
+                    self._obs_version[n] = c.version[n]
+                self._item_block()
+                return self._buf.copy()
+            self._obs_version[:] = c.version
         nodes[:, 0] = c.gpu_full_free * self._inv_gpus
         nodes[:, 1] = c.gpu_free_total * self._inv_cap
         nodes[:, 2] = np.maximum(c.gpu_max_free, 0) * (1.0 / GPU_MILLI)
@@ -613,28 +623,43 @@ class PlacementEnv(gym.Env):
         nodes[:, 4 + t] = c.node_alloc_count > 0
         nodes[:, 5 + t] = c.cpu_free_milli * self._inv_cpu
         nodes[:, 6 + t] = c.mem_free_mib * self._inv_mem
+        self._item_block()
+        # Every feature is free / capacity with free <= capacity, or a 0/1 flag: in [0, 1] without a
+        # clip (x * (1 / y) for x <= y overshoots 1 by at most 2 float64 ulps, which float32 rounds away).
+        return self._buf.copy()
+
+    def _node_row(self, nodes: np.ndarray, n: int, t: int) -> None:
+        """Node ``n``'s features of the jobs source (the cache feature stays 0), with the same float64
+        operations per element as the column-wise update in ``_observe``."""
+        c = self.cluster
+        row = nodes[n]
+        row[0] = c.gpu_full_free[n] * self._inv_gpus[n]
+        row[1] = c.gpu_free_total[n] * self._inv_cap[n]
+        row[2] = max(c.gpu_max_free[n], 0) * (1.0 / GPU_MILLI)
+        row[4 + t] = c.node_alloc_count[n] > 0
+        row[5 + t] = c.cpu_free_milli[n] * self._inv_cpu[n]
+        row[6 + t] = c.mem_free_mib[n] * self._inv_mem[n]
+
+    def _item_block(self) -> None:
         item = self._buf[self.n_nodes * self._node_dim :]
         if self._item_vec is None:
             item[:] = 0.0
         else:
             item[:] = self._item_vec
-        # Every feature is free / capacity with free <= capacity, or a 0/1 flag: in [0, 1] without a
-        # clip (x * (1 / y) for x <= y overshoots 1 by at most 2 float64 ulps, which float32 rounds away).
-        return self._buf.copy()
 
     def _usage(self) -> tuple[float, int]:
-        """(``ClusterState.fragmented_gpus()``, ``ClusterState.gpus_in_use()``) from the per-node
-        aggregates: a GPU is in use unless wholly free, and the stranded free share is all free
-        milli minus that of the wholly free GPUs."""
+        """(``ClusterState.fragmented_gpus()``, ``ClusterState.gpus_in_use()``) from the cluster's
+        sums: a GPU is in use unless wholly free, and the stranded free share is all free milli
+        minus that of the wholly free GPUs."""
         c = self.cluster
-        full = int(c.gpu_full_free.sum())
-        return (int(c.gpu_free_total.sum()) - GPU_MILLI * full) / GPU_MILLI, self._total_gpus_n - full
+        full = c.idle_gpus
+        return (c.free_gpu_milli - GPU_MILLI * full) / GPU_MILLI, self._total_gpus_n - full
 
     def _record(self, frag: float, in_use: int) -> None:
         self._history.append((self.now_s, frag, in_use))
 
     def _kpi(self, frag: float, in_use: int) -> dict[str, float]:
-        counts = self.cluster.node_alloc_count
+        c = self.cluster
         return {
             "time_s": float(self.now_s),
             "items": float(self._items),
@@ -644,8 +669,8 @@ class PlacementEnv(gym.Env):
             "fragmented_gpus": float(frag),
             "fgd_fragmentation_milli": self._fgd.value(),
             "gpus_in_use": float(in_use),
-            "nodes_in_use": float(np.count_nonzero(counts)),
-            "live_allocations": float(counts.sum()),
+            "nodes_in_use": float(c.nodes_in_use()),
+            "live_allocations": float(c.live_allocations),
         }
 
     # ------------------------------------------------------------------ render

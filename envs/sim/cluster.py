@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from envs.sim.errors import ConfigError, check_keys, check_number, fail
 
@@ -223,6 +224,58 @@ def fragment_per_type(
     return np.where(can, small_sum, gpu_free_total[:, None]).astype(np.float64)
 
 
+@njit(cache=True)
+def refresh_fragments(
+    version: np.ndarray,
+    seen: np.ndarray,
+    gpu_free_milli: np.ndarray,
+    gpu_free_total: np.ndarray,
+    cpu_free: np.ndarray,
+    mem_free: np.ndarray,
+    type_ok: np.ndarray,
+    gpu_task: np.ndarray,
+    num_gpu: np.ndarray,
+    threshold: np.ndarray,
+    cpu_milli: np.ndarray,
+    memory_mib: np.ndarray,
+    frag: np.ndarray,
+    col_sum: np.ndarray,
+) -> None:
+    """Bring ``frag`` (float64[N, K], the ``fragment_per_type`` of every node) and its column sums
+    ``col_sum`` up to date for the nodes whose ``version`` differs from ``seen`` (then set ``seen``).
+
+    The arguments are the arrays of a ``ClusterState`` and a ``TaskMix`` (``type_ok`` is
+    ``mix.type_ok(state)``). Fragments are whole milli-GPU, so the float sums are exact and equal
+    what ``fragment_per_type`` gives in any order; one compiled pass replaces a dozen numpy calls
+    per changed node.
+    """
+    n_nodes, n_slots = gpu_free_milli.shape
+    for n in range(n_nodes):
+        if version[n] == seen[n]:
+            continue
+        seen[n] = version[n]
+        total = gpu_free_total[n]
+        for k in range(len(threshold)):
+            fits = (
+                type_ok[n, k] and gpu_task[k] and cpu_free[n] >= cpu_milli[k] and mem_free[n] >= memory_mib[k]
+            )
+            value = total
+            if fits:
+                # GPUs with at least the threshold free count; the free milli of the others is stranded
+                count = 0
+                small = 0
+                for g in range(n_slots):
+                    free = gpu_free_milli[n, g]
+                    if free >= threshold[k]:
+                        count += 1
+                    elif free > 0:
+                        small += free
+                if count >= num_gpu[k]:
+                    value = small
+            col_sum[k] += value - frag[n, k]
+            frag[n, k] = value
+
+
 def fragment_from_aggregates(
     mix: TaskMix,
     gpu_free_total: np.ndarray,
@@ -259,6 +312,9 @@ class ClusterState:
     node_alloc_count    int32[N]        live allocations on the node (CPU-only ones included)
     version             int64[N]        bumped on every change of the node, for placers' caches
     ==================  ==============  ===========================================================
+
+    Their cluster-wide sums, as ints: ``idle_gpus`` (of ``gpu_full_free``), ``free_gpu_milli`` (of
+    ``gpu_free_total``) and ``live_allocations`` (of ``node_alloc_count``).
 
     Treat them as read-only outside this class: ``allocate`` and ``release`` keep them consistent.
     """
@@ -333,6 +389,12 @@ class ClusterState:
         self.gpu_free_total = self.node_gpus.astype(np.int64) * GPU_MILLI
         self.node_alloc_count = np.zeros(n, dtype=np.int32)
         self.version = np.zeros(n, dtype=np.int64)
+        # Cluster-wide sums of the per-node aggregates, kept current by allocate/release so that
+        # per-step metrics need no array reductions.
+        self.idle_gpus = int(self.gpu_full_free.sum())
+        self.free_gpu_milli = int(self.gpu_free_total.sum())
+        self.live_allocations = 0
+        self._nodes_used = 0
         self._type_masks: dict[tuple[int, ...], np.ndarray] = {}
 
     # ------------------------------------------------------------------ sizes
@@ -435,7 +497,10 @@ class ClusterState:
             gpu_row[g] -= milli
         self.cpu_free_milli[node] -= d.cpu_milli
         self.mem_free_mib[node] -= d.memory_mib
+        if self.node_alloc_count[node] == 0:
+            self._nodes_used += 1
         self.node_alloc_count[node] += 1
+        self.live_allocations += 1
         self._refresh(node)
         return Allocation(node, chosen, milli, d.cpu_milli, d.memory_mib, d)
 
@@ -457,14 +522,20 @@ class ClusterState:
         self.cpu_free_milli[node] += a.cpu_milli
         self.mem_free_mib[node] += a.memory_mib
         self.node_alloc_count[node] -= 1
+        self.live_allocations -= 1
+        if self.node_alloc_count[node] == 0:
+            self._nodes_used -= 1
         self._refresh(node)
 
     def _refresh(self, node: int) -> None:
         row = [free for free in self.gpu_free_milli[node].tolist() if free >= 0]
         if row:
-            self.gpu_full_free[node] = row.count(GPU_MILLI)
+            full, total = row.count(GPU_MILLI), sum(row)
+            self.idle_gpus += full - int(self.gpu_full_free[node])
+            self.free_gpu_milli += total - int(self.gpu_free_total[node])
+            self.gpu_full_free[node] = full
             self.gpu_max_free[node] = max(row)
-            self.gpu_free_total[node] = sum(row)
+            self.gpu_free_total[node] = total
         self.version[node] += 1
 
     # ---------------------------------------------------------------- metrics
@@ -475,7 +546,7 @@ class ClusterState:
 
     def nodes_in_use(self) -> int:
         """Nodes with any live allocation: the ones that must stay powered on."""
-        return int((self.node_alloc_count > 0).sum())
+        return self._nodes_used
 
     def fragmented_gpus(self) -> float:
         """Demand-free fragmentation in GPUs: free capacity on partly allocated GPUs.

@@ -18,6 +18,7 @@ cut (``deletion_s = inf``); an empty ``scheduled_time`` means it was never sched
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,9 +94,7 @@ class JobTrace:
             object.__setattr__(self, key, _readonly(getattr(self, key), dtype))
         for key in ("gpu_type_names", "node_names", "job_names", "qos", "pod_phase"):
             object.__setattr__(self, key, tuple(getattr(self, key)))
-        object.__setattr__(
-            self, "job_gpu_types", tuple(tuple(int(t) for t in ts) for ts in self.job_gpu_types)
-        )
+        object.__setattr__(self, "job_gpu_types", tuple(tuple(map(int, ts)) for ts in self.job_gpu_types))
         n_nodes, n_jobs = len(self.node_names), len(self.job_names)
         for key in ("node_cpu_milli", "node_memory_mib", "node_gpus", "node_gpu_type"):
             if len(getattr(self, key)) != n_nodes:
@@ -397,6 +396,12 @@ _POD_SHAPES: tuple[tuple[str, int, float, tuple[tuple[int, int], ...]], ...] = (
 )
 
 
+@functools.lru_cache(maxsize=8)
+def _synthetic_names(pattern: str, n: int) -> tuple[str, ...]:
+    """``pattern.format(i)`` for i < n, built once per size: a synthetic trace is drawn at every reset."""
+    return tuple(pattern.format(i) for i in range(n))
+
+
 def synthetic_job_trace(
     rng: np.random.Generator,
     n_nodes: int = 32,
@@ -441,19 +446,22 @@ def synthetic_job_trace(
     kw = np.array([s[2] for s in _POD_SHAPES])
     kinds = rng.choice(len(_POD_SHAPES), size=n_jobs, p=kw / kw.sum())
     cpu, mem, num, milli, types = [], [], [], [], []
-    for k in kinds:
+    host_cache: dict[tuple[int, int, int], list[int]] = {}  # (GPUs, CPU, memory) -> GPU types that fit
+    for k in kinds.tolist():
         kind, n_gpu, _, requests = _POD_SHAPES[k]
         c, m = requests[rng.integers(len(requests))]
         g = int(rng.integers(lo // 10, hi // 10 + 1)) * 10 if kind == "share" else (GPU_MILLI if n_gpu else 0)
         allowed: tuple[int, ...] = ()
         if n_gpu and rng.random() < gpu_spec_share:
-            hosts = sorted(
-                {
-                    t
-                    for t, s in zip(node_type, picks, strict=True)
-                    if t >= 0 and shapes[s][1] >= n_gpu and shapes[s][2] >= c and shapes[s][3] >= m
-                }
-            )
+            hosts = host_cache.get((n_gpu, c, m))
+            if hosts is None:
+                hosts = host_cache[n_gpu, c, m] = sorted(
+                    {
+                        t
+                        for t, s in zip(node_type, picks.tolist(), strict=True)
+                        if t >= 0 and shapes[s][1] >= n_gpu and shapes[s][2] >= c and shapes[s][3] >= m
+                    }
+                )
             if hosts:
                 chosen = rng.choice(hosts, size=min(len(hosts), int(rng.integers(1, 3))), replace=False)
                 allowed = tuple(sorted(int(t) for t in chosen))
@@ -472,12 +480,12 @@ def synthetic_job_trace(
     phase = tuple(np.where(open_ended, "Running", "Succeeded").tolist())
     return JobTrace(
         gpu_type_names=type_names,
-        node_names=tuple(f"syn-node-{i:04d}" for i in range(n_nodes)),
+        node_names=_synthetic_names("syn-node-{:04d}", n_nodes),
         node_cpu_milli=np.array(node_cpu),
         node_memory_mib=np.array(node_mem),
         node_gpus=np.array(node_gpus),
         node_gpu_type=np.array(node_type),
-        job_names=tuple(f"syn-pod-{i:05d}" for i in range(n_jobs)),
+        job_names=_synthetic_names("syn-pod-{:05d}", n_jobs),
         cpu_milli=np.array(cpu, dtype=np.int64),
         memory_mib=np.array(mem, dtype=np.int64),
         num_gpu=np.array(num, dtype=np.int32),
