@@ -616,7 +616,10 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 
 def _git_sha() -> str:
-    """HEAD's SHA, marked when tracked files had uncommitted changes (the numbers may not match HEAD)."""
+    """HEAD's SHA, marked when tracked files had uncommitted changes (the numbers may not match HEAD).
+
+    Changes under ``results/`` do not count: they are this run's (or another table's) outputs.
+    """
     import subprocess
 
     from agents.sb3 import git_sha
@@ -624,7 +627,7 @@ def _git_sha() -> str:
     sha = git_sha() or "unknown"
     try:
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -771,14 +774,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--backend", choices=("local", "ray"), default="local", help="where the grid cells run")
     ap.add_argument("--ray-address", default=None, help="Ray cluster address (backend ray)")
     ap.add_argument("--workers", type=int, default=2, help="parallel local worker processes")
-    ap.add_argument("--out", default=None, help="output folder (default results/<table>)")
+    ap.add_argument("--out", default=None, help="output folder (default results/<table>[-quick])")
     ap.add_argument("--run-dir", default=None, help="grid run folder: agents, tensorboard logs, results.jsonl "
                     "(default runs/reproduce/<table>[-quick]); rerunning resumes")  # fmt: skip
     ap.add_argument("--no-figures", action="store_true", help="skip the figures")
     args = ap.parse_args(argv)
     name = Path(args.table).stem
     suffix = "-quick" if args.quick else ""
-    out = Path(args.out or f"results/{name}")
+    out = Path(args.out or f"results/{name}{suffix}")
     run_dir = Path(args.run_dir or f"runs/reproduce/{name}{suffix}")
     try:
         res = reproduce(
