@@ -485,12 +485,20 @@ def _save(model: BaseAlgorithm, vec: VecEnv, run_dir: Path, algo: str) -> None:
         model.save_replay_buffer(ckpt_dir / f"model_replay_buffer_{n}_steps.pkl")
 
 
+def _run_config(zip_path: Path) -> dict[str, Any] | None:
+    """The config in the run.json of a model's run folder (the model's or its checkpoints' parent), if any."""
+    for folder in (zip_path.parent, zip_path.parent.parent):
+        run_json = folder / "run.json"
+        if run_json.exists():
+            return json.loads(run_json.read_text())["config"]
+    return None
+
+
 def _algo_of(zip_path: Path) -> str:
     """The algorithm of a saved model: from the run's run.json, else from the policy class in the zip."""
-    for d in (zip_path.parent, zip_path.parent.parent):
-        rj = d / "run.json"
-        if rj.exists():
-            return json.loads(rj.read_text())["config"]["algo"]
+    config = _run_config(zip_path)
+    if config is not None:
+        return config["algo"]
     import zipfile
 
     with zipfile.ZipFile(zip_path) as zf:
@@ -500,15 +508,6 @@ def _algo_of(zip_path: Path) -> str:
     if "DQNPolicy" in data:
         return "dqn"
     return "ppo"  # A2C and PPO share ActorCriticPolicy, whose predict() is the same
-
-
-def _run_hyperparams(zip_path: Path) -> dict[str, Any]:
-    """The resolved hyperparameters in the run.json of a model's run folder ({} for a bare .zip)."""
-    for folder in (zip_path.parent, zip_path.parent.parent):
-        run_json = folder / "run.json"
-        if run_json.exists():
-            return dict(json.loads(run_json.read_text())["config"].get("hyperparams", {}))
-    return {}
 
 
 def load_agent(path: str | Path, deterministic: bool = True) -> SB3Policy:
@@ -542,5 +541,5 @@ def load_agent(path: str | Path, deterministic: bool = True) -> SB3Policy:
         vn.training = False
         vn.norm_reward = False
     label = p.name if p.is_dir() else zip_path.stem
-    stack = _run_hyperparams(zip_path).get("frame_stack", 1)
+    stack = ((_run_config(zip_path) or {}).get("hyperparams") or {}).get("frame_stack", 1)
     return SB3Policy(model, vn, deterministic=deterministic, name=f"{algo}:{label}", frame_stack=stack)
