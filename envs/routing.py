@@ -28,7 +28,7 @@ from envs.sim.config import ControllerSpec, Scenario
 from envs.sim.engine import Simulator
 from envs.sim.errors import check_choice, check_number, fail
 
-ENV_PARAMS = ("max_slots", "scaler")
+ENV_PARAMS = ("max_slots", "scaler", "shaping")
 REWARD_KEYS = ("slo_violations", "drops", "latency", "invalid_actions")
 
 #: Normalisers of the observation (project choices, documented in the class docstring).
@@ -36,6 +36,7 @@ PROMPT_UNIT_TOKENS = 4096.0  # prompt tokens per observation unit; the lognormal
 LATENCY_UNIT_S = 10.0  # seconds per unit of the EWMA-latency feature and of the ``latency`` cost term
 REQUEST_HIGH = 8.0  # bound of the prompt-size feature
 LOAD_HIGH = 8.0  # bound of the queue and in-flight features (in units of max_batch)
+SHAPING_CAP_S = 10.0  # cap of one request's term in the shaping potential (s)
 
 #: Per-slot observation features, in order: (name, low, high).
 SLOT_FEATURES: tuple[tuple[str, float, float], ...] = (
@@ -153,6 +154,32 @@ def _observe(rf, ri, pf, pi, qn, mrep, mn, log_done, log_drop, gi, slo, lay, spe
     return n_ready
 
 
+@njit(cache=True)
+def _potential(pf, pi, qn, mrep, mn, lay, n_models, cap_s):
+    """Outstanding work of the cluster in seconds: ``sum over replicas, k = 1..n of min(k / mu, cap_s)``.
+
+    ``n`` is the replica's requests in flight (queued + running) and ``mu`` its
+    capacity (saturation req/s): ``k / mu`` is when the ``k``-th of them would
+    finish, served one after another at rate ``mu``, capped at ``cap_s`` so
+    that an overloaded replica's potential grows linearly, not quadratically.
+    Adding one request to a replica raises it by ``min((n + 1) / mu, cap_s)``,
+    the score of shortest expected delay. The potential of the ``shaping``
+    reward term (see ``RoutingEnv``).
+    """
+    q_nrun = lay[9]
+    p_speed = lay[12]
+    total = 0.0
+    for m in range(mrep.shape[0]):
+        for k in range(mn[m]):
+            r = mrep[m, k]
+            n = qn[n_models + r] + pi[r, q_nrun]
+            if n > 0:
+                mu = pf[r, p_speed]
+                j = min(n, int(cap_s * mu))  # the first j requests finish before the cap
+                total += j * (j + 1.0) / (2.0 * mu) + (n - j) * cap_s
+    return total
+
+
 class RoutingEnv(gym.Env):
     """The request router of a simulated GPU inference cluster.
 
@@ -252,8 +279,22 @@ class RoutingEnv(gym.Env):
     ``e2e_mean_s * requests_completed / 10``. About one request finishes per
     step, so the terms are O(1).
 
+    Optional potential-based shaping for training (Ng, Harada & Russell, ICML
+    1999), off by default: with ``shaping = c > 0`` the reward also gets
+    ``c * (Phi(s) - Phi(s'))``, where ``Phi`` is the cluster's outstanding work
+    in seconds, ``sum over replicas and k = 1..n of min(k / mu, 10 s)`` (``n``
+    requests in flight, ``mu`` the replica's capacity in req/s), and ``Phi = 0``
+    after the last step. Routing a request to a replica costs at once
+    ``c min((n + 1) / mu, 10 s)`` (the shortest-expected-delay score), paid back as the replica works its
+    queue off, so a decision's consequence shows in its own step instead of
+    tens of steps later. The terms telescope: an episode's shaped return equals
+    its unshaped return (``Phi`` is 0 at reset, when no request is in flight).
+    The shaping term is ``info["shaping"]``; it is not among
+    ``info["rewards"]``. Evaluate with ``shaping=0`` (the default), so every
+    policy is scored on the same reward.
+
     ``info["rewards"]`` holds the terms; ``reward_from_terms(terms)`` recomputes
-    the reward. ``info["kpi"]`` holds the step's KPIs: ``time_s`` (simulated
+    the reward (without shaping). ``info["kpi"]`` holds the step's KPIs: ``time_s`` (simulated
     time of the next decision), ``requests_completed``, ``requests_dropped``,
     ``slo_violations`` and ``e2e_sum_s`` over the requests finished in the
     step. On the last step of an episode ``info["episode_kpi"]`` holds
@@ -277,7 +318,7 @@ class RoutingEnv(gym.Env):
     ## Arguments
 
     ``gymnasium.make("InferGym/Routing-v0", scenario="default", render_mode=None, max_slots=None,
-    scaler=None, **scenario_overrides)``
+    scaler=None, shaping=0.0, **scenario_overrides)``
 
     * ``scenario``: shipped name, YAML path, dict or Scenario.
     * ``max_slots``: number of slots ``N`` (integer >= 1; default the largest
@@ -285,6 +326,8 @@ class RoutingEnv(gym.Env):
     * ``scaler``: the replica scaler applied every control interval, a name or
       ``{"kind": ..., **params}`` of ``baselines.scaling`` (default: the
       scenario's ``scaling``; ``"static"`` keeps the scenario's replica counts).
+    * ``shaping``: weight ``c >= 0`` of the potential-based shaping term, reward
+      units per second of outstanding work (default 0: off; see Rewards).
     * any other keyword is a top-level scenario key (``horizon_s``,
       ``workload``, ...) deep-merged into the scenario.
 
@@ -338,6 +381,8 @@ class RoutingEnv(gym.Env):
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = spaces.Discrete(self.max_slots)
         self._w = [float(sc.reward.get(k, 0.0)) for k in REWARD_KEYS]
+        self.shaping = float(check_number("shaping", own.get("shaping", 0.0), ge=0.0))
+        self._phi = 0.0
         self._interval_s = sc.control_interval_s
         self._horizon_s = sc.horizon_s
         self.sim: Simulator | None = None
@@ -366,6 +411,7 @@ class RoutingEnv(gym.Env):
         self._ended = False
         self._draining = False
         self._pending = self._run(-1)
+        self._phi = self._potential() if self.shaping > 0.0 else 0.0
         return self._obs.copy(), {"request": self._pending, "time_s": sim.now}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -419,6 +465,11 @@ class RoutingEnv(gym.Env):
             0 + w[0] * terms["slo_violations"] + w[1] * terms["drops"] + w[2] * terms["latency"]
             + w[3] * terms["invalid_actions"]
         )  # fmt: skip
+        if self.shaping > 0.0:
+            phi = 0.0 if truncated else self._potential()  # the end state's potential is 0 (Ng et al.)
+            info["shaping"] = shaped = self.shaping * (self._phi - phi)
+            self._phi = phi
+            reward += shaped
         return self._obs.copy(), reward, False, truncated, info
 
     def reward_from_terms(self, terms: Mapping[str, float]) -> float:
@@ -487,6 +538,13 @@ class RoutingEnv(gym.Env):
             self._k += 1
             self._until = min(self._k * self._interval_s, h)
             code = sim._kernel(self._until, -1)
+
+    def _potential(self) -> float:
+        """The shaping potential of the current state (:func:`_potential`), in seconds."""
+        sim = self.sim
+        return float(
+            _potential(sim.pf, sim.pi, sim.qn, sim.mrep, sim.mn, LAYOUT, self.n_models, SHAPING_CAP_S)
+        )
 
     def _cache_arrays(self) -> None:
         sim = self.sim

@@ -56,7 +56,7 @@ TABLE_KEYS = (
 )
 SCENARIO_KEYS = ("trace", "split", "train_env_kwargs", "eval_env_kwargs")
 BASELINE_KEYS = ("name", "spec", "sweep", "select", "env_kwargs")
-AGENT_KEYS = ("name", "algo", "total_timesteps", "env_kwargs", "overrides")
+AGENT_KEYS = ("name", "algo", "total_timesteps", "env_kwargs", "train_env_kwargs", "overrides")
 QUICK_KEYS = ("eval_seeds", "calibration_seeds", "total_timesteps", "scenario_env_kwargs")
 KPI_KEYS = ("key", "label", "fmt", "iqm")
 FIGURES = ("episode", "ttft_cdf", "tradeoff", "kpi_bars")
@@ -280,6 +280,7 @@ def evaluation_cells(
         for a in selected_agents(cfg, opts):
             steps = opts.total_timesteps or int(a["total_timesteps"])
             agent_kw = dict(a.get("env_kwargs") or {})
+            train_only = dict(a.get("train_env_kwargs") or {})  # e.g. reward shaping: never at evaluation
             for i in range(opts.n_agent_seeds):
                 seed = int(cfg["train_seed_base"]) + i
                 params = {
@@ -296,7 +297,7 @@ def evaluation_cells(
                         scenario=s,
                         policy=a["algo"],
                         seed=seed,
-                        env_kwargs=_freeze({**tr_kw, **agent_kw}),
+                        env_kwargs=_freeze({**tr_kw, **agent_kw, **train_only}),
                         params=_freeze(params),
                         label=f"train|{s}|{a['name']}|{seed}",
                     )

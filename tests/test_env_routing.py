@@ -142,6 +142,57 @@ def test_step_costs_add_up_to_the_episode_kpis():
         env.step(0)
 
 
+def test_shaping_is_a_potential_difference_that_leaves_the_trajectory_and_the_return_unchanged():
+    plain, shaped = (
+        make("heterogeneous", horizon_s=120.0),
+        make("heterogeneous", horizon_s=120.0, shaping=2.0),
+    )
+    o1, _ = plain.reset(seed=7)
+    o2, _ = shaped.reset(seed=7)
+    rng = np.random.default_rng(7)
+    r1 = r2 = 0.0
+    first = None
+    trunc = False
+    while not trunc:
+        a = random_valid(plain, rng)
+        before = shaped._potential()
+        o1, x1, _, t1, i1 = plain.step(a)
+        o2, x2, _, trunc, i2 = shaped.step(a)
+        assert t1 == trunc and np.array_equal(o1, o2) and i1["rewards"] == i2["rewards"]
+        assert "shaping" not in i1
+        assert x2 == pytest.approx(x1 + i2["shaping"])
+        if first is None:
+            first = i2["shaping"]
+            # routing one request to replica r costs min((n_r + 1) / mu_r, cap) seconds of work at once
+            # (the queues also moved on to the next arrival, so only the sign and an upper bound are exact)
+            assert first < 0.0 or before > 0.0
+        if not trunc:
+            assert i2["shaping"] == pytest.approx(2.0 * (before - shaped._potential()))
+        r1 += x1
+        r2 += x2
+    assert r2 == pytest.approx(r1, rel=1e-9, abs=1e-6)  # the shaping terms telescope to Phi(s0) - 0 = 0
+
+
+def test_shaping_potential_charges_the_expected_delay_capped_per_request():
+    env = make("heterogeneous")
+    env.reset(seed=0)
+    sim = env.sim
+    mu = sim.pf[: sim.n_replicas, K.P_SPEED]
+    sim.qn[:] = 0
+    sim.pi[: sim.n_replicas, K.Q_NRUN] = 0
+    assert env._potential() == 0.0
+    fast, slow = int(np.argmax(mu)), int(np.argmin(mu))
+    sim.qn[env.n_models + fast] = 3
+    assert env._potential() == pytest.approx(6.0 / mu[fast])  # 1/mu + 2/mu + 3/mu
+    sim.qn[env.n_models + fast] = 0
+    n = int(40.0 * mu[slow])  # far past the 10 s cap
+    sim.qn[env.n_models + slow] = n
+    j = int(10.0 * mu[slow])
+    assert env._potential() == pytest.approx(j * (j + 1) / (2.0 * mu[slow]) + (n - j) * 10.0)
+    with pytest.raises(ConfigError, match=r"shaping: -1"):
+        make(shaping=-1)
+
+
 def test_the_scaler_runs_every_control_interval_between_arrivals():
     env = make(scaler={"kind": "static", "replicas": 6})
     obs, _ = env.reset(seed=5)

@@ -152,3 +152,17 @@ def test_shipped_tables_load_and_quick_shrinks_them():
     assert "azure-conv" not in full.scenarios  # skipped without --trace
     with_trace = reproduce.resolve_options(reproduce.load_table("autoscale"), trace="t.csv")
     assert with_trace.scenarios == ("steady", "diurnal", "bursty", "azure-conv")
+
+
+def test_agent_train_env_kwargs_reach_training_only():
+    cfg = reproduce.load_table("routing")
+    opts = reproduce.resolve_options(cfg, quick=True, seeds=1)
+    cells = [c for c in reproduce.evaluation_cells(cfg, opts, {}) if c.kind == "train"]
+    by_agent = {c.label.split("|")[2]: c for c in cells}
+    shaped, plain = by_agent["maskable_ppo_shaped"], by_agent["maskable_ppo"]
+    assert dict(shaped.env_kwargs)["shaping"] == 1.0 and "shaping" not in dict(plain.env_kwargs)
+    assert "shaping" not in dict(shaped.params)["eval_env_kwargs"]
+    bad = {k: v for k, v in cfg.items() if k != "name"}
+    bad["agents"] = [{**cfg["agents"][0], "train_kwargs": {}}]
+    with pytest.raises(ConfigError, match=r"agents\[0\].*train_kwargs"):
+        reproduce.load_table(bad)
