@@ -53,6 +53,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 import envs
 from agents import EpisodeKpis
+from agents.policies import POLICIES
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
@@ -164,6 +165,8 @@ def _model_kwargs(hp: Mapping[str, Any]) -> dict[str, Any]:
     pk = kw.get("policy_kwargs")
     if pk and "activation_fn" in pk:
         pk["activation_fn"] = ACTIVATIONS[pk["activation_fn"]]
+    if kw.get("policy") in POLICIES:  # our own policy classes, by name in the YAML
+        kw["policy"] = POLICIES[kw["policy"]]
     kw.setdefault("device", "cpu")  # MLP policies on small observations are faster on CPU
     return kw
 
@@ -350,6 +353,15 @@ def _check_algo_fits(algo: str, vec: VecEnv, env_id: str) -> None:
         raise fail("algo", algo, f"needs an env with action_masks(); {env_id} has none")
 
 
+def _check_slot_policy(algo: str, hp: Mapping[str, Any], vec: VecEnv, env_id: str) -> None:
+    if algo != "maskable_ppo":
+        raise fail("hyperparams.policy", "SlotPolicy", f"is a MaskablePPO policy; algo is {algo!r}")
+    if hp.get("frame_stack", 1) > 1:
+        raise fail("hyperparams.frame_stack", hp["frame_stack"], "must be 1 with SlotPolicy (slot layout)")
+    if not vec.has_attr("obs_layout"):
+        raise fail("hyperparams.policy", "SlotPolicy", f"needs an env with obs_layout; {env_id} has none")
+
+
 def train(
     env_id: str,
     algo: str,
@@ -406,6 +418,11 @@ def train(
     # A resumed run must not replay the first episodes: re-seed from the steps already done.
     vec = make_vec(env_id, scenario, n_envs, seed + done_steps, env_kwargs, subproc)
     _check_algo_fits(algo, vec, env_id)
+    model_kw = _model_kwargs(hp)
+    if model_kw.get("policy") is POLICIES["SlotPolicy"]:
+        _check_slot_policy(algo, hp, vec, env_id)
+        pk = model_kw.setdefault("policy_kwargs", {})
+        pk.setdefault("layout", dict(vec.get_attr("obs_layout", [0])[0]))
     if hp.get("frame_stack", 1) > 1:
         vec = VecFrameStack(vec, hp["frame_stack"])
     vn_cfg = hp["vecnormalize"]
@@ -425,7 +442,7 @@ def train(
         set_random_seed(seed + done_steps)
     else:
         vec = VecNormalize(vec, **vn_cfg)
-        model = cls(env=vec, seed=seed, tensorboard_log=tb_dir, verbose=0, **_model_kwargs(hp))
+        model = cls(env=vec, seed=seed, tensorboard_log=tb_dir, verbose=0, **model_kw)
 
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     cmd = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -540,6 +540,11 @@ class PlacementEnv(gym.Env):
 
     # ------------------------------------------------------------------ step
 
+    @property
+    def obs_layout(self) -> dict[str, int]:
+        """Where the per-node features sit in the observation (for slot-structured policies)."""
+        return {"slots_start": 0, "n_slots": self.n_nodes, "slot_dim": self._node_dim}
+
     def action_masks(self) -> np.ndarray:
         """bool[n_nodes]: the nodes that can take the waiting item now (all True when none waits)."""
         return self._mask.copy()

@@ -290,8 +290,11 @@ class RoutingEnv(gym.Env):
     tens of steps later. The terms telescope: an episode's shaped return equals
     its unshaped return (``Phi`` is 0 at reset, when no request is in flight).
     The shaping term is ``info["shaping"]``; it is not among
-    ``info["rewards"]``. Evaluate with ``shaping=0`` (the default), so every
-    policy is scored on the same reward.
+    ``info["rewards"]``. This is the undiscounted form of Ng et al.'s
+    ``gamma Phi(s') - Phi(s)``, so for a discounted learner the optimal policy
+    is kept only approximately; in exchange the episode return is exact.
+    Evaluate with ``shaping=0`` (the default), so every policy is scored on the
+    same reward.
 
     ``info["rewards"]`` holds the terms; ``reward_from_terms(terms)`` recomputes
     the reward (without shaping). ``info["kpi"]`` holds the step's KPIs: ``time_s`` (simulated
@@ -486,6 +489,11 @@ class RoutingEnv(gym.Env):
     def pending_request(self) -> int | None:
         """Id of the request waiting for this step's decision (None at the end of an episode)."""
         return None if self._pending < 0 else self._pending
+
+    @property
+    def obs_layout(self) -> dict[str, int]:
+        """Where the per-slot features sit in the observation (for slot-structured policies)."""
+        return {"slots_start": self._req_dim, "n_slots": self.max_slots, "slot_dim": N_SLOT_FEATURES}
 
     @property
     def slot_replicas(self) -> np.ndarray:

@@ -159,7 +159,7 @@ def test_agent_train_env_kwargs_reach_training_only():
     opts = reproduce.resolve_options(cfg, quick=True, seeds=1)
     cells = [c for c in reproduce.evaluation_cells(cfg, opts, {}) if c.kind == "train"]
     by_agent = {c.label.split("|")[2]: c for c in cells}
-    shaped, plain = by_agent["maskable_ppo_shaped"], by_agent["maskable_ppo"]
+    shaped, plain = by_agent["maskable_ppo_slot"], by_agent["maskable_ppo"]
     assert dict(shaped.env_kwargs)["shaping"] == 1.0 and "shaping" not in dict(plain.env_kwargs)
     assert "shaping" not in dict(shaped.params)["eval_env_kwargs"]
     bad = {k: v for k, v in cfg.items() if k != "name"}
