@@ -17,7 +17,13 @@ Fault injection, for tests and for trying fault tolerance on a cluster: when the
 environment variable ``INFERGYM_GRID_FAULTS`` names a folder (shared by all
 nodes), every cell run appends its key to ``<folder>/calls.log``; a cell whose key
 (or ``*``) is a line of ``<folder>/fail_always`` raises; one listed in
-``<folder>/fail_once`` raises on its first run only (marker ``<folder>/failed/<key>``).
+``<folder>/fail_once`` raises on its first run only (marker ``<folder>/failed/<key>``);
+one listed in ``<folder>/hang`` writes its worker's pid to ``<folder>/hung_pids`` and
+sleeps for an hour.
+
+Interrupting a local grid (Ctrl-C, or SIGTERM while the grid runs in the main
+thread) stops its worker processes too; finished cells are in ``results.jsonl``
+and a train cell that was stopped resumes from its last checkpoint on the rerun.
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -257,6 +266,10 @@ def _run_cell_dict(cell_dict: Mapping[str, Any], run_dir: str, faults: str | Non
             fh.write(key + "\n")
         if _listed(fdir / "fail_always", key):
             raise RuntimeError(f"injected failure (fail_always) in cell {key}")
+        if _listed(fdir / "hang", key):  # a cell that never ends, to test interrupting a grid
+            with open(fdir / "hung_pids", "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+            time.sleep(3600)
         marker = fdir / "failed" / key
         if _listed(fdir / "fail_once", key) and not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
@@ -331,6 +344,24 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+class _sigterm_as_interrupt:
+    """In the main thread, turn SIGTERM (``kill``, a batch system's stop) into KeyboardInterrupt while
+    the local pool runs, so the grid stops its workers as on Ctrl-C instead of dying without cleanup."""
+
+    def __enter__(self) -> None:
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
 def _run_local(
     pending: Sequence[Cell],
     run_dir: Path,
@@ -389,8 +420,14 @@ def _run_local(
     finally:
         for fut in running:
             fut.cancel()
-        # On Ctrl-C do not wait for long cells; their rows would be dropped anyway.
+        # On Ctrl-C / SIGTERM do not wait for long cells: stop their workers, which would otherwise run on
+        # as orphans and compete for the cores. A training cell resumes from its last checkpoint.
+        procs = [] if clean else list((getattr(pool, "_processes", None) or {}).values())
+        for proc in procs:
+            proc.terminate()
         pool.shutdown(wait=clean, cancel_futures=True)
+        for proc in procs:
+            proc.join(timeout=10)
     if fatal is not None:
         raise fatal
 
@@ -591,7 +628,7 @@ def run_grid(
             faults = str(Path(faults).resolve())
         if backend == "local":
             with tqdm(total=len(unique), initial=len(unique) - len(pending), desc="grid", unit="cell",
-                      disable=not progress) as bar:  # fmt: skip
+                      disable=not progress) as bar, _sigterm_as_interrupt():  # fmt: skip
                 _run_local(pending, run_dir, workers, max_retries, bar, on_rows, faults)
         else:
             _run_ray(pending, run_dir, workers, ray_address, max_retries, progress, faults, gpus_per_trial)

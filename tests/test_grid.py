@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,7 @@ from experiments.grid import FAULTS_ENV, Cell, read_results, run_cell, run_grid
 
 AUTOSCALE = "InferGym/Autoscale-v0"
 SHORT = {"horizon_s": 60.0}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def grid_2x2() -> list[Cell]:
@@ -142,3 +148,39 @@ def test_train_cell_trains_into_its_folder_and_evaluates_on_eval_seeds(tmp_path)
     assert [(r["seed"], r["episode_seed"], r["label"]) for r in rows] == [(5, 7, "PPO"), (5, 8, "PPO")]
     assert all(r["steps"] == 2 for r in rows), "evaluated with eval_env_kwargs: 30 s / 15 s"
     assert cell.expected_rows == 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent) is not running
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_stops_the_grid_and_its_workers(tmp_path, faults):
+    cells = grid_2x2()
+    (faults / "hang").write_text("*\n")
+    code = (
+        "import sys; from experiments.grid import run_grid; from tests.test_grid import grid_2x2; "
+        "run_grid(grid_2x2(), sys.argv[1], workers=2, progress=False)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], cwd=ROOT)
+    pids_file = faults / "hung_pids"
+    deadline = time.monotonic() + 120
+    while (
+        time.monotonic() < deadline and len(pids_file.read_text().split() if pids_file.exists() else []) < 2
+    ):
+        time.sleep(0.2)
+    workers = [int(p) for p in pids_file.read_text().split()]
+    assert len(workers) == 2 and all(_alive(p) for p in workers)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers), "worker processes outlived the interrupted grid"
+    assert not read_results(tmp_path / "run") and len(cells) == 4
