@@ -63,6 +63,7 @@ class PlacementParams:
     mean_interarrival_s: float | None = None
     mean_duration_s: float | None = None
     max_jobs: int | None = None
+    shaping: float = 0.0
 
     SYNTHETIC_DEFAULTS = {
         "n_nodes": 32,
@@ -111,6 +112,7 @@ class PlacementParams:
         for key in ("mean_interarrival_s", "mean_duration_s"):
             if getattr(self, key) is not None:
                 check_number(key, getattr(self, key), gt=0)
+        check_number("shaping", self.shaping, ge=0)
 
     def synthetic(self, key: str) -> Any:
         """A synthetic-trace size: the given value or its default."""
@@ -252,6 +254,17 @@ class PlacementEnv(gym.Env):
       interval's 1 - ``slo_attainment``, a fraction of requests per interval) and ``gpu_cost``
       (US dollars of GPU time allocated in them, ``cost_usd``).
 
+    Optional potential-based shaping for training (argument ``shaping = H >= 0``; default 0, off):
+    the reward also gets ``Phi(s) - Phi(s')`` with the cost potential ``Phi = H x (w_frag x FGD
+    fragmentation in GPUs + w_use x GPUs in use) / total GPUs`` (``w_*`` the scenario's weights of
+    ``fragmented_gpus`` and ``gpus_in_use``; FGD fragmentation is ``fgd_fragmentation_milli`` / 1000,
+    the measure FGD minimises) and ``Phi = 0`` after the last step. A placement's level costs are
+    paid over the whole life of the item, hundreds of steps; with ``H`` about the number of steps
+    an item stays (mean duration / mean inter-arrival time for jobs) the shaping charges them at
+    once. The terms telescope: an episode's shaped return is its unshaped return plus ``Phi`` of
+    the start state (0 for the jobs source, which starts empty). The term is ``info["shaping"]``,
+    not among ``info["rewards"]``; evaluate without it.
+
     ``info["kpi"]`` after every step (and reset): ``time_s`` (clock, s), ``items`` (offered so far,
     the waiting one included), ``placed``, ``failures``, ``invalid_actions`` (counts this episode),
     ``fragmented_gpus`` (GPUs), ``fgd_fragmentation_milli`` (the FGD measure
@@ -279,7 +292,8 @@ class PlacementEnv(gym.Env):
     arguments (``PlacementParams``): ``source`` ("llm" | "jobs"), ``scaler`` (llm; a scaler name or
     mapping), ``pods_path``/``nodes_path`` (jobs; Alibaba trace CSVs), ``n_nodes`` (32), ``n_jobs``
     (1000), ``mean_interarrival_s`` (20), ``mean_duration_s`` (3600) (jobs, synthetic trace),
-    ``max_jobs`` (jobs; cap on the jobs per episode). The synthetic defaults keep about 180 jobs
+    ``max_jobs`` (jobs; cap on the jobs per episode), ``shaping`` (training reward shaping, see
+    Rewards; default 0). The synthetic defaults keep about 180 jobs
     (~0.95 GPU each on average) alive on the ~205 GPUs of 32 synthetic nodes, so the cluster runs
     near full and placement decides rejections (about 3 % under best fit, 5 % under spread). Any
     other keyword is a scenario key (``horizon_s``, ``reward``, ...) merged into the scenario;
@@ -370,6 +384,7 @@ class PlacementEnv(gym.Env):
         self._history: list[tuple[float, float, int]] = []
         frag, in_use = self._usage()
         self._record(frag, in_use)
+        self._phi = self._potential(in_use) if self.params.shaping > 0.0 else 0.0
         return self._observe(), {"kpi": self._kpi(frag, in_use)}
 
     def _prepare_cluster(self, cluster: ClusterState, types: Sequence[Demand]) -> None:
@@ -591,7 +606,20 @@ class PlacementEnv(gym.Env):
         self._record(frag, in_use)
         truncated = self.pending_demand is None
         reward = weighted_reward(terms, self.scenario.reward)
-        return self._observe(), reward, False, truncated, {"rewards": terms, "kpi": self._kpi(frag, in_use)}
+        info = {"rewards": terms, "kpi": self._kpi(frag, in_use)}
+        if self.params.shaping > 0.0:
+            phi = 0.0 if truncated else self._potential(in_use)  # the end state's potential is 0
+            info["shaping"] = shaped = self._phi - phi
+            self._phi = phi
+            reward += shaped
+        return self._observe(), reward, False, truncated, info
+
+    def _potential(self, in_use: int) -> float:
+        """The shaping potential (a cost): ``shaping`` steps of the fragmentation and GPUs-in-use costs
+        at the current levels, fragmentation measured by FGD (see Rewards)."""
+        w = self.scenario.reward
+        level = w["fragmented_gpus"] * self._fgd.value() / GPU_MILLI + w["gpus_in_use"] * in_use
+        return self.params.shaping * level / self._total_gpus
 
     def reward_from_terms(self, terms: Mapping[str, float]) -> float:
         """The reward of a step with cost terms ``terms`` (minus their weighted sum)."""

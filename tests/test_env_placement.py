@@ -356,6 +356,7 @@ def test_placer_policy_resets_fgd_each_episode():
         ({"source": "jobs", "max_jobs": 0}, "max_jobs"),
         ({"scaler": {"kind": "hpa", "bogus": 1}}, "bogus"),
         ({"source": "jobs", "pods_path": "p.csv", "nodes_path": "n.csv", "n_nodes": 4}, "n_nodes"),
+        ({"source": "jobs", "shaping": -1.0}, r"shaping: -1"),
     ],
 )
 def test_bad_arguments_raise_config_errors(kwargs, match):
@@ -370,6 +371,40 @@ def test_reward_weights_come_from_the_scenario():
     terms = {"placement_failures": 1.0, "invalid_actions": 0.0, "fragmented_gpus": 0.5, "gpus_in_use": 0.2}
     expected = -(2.5 + DEFAULT_REWARD["fragmented_gpus"] * 0.5 + DEFAULT_REWARD["gpus_in_use"] * 0.2)
     assert env.reward_from_terms(terms) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kwargs", [SMALL_JOBS, {"scenario": "bursty", "horizon_s": 600.0}])
+def test_shaping_is_a_potential_difference_that_leaves_the_trajectory_and_the_return_unchanged(kwargs):
+    plain, shaped = PlacementEnv(**kwargs), PlacementEnv(**kwargs, shaping=50.0)
+    o1, _ = plain.reset(seed=3)
+    o2, _ = shaped.reset(seed=3)
+    phi0 = shaped._phi  # > 0 when the episode starts with replicas placed (llm), 0 on an empty cluster
+    assert (phi0 > 0.0) == (kwargs.get("source") != "jobs")
+    rng = np.random.default_rng(3)
+    r1 = r2 = 0.0
+    w = shaped.scenario.reward
+    trunc, steps = False, 0
+    while not trunc:
+        a = random_valid(plain, rng)
+        before = shaped._phi
+        o1, x1, _, t1, i1 = plain.step(a)
+        o2, x2, _, trunc, i2 = shaped.step(a)
+        assert t1 == trunc and np.array_equal(o1, o2) and i1["rewards"] == i2["rewards"]
+        assert "shaping" not in i1 and x2 == pytest.approx(x1 + i2["shaping"])
+        if not trunc:
+            # the potential: 50 steps of the FGD-fragmentation and GPUs-in-use costs at the new levels
+            k = i2["kpi"]
+            level = (
+                w["fragmented_gpus"] * k["fgd_fragmentation_milli"] / 1000
+                + w["gpus_in_use"] * k["gpus_in_use"]
+            )
+            assert shaped._phi == pytest.approx(50.0 * level / shaped._total_gpus)
+            assert i2["shaping"] == pytest.approx(before - shaped._phi)
+        r1 += x1
+        r2 += x2
+        steps += 1
+    assert steps > 3
+    assert r2 == pytest.approx(r1 + phi0, rel=1e-9, abs=1e-9)  # the shaping terms telescope to Phi(s0) - 0
 
 
 def test_render_draws_the_jobs_episode():
