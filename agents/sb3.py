@@ -6,7 +6,9 @@ command-line overrides parsed with ``yaml.safe_load``, dotted keys for nested
 values; never ``eval``). Besides the algorithm's own arguments the table takes
 ``vecnormalize`` (VecNormalize arguments) and ``frame_stack`` (k >= 1: the policy
 sees the observations of the last k steps, SB3's ``VecFrameStack``; the
-evaluator rebuilds the same stack). :func:`train` writes a self-describing run folder::
+evaluator rebuilds the same stack). ``policy`` is an SB3 policy name or one of
+:data:`agents.policies.POLICIES` (``SlotPolicy``: MaskablePPO on Routing and
+Placement, its observation layout taken from the env). :func:`train` writes a self-describing run folder::
 
     run_dir/run.json                    resolved config, command line, git SHA, seed, versions, resumes
     run_dir/tb/run_1/                   tensorboard: charts/, kpi/, SB3's rollout/ train/ time/
