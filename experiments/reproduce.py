@@ -535,6 +535,12 @@ def _verdict(r: Mapping[str, Any]) -> str:
         return "**beats** the best baseline (CI excludes no-improvement)"
     if r["poi_high"] < 0.5:
         return "**loses** to the best baseline (CI excludes no-difference)"
+    if r["diff_high"] < 0 or r["diff_low"] > 0:
+        side = "worse" if r["diff_high"] < 0 else "better"
+        return (
+            f"{side} on the mean (difference CI excludes 0), but the P(improvement) CI includes 0.5: "
+            "not a clear result at 95%"
+        )
     return "not distinguishable from the best baseline at 95%"
 
 

@@ -166,3 +166,19 @@ def test_agent_train_env_kwargs_reach_training_only():
     bad["agents"] = [{**cfg["agents"][0], "train_kwargs": {}}]
     with pytest.raises(ConfigError, match=r"agents\[0\].*train_kwargs"):
         reproduce.load_table(bad)
+
+
+@pytest.mark.parametrize(
+    ("poi", "diff", "expected"),
+    [
+        ((0.6, 0.9), (1.0, 3.0), "**beats**"),
+        ((0.0, 0.3), (-3.0, -1.0), "**loses**"),
+        ((0.0, 0.6), (-2.3, -0.1), "worse on the mean"),
+        ((0.4, 1.0), (0.1, 2.0), "better on the mean"),
+        ((0.2, 0.8), (-1.0, 1.0), "not distinguishable"),
+        ((float("nan"), float("nan")), (0.0, 0.0), "too few runs"),
+    ],
+)
+def test_verdict_reads_both_confidence_intervals(poi, diff, expected):
+    row = {"poi_low": poi[0], "poi_high": poi[1], "diff_low": diff[0], "diff_high": diff[1]}
+    assert expected in reproduce._verdict(row)
