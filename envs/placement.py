@@ -384,8 +384,9 @@ class PlacementEnv(gym.Env):
         self._history: list[tuple[float, float, int]] = []
         frag, in_use = self._usage()
         self._record(frag, in_use)
-        self._phi = self._potential(in_use) if self.params.shaping > 0.0 else 0.0
-        return self._observe(), {"kpi": self._kpi(frag, in_use)}
+        kpi = self._kpi(frag, in_use)
+        self._phi = self._potential(kpi) if self.params.shaping > 0.0 else 0.0
+        return self._observe(), {"kpi": kpi}
 
     def _prepare_cluster(self, cluster: ClusterState, types: Sequence[Demand]) -> None:
         """Per-episode constants of the observation (capacities, type one-hot, normalisers) and the
@@ -608,17 +609,18 @@ class PlacementEnv(gym.Env):
         reward = weighted_reward(terms, self.scenario.reward)
         info = {"rewards": terms, "kpi": self._kpi(frag, in_use)}
         if self.params.shaping > 0.0:
-            phi = 0.0 if truncated else self._potential(in_use)  # the end state's potential is 0
+            phi = 0.0 if truncated else self._potential(info["kpi"])  # the end state's potential is 0
             info["shaping"] = shaped = self._phi - phi
             self._phi = phi
             reward += shaped
         return self._observe(), reward, False, truncated, info
 
-    def _potential(self, in_use: int) -> float:
-        """The shaping potential (a cost): ``shaping`` steps of the fragmentation and GPUs-in-use costs
-        at the current levels, fragmentation measured by FGD (see Rewards)."""
+    def _potential(self, kpi: Mapping[str, float]) -> float:
+        """The shaping potential (a cost) from the state's KPIs: ``shaping`` steps of the fragmentation
+        and GPUs-in-use costs at the current levels, fragmentation measured by FGD (see Rewards)."""
         w = self.scenario.reward
-        level = w["fragmented_gpus"] * self._fgd.value() / GPU_MILLI + w["gpus_in_use"] * in_use
+        frag = kpi["fgd_fragmentation_milli"] / GPU_MILLI
+        level = w["fragmented_gpus"] * frag + w["gpus_in_use"] * kpi["gpus_in_use"]
         return self.params.shaping * level / self._total_gpus
 
     def reward_from_terms(self, terms: Mapping[str, float]) -> float:
