@@ -1,0 +1,39 @@
+"""The engine's numbers do not move: every shipped scenario x router x seed, and env trajectories.
+
+The reference (``golden.json``) was recorded with ``python tests/sim/golden.py --write`` before
+the simulator core was rebuilt; see that module for what it holds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from envs.sim.config import shipped_scenarios
+
+from . import golden
+
+REFERENCE = json.loads(golden.GOLDEN.read_text())
+
+
+@pytest.mark.parametrize("name", shipped_scenarios())
+def test_run_scenario_kpis_are_bit_identical(name):
+    if name == "azure-conv" and not golden.TRACE.is_file():
+        pytest.fail(f"missing {golden.TRACE}: the repo expects ../shared/traces/ beside it")
+    for router in golden.ROUTERS:
+        for seed in golden.SEEDS:
+            key = f"{name}/{router}/{seed}"
+            assert golden.scenario_kpis(name, router, seed) == REFERENCE["run_scenario"][key], key
+
+
+@pytest.mark.parametrize("case", golden.ENV_CASES, ids=lambda c: golden.case_key(c[0], c[1]))
+def test_env_trajectories_are_bit_identical(case):
+    env_id, kwargs, steps = case
+    assert golden.env_trajectory(env_id, kwargs, steps) == REFERENCE["envs"][golden.case_key(env_id, kwargs)]
+
+
+def test_reference_covers_every_scenario_and_router():
+    keys = set(REFERENCE["run_scenario"])
+    want = {f"{n}/{r}/{s}" for n in shipped_scenarios() for r in golden.ROUTERS for s in golden.SEEDS}
+    assert keys == want
