@@ -30,7 +30,8 @@ from envs.sim.cluster import (
     fragment_per_type,
     gpu_row_aggregates,
 )
-from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail, split_controller_spec
+from envs.sim.controllers import PLACERS
+from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
 
 __all__ = [
     "PLACERS",
@@ -52,9 +53,14 @@ _RESOURCES = ("cpu", "memory", "gpu")
 
 
 class Placer(abc.ABC):
-    """Chooses a node for a demand. Subclasses set ``name`` and implement ``select``."""
+    """Chooses a node for a demand. Subclasses set ``name`` and implement ``select``.
+
+    Implements the core's :class:`envs.sim.controllers.Placer` protocol; ``accepted_params`` names
+    the keyword parameters a scenario may give (the registry checks them, the class validates values).
+    """
 
     name: ClassVar[str]
+    accepted_params: ClassVar[tuple[str, ...]] = ()
 
     def reset(self) -> None:
         """Forget what was learned since the last reset (e.g. FGD's demand counts)."""
@@ -178,6 +184,8 @@ class _KubernetesScorer(Placer):
     lowest node index, or to a uniform draw among the tied nodes with ``tie_break: random``, which
     is what kube-scheduler's ``selectHost`` does.
     """
+
+    accepted_params = ("resources", "tie_break")
 
     def __init__(
         self,
@@ -310,6 +318,7 @@ class FragmentationGradientDescent(Placer):
     """
 
     name = "fgd"
+    accepted_params = ("workload", "popularity_threshold", "increase_step")
 
     def __init__(
         self,
@@ -491,7 +500,7 @@ class FragmentationGradientDescent(Placer):
         return f"{type(self).__name__}(workload={'online' if self._fixed is None else 'fixed'})"
 
 
-PLACERS: dict[str, type[Placer]] = {
+for _name, _cls in {
     "first_fit": FirstFit,
     "best_fit": BestFit,
     "worst_fit": WorstFit,
@@ -503,14 +512,8 @@ PLACERS: dict[str, type[Placer]] = {
     "balanced_allocation": BalancedAllocation,
     "cache_aware": CacheAware,
     "fgd": FragmentationGradientDescent,
-}
-
-_PARAMS: dict[type[Placer], tuple[str, ...]] = {
-    LeastAllocated: ("resources", "tie_break"),
-    MostAllocated: ("resources", "tie_break"),
-    BalancedAllocation: ("resources", "tie_break"),
-    FragmentationGradientDescent: ("workload", "popularity_threshold", "increase_step"),
-}
+}.items():
+    PLACERS.register(_name, _cls)
 
 
 def make_placer(spec: str | Mapping[str, Any] | Placer, path: str = "placement") -> Placer:
@@ -519,7 +522,4 @@ def make_placer(spec: str | Mapping[str, Any] | Placer, path: str = "placement")
     naming ``path`` and the bad value."""
     if isinstance(spec, Placer):
         return spec
-    cls, params = split_controller_spec(spec, path, PLACERS, "placer")
-    allowed = _PARAMS.get(cls, ())
-    check_keys(path, params, allowed)
-    return cls(**params, path=path) if allowed else cls()
+    return PLACERS.build(spec, path)

@@ -1,27 +1,23 @@
-"""Classical request routers (load balancers), as the engine runs them and as policies for Routing-v0.
+"""Classical request routers (load balancers), registered with the core's router API.
 
-The simulator runs its routers inside the compiled event loop
-(:func:`envs.sim.kernel.route`); a scenario names one in its ``routing`` entry.
-This module is the registry of those routers: one small class per router with
-its name, the published source of its rule, its validated parameters and a
-Python re-implementation of its decision (:meth:`Router.choose`), which reads
-the simulator's arrays and changes nothing. :func:`make_router` turns a
-scenario-style spec into what ``Simulator(router=...)`` takes, and
+Each router is a small class with its registry name, the published source of
+its rule and its validated parameters; ``kernel_spec()`` tells the compiled
+event loop which :class:`~envs.sim.routing.Rule` to run and, for score-based
+routers, which compiled score function (:func:`~envs.sim.routing.score_function`:
+lowest score wins, ties to the lowest replica id). Nothing here is special-cased
+in the loop: a user's score router is exactly as fast as ``least_connections``.
 :class:`RouterPolicy` evaluates a router through ``InferGym/Routing-v0``'s
-action space: for the same seed and no scaling it routes every request to the
-replica the in-kernel router picks, so both give the same KPIs.
+action space by asking the engine what the same rule picks for the waiting
+request (``Simulator.choose_replica``), so both give the same KPIs.
 
 All routers choose among the READY replicas of the request's model, visited
-in increasing replica id (the engine keeps ``mrep[m]`` sorted); ties go to the
-lowest id. "In flight" of a replica is its own queue plus its running batch.
-Deviations from the cited systems are stated in each class docstring and in
-``docs/baselines-routing.md``.
+in increasing replica id; ties go to the lowest id. "In flight" of a replica
+is its own queue plus its running batch. Deviations from the cited systems are
+stated in each class docstring and in ``docs/baselines-routing.md``.
 """
 
 from __future__ import annotations
 
-import abc
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -29,8 +25,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from baselines.base import ParametrizedController
-from envs.sim import kernel as K
-from envs.sim.errors import check_keys, check_number, fail, split_controller_spec
+from envs.sim.errors import fail
+from envs.sim.routing import ROUTERS, RouterSpec, Rule, ScoreFunction, score_function
+from envs.sim.schema import param, validate
 
 _MASK64 = (1 << 64) - 1
 
@@ -65,91 +62,90 @@ class AffinityParams(RouterParams):
     (``c_murmurhash_bl``: ``chash_bounded_load_factor`` 1.25).
     """
 
-    load_bound_eps: float = 0.25
+    load_bound_eps: float = param(0.25, ge=0, doc="allowed load above the mean, as a fraction")
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self,
-            "load_bound_eps",
-            float(check_number(f"{self.path}.load_bound_eps", self.load_bound_eps, ge=0)),
-        )
+        validate(self)
 
 
-class Router(ParametrizedController, abc.ABC):
-    """A request router: a registry name, a source, frozen ``params`` and a decision rule.
+class Router(ParametrizedController):
+    """A request router: a registry name, a source, frozen ``params`` and the rule the loop runs.
 
-    ``choose(sim, i)`` returns the replica id the engine's router of the same
-    name picks for arrived request ``i`` (or -1: the model's central queue),
-    reading the simulator's arrays without changing them. Stateful routers
-    (round robin, weighted round robin) keep their own state, which ``reset``
-    clears; the engine keeps the same state in its arrays.
+    Subclasses set ``rule`` (and ``score`` for :attr:`Rule.SCORE`); parametrised
+    ones override :meth:`kernel_spec`.
     """
 
     name: ClassVar[str]
     source: ClassVar[str]
+    rule: ClassVar[Rule]
+    score: ClassVar[ScoreFunction | None] = None
     params_cls: ClassVar[type[RouterParams]] = RouterParams
 
     config_key: ClassVar[str] = "routing"
+
+    def kernel_spec(self) -> RouterSpec:
+        """The rule and score function the event loop runs for this router."""
+        return RouterSpec(self.rule, self.score)
 
     def engine_spec(self) -> str | dict[str, Any]:
         """What ``Simulator(router=...)`` and a scenario's ``routing`` entry take for this router."""
         values = {k: getattr(self.params, k) for k in self.param_names()}
         return {"kind": self.name, **values} if values else self.name
 
-    @abc.abstractmethod
-    def choose(self, sim: Any, i: int) -> int:
-        """Replica id for arrived request ``i`` of simulator ``sim`` (-1: central queue)."""
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
 
 
-ROUTERS: dict[str, type[Router]] = {}
-
-
 def _register(cls: type[Router]) -> type[Router]:
-    ROUTERS[cls.name] = cls
+    ROUTERS.register(cls.name, cls)
     return cls
 
 
-def _ready(sim: Any, m: int) -> list[int]:
-    """READY replicas of model ``m`` in increasing id (the engine's candidate order)."""
-    reps = sim.mrep[m, : sim.mn[m]]
-    return [int(r) for r in reps[sim.pi[reps, K.Q_STATE] == K.REP_READY]]
-
-
-def _in_flight(sim: Any, r: int) -> int:
-    return int(sim.qn[sim.n_models + r] + sim.pi[r, K.Q_NRUN])
-
-
-def _model(sim: Any, i: int) -> int:
-    return int(sim.ri[i, K.R_MODEL])
-
-
-def build_router(spec: str | Mapping[str, Any] | Router, path: str = "routing") -> Router:
-    """A :class:`Router` from a registry name, a ``{"kind": name, **params}`` mapping, or pass one through.
+def build_router(spec: Any, path: str = "routing") -> Any:
+    """A router object from a registry name, a ``{"kind": name, **params}`` mapping, or pass one through.
 
     Unknown kinds, unknown parameters and out-of-range values raise
     :class:`ConfigError` naming ``<path>.<param>`` and the bad value.
     """
-    if isinstance(spec, Router):
-        return spec
-    cls, params = split_controller_spec(spec, path, ROUTERS, "router")
-    check_keys(path, params, cls.param_names())
-    return cls(path=path, **params)
+    return ROUTERS.build(spec, path)
 
 
-def make_router(spec: str | Mapping[str, Any] | Router, path: str = "routing") -> str | dict[str, Any]:
-    """The engine name / params for ``Simulator(router=...)`` from a name, mapping or :class:`Router`.
+def make_router(spec: Any, path: str = "routing") -> Any:
+    """The engine spec for ``Simulator(router=...)`` from a name, mapping or router object (validated)."""
+    r = build_router(spec, path)
+    return r.engine_spec() if hasattr(r, "engine_spec") else r
 
-    ``"external"`` (decisions come from outside the engine, as in
-    ``InferGym/Routing-v0``) is passed through. Errors as :func:`build_router`.
-    """
-    if spec == "external" or (
-        isinstance(spec, Mapping) and spec.get("kind") == "external" and len(spec) == 1
-    ):
-        return "external"
-    return build_router(spec, path).engine_spec()
+
+# --------------------------------------------------------------------------------------------------
+# Score functions of the score-based routers (compiled; see envs.sim.routing.SCORE_ARGS)
+# --------------------------------------------------------------------------------------------------
+# ruff: noqa: ARG001  (a score function takes every feature, whether it uses it or not)
+
+
+@score_function(cache=True)
+def in_flight_score(in_flight, queued, running, max_batch, kv_reserved_tokens, kv_capacity_tokens, speed_rps,
+                    latency_ewma_s, prompt_tokens, cached_prefix_tokens):  # fmt: skip
+    return float(in_flight)
+
+
+@score_function(cache=True)
+def least_time_score(in_flight, queued, running, max_batch, kv_reserved_tokens, kv_capacity_tokens, speed_rps,
+                     latency_ewma_s, prompt_tokens, cached_prefix_tokens):  # fmt: skip
+    if latency_ewma_s < 0:
+        return -1.0 / (1.0 + in_flight)
+    return latency_ewma_s * (in_flight + 1.0)
+
+
+@score_function(cache=True)
+def min_load_score(in_flight, queued, running, max_batch, kv_reserved_tokens, kv_capacity_tokens, speed_rps,
+                   latency_ewma_s, prompt_tokens, cached_prefix_tokens):  # fmt: skip
+    return in_flight / speed_rps
+
+
+@score_function(cache=True)
+def expected_delay_score(in_flight, queued, running, max_batch, kv_reserved_tokens, kv_capacity_tokens,
+                         speed_rps, latency_ewma_s, prompt_tokens, cached_prefix_tokens):  # fmt: skip
+    return (in_flight + 1.0) / speed_rps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,13 +159,7 @@ class RandomRouter(Router):
 
     name = "random"
     source = "nginx ngx_http_upstream_module, directive `random` (without `two`); Envoy RANDOM load balancer"
-
-    def choose(self, sim: Any, i: int) -> int:
-        cands = _ready(sim, _model(sim, i))
-        n = len(cands)
-        if n == 0:
-            return -1
-        return cands[min(int(sim.rf[i, K.R_U1] * n), n - 1)]
+    rule = Rule.RANDOM
 
 
 @_register
@@ -183,18 +173,7 @@ class RoundRobinRouter(Router):
 
     name = "round_robin"
     source = "nginx ngx_http_upstream_module: weighted round-robin is the default method (all weights 1 here)"
-
-    def reset(self) -> None:
-        self.counter: dict[int, int] = {}
-
-    def choose(self, sim: Any, i: int) -> int:
-        m = _model(sim, i)
-        cands = _ready(sim, m)
-        if not cands:
-            return -1
-        c = self.counter.get(m, 0)
-        self.counter[m] = c + 1
-        return cands[c % len(cands)]
+    rule = Rule.ROUND_ROBIN
 
 
 @_register
@@ -212,45 +191,11 @@ class WeightedRoundRobinRouter(Router):
         "nginx ngx_http_upstream_module `server ... weight=`; smooth weighted round-robin "
         "(ngx_http_upstream_round_robin.c, ngx_http_upstream_get_peer, nginx 1.3.1+)"
     )
-
-    def reset(self) -> None:
-        self.current: dict[int, float] = {}
-
-    def choose(self, sim: Any, i: int) -> int:
-        cands = _ready(sim, _model(sim, i))
-        if not cands:
-            return -1
-        total = 0.0
-        best = -1
-        cur = self.current
-        for r in cands:
-            w = float(sim.pf[r, K.P_SPEED])
-            cur[r] = cur.get(r, 0.0) + w
-            total += w
-            if best < 0 or cur[r] > cur[best]:
-                best = r
-        cur[best] -= total
-        return best
-
-
-class _ScoreRouter(Router):
-    """Lowest score wins; ties to the lowest replica id."""
-
-    @abc.abstractmethod
-    def score(self, sim: Any, r: int) -> float:
-        """The router's score of READY replica ``r`` (lower is better)."""
-
-    def choose(self, sim: Any, i: int) -> int:
-        best, bv = -1, math.inf
-        for r in _ready(sim, _model(sim, i)):
-            v = self.score(sim, r)
-            if v < bv:
-                best, bv = r, v
-        return best
+    rule = Rule.WEIGHTED_ROUND_ROBIN
 
 
 @_register
-class LeastConnectionsRouter(_ScoreRouter):
+class LeastConnectionsRouter(Router):
     """Fewest requests in flight (queued + running).
 
     nginx's ``least_conn`` counts active connections, weighted by ``weight``,
@@ -260,13 +205,12 @@ class LeastConnectionsRouter(_ScoreRouter):
 
     name = "least_connections"
     source = "nginx ngx_http_upstream_module, directive `least_conn`"
-
-    def score(self, sim: Any, r: int) -> float:
-        return float(_in_flight(sim, r))
+    rule = Rule.SCORE
+    score = in_flight_score
 
 
 @_register
-class LeastTimeRouter(_ScoreRouter):
+class LeastTimeRouter(Router):
     """Lowest ``EWMA latency x (in flight + 1)``; replicas with no latency sample yet come first.
 
     NGINX Plus ``least_time`` picks the least average response time and least
@@ -278,26 +222,22 @@ class LeastTimeRouter(_ScoreRouter):
 
     name = "least_time"
     source = "NGINX Plus ngx_http_upstream_module, directive `least_time` (commercial subscription)"
-
-    def score(self, sim: Any, r: int) -> float:
-        load = _in_flight(sim, r)
-        ew = float(sim.pf[r, K.P_EWMA])
-        return -1.0 / (1.0 + load) if ew < 0 else ew * (load + 1.0)
+    rule = Rule.SCORE
+    score = least_time_score
 
 
 @_register
-class MinLoadRouter(_ScoreRouter):
+class MinLoadRouter(Router):
     """Lowest ``in flight / capacity``: LVS weighted least-connection (``C_i / W_i``) with W = capacity (req/s)."""
 
     name = "min_load"
     source = "Linux Virtual Server `wlc` scheduler (ipvsadm(8): weighted least-connection, C_i / W_i)"
-
-    def score(self, sim: Any, r: int) -> float:
-        return _in_flight(sim, r) / float(sim.pf[r, K.P_SPEED])
+    rule = Rule.SCORE
+    score = min_load_score
 
 
 @_register
-class ShortestExpectedDelayRouter(_ScoreRouter):
+class ShortestExpectedDelayRouter(Router):
     """Lowest ``(in flight + 1) / capacity``: the expected delay of the new request at that replica.
 
     Unlike ``min_load``, the ``+ 1`` makes an idle fast replica beat an idle
@@ -310,9 +250,8 @@ class ShortestExpectedDelayRouter(_ScoreRouter):
         "Scheduling'); analysed as SED routing by Selen, Adan, Kapodistria, van Leeuwaarden, 'Steady-state "
         "analysis of shortest expected delay routing', Queueing Systems 84, 2016"
     )
-
-    def score(self, sim: Any, r: int) -> float:
-        return (_in_flight(sim, r) + 1.0) / float(sim.pf[r, K.P_SPEED])
+    rule = Rule.SCORE
+    score = expected_delay_score
 
 
 @_register
@@ -328,19 +267,7 @@ class PowerOfTwoRouter(Router):
         "Mitzenmacher, 'The Power of Two Choices in Randomized Load Balancing', IEEE TPDS 12(10), 2001; "
         "nginx `random two least_conn`"
     )
-
-    def choose(self, sim: Any, i: int) -> int:
-        cands = _ready(sim, _model(sim, i))
-        n = len(cands)
-        if n == 0:
-            return -1
-        ka = min(int(sim.rf[i, K.R_U1] * n), n - 1)
-        a = cands[ka]
-        if n == 1:
-            return a
-        j = min(int(sim.rf[i, K.R_U2] * (n - 1)), n - 2)
-        b = cands[j if j < ka else j + 1]
-        return a if _in_flight(sim, a) <= _in_flight(sim, b) else b
+    rule = Rule.POWER_OF_TWO
 
 
 @_register
@@ -359,27 +286,12 @@ class AffinityRouter(Router):
         "Mirrokni, Thorup, Zadimoghaddam, 'Consistent Hashing with Bounded Loads', SODA 2018; "
         "HAProxy `hash-balance-factor`"
     )
+    rule = Rule.CONSISTENT_HASH
     params_cls = AffinityParams
     params: AffinityParams
 
-    def choose(self, sim: Any, i: int) -> int:
-        cands = _ready(sim, _model(sim, i))
-        n = len(cands)
-        if n == 0:
-            return -1
-        loads = [_in_flight(sim, r) for r in cands]
-        total = 1 + sum(loads)
-        bound = math.ceil((1.0 + self.params.load_bound_eps) * total / n)
-        key = splitmix64(int(sim.ri[i, K.R_SESSION]))
-        ring = sorted(range(n), key=lambda k: int(sim.pi[cands[k], K.Q_HASH]))
-        start = 0
-        while start < n and int(sim.pi[cands[ring[start]], K.Q_HASH]) < key:
-            start += 1
-        for step in range(n):
-            k = ring[(start + step) % n]
-            if loads[k] + 1 <= bound:
-                return cands[k]
-        return cands[ring[start % n]]
+    def kernel_spec(self) -> RouterSpec:
+        return RouterSpec(self.rule, None, load_bound_eps=self.params.load_bound_eps)
 
 
 @_register
@@ -393,10 +305,7 @@ class CentralQueueRouter(Router):
         "late binding: Ousterhout, Wendell, Zaharia, Stoica, 'Sparrow: Distributed, Low Latency "
         "Scheduling', SOSP 2013; one queue for c servers (M/M/c) versus c separate queues"
     )
-
-    def choose(self, sim: Any, i: int) -> int:
-        return -1
-
+    rule = Rule.CENTRAL_QUEUE
 
 # --------------------------------------------------------------------------------------------------
 # Policy adapter for InferGym/Routing-v0
@@ -428,18 +337,21 @@ class RouterPolicy:
 
     def __init__(self, spec: str | Mapping[str, Any] | Router, path: str = "policy") -> None:
         self.router = build_router(spec, path)
-        if self.router.name == "central_queue":
+        if not hasattr(self.router, "kernel_spec"):
+            raise fail(path, self.router, "must be a router the event loop runs (with kernel_spec())")
+        self.spec = self.router.kernel_spec()
+        if self.spec.rule in (Rule.CENTRAL_QUEUE, Rule.EXTERNAL):
             raise fail(
                 path,
-                "central_queue",
+                self.spec.rule.name.lower(),
                 "cannot be run through Routing-v0's action space (every action is a replica); "
                 "run it in the engine with Simulator(router='central_queue')",
             )
-        self.name = self.router.name
+        self.name = getattr(self.router, "name", type(self.router).__name__)
         self._sim: Any = None
 
     def reset(self) -> None:
-        """Forget the router's state (done automatically at each new episode)."""
+        """Forget the router's state (its round-robin counters live in each new episode's simulator)."""
         self.router.reset()
 
     def act(self, env: Any) -> int:
@@ -454,7 +366,7 @@ class RouterPolicy:
         i = base.pending_request
         if i is None:
             return 0  # episode over: the env ignores the action
-        r = self.router.choose(sim, i)
+        r = sim.choose_replica(self.spec)
         slots = base.slot_replicas
         hit = np.flatnonzero(slots == r)
         if r < 0 or len(hit) == 0:

@@ -12,7 +12,6 @@ scaling are measured by the same loop.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,8 +21,8 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.common import check_action, split_kwargs, weighted_reward
-from envs.sim import kernel as K
 from envs.sim.config import ControllerSpec, Scenario
+from envs.sim.controllers import SCALERS
 from envs.sim.engine import Simulator
 from envs.sim.errors import ConfigError, check_choice, check_number, fail
 from envs.sim.view import ModelLoad
@@ -441,13 +440,9 @@ class AutoscaleEnv(gym.Env):
                 (rate - prev[m]) * inv_nc,
             )
         if self.hybrid:
-            pi = sim.pi
             for m, types in self.hybrid:
-                live = sim.mrep[m, : sim.mn[m]]
-                counts = dict.fromkeys(types, 0)
-                for r in live[pi[live, K.Q_STATE] <= K.REP_READY].tolist():  # LOADING or READY
-                    counts[sim.replicas[r].gpu_type] += 1
-                vals += (counts[g] * self._inv_n[m] for g in types)
+                counts = sim.provisioned_by_gpu_type(m)
+                vals += (counts.get(g, 0) * self._inv_n[m] for g in types)
         now = sim.now
         if self._diurnal is not None:
             period, phase = self._diurnal
@@ -565,12 +560,12 @@ class ScalerPolicy:
             s.reset()
 
     def _build(self, env: AutoscaleEnv) -> None:
-        # envs sits above baselines; resolve the scaler like the engine resolves controllers (a plugin).
-        make_scaler = importlib.import_module("baselines.scaling").make_scaler
+        # the registry holds the built-in scalers (registered when envs imported baselines) and users' own
+        make_scaler = SCALERS.build
         spec = self.spec
         if spec is None:
             sc: ControllerSpec = env.scenario.scaling
-            spec = sc.as_config() if sc.params else sc.kind
+            spec = sc.as_config()
         self.scalers = [make_scaler(spec, "scaler") for _ in range(env.n_models)]
 
     def predict(self, obs: np.ndarray | None, env: Any) -> np.ndarray:

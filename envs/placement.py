@@ -13,7 +13,6 @@ measured by the same environment.
 from __future__ import annotations
 
 import heapq
-import importlib
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ import numpy as np
 from envs.common import check_action, split_kwargs, weighted_reward
 from envs.sim.cluster import GPU_MILLI, ClusterState, Demand, TaskMix, refresh_fragments
 from envs.sim.config import ControllerSpec
+from envs.sim.controllers import PLACERS, SCALERS
 from envs.sim.engine import Simulator
 from envs.sim.errors import check_choice, check_keys, check_number, fail
 from envs.sim.jobtrace import SYNTHETIC_NODE_SHAPES, JobTrace, read_alibaba_trace, synthetic_job_trace
@@ -325,9 +325,8 @@ class PlacementEnv(gym.Env):
                 self._scaler_spec = (
                     LLM_FALLBACK_SCALER if sc.scaling.kind == "static" else sc.scaling.as_config()
                 )
-            # Fail at construction, not at the first reset. Resolved by name as the simulator resolves
-            # its controllers: envs does not import baselines at module level.
-            importlib.import_module("baselines.scaling").make_scaler(self._scaler_spec, "scaler")
+            # Fail at construction, not at the first reset (names resolve through the core's registry).
+            SCALERS.build(self._scaler_spec, "scaler")
             self.type_names = tuple(g.name for g in sc.gpu_types)
             n_nodes = sum(pool.count for pool in sc.nodes)
             self._max_gpus = max(pool.gpus_per_node for pool in sc.nodes)
@@ -771,8 +770,7 @@ class PlacerPolicy:
     """
 
     def __init__(self, spec: Any, env: gym.Env | None = None, seed: int = 0) -> None:
-        # Imported at use, as the simulator resolves its controllers: envs does not depend on baselines.
-        self.placer = importlib.import_module("baselines.placement").make_placer(spec, "policy")
+        self.placer = PLACERS.build(spec, "policy")
         self.rng = np.random.default_rng(seed)
         self.env = env
         self._episode: tuple[int, int] | None = None

@@ -13,18 +13,16 @@ loop.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from numba import njit
 
 from envs.common import check_action, split_kwargs, weighted_reward
-from envs.sim import kernel as K
 from envs.sim.config import ControllerSpec, Scenario
+from envs.sim.controllers import SCALERS
 from envs.sim.engine import Simulator
 from envs.sim.errors import check_choice, check_number, fail
 
@@ -55,129 +53,8 @@ N_SLOT_FEATURES = len(SLOT_FEATURES)
 NOT_DECIDED, MASKED_TO_CENTRAL, AUTO_TO_CENTRAL = -3, -2, -1
 
 
-# The engine's array layout, passed to ``_observe`` at run time: numba's on-disk cache is keyed on this
-# file only, so column numbers compiled in as constants would go stale if the kernel renumbered them.
-_LAYOUT_NAMES = (
-    "R_ARR", "R_FIRST", "R_DONE", "R_OUTPUT", "R_CLASS", "R_MODEL", "R_PROMPT", "Q_STATE", "Q_MAXB", "Q_NRUN",
-    "Q_KVCAP", "Q_KVRES", "P_SPEED", "P_EWMA", "I_NDONE", "I_NDROP", "REP_READY", "REP_LOADING",
-)  # fmt: skip
-LAYOUT = np.array([getattr(K, name) for name in _LAYOUT_NAMES], np.int64)
-
-
-@njit(cache=True)
-def _observe(rf, ri, pf, pi, qn, mrep, mn, log_done, log_drop, gi, slo, lay, speed_max, i, n_models, n_classes,
-             seen, terms, obs, mask, slot_rep):  # fmt: skip
-    """Add the costs of requests finished since the last call to ``terms``; fill obs/mask/slots for request ``i``.
-
-    Compiled because it runs once per step and a handful of numpy calls on
-    small arrays would cost more than the simulation itself. The SLO test is
-    the one of :func:`envs.sim.metrics.request_kpis`, so the per-step costs
-    add up to the episode KPIs. ``lay`` is :data:`LAYOUT`. Returns the number
-    of READY slots (0 when ``i < 0``: no request waiting).
-    """
-    r_arr = lay[0]
-    r_first = lay[1]
-    r_done = lay[2]
-    r_output = lay[3]
-    r_class = lay[4]
-    r_model = lay[5]
-    r_prompt = lay[6]
-    q_state = lay[7]
-    q_maxb = lay[8]
-    q_nrun = lay[9]
-    q_kvcap = lay[10]
-    q_kvres = lay[11]
-    p_speed = lay[12]
-    p_ewma = lay[13]
-    i_ndone = lay[14]
-    i_ndrop = lay[15]
-    rep_ready = lay[16]
-    rep_loading = lay[17]
-    nd = gi[i_ndone]
-    for k in range(seen[0], nd):
-        j = log_done[k]
-        arr = rf[j, r_arr]
-        ttft = rf[j, r_first] - arr
-        e2e = rf[j, r_done] - arr
-        n_out = ri[j, r_output]
-        tpot = (rf[j, r_done] - rf[j, r_first]) / (n_out - 1) if n_out > 1 else 0.0
-        c = ri[j, r_class]
-        if not (ttft <= slo[c, 0] and tpot <= slo[c, 1] and e2e <= slo[c, 2]):
-            terms[0] += 1.0
-        terms[2] += e2e
-        terms[3] += 1.0
-    seen[0] = nd
-    nx = gi[i_ndrop]
-    terms[0] += nx - seen[1]  # a dropped request never meets its SLO
-    terms[1] += nx - seen[1]
-    seen[1] = nx
-    obs[:] = 0.0
-    mask[:] = False
-    slot_rep[:] = -1
-    if i < 0:
-        return 0
-    m = ri[i, r_model]
-    obs[m] = 1.0
-    obs[n_models] = min(ri[i, r_prompt] / PROMPT_UNIT_TOKENS, REQUEST_HIGH)
-    obs[n_models + 1 + ri[i, r_class]] = 1.0
-    base = n_models + 1 + n_classes
-    n_slots = mask.shape[0]
-    s = 0
-    n_ready = 0
-    for k in range(mn[m]):
-        r = mrep[m, k]
-        st = pi[r, q_state]
-        if st != rep_ready and st != rep_loading:
-            continue  # DRAINING replicas take no new requests and hold no slot
-        if s >= n_slots:
-            break
-        o = base + N_SLOT_FEATURES * s
-        slot_rep[s] = r
-        if st == rep_ready:
-            obs[o] = 1.0
-            mask[s] = True
-            n_ready += 1
-        else:
-            obs[o + 1] = 1.0
-        maxb = pi[r, q_maxb]
-        q = qn[n_models + r]
-        run = pi[r, q_nrun]
-        obs[o + 2] = min(q / maxb, LOAD_HIGH)
-        obs[o + 3] = min(run / maxb, 1.0)
-        cap = pi[r, q_kvcap]
-        obs[o + 4] = min(max(1.0 - pi[r, q_kvres] / cap, 0.0), 1.0) if cap > 0 else 0.0
-        obs[o + 5] = min(pf[r, p_speed] / speed_max[m], 1.0)
-        ew = pf[r, p_ewma]
-        obs[o + 6] = 0.0 if ew < 0.0 else min(ew / LATENCY_UNIT_S, LOAD_HIGH)
-        obs[o + 7] = min((q + run) / maxb, LOAD_HIGH)
-        s += 1
-    return n_ready
-
-
-@njit(cache=True)
-def _potential(pf, pi, qn, mrep, mn, lay, n_models, cap_s):
-    """Outstanding work of the cluster in seconds: ``sum over replicas, k = 1..n of min(k / mu, cap_s)``.
-
-    ``n`` is the replica's requests in flight (queued + running) and ``mu`` its
-    capacity (saturation req/s): ``k / mu`` is when the ``k``-th of them would
-    finish, served one after another at rate ``mu``, capped at ``cap_s`` so
-    that an overloaded replica's potential grows linearly, not quadratically.
-    Adding one request to a replica raises it by ``min((n + 1) / mu, cap_s)``,
-    the score of shortest expected delay. The potential of the ``shaping``
-    reward term (see ``RoutingEnv``).
-    """
-    q_nrun = lay[9]
-    p_speed = lay[12]
-    total = 0.0
-    for m in range(mrep.shape[0]):
-        for k in range(mn[m]):
-            r = mrep[m, k]
-            n = qn[n_models + r] + pi[r, q_nrun]
-            if n > 0:
-                mu = pf[r, p_speed]
-                j = min(n, int(cap_s * mu))  # the first j requests finish before the cap
-                total += j * (j + 1.0) / (2.0 * mu) + (n - j) * cap_s
-    return total
+#: Normalisers passed to the compiled observation (envs.sim.features.routing_observation), in its order.
+NORMS = np.array([PROMPT_UNIT_TOKENS, REQUEST_HIGH, LOAD_HIGH, LATENCY_UNIT_S])
 
 
 class RoutingEnv(gym.Env):
@@ -349,15 +226,14 @@ class RoutingEnv(gym.Env):
         self.render_mode = render_mode
         spec = own.get("scaler")
         if spec is None:
-            spec = sc.scaling.as_config() if sc.scaling.params else sc.scaling.kind
+            spec = sc.scaling.as_config()
         elif isinstance(spec, ControllerSpec):
-            spec = spec.as_config() if spec.params else spec.kind
+            spec = spec.as_config()
         if not isinstance(spec, (str, Mapping)):
             # an instance would be shared by every model's scaling loop; names and mappings also pickle
             raise fail("scaler", spec, "must be a scaler name or a mapping with 'kind' and its parameters")
-        # envs sits above baselines; resolve the scaler like the engine resolves controllers (a plugin),
-        # here only to report a bad one as ``scaler.<param>`` now rather than at the first reset.
-        importlib.import_module("baselines.scaling").make_scaler(spec, "scaler")
+        # Built here only to report a bad one as ``scaler.<param>`` now rather than at the first reset.
+        SCALERS.build(spec, "scaler")
         self.scaler = spec
         self.n_models = len(sc.models)
         self.n_classes = len(sc.workload.classes)
@@ -404,7 +280,6 @@ class RoutingEnv(gym.Env):
     ) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self.sim = sim = Simulator(self.scenario, seed=self.np_random, router="external", scaler=self.scaler)
-        self._cache_arrays()
         self._k = 1  # index of the next control boundary
         self._until = min(self._interval_s, self._horizon_s)
         self._seen[:] = 0
@@ -412,7 +287,6 @@ class RoutingEnv(gym.Env):
         self.decisions = np.full(sim.n_requests + 1, NOT_DECIDED, np.int64)
         self.n_invalid = 0
         self._ended = False
-        self._draining = False
         self._pending = self._run(-1)
         self._phi = self._potential() if self.shaping > 0.0 else 0.0
         return self._obs.copy(), {"request": self._pending, "time_s": sim.now}
@@ -510,61 +384,34 @@ class RoutingEnv(gym.Env):
         replicas, then the KPI window rolls). Arrivals with no READY replica in
         a slot go to the central queue without a decision.
 
-        Speed: this is ``Simulator.route`` + ``Simulator.advance`` fused into one
-        compiled call per step (``_kernel``; the mask has already checked that the
-        replica is READY and serves the request's model). The engine's
-        Python-side release bookkeeping (``_sync_releases``: free the GPUs of
-        drained replicas) only has work while a replica is DRAINING, which
-        starts only at a control step, so it runs only then.
+        Speed: one compiled call per step (``Simulator.route(replica, until)``
+        routes and runs to the next arrival) plus one for the observation.
         """
         sim = self.sim
-        gi = sim.gi
         h = self._horizon_s
-        code = sim._kernel(self._until, route_to)
+        nxt = sim.route(route_to, self._until) if sim.pending_request is not None else sim.advance(self._until)
         while True:
-            if self._draining:
-                self._sync()
-            if code == K.STOP_ROUTE:
-                i = int(gi[K.I_PENDING])
-                n_ready = _observe(*self._arrays, self.speed_max, i, self.n_models, self.n_classes, self._seen,
-                                   self._terms, self._obs, self._mask, self._slot_rep)  # fmt: skip
+            if nxt is not None:
+                n_ready = sim.routing_observation(nxt, self.speed_max, self._seen, self._terms, self._obs, self._mask,
+                                                  self._slot_rep, NORMS)  # fmt: skip
                 if n_ready > 0:
-                    return i
-                self.decisions[i] = AUTO_TO_CENTRAL
-                code = sim._kernel(self._until, -1)
+                    return nxt
+                self.decisions[nxt] = AUTO_TO_CENTRAL
+                nxt = sim.route(-1, self._until)
                 continue
             if self._until >= h:
-                _observe(*self._arrays, self.speed_max, -1, self.n_models, self.n_classes, self._seen,
-                         self._terms, self._obs, self._mask, self._slot_rep)  # fmt: skip
+                sim.routing_observation(-1, self.speed_max, self._seen, self._terms, self._obs, self._mask,
+                                        self._slot_rep, NORMS)  # fmt: skip
                 self._mask[:] = True  # nothing to route: any action is accepted and ignored
-                sim.sync_releases()
                 return -1
-            sim.sync_releases()
             sim.control_step()
-            self._cache_arrays()  # a scale-up may have grown (replaced) the replica arrays
-            self._sync()
             self._k += 1
             self._until = min(self._k * self._interval_s, h)
-            code = sim._kernel(self._until, -1)
+            nxt = sim.advance(self._until)
 
     def _potential(self) -> float:
-        """The shaping potential of the current state (:func:`_potential`), in seconds."""
-        sim = self.sim
-        return float(
-            _potential(sim.pf, sim.pi, sim.qn, sim.mrep, sim.mn, LAYOUT, self.n_models, SHAPING_CAP_S)
-        )
-
-    def _cache_arrays(self) -> None:
-        sim = self.sim
-        self._arrays = (
-            sim.rf, sim.ri, sim.pf, sim.pi, sim.qn, sim.mrep, sim.mn, sim.log_done, sim.log_drop, sim.gi, sim.slo,
-            LAYOUT,
-        )  # fmt: skip
-
-    def _sync(self) -> None:
-        sim = self.sim
-        sim.sync_releases()
-        self._draining = bool(np.any(sim.pi[: sim.n_replicas, K.Q_STATE] == K.REP_DRAINING))
+        """The shaping potential of the current state (``Simulator.outstanding_work_s``), in seconds."""
+        return self.sim.outstanding_work_s(SHAPING_CAP_S)
 
     # ------------------------------------------------------------------ rendering
 
@@ -595,17 +442,16 @@ class RoutingEnv(gym.Env):
 
     def _draw(self, axes: Any, sim: Simulator) -> None:
         now = max(sim.now, 1e-9)
-        n_arr = int(sim.gi[K.I_NEXT_ARR])
-        rf, ri = sim.rf[:n_arr], sim.ri[:n_arr]
+        req = sim.requests()
+        n_arr = len(req)
         dec = self.decisions[:n_arr]
-        state = ri[:, K.R_STATE]
-        finished = (state == K.REQ_DONE) | (state == K.REQ_DROPPED)
-        end = np.where(finished, rf[:, K.R_DONE], np.inf)
-        start = np.where(dec >= 0, rf[:, K.R_ARR], rf[:, K.R_ADMIT])
+        finished = req.is_state("done") | req.is_state("dropped")
+        end = np.where(finished, req.finished_s, np.inf)
+        start = np.where(dec >= 0, req.arrival_s, req.admitted_s)
         grid = np.linspace(0.0, now, 200)
         gpu_names = [g.name for g in sim.gpu_types]
         for r in range(sim.n_replicas):
-            mine = ri[:, K.R_REPLICA] == r
+            mine = req.replica == r
             s = np.sort(start[mine & np.isfinite(start)])
             e = np.sort(end[mine])
             inflight = np.searchsorted(s, grid, side="right") - np.searchsorted(e, grid, side="right")
@@ -613,38 +459,38 @@ class RoutingEnv(gym.Env):
             label = f"r{r} {sim.scenario.models[rep.model].name} ({gpu_names[rep.gpu_type]})"
             axes[0].plot(grid, inflight, lw=1, label=label if r < 12 else None)
         central = dec < 0
-        cs = np.sort(rf[central, K.R_ARR])
-        ce = np.sort(np.where(np.isnan(rf[central, K.R_ADMIT]), end[central], rf[central, K.R_ADMIT]))
+        cs = np.sort(req.arrival_s[central])
+        ce = np.sort(np.where(np.isnan(req.admitted_s[central]), end[central], req.admitted_s[central]))
         queued = np.searchsorted(cs, grid, side="right") - np.searchsorted(ce, grid, side="right")
         if len(cs):
             axes[0].plot(grid, queued, "k--", lw=1, label="central queue")
         axes[0].set_ylabel("requests")
         axes[0].set_title("requests in flight per replica (queued + running)", fontsize=10)
         chosen = dec >= 0
-        axes[1].scatter(rf[chosen, K.R_ARR], dec[chosen], s=4, c="C0", label="routed to replica")
+        axes[1].scatter(req.arrival_s[chosen], dec[chosen], s=4, c="C0", label="routed to replica")
         for code, color, label in ((MASKED_TO_CENTRAL, "C3", "masked action: central queue"),
                                    (AUTO_TO_CENTRAL, "C7", "no READY replica: central queue")):  # fmt: skip
             sel = dec == code
             if sel.any():
                 axes[1].scatter(
-                    rf[sel, K.R_ARR], np.full(int(sel.sum()), -1), s=12, marker="x", c=color, label=label
+                    req.arrival_s[sel], np.full(int(sel.sum()), -1), s=12, marker="x", c=color, label=label
                 )
         axes[1].set_ylabel("replica id")
         axes[1].set_title("routing decisions (-1: central queue)", fontsize=10)
         fin = np.flatnonzero(finished)
         order = fin[np.argsort(end[fin], kind="stable")]
         t_fin = end[order]
-        dropped = state[order] == K.REQ_DROPPED
-        arr = rf[order, K.R_ARR]
-        ttft = rf[order, K.R_FIRST] - arr
+        dropped = req.is_state("dropped")[order]
+        arr = req.arrival_s[order]
+        ttft = req.first_token_s[order] - arr
         e2e = end[order] - arr
-        n_out = ri[order, K.R_OUTPUT]
-        tpot = np.where(n_out > 1, (end[order] - rf[order, K.R_FIRST]) / np.maximum(n_out - 1, 1), 0.0)
-        target = sim.slo[ri[order, K.R_CLASS]]
+        n_out = req.output_tokens[order]
+        tpot = np.where(n_out > 1, (end[order] - req.first_token_s[order]) / np.maximum(n_out - 1, 1), 0.0)
+        target = sim.slo[req.request_class[order]]
         met = ~dropped & (ttft <= target[:, 0]) & (tpot <= target[:, 1]) & (e2e <= target[:, 2])
         axes[2].step(t_fin, np.cumsum(~met), where="post", label="SLO violations")
         axes[2].step(t_fin, np.cumsum(dropped), where="post", label="drops")
-        inv = np.sort(rf[dec == MASKED_TO_CENTRAL, K.R_ARR])
+        inv = np.sort(req.arrival_s[dec == MASKED_TO_CENTRAL])
         axes[2].step(inv, np.arange(1, len(inv) + 1), where="post", label="masked actions")
         axes[2].set_ylabel("count")
         axes[2].set_title("cumulative costs", fontsize=10)

@@ -23,11 +23,12 @@ from envs.sim import kernel as K
 from envs.sim.hardware import GPU_PRESETS, MODEL_PRESETS
 from envs.sim.metrics import KPI_KEYS
 from envs.sim.perf import iteration_time_s
+from envs.sim.routing import ROUTERS
 
 MODEL = "llama-3-8b"
 WEIGHT_BYTES = MODEL_PRESETS[MODEL].weight_bytes
 REMOTE_BPS, LOCAL_BPS, STARTUP_S = 2e9, 8e9, 20.0  # StorageSpec defaults
-KERNEL_ROUTERS = sorted(r for r in K.ROUTER_IDS if r != "external")
+KERNEL_ROUTERS = sorted(r for r in ROUTERS if r != "external")
 
 
 def llm_scenario(**extra: Any) -> dict:

@@ -21,10 +21,10 @@ from baselines.routing import (
     make_router,
     splitmix64,
 )
-from envs.sim import Simulator
+from envs.sim import Simulator, run_scenario
 from envs.sim import kernel as K
-from envs.sim.config import ROUTERS as CONFIG_ROUTERS
 from envs.sim.errors import ConfigError
+from envs.sim.routing import RouterSpec, Rule, hash64, score_function
 
 _TRACE_IDS = itertools.count()
 
@@ -194,38 +194,96 @@ def test_weighted_round_robin_shares_are_proportional_to_replica_speed():
     assert np.all(np.abs(counts - n * speed / speed.sum()) <= sim.n_replicas)
 
 
-# ----------------------------------------------------------------------------- Python routers
+# ----------------------------------------------------------------------------- replaying and custom routers
 
 
-@pytest.mark.parametrize("name", sorted(ROUTERS))
-def test_python_router_decides_as_the_engine(name):
-    """Every request of a heterogeneous run routed by Router.choose lands where the engine's router sends it."""
+@pytest.mark.parametrize("name", sorted(n for n in ROUTERS if n not in ("external", "central_queue")))
+def test_choose_replica_replays_the_engine_router(name):
+    """Every request of a heterogeneous run routed by Simulator.choose_replica lands where the router sends it."""
     over = {"horizon_s": 90.0}
     ref = Simulator("heterogeneous", 11, overrides=over, router=name)
     ref.advance(90.0)
     sim = Simulator("heterogeneous", 11, overrides=over, router="external")
-    router = build_router(name)
+    spec = build_router(name).kernel_spec()
     i = sim.advance(90.0)
     while i is not None:
-        sim.route(router.choose(sim, i))
+        sim.route(sim.choose_replica(spec))
         i = sim.advance(90.0)
     np.testing.assert_array_equal(sim.ri[:, K.R_REPLICA], ref.ri[:, K.R_REPLICA])
     assert sim.episode_kpis() == ref.episode_kpis()
 
 
+class PyLeastConnections:
+    """least_connections as a Python callable router over the views."""
+
+    def choose(self, request, replicas):
+        best = min(replicas, key=lambda r: (r.in_flight, r.id), default=None)
+        return -1 if best is None else best.id
+
+
+@score_function
+def my_expected_delay(in_flight, queued, running, max_batch, kv_reserved_tokens, kv_capacity_tokens, speed_rps,
+                      latency_ewma_s, prompt_tokens, cached_prefix_tokens):  # fmt: skip
+    return (in_flight + 1.0) / speed_rps
+
+
+class MySed:
+    def kernel_spec(self):
+        return RouterSpec(Rule.SCORE, my_expected_delay)
+
+
+@pytest.mark.parametrize(("custom", "builtin"), [(PyLeastConnections(), "least_connections"),
+                                                   (MySed(), "shortest_expected_delay")])  # fmt: skip
+def test_custom_routers_match_the_builtin_they_reimplement(custom, builtin):
+    over = {"horizon_s": 120.0}
+    assert run_scenario("heterogeneous", 3, overrides={**over, "routing": custom}) == run_scenario(
+        "heterogeneous", 3, overrides={**over, "routing": builtin}
+    )
+    ref = Simulator("heterogeneous", 3, overrides=over, router=builtin)
+    sim = Simulator("heterogeneous", 3, overrides=over, router=custom)
+    ref.advance(120.0)
+    sim.advance(120.0)
+    np.testing.assert_array_equal(sim.ri[:, K.R_REPLICA], ref.ri[:, K.R_REPLICA])
+
+
+def test_a_registered_custom_router_is_usable_by_name():
+    ROUTERS.register("test_my_sed", MySed)
+    try:
+        kpis = run_scenario("default", 0, overrides={"horizon_s": 60.0, "routing": "test_my_sed"})
+        assert kpis == run_scenario("default", 0, overrides={"horizon_s": 60.0, "routing": "shortest_expected_delay"})
+    finally:
+        ROUTERS.unregister("test_my_sed")
+
+
+def test_score_function_checks_its_arguments():
+    with pytest.raises(TypeError, match="must take"):
+        score_function(lambda in_flight: 0.0)
+
+
+def test_python_router_bad_answer_is_a_named_error():
+    class Bad:
+        def choose(self, request, replicas):
+            return 10_000
+
+    with pytest.raises(ValueError, match="router.choose: 10000 is not a READY replica"):
+        run_scenario("default", 0, overrides={"horizon_s": 30.0, "routing": Bad()})
+
+
 def test_splitmix64_is_the_engine_hash():
     for x in (0, 1, 7, 1023, 2**40 + 3):
-        assert splitmix64(x) == int(K._hash64(np.uint64(x)))
+        assert splitmix64(x) == int(hash64(np.uint64(x)))
 
 
 # ----------------------------------------------------------------------------- registry and make_router
 
 
-def test_registry_covers_every_engine_router_with_a_source():
-    assert set(ROUTERS) | {"external"} == set(CONFIG_ROUTERS) == set(K.ROUTER_IDS)
-    for name, cls in ROUTERS.items():
+def test_registry_covers_every_router_with_a_source():
+    assert {"external", "central_queue", "least_connections", "affinity"} <= set(ROUTERS)
+    for name in ROUTERS:
+        cls = ROUTERS[name]
         assert cls.name == name and len(cls.source) > 10
-        assert issubclass(cls, Router)
+        if name != "external":
+            assert issubclass(cls, Router)
 
 
 def test_make_router_returns_what_the_engine_takes():

@@ -14,7 +14,6 @@ The full schema is documented in ``docs/scenarios.md``.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,22 +24,10 @@ import yaml
 
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
 from envs.sim.hardware import GpuType, ModelSpec, gpu_from_config, model_from_config
+from envs.sim.routing import ROUTERS
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 
-ROUTERS = (
-    "random",
-    "round_robin",
-    "weighted_round_robin",
-    "least_connections",
-    "least_time",
-    "min_load",
-    "power_of_two",
-    "shortest_expected_delay",
-    "affinity",
-    "central_queue",
-    "external",
-)
 
 
 def shipped_scenarios() -> list[str]:
@@ -442,19 +429,25 @@ class ControllerSpec:
 
     kind: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    obj: Any = None  #: a controller object given in the scenario dict instead of a name
 
     @classmethod
     def from_config(cls, raw: Any, path: str) -> ControllerSpec:
         if isinstance(raw, str):
             return cls(raw, {})
+        if raw is not None and not isinstance(raw, (Mapping, list, tuple, int, float, bool)):
+            return cls(str(getattr(raw, "name", type(raw).__name__)), {}, obj=raw)
         if not isinstance(raw, Mapping) or "kind" not in raw or not isinstance(raw["kind"], str):
             raise fail(
                 path, raw, "must be a controller name or a mapping with a 'kind' name and its parameters"
             )
         return cls(raw["kind"], {k: v for k, v in raw.items() if k != "kind"})
 
-    def as_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, **self.params}
+    def as_config(self) -> Any:
+        """What a registry builds from: the object, the bare name, or ``{"kind": ..., **params}``."""
+        if self.obj is not None:
+            return self.obj
+        return {"kind": self.kind, **self.params} if self.params else self.kind
 
 
 # Reward terms of all environments (each env documents the ones it produces and their units).
@@ -538,9 +531,10 @@ class Scenario:
                     raise fail(f"nodes[{i}].cached_models[{j}]", c, f"must be one of the models {names}")
         workload = Workload.from_config(raw["workload"], "workload", names)
         routing = ControllerSpec.from_config(raw.get("routing", "least_connections"), "routing")
-        check_choice(
-            "routing.kind" if not isinstance(raw.get("routing"), str) else "routing", routing.kind, ROUTERS
-        )
+        if routing.obj is None:
+            check_choice(
+                "routing.kind" if not isinstance(raw.get("routing"), str) else "routing", routing.kind, ROUTERS.names()
+            )
         placement = ControllerSpec.from_config(raw.get("placement", "first_fit"), "placement")
         scaling = ControllerSpec.from_config(raw.get("scaling", "static"), "scaling")
         queue = check_choice("queue", raw.get("queue", "fifo"), ("fifo", "priority"))
@@ -556,7 +550,7 @@ class Scenario:
         name = str(raw.get("name", "custom"))
         return cls(
             name, str(raw.get("description", "")), horizon, interval, tick, nodes, models, service, workload,
-            routing, placement, scaling, queue, storage, reward, raw=copy.deepcopy(dict(raw)),
+            routing, placement, scaling, queue, storage, reward, raw=copy_config(dict(raw)),
         )  # fmt: skip
 
     @property
@@ -574,28 +568,57 @@ class Scenario:
         raise ConfigError(f"model: {name!r} must be one of {[m.name for m in self.models]}")
 
 
-def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def _check_overrides(overrides: Any) -> None:
+    """``overrides`` must be a mapping or None (no overrides); anything else is a ConfigError naming it."""
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise fail(
+            "overrides", overrides, "must be a mapping of keys to values (dotted keys allowed) or None"
+        )
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """Return ``base`` with ``overrides`` merged in; mappings merge, everything else replaces.
 
-    A key written with dots (``"workload.arrival.rate_per_s"``) addresses a nested key.
+    A key written with dots (``"workload.arrival.rate_per_s"``) addresses a nested key, at any depth and
+    whether or not ``base`` already has the enclosing mappings. Neither argument is modified: the
+    result's mappings, lists and tuples are copies (:func:`copy_config`). ``overrides=None`` means no
+    overrides (a copy of ``base``); an ``overrides`` that is not a mapping raises
+    :class:`ConfigError` naming ``overrides``.
     """
-    out = copy.deepcopy(dict(base))
-    for key, value in overrides.items():
+    _check_overrides(overrides)
+    out = copy_config(base)
+    for key, value in (overrides or {}).items():
         if isinstance(key, str) and "." in key:
             head, rest = key.split(".", 1)
             value = {rest: value}
             key = head
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
+        if isinstance(value, Mapping):
+            # merge into the existing mapping, or into {} so dotted keys at any depth expand the same way
+            out[key] = deep_merge(out[key] if isinstance(out.get(key), Mapping) else {}, value)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = copy_config(value)
     return out
+
+
+def copy_config(value: Any) -> Any:
+    """A copy of a config value: mappings, lists and tuples copied all the way down; anything else
+    (numbers, strings, and controller objects passed in a scenario dict) kept as it is, so a router
+    or scaler object given by the user is the one the simulator calls."""
+    if isinstance(value, Mapping):
+        return {k: copy_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(copy_config(v) for v in value)
+    return value
 
 
 def load_scenario(
     spec: str | Path | Mapping[str, Any] | Scenario = "default", overrides: Mapping[str, Any] | None = None
 ) -> Scenario:
-    """Build a validated :class:`Scenario` from a shipped name, a YAML path, a dict or a Scenario."""
+    """Build a validated :class:`Scenario` from a shipped name, a YAML path, a dict or a Scenario.
+
+    ``overrides`` (a mapping, dotted keys allowed, or None for none) are deep-merged on top.
+    """
+    _check_overrides(overrides)
     if isinstance(spec, Scenario):
         if not overrides:
             return spec

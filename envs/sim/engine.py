@@ -20,7 +20,6 @@ no room is a recorded placement failure, never an exception.
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,27 +31,20 @@ import numpy as np
 from envs.sim import kernel as K
 from envs.sim import workload as W
 from envs.sim.cluster import Allocation, ClusterState, Demand
-from envs.sim.config import ControllerSpec, Scenario, load_scenario
-from envs.sim.errors import ConfigError, check_keys, check_number, fail
+from envs.sim.config import Scenario, load_scenario
+from envs.sim.controllers import PLACERS, SCALERS
+from envs.sim.errors import ConfigError, fail
+from envs.sim.features import outstanding_work_s, routing_observation
 from envs.sim.metrics import REPLICA_COLUMNS, WINDOW_COLUMNS, percentiles, replica_window, request_window
 from envs.sim.perf import RooflineParams, kv_capacity_tokens, replica_coefficients, saturation_throughput
-from envs.sim.view import ModelLoad
+from envs.sim.routing import ROUTERS, PythonRouter, Router, RouterSpec, Rule, hash64, route_once
+from envs.sim.view import ModelLoad, ReplicaView, RequestTable, RequestView
 
-ROUTER_PARAMS: dict[str, dict[str, float]] = {"affinity": {"load_bound_eps": 0.25}}
 N_SESSIONS = 1024  # affinity keys: requests draw a session id uniformly from this many sessions
 
 
-def _controller(module: str, factory: str, spec: Any, path: str) -> Any:
-    """Resolve a controller by name from the ``baselines`` package.
-
-    The simulator layer does not import ``baselines`` at module level (it sits
-    below it); controllers register there and are looked up only when a
-    scenario names one, like a plugin.
-    """
-    mod = importlib.import_module(f"baselines.{module}")
-    if isinstance(spec, ControllerSpec):
-        spec = spec.as_config() if spec.params else spec.kind
-    return getattr(mod, factory)(spec, path)
+def _build_scaler(spec: Any, path: str) -> Any:
+    return SCALERS.build(spec, path)
 
 
 @functools.lru_cache(maxsize=8)
@@ -100,26 +92,23 @@ class Simulator:
         self.n_models = len(sc.models)
         self.n_classes = len(sc.workload.classes)
         self.per_request = sc.service.kind != "roofline"
-        routing = ControllerSpec.from_config(router, "router") if router is not None else sc.routing
-        if routing.kind not in K.ROUTER_IDS:
-            raise fail("routing", routing.kind, f"must be one of {sorted(K.ROUTER_IDS)}")
-        self.router_name = routing.kind
-        allowed = ROUTER_PARAMS.get(routing.kind, {})
-        check_keys("routing", dict(routing.params), allowed)
-        rparams = {**allowed, **routing.params}
-        for key, val in rparams.items():
-            check_number(f"routing.{key}", val, ge=0)
-        self.placer = _controller(
-            "placement", "make_placer", placer if placer is not None else sc.placement, "placement"
+        self.router = ROUTERS.build(
+            router if router is not None else sc.routing, "router" if router is not None else "routing"
         )
+        if isinstance(self.router, Router):
+            self.router_spec: RouterSpec = self.router.kernel_spec()
+            self.python_router: PythonRouter | None = None
+        else:  # a Python callable router: the loop stops at each arrival and asks it
+            self.router_spec = RouterSpec(Rule.EXTERNAL)
+            self.python_router = self.router
+        self.router_name = str(getattr(self.router, "name", type(self.router).__name__))
+        self.placer = PLACERS.build(placer if placer is not None else sc.placement, "placement")
         scaler_spec = scaler if scaler is not None else sc.scaling
-        self.scalers = [
-            _controller("scaling", "make_scaler", scaler_spec, "scaling") for _ in range(self.n_models)
-        ]
+        self.scalers = [_build_scaler(scaler_spec, "scaling") for _ in range(self.n_models)]
         self._roofline = self._roofline_params()
         self._build_cluster()
         self._generate_requests()
-        self._build_state(rparams)
+        self._build_state()
         self.placement_failures = 0
         self.placement_failures_by_model = np.zeros(self.n_models, np.int64)
         self._prev_busy = np.zeros(0)
@@ -281,7 +270,7 @@ class Simulator:
             ]
         )
 
-    def _build_state(self, rparams: Mapping[str, float]) -> None:
+    def _build_state(self) -> None:
         sc = self.scenario
         n = self.n_requests
         cap = max(16, sum(2 * d.max_replicas for d in sc.models))
@@ -304,11 +293,12 @@ class Simulator:
         self.hv = np.zeros(hcap, np.int64)
         self.gf = np.zeros(K.N_GF)
         self.gf[K.G_TICK_S] = sc.tick_s
-        self.gf[K.G_AFFINITY_EPS] = rparams.get("load_bound_eps", 0.25)
+        self.gf[K.G_AFFINITY_EPS] = self.router_spec.load_bound_eps
         self.gi = np.zeros(K.N_GI, np.int64)
         self.gi[K.I_NREQ] = n
         self.gi[K.I_PENDING] = -1
-        self.gi[K.I_ROUTER] = K.ROUTER_IDS[self.router_name]
+        self.gi[K.I_ROUTER] = int(self.router_spec.rule)
+        self.gi[K.I_SCORE_FN] = self.router_spec.score.address if self.router_spec.score is not None else 0
         self.gi[K.I_SVC_KIND] = K.SVC_PER_REQUEST if self.per_request else K.SVC_ROOFLINE
         self.gi[K.I_NLISTS] = n_lists
         self.gi[K.I_PRIORITY] = int(sc.queue == "priority")
@@ -320,6 +310,7 @@ class Simulator:
         self.log_done = np.zeros(n + 1, np.int64)
         self.log_drop = np.zeros(n + 1, np.int64)
         self.n_replicas = 0
+        self._synced_releases = 0
         self.replicas: list[_Replica] = []  # every replica ever started, indexed by id
         self._live: list[_Replica] = []  # those still holding cluster resources
         self._lat_key: tuple = ()
@@ -374,10 +365,36 @@ class Simulator:
         if until < self.now:
             raise ValueError(f"until: {until!r} must be >= the current time {self.now!r}")
         code = self._kernel(until)
+        if self.python_router is not None:
+            while code == K.STOP_ROUTE:
+                i = int(self.gi[K.I_PENDING])
+                m = int(self.ri[i, K.R_MODEL])
+                r = int(self.python_router.choose(self.request_view(i), self.replica_views(m, ready_only=True)))
+                self._check_route(i, r, "router.choose")
+                code = self._kernel(until, route_to=r)
         self.sync_releases()
         if code == K.STOP_ROUTE:
             return int(self.gi[K.I_PENDING])
         return None
+
+    def choose_replica(self, spec: RouterSpec | Any) -> int:
+        """The replica a router's rule picks for the pending request (-1: central queue), without routing it.
+
+        ``spec`` is a :class:`~envs.sim.routing.RouterSpec` or a router object.
+        Round-robin style rules advance their counters, which the ``external``
+        mode never uses otherwise: replaying a router this way through
+        ``InferGym/Routing-v0`` makes exactly its in-loop decisions.
+        """
+        if not isinstance(spec, RouterSpec):
+            spec = spec.kernel_spec()
+        i = self.pending_request
+        if i is None:
+            raise RuntimeError("choose_replica() called with no request waiting for a routing decision")
+        addr = spec.score.address if spec.score is not None else 0
+        return int(
+            route_once(self.rf, self.ri, self.pf, self.pi, self.qn, self.mi, self.mrep, self.mn, self.gf, self.gi,
+                       i, int(spec.rule), addr, float(spec.load_bound_eps))  # fmt: skip
+        )
 
     @property
     def pending_request(self) -> int | None:
@@ -385,25 +402,63 @@ class Simulator:
         p = int(self.gi[K.I_PENDING])
         return None if p < 0 else p
 
-    def route(self, replica: int) -> None:
-        """Send the pending request to ``replica`` (a READY replica of its model), or -1 to the central queue."""
+    def route(self, replica: int, until: float | None = None) -> int | None:
+        """Send the pending request to ``replica`` (a READY replica of its model), or -1 to the central queue.
+
+        With ``until``, go on running to ``until`` in the same call and return
+        what :meth:`advance` would (the next pending request's id, or None): one
+        compiled call per routing decision, what ``InferGym/Routing-v0`` steps with.
+        """
         i = self.pending_request
         if i is None:
             raise RuntimeError("route() called with no request waiting for a routing decision")
+        self._check_route(i, replica, "replica")
+        if until is None:
+            self._kernel(self.now, route_to=replica)
+            self.sync_releases()
+            return None
+        if until < self.now:
+            raise ValueError(f"until: {until!r} must be >= the current time {self.now!r}")
+        code = self._kernel(until, route_to=replica)
+        self.sync_releases()
+        return int(self.gi[K.I_PENDING]) if code == K.STOP_ROUTE else None
+
+    # ------------------------------------------------------------------ compiled per-step features
+
+    def routing_observation(self, i: int, speed_max: np.ndarray, seen: np.ndarray, terms: np.ndarray,
+                            obs: np.ndarray, mask: np.ndarray, slot_rep: np.ndarray, norms: np.ndarray) -> int:  # fmt: skip
+        """Fill ``InferGym/Routing-v0``'s observation, mask and slots for request ``i`` (-1: none) and add
+        the costs of requests finished since the caller's cursor ``seen`` to ``terms``; see
+        :func:`envs.sim.features.routing_observation`. Returns the number of READY slots."""
+        return int(
+            routing_observation(self.rf, self.ri, self.pf, self.pi, self.qn, self.mrep, self.mn, self.log_done,
+                                self.log_drop, self.gi, self.slo, speed_max, int(i), self.n_models, self.n_classes,
+                                seen, terms, obs, mask, slot_rep, norms)  # fmt: skip
+        )
+
+    def outstanding_work_s(self, cap_s: float) -> float:
+        """Seconds of queued and running work over all replicas (:func:`envs.sim.features.outstanding_work_s`)."""
+        return float(outstanding_work_s(self.pf, self.pi, self.qn, self.mrep, self.mn, self.n_models, cap_s))
+
+    def _check_route(self, i: int, replica: Any, what: str) -> None:
+        if isinstance(replica, bool) or not isinstance(replica, (int, np.integer)):
+            raise ValueError(f"{what}: {replica!r} must be a replica id (int) or -1")
         if replica >= 0:
             if not (replica < self.n_replicas and self.pi[replica, K.Q_STATE] == K.REP_READY):
-                raise ValueError(f"replica: {replica!r} is not a READY replica")
+                raise ValueError(f"{what}: {replica!r} is not a READY replica")
             if self.pi[replica, K.Q_MODEL] != self.ri[i, K.R_MODEL]:
-                raise ValueError(f"replica: {replica!r} does not serve model {int(self.ri[i, K.R_MODEL])}")
-        self._kernel(self.now, route_to=replica)
-        self.sync_releases()
+                raise ValueError(f"{what}: {replica!r} does not serve model {int(self.ri[i, K.R_MODEL])}")
+        elif replica != -1:
+            raise ValueError(f"{what}: {replica!r} must be a replica id or -1 (central queue)")
 
     # ------------------------------------------------------------------ replicas
 
     def sync_releases(self) -> None:
         """Free the cluster resources of replicas the kernel released (drained)."""
-        if not self._live:
+        n = int(self.gi[K.I_NRELEASED])
+        if n == self._synced_releases:
             return
+        self._synced_releases = n
         released = [rep for rep in self._live if self.pi[rep.rid, K.Q_STATE] == K.REP_RELEASED]
         for rep in released:
             self._free(rep, float(self.pf[rep.rid, K.P_RELEASE]))
@@ -524,7 +579,7 @@ class Simulator:
         pi[r, K.Q_MODEL] = m
         pi[r, K.Q_MAXB] = 1 if self.per_request else dep.max_batch
         pi[r, K.Q_KVCAP] = kv_cap
-        pi[r, K.Q_HASH] = int(K._hash64(np.uint64(r + 1)) >> np.uint64(1))
+        pi[r, K.Q_HASH] = int(hash64(np.uint64(r + 1)) >> np.uint64(1))
         self.mrep[m, self.mn[m]] = r
         self.mn[m] += 1
         gpu = self.gpu_types[g]
@@ -620,6 +675,62 @@ class Simulator:
             K._release(self.pf, pi, self.mrep, self.mn, r, now)
             self._free(self.replicas[r], now)
         return True
+
+    def request_view(self, i: int) -> RequestView:
+        """Arrived request ``i``: what a router knows of it (not its output length)."""
+        if not 0 <= i < int(self.gi[K.I_NEXT_ARR]) + int(self.gi[K.I_PENDING] >= 0):
+            raise ValueError(f"request: {i!r} has not arrived")
+        ri = self.ri[i]
+        return RequestView(int(i), int(ri[K.R_MODEL]), int(ri[K.R_CLASS]), float(self.rf[i, K.R_ARR]),
+                           int(ri[K.R_PROMPT]), int(ri[K.R_SESSION]))  # fmt: skip
+
+    def requests(self) -> RequestTable:
+        """The arrived requests as named read-only columns (a copy: later events do not change it)."""
+        n = int(self.gi[K.I_NEXT_ARR])
+        rf, ri = self.rf[:n], self.ri[:n]
+
+        def col(a: np.ndarray) -> np.ndarray:
+            out = a.copy()
+            out.flags.writeable = False
+            return out
+
+        return RequestTable(
+            arrival_s=col(rf[:, K.R_ARR]), admitted_s=col(rf[:, K.R_ADMIT]), first_token_s=col(rf[:, K.R_FIRST]),
+            finished_s=col(rf[:, K.R_DONE]), prompt_tokens=col(ri[:, K.R_PROMPT]), output_tokens=col(ri[:, K.R_OUTPUT]),
+            model=col(ri[:, K.R_MODEL]), request_class=col(ri[:, K.R_CLASS]), replica=col(ri[:, K.R_REPLICA]),
+            state=col(ri[:, K.R_STATE]), state_names=K.REQUEST_STATE_NAMES,
+        )  # fmt: skip
+
+    def provisioned_by_gpu_type(self, m: int) -> dict[int, int]:
+        """Model ``m``'s LOADING or READY replicas counted by GPU type index."""
+        counts: dict[int, int] = {}
+        for r in self.mrep[m, : self.mn[m]].tolist():
+            if self.pi[r, K.Q_STATE] <= K.REP_READY:
+                g = self.replicas[r].gpu_type
+                counts[g] = counts.get(g, 0) + 1
+        return counts
+
+    def replica_view(self, r: int) -> ReplicaView:
+        """Replica ``r`` (any replica ever started) as a read-only snapshot."""
+        if not 0 <= r < self.n_replicas:
+            raise ValueError(f"replica: {r!r} must be in [0, {self.n_replicas})")
+        pi, pf, rep = self.pi[r], self.pf[r], self.replicas[r]
+        return ReplicaView(
+            id=int(r), model=int(pi[K.Q_MODEL]), state=K.REPLICA_STATE_NAMES[int(pi[K.Q_STATE])],
+            gpu_type=self.gpu_types[rep.gpu_type].name, node=int(rep.alloc.node),
+            queued=int(self.qn[self.n_models + r]), running=int(pi[K.Q_NRUN]), max_batch=int(pi[K.Q_MAXB]),
+            kv_capacity_tokens=int(pi[K.Q_KVCAP]), kv_reserved_tokens=int(pi[K.Q_KVRES]),
+            speed_rps=float(pf[K.P_SPEED]), latency_ewma_s=float(pf[K.P_EWMA]),
+            allocated_at_s=float(pf[K.P_ALLOC]), ready_at_s=float(pf[K.P_READY]),
+        )  # fmt: skip
+
+    def replica_views(self, model: int | None = None, *, ready_only: bool = False) -> tuple[ReplicaView, ...]:
+        """Live replicas (loading, ready, draining) of ``model`` (or of all models), in increasing id."""
+        models = range(self.n_models) if model is None else (int(model),)
+        ids = sorted(int(r) for m in models for r in self.mrep[m, : self.mn[m]])
+        if ready_only:
+            ids = [r for r in ids if self.pi[r, K.Q_STATE] == K.REP_READY]
+        return tuple(self.replica_view(r) for r in ids)
 
     def replicas_of(self, m: int) -> dict[str, int]:
         """Counts of model ``m``'s live replicas by state."""

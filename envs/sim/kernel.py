@@ -38,64 +38,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
+from envs.sim.layout import *  # noqa: F403  (the state's field names, defined once there)
+from envs.sim.routing import RULE_EXTERNAL, route
+
 INF = np.inf
-
-# request float columns
-R_ARR, R_SVC, R_U1, R_U2, R_ADMIT, R_FIRST, R_DONE, R_DEADLINE = range(8)
-N_RF = 8
-# request int columns
-R_PROMPT, R_OUTPUT, R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_FINISH, R_CLASS, R_SESSION, R_PRIO = range(
-    11
-)
-N_RI = 11
-# request states
-REQ_FUTURE, REQ_QUEUED, REQ_RUNNING, REQ_DONE, REQ_DROPPED = range(5)
-
-# replica float columns
-P_CTOK, P_WREAD, P_KVTOK, P_OVH, P_BUSY_S, P_ITER_START, P_ITER_DUR, P_ALLOC, P_READY, P_RELEASE = range(10)
-P_SPEED, P_EWMA, P_WRR, P_TILE = 10, 11, 12, 13
-N_PF = 14
-# replica int columns
-Q_STATE, Q_MODEL, Q_MAXB, Q_KVCAP, Q_KVRES, Q_KVSUM, Q_NRUN, Q_ITER, Q_SEG, Q_BUSY = range(
-    10
-)  # Q_SEG: iterations the pending ITER_END event covers (see start_iteration)
-Q_NPF, Q_VERSION, Q_PFTOK, Q_NDEC, Q_HASH, Q_TOKENS = 10, 11, 12, 13, 14, 15
-N_PI = 16
-# replica states
-REP_FREE, REP_LOADING, REP_READY, REP_DRAINING, REP_RELEASED = range(5)
-
-# per-model int columns
-M_INFLIGHT, M_QUEUED, M_RR, M_RUNNING = range(4)
-N_MI = 4
-
-# global scalars
-G_NOW, G_TICK_S, G_AFFINITY_EPS = range(3)
-N_GF = 3
-(I_NEXT_ARR, I_NREQ, I_HEAP_N, I_SEQ, I_NDONE, I_NDROP, I_PENDING, I_ROUTER, I_SVC_KIND, I_NLISTS,
- I_NTICK, I_NMODELS, I_TICK_CAP, I_PRIORITY) = range(14)  # fmt: skip
-N_GI = 14
 
 EWMA_WEIGHT = 0.2  # weight of the newest latency sample in a replica's EWMA (least_time router)
 
 # event types / priorities
 EV_READY, EV_ITER_END = 0, 1
 PRIO_ARRIVAL = 2
-
-# routers (names in envs.sim.config.ROUTERS)
-ROUTER_IDS = {
-    "random": 0,
-    "round_robin": 1,
-    "least_connections": 2,
-    "central_queue": 3,
-    "power_of_two": 4,
-    "shortest_expected_delay": 5,
-    "weighted_round_robin": 6,
-    "least_time": 7,
-    "min_load": 8,
-    "affinity": 9,
-    "external": 10,
-}
-SVC_PER_REQUEST, SVC_ROOFLINE = 0, 1
 
 # advance() return codes
 STOP_UNTIL, STOP_ROUTE = 0, 1
@@ -469,137 +422,10 @@ def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, r, 
     pi[r, Q_NRUN] = n
     if pi[r, Q_STATE] == REP_DRAINING and pi[r, Q_NRUN] == 0 and qn[gi[I_NMODELS] + r] == 0:
         _release(pf, pi, mrep, mn, r, t)
+        gi[I_NRELEASED] += 1  # the engine frees the replica's GPUs (Simulator.sync_releases)
 
 
-# ----------------------------------------------------------------------------- routing
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _in_flight(pi, qn, gi, r):
-    return qn[gi[I_NMODELS] + r] + pi[r, Q_NRUN]
-
-
-@njit(cache=True, error_model="numpy")
-def _hash64(x):
-    # splitmix64 finaliser: a fixed, well-mixed hash for the affinity ring
-    z = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
-    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & np.uint64(0xFFFFFFFFFFFFFFFF)
-    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & np.uint64(0xFFFFFFFFFFFFFFFF)
-    return z ^ (z >> np.uint64(31))
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _kth_ready(pi, mrep, mn, m, k):
-    for j in range(mn[m]):
-        r = mrep[m, j]
-        if pi[r, Q_STATE] == REP_READY:
-            if k == 0:
-                return r
-            k -= 1
-    return -1
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _ring_next(pi, mrep, mn, m, h, inclusive):
-    """The READY replica of model ``m`` with the smallest ring hash >= ``h`` (> ``h`` unless
-    ``inclusive``), or -1. Replica hashes are distinct, so repeated calls walk the ring in
-    hash order without sorting (the kernel does not allocate: it is compiled without NRT)."""
-    best = -1
-    bh = np.uint64(0)
-    for k in range(mn[m]):
-        r = mrep[m, k]
-        if pi[r, Q_STATE] != REP_READY:
-            continue
-        hr = np.uint64(pi[r, Q_HASH])
-        if (hr > h or (inclusive and hr == h)) and (best < 0 or hr < bh):
-            best, bh = r, hr
-    return best
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i):
-    """Pick a READY replica of the request's model with the scenario's router; -1 = central queue.
-
-    ``mrep[m]`` lists the model's live replicas in increasing id order, so every
-    scan below visits candidates in id order and ties go to the lowest id.
-    """
-    m = ri[i, R_MODEL]
-    router = gi[I_ROUTER]
-    if router == 3:  # central_queue: late binding
-        return -1
-    n = 0
-    for k in range(mn[m]):
-        if pi[mrep[m, k], Q_STATE] == REP_READY:
-            n += 1
-    if n == 0:
-        return -1
-    if router == 0:  # random
-        return _kth_ready(pi, mrep, mn, m, min(int(rf[i, R_U1] * n), n - 1))
-    if router == 1:  # round_robin
-        c = _kth_ready(pi, mrep, mn, m, mi[m, M_RR] % n)
-        mi[m, M_RR] += 1
-        return c
-    if router == 4:  # power_of_two: two distinct uniform picks, fewer in flight wins (ties: first pick)
-        ka = min(int(rf[i, R_U1] * n), n - 1)
-        a = _kth_ready(pi, mrep, mn, m, ka)
-        if n == 1:
-            return a
-        j = min(int(rf[i, R_U2] * (n - 1)), n - 2)
-        b = _kth_ready(pi, mrep, mn, m, j if j < ka else j + 1)
-        return a if _in_flight(pi, qn, gi, a) <= _in_flight(pi, qn, gi, b) else b
-    if router == 6:  # smooth weighted round robin (nginx): weights = replica speed
-        total = 0.0
-        best = -1
-        for k in range(mn[m]):
-            r = mrep[m, k]
-            if pi[r, Q_STATE] != REP_READY:
-                continue
-            pf[r, P_WRR] += pf[r, P_SPEED]
-            total += pf[r, P_SPEED]
-            if best < 0 or pf[r, P_WRR] > pf[best, P_WRR]:
-                best = r
-        pf[best, P_WRR] -= total
-        return best
-    if router == 9:  # affinity: consistent hashing with bounded loads (Mirrokni et al. 2018)
-        total = 1
-        for k in range(mn[m]):
-            r = mrep[m, k]
-            if pi[r, Q_STATE] == REP_READY:
-                total += _in_flight(pi, qn, gi, r)
-        bound = np.ceil((1.0 + gf[G_AFFINITY_EPS]) * total / n)
-        key = _hash64(np.uint64(ri[i, R_SESSION]))
-        # walk the ring clockwise from the key: the first replica whose hash is >= key, wrapping around
-        first = _ring_next(pi, mrep, mn, m, key, True)
-        if first < 0:
-            first = _ring_next(pi, mrep, mn, m, np.uint64(0), True)
-        r = first
-        for _ in range(n):
-            if _in_flight(pi, qn, gi, r) + 1 <= bound:
-                return r
-            r = _ring_next(pi, mrep, mn, m, np.uint64(pi[r, Q_HASH]), False)
-            if r < 0:
-                r = _ring_next(pi, mrep, mn, m, np.uint64(0), True)
-        return first
-    # score-based routers: lowest score wins, ties to the lowest id
-    best = -1
-    bv = INF
-    for k in range(mn[m]):
-        r = mrep[m, k]
-        if pi[r, Q_STATE] != REP_READY:
-            continue
-        load = _in_flight(pi, qn, gi, r)
-        if router == 2:  # least_connections
-            v = float(load)
-        elif router == 5:  # shortest expected delay: (in flight + 1) / speed
-            v = (load + 1.0) / pf[r, P_SPEED]
-        elif router == 8:  # min_load: in flight / speed
-            v = load / pf[r, P_SPEED]
-        else:  # 7 least_time (nginx): EWMA latency x (in flight + 1); unmeasured replicas first
-            ew = pf[r, P_EWMA]
-            v = -1.0 / (1.0 + load) if ew < 0 else ew * (load + 1.0)
-        if v < bv:
-            best, bv = r, v
-    return best
+# ----------------------------------------------------------------------------- dispatch
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -693,7 +519,7 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
         elif t_arr <= t_tick:
             m = ri[na, R_MODEL]
             mi[m, M_INFLIGHT] += 1
-            if gi[I_ROUTER] == 10:
+            if gi[I_ROUTER] == RULE_EXTERNAL:
                 gi[I_PENDING] = na
                 return STOP_ROUTE
             gi[I_NEXT_ARR] = na + 1

@@ -48,3 +48,72 @@ class ModelLoad:
     def replicas_provisioned(self) -> int:
         """Replicas that exist and are billed but are not draining (ready + loading)."""
         return self.replicas_ready + self.replicas_loading
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """An arrived request, as a router sees it (sizes in tokens, times in seconds)."""
+
+    id: int
+    model: int  #: index into the scenario's models
+    request_class: int  #: index into the workload's classes
+    arrival_s: float
+    prompt_tokens: int
+    session: int  #: session key (requests of one conversation share it)
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One replica's state at an instant (counts of requests, sizes in tokens, rates per second)."""
+
+    id: int
+    model: int
+    state: str  #: "loading", "ready", "draining" or "released"
+    gpu_type: str
+    node: int
+    queued: int  #: requests in its own queue
+    running: int  #: requests in its running batch
+    max_batch: int
+    kv_capacity_tokens: int
+    kv_reserved_tokens: int
+    speed_rps: float  #: capacity: saturation throughput of its GPU type (requests/s)
+    latency_ewma_s: float  #: EWMA of its completed requests' end-to-end latency; -1 before the first
+    allocated_at_s: float
+    ready_at_s: float  #: inf while loading
+
+    @property
+    def in_flight(self) -> int:
+        return self.queued + self.running
+
+    @property
+    def kv_free_tokens(self) -> int:
+        return self.kv_capacity_tokens - self.kv_reserved_tokens
+
+
+@dataclass(frozen=True)
+class RequestTable:
+    """Every arrived request, one read-only column each (times in s: NaN until it happens; tokens).
+
+    Output lengths are the workload's and are known only after the request
+    finished; a router or policy that reads ``output_tokens`` of a waiting
+    request is using an oracle (documented here, not prevented).
+    """
+
+    arrival_s: np.ndarray
+    admitted_s: np.ndarray  #: NaN until admitted into a batch
+    first_token_s: np.ndarray
+    finished_s: np.ndarray  #: completion or drop time
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    model: np.ndarray
+    request_class: np.ndarray
+    replica: np.ndarray  #: replica it was routed to; -1: central queue or not yet routed
+    state: np.ndarray  #: codes into ``state_names``
+    state_names: tuple[str, ...] = ("future", "queued", "running", "done", "dropped")
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+    def is_state(self, name: str) -> np.ndarray:
+        """Boolean mask of the requests in state ``name`` (one of :attr:`state_names`)."""
+        return self.state == self.state_names.index(name)

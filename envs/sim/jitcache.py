@@ -1,0 +1,60 @@
+"""numba's on-disk cache, keyed on the whole compiled core instead of one source file.
+
+numba decides whether a cached compilation is still valid from the modification
+time and size of the file that defines the function. The compiled core's
+functions read constants (the state layout, routing rules) from other files of
+the core, so editing :mod:`envs.sim.layout` would leave stale machine code
+behind. This locator, installed before any core module compiles, keys the cache
+of the core's files on a hash of all of them. It uses numba's cache-locator
+extension point (``numba.core.caching.CacheImpl._locator_classes``), which is
+internal: checked with numba 0.60-0.68.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from numba.core import caching
+
+_HERE = Path(__file__).resolve().parent
+#: The files whose compiled functions share one cache key.
+CORE_FILES = ("layout.py", "kernel.py", "routing.py", "features.py", "metrics.py", "jitcache.py")
+
+
+def core_fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in CORE_FILES:
+        path = _HERE / name
+        if path.exists():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+_BASE = caching.UserProvidedCacheLocator if caching.config.CACHE_DIR else caching.InTreeCacheLocator
+
+
+class _CoreLocator(_BASE):
+    _fingerprint: str | None = None
+
+    @classmethod
+    def from_function(cls, py_func, py_file):  # noqa: ANN001, ANN206  (numba's signature)
+        path = Path(py_file).resolve()
+        if path.parent != _HERE or path.name not in CORE_FILES:
+            return None
+        return super().from_function(py_func, py_file)
+
+    def get_source_stamp(self):  # noqa: ANN201
+        if _CoreLocator._fingerprint is None:
+            _CoreLocator._fingerprint = core_fingerprint()
+        return _CoreLocator._fingerprint
+
+
+def install() -> None:
+    """Put the core's locator first (idempotent)."""
+    classes = caching.CacheImpl._locator_classes
+    if _CoreLocator not in classes:
+        classes.insert(0, _CoreLocator)
+
+
+install()

@@ -1,0 +1,77 @@
+"""The engine state's field names, defined once: columns of the state arrays and state codes.
+
+The compiled core (:mod:`envs.sim.kernel`, :mod:`envs.sim.routing`,
+:mod:`envs.sim.metrics`) indexes the arrays of
+:class:`~envs.sim.state.EngineState` with these names; nothing outside
+``envs/sim`` uses them (controllers and environments read
+:mod:`envs.sim.view`). Times are seconds of simulated time, sizes tokens.
+
+Requests (one row each, ``rf`` floats and ``ri`` ints):
+
+==============  ==========================================================  =====
+``R_ARR``       arrival time                                                 s
+``R_SVC``       pre-drawn service time (per-request validation models)      s
+``R_U1, R_U2``  pre-drawn uniforms of the random routers                     1
+``R_ADMIT``     admission into a running batch                               s
+``R_FIRST``     first output token                                           s
+``R_DONE``      completion, or drop time                                     s
+``R_DEADLINE``  arrival + the class timeout (dropped if still queued)        s
+``R_PROMPT``    prompt tokens; ``R_OUTPUT`` output tokens                    tokens
+``R_MODEL``     model index; ``R_CLASS`` class; ``R_PRIO`` class priority
+``R_LIST``      queue list (one per class, in priority order)
+``R_REPLICA``   replica it was routed to (-1: central queue / none)
+``R_STATE``     ``REQ_*`` code; ``R_NEXT`` next in its queue list
+``R_FINISH``    replica iteration at whose end it completes
+``R_SESSION``   session key (affinity routing)
+==============  ==========================================================  =====
+
+Replicas (``pf`` floats, ``pi`` ints): iteration-time coefficients
+(``P_CTOK`` s/token, ``P_WREAD`` s, ``P_KVTOK`` s/KV token, ``P_OVH`` s,
+``P_TILE`` tokens), busy time, iteration start/duration, allocation / READY /
+release times (s), capacity ``P_SPEED`` (req/s), latency EWMA ``P_EWMA`` (s,
+-1 until a request completes), smooth-WRR current weight ``P_WRR``; state,
+model, max batch, KV capacity / reserved / in use (tokens), running count,
+iteration counter, ``Q_SEG`` (iterations the pending ITER_END covers), busy
+flag, admitted-this-iteration count, event version, prefill tokens, decode
+count, ring hash, tokens produced.
+"""
+
+from __future__ import annotations
+
+# request float columns
+R_ARR, R_SVC, R_U1, R_U2, R_ADMIT, R_FIRST, R_DONE, R_DEADLINE = range(8)
+N_RF = 8
+# request int columns
+R_PROMPT, R_OUTPUT, R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_FINISH, R_CLASS, R_SESSION, R_PRIO = range(
+    11
+)
+N_RI = 11
+# request states
+REQ_FUTURE, REQ_QUEUED, REQ_RUNNING, REQ_DONE, REQ_DROPPED = range(5)
+
+# replica float columns
+P_CTOK, P_WREAD, P_KVTOK, P_OVH, P_BUSY_S, P_ITER_START, P_ITER_DUR, P_ALLOC, P_READY, P_RELEASE = range(10)
+P_SPEED, P_EWMA, P_WRR, P_TILE = 10, 11, 12, 13
+N_PF = 14
+# replica int columns
+Q_STATE, Q_MODEL, Q_MAXB, Q_KVCAP, Q_KVRES, Q_KVSUM, Q_NRUN, Q_ITER, Q_SEG, Q_BUSY = range(10)
+Q_NPF, Q_VERSION, Q_PFTOK, Q_NDEC, Q_HASH, Q_TOKENS = 10, 11, 12, 13, 14, 15
+N_PI = 16
+# replica states
+REP_FREE, REP_LOADING, REP_READY, REP_DRAINING, REP_RELEASED = range(5)
+REPLICA_STATE_NAMES = ("free", "loading", "ready", "draining", "released")
+REQUEST_STATE_NAMES = ("future", "queued", "running", "done", "dropped")
+
+# per-model int columns
+M_INFLIGHT, M_QUEUED, M_RR, M_RUNNING = range(4)
+N_MI = 4
+
+# global scalars
+G_NOW, G_TICK_S, G_AFFINITY_EPS = range(3)
+N_GF = 3
+(I_NEXT_ARR, I_NREQ, I_HEAP_N, I_SEQ, I_NDONE, I_NDROP, I_PENDING, I_ROUTER, I_SVC_KIND, I_NLISTS,
+ I_NTICK, I_NMODELS, I_TICK_CAP, I_PRIORITY, I_SCORE_FN, I_NRELEASED) = range(16)  # fmt: skip
+N_GI = 16
+
+# service kinds
+SVC_PER_REQUEST, SVC_ROOFLINE = 0, 1

@@ -1,0 +1,353 @@
+"""Routing in the core: the router protocol, the in-loop selection rules, compiled score functions.
+
+A router decides, for each arriving request, which READY replica of its model
+serves it (or -1: the model's central queue, from which the first replica
+with room pulls it). The core offers three ways to be one, fastest first:
+
+* **A selection rule** run inside the compiled event loop (:class:`Rule`):
+  ``RANDOM``, ``ROUND_ROBIN``, ``WEIGHTED_ROUND_ROBIN``, ``POWER_OF_TWO``,
+  ``CONSISTENT_HASH`` (bounded loads), ``CENTRAL_QUEUE``, or ``SCORE``.
+* **A compiled score function** (``SCORE``): lowest score wins, ties to the
+  lowest replica id. Write it as a plain Python function of the replica's
+  named features (:data:`SCORE_ARGS`) and wrap it with :func:`score_function`;
+  numba compiles it to a C callback that the event loop calls through a
+  function pointer, so it runs at full speed without recompiling the loop.
+  It must be pure arithmetic (no exceptions, no allocation).
+* **A Python callable** (``choose(request, replicas) -> replica id``) reading
+  :class:`~envs.sim.view.RequestView` / :class:`~envs.sim.view.ReplicaView`:
+  the loop stops at each arrival and Python decides (about 100x slower).
+
+A router object implements :class:`Router`: ``kernel_spec()`` returns a
+:class:`RouterSpec` (rule, score function, parameters). Built-in routers
+register in :data:`ROUTERS` from ``baselines.routing``; ``external`` (the
+decision comes from outside, e.g. ``InferGym/Routing-v0``'s agent) is the
+core's own.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numba import cfunc, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
+from envs.sim.layout import (
+    G_AFFINITY_EPS,
+    I_NMODELS,
+    I_ROUTER,
+    I_SCORE_FN,
+    M_RR,
+    P_EWMA,
+    P_SPEED,
+    P_WRR,
+    Q_HASH,
+    Q_KVCAP,
+    Q_KVRES,
+    Q_MAXB,
+    Q_NRUN,
+    Q_STATE,
+    R_MODEL,
+    R_PROMPT,
+    R_SESSION,
+    R_U1,
+    R_U2,
+    REP_READY,
+)  # fmt: skip
+from envs.sim.registry import Registry
+
+INF = np.inf
+
+# Rule codes (the values of Rule; plain ints so compiled code folds them).
+RULE_SCORE, RULE_RANDOM, RULE_ROUND_ROBIN, RULE_WEIGHTED_RR = 0, 1, 2, 3
+RULE_POWER_OF_TWO, RULE_CONSISTENT_HASH, RULE_CENTRAL_QUEUE, RULE_EXTERNAL = 4, 5, 6, 7
+
+
+class Rule(enum.IntEnum):
+    """How the event loop picks among the READY replicas of a request's model (candidates in id order)."""
+
+    SCORE = RULE_SCORE  #: lowest value of the router's score function; ties to the lowest id
+    RANDOM = RULE_RANDOM  #: the floor(U1 n)-th candidate (U1: the request's pre-drawn uniform)
+    ROUND_ROBIN = RULE_ROUND_ROBIN  #: the (c mod n)-th, c = the model's requests routed so far
+    WEIGHTED_ROUND_ROBIN = RULE_WEIGHTED_RR  #: nginx smooth WRR, weight = replica capacity (req/s)
+    POWER_OF_TWO = RULE_POWER_OF_TWO  #: two distinct random candidates (U1, U2); fewer in flight wins
+    CONSISTENT_HASH = RULE_CONSISTENT_HASH  #: session ring with bounded loads (``load_bound_eps``)
+    CENTRAL_QUEUE = RULE_CENTRAL_QUEUE  #: late binding: every request joins the central queue
+    EXTERNAL = RULE_EXTERNAL  #: the loop stops at each arrival; the decision comes from outside
+
+
+#: Arguments of a score function, in order (name, numba type, meaning and unit).
+SCORE_ARGS: tuple[tuple[str, Any, str], ...] = (
+    ("in_flight", types.int64, "requests queued at or running on the replica"),
+    ("queued", types.int64, "requests in the replica's own queue"),
+    ("running", types.int64, "requests in its running batch"),
+    ("max_batch", types.int64, "its batch limit"),
+    ("kv_reserved_tokens", types.int64, "KV tokens reserved by its running requests"),
+    ("kv_capacity_tokens", types.int64, "its KV capacity (tokens)"),
+    ("speed_rps", types.float64, "its capacity: saturation throughput of its GPU type (requests/s)"),
+    ("latency_ewma_s", types.float64, "EWMA of its completed requests' latency (s); < 0 before the first"),
+    ("prompt_tokens", types.int64, "the arriving request's prompt length (tokens)"),
+    ("cached_prefix_tokens", types.int64, "prompt tokens cached on the replica (0: no prefix cache)"),
+)
+SCORE_SIGNATURE = types.float64(*(t for _, t, _ in SCORE_ARGS))
+_SCORE_FN_TYPE = types.FunctionType(SCORE_SIGNATURE)
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreFunction:
+    """A compiled score function: call it from Python like the original, or let the loop call ``address``."""
+
+    py_func: Callable[..., float]
+    address: int
+    compiled: Any
+
+    @property
+    def name(self) -> str:
+        return self.py_func.__name__
+
+    def __call__(self, *args: Any) -> float:
+        return self.compiled(*args)
+
+
+def score_function(func: Callable[..., float] | None = None, *, cache: bool = False) -> Any:
+    """Compile ``func(in_flight, queued, ..., cached_prefix_tokens) -> float`` (see :data:`SCORE_ARGS`).
+
+    Usable as ``@score_function`` or ``@score_function(cache=True)`` (numba's
+    on-disk cache; the function must live in a file). Lower scores win.
+    """
+
+    def wrap(f: Callable[..., float]) -> ScoreFunction:
+        import inspect
+
+        n_args = len(inspect.signature(f).parameters)
+        if n_args != len(SCORE_ARGS):
+            names = ", ".join(a for a, _, _ in SCORE_ARGS)
+            raise TypeError(f"score function {f.__name__}: takes {n_args} arguments, must take ({names})")
+        compiled = cfunc(SCORE_SIGNATURE, cache=cache, error_model="numpy")(f)
+        return ScoreFunction(f, int(compiled.address), compiled)
+
+    return wrap if func is None else wrap(func)
+
+
+@intrinsic
+def _as_score_fn(typingctx, addr):  # noqa: ANN001, ANN202  (numba intrinsic)
+    """A first-class function value calling the C callback at ``addr`` (set by :func:`score_function`).
+
+    numba's own unboxing of a function argument costs ~30 us per call; an
+    address in the state arrays costs nothing.
+    """
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        sfunc = cgutils.create_struct_proxy(_SCORE_FN_TYPE)(context, builder)
+        voidptr = context.get_value_type(types.voidptr)
+        sfunc.c_addr = builder.inttoptr(args[0], voidptr)
+        sfunc.py_addr = voidptr(None)
+        sfunc.jit_addr = voidptr(None)
+        return sfunc._getvalue()
+
+    return _SCORE_FN_TYPE(types.int64), codegen
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """What the event loop needs of a router: its rule, score function and parameters."""
+
+    rule: Rule
+    score: ScoreFunction | None = None
+    load_bound_eps: float = 0.25  # CONSISTENT_HASH only
+
+    def __post_init__(self) -> None:
+        if self.rule == Rule.SCORE and not isinstance(self.score, ScoreFunction):
+            raise TypeError("RouterSpec(rule=SCORE) needs score=a ScoreFunction (see envs.sim.routing.score_function)")
+
+
+@runtime_checkable
+class Router(Protocol):
+    """A router run by the event loop: ``kernel_spec()`` says which rule and score function."""
+
+    def kernel_spec(self) -> RouterSpec: ...
+
+
+@runtime_checkable
+class PythonRouter(Protocol):
+    """A router run in Python at each arrival: the replica id for ``request`` among ``replicas``.
+
+    ``replicas`` are the READY replicas of the request's model in increasing
+    id; return one of their ids, or -1 for the model's central queue.
+    """
+
+    def choose(self, request: Any, replicas: Any) -> int: ...
+
+
+class _External:
+    """Decisions come from outside the engine (``Simulator.route``), as in ``InferGym/Routing-v0``."""
+
+    name = "external"
+    source = "the caller: Simulator.advance stops at each arrival; Simulator.route(replica) decides"
+
+    def kernel_spec(self) -> RouterSpec:
+        return RouterSpec(Rule.EXTERNAL)
+
+    def engine_spec(self) -> str:
+        return self.name
+
+    def reset(self) -> None:
+        pass
+
+
+class _RouterRegistry(Registry):
+    def is_instance(self, obj: Any) -> bool:
+        if isinstance(obj, (str, dict)) or obj is None or hasattr(obj, "items"):
+            return False
+        return isinstance(obj, (Router, PythonRouter))
+
+
+#: Routers by scenario name (``routing: least_connections``); built-ins from ``baselines.routing``.
+ROUTERS = _RouterRegistry("routing", "router")
+ROUTERS.register("external", _External)
+
+
+# ----------------------------------------------------------------------------- compiled rules
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _in_flight(pi, qn, gi, r):
+    return qn[gi[I_NMODELS] + r] + pi[r, Q_NRUN]
+
+
+@njit(cache=True, error_model="numpy")
+def hash64(x):
+    """splitmix64's finaliser: a fixed, well-mixed 64-bit hash (the affinity ring)."""
+    z = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _kth_ready(pi, mrep, mn, m, k):
+    for j in range(mn[m]):
+        r = mrep[m, j]
+        if pi[r, Q_STATE] == REP_READY:
+            if k == 0:
+                return r
+            k -= 1
+    return -1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _ring_next(pi, mrep, mn, m, h, inclusive):
+    """The READY replica of model ``m`` with the smallest ring hash >= ``h`` (> ``h`` unless
+    ``inclusive``), or -1. Replica hashes are distinct, so repeated calls walk the ring in
+    hash order without sorting (the loop does not allocate: it is compiled without NRT)."""
+    best = -1
+    bh = np.uint64(0)
+    for k in range(mn[m]):
+        r = mrep[m, k]
+        if pi[r, Q_STATE] != REP_READY:
+            continue
+        hr = np.uint64(pi[r, Q_HASH])
+        if (hr > h or (inclusive and hr == h)) and (best < 0 or hr < bh):
+            best, bh = r, hr
+    return best
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i):
+    """The replica the scenario's rule picks for arrived request ``i``; -1 = central queue.
+
+    ``mrep[m]`` lists the model's live replicas in increasing id order, so every
+    scan below visits candidates in id order and ties go to the lowest id.
+    """
+    m = ri[i, R_MODEL]
+    rule = gi[I_ROUTER]
+    if rule == RULE_CENTRAL_QUEUE:
+        return -1
+    n = 0
+    for k in range(mn[m]):
+        if pi[mrep[m, k], Q_STATE] == REP_READY:
+            n += 1
+    if n == 0:
+        return -1
+    if rule == RULE_RANDOM:
+        return _kth_ready(pi, mrep, mn, m, min(int(rf[i, R_U1] * n), n - 1))
+    if rule == RULE_ROUND_ROBIN:
+        c = _kth_ready(pi, mrep, mn, m, mi[m, M_RR] % n)
+        mi[m, M_RR] += 1
+        return c
+    if rule == RULE_POWER_OF_TWO:  # two distinct uniform picks, fewer in flight wins (ties: first pick)
+        ka = min(int(rf[i, R_U1] * n), n - 1)
+        a = _kth_ready(pi, mrep, mn, m, ka)
+        if n == 1:
+            return a
+        j = min(int(rf[i, R_U2] * (n - 1)), n - 2)
+        b = _kth_ready(pi, mrep, mn, m, j if j < ka else j + 1)
+        return a if _in_flight(pi, qn, gi, a) <= _in_flight(pi, qn, gi, b) else b
+    if rule == RULE_WEIGHTED_RR:  # smooth weighted round robin (nginx): weights = replica speed
+        total = 0.0
+        best = -1
+        for k in range(mn[m]):
+            r = mrep[m, k]
+            if pi[r, Q_STATE] != REP_READY:
+                continue
+            pf[r, P_WRR] += pf[r, P_SPEED]
+            total += pf[r, P_SPEED]
+            if best < 0 or pf[r, P_WRR] > pf[best, P_WRR]:
+                best = r
+        pf[best, P_WRR] -= total
+        return best
+    if rule == RULE_CONSISTENT_HASH:  # consistent hashing with bounded loads (Mirrokni et al. 2018)
+        total = 1
+        for k in range(mn[m]):
+            r = mrep[m, k]
+            if pi[r, Q_STATE] == REP_READY:
+                total += _in_flight(pi, qn, gi, r)
+        bound = np.ceil((1.0 + gf[G_AFFINITY_EPS]) * total / n)
+        key = hash64(np.uint64(ri[i, R_SESSION]))
+        # walk the ring clockwise from the key: the first replica whose hash is >= key, wrapping around
+        first = _ring_next(pi, mrep, mn, m, key, True)
+        if first < 0:
+            first = _ring_next(pi, mrep, mn, m, np.uint64(0), True)
+        r = first
+        for _ in range(n):
+            if _in_flight(pi, qn, gi, r) + 1 <= bound:
+                return r
+            r = _ring_next(pi, mrep, mn, m, np.uint64(pi[r, Q_HASH]), False)
+            if r < 0:
+                r = _ring_next(pi, mrep, mn, m, np.uint64(0), True)
+        return first
+    # RULE_SCORE: lowest score wins, ties to the lowest id
+    score = _as_score_fn(gi[I_SCORE_FN])
+    prompt = ri[i, R_PROMPT]
+    best = -1
+    bv = INF
+    for k in range(mn[m]):
+        r = mrep[m, k]
+        if pi[r, Q_STATE] != REP_READY:
+            continue
+        q = qn[gi[I_NMODELS] + r]
+        run = pi[r, Q_NRUN]
+        v = score(q + run, q, run, pi[r, Q_MAXB], pi[r, Q_KVRES], pi[r, Q_KVCAP], pf[r, P_SPEED], pf[r, P_EWMA],
+                  prompt, 0)  # fmt: skip
+        if v < bv:
+            best, bv = r, v
+    return best
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def route_once(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i, rule, score_addr, eps):
+    """:func:`route` of request ``i`` under another rule (for policies that replay a router through an env).
+
+    Uses (and updates) the same round-robin counters as the loop would; the
+    scenario's own rule and parameters are restored before returning.
+    """
+    saved_rule, saved_fn, saved_eps = gi[I_ROUTER], gi[I_SCORE_FN], gf[G_AFFINITY_EPS]
+    gi[I_ROUTER], gi[I_SCORE_FN], gf[G_AFFINITY_EPS] = rule, score_addr, eps
+    r = route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i)
+    gi[I_ROUTER], gi[I_SCORE_FN], gf[G_AFFINITY_EPS] = saved_rule, saved_fn, saved_eps
+    return r
