@@ -56,6 +56,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 import envs
 from agents import EpisodeKpis
 from agents.policies import POLICIES
+from envs.sim.config import deep_merge
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
 
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
@@ -96,17 +97,6 @@ def algo_class(algo: str) -> type[BaseAlgorithm]:
 # ---------------------------------------------------------------------------------------------- config
 
 
-def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for k, v in over.items():
-        out[k] = (
-            _deep_merge(out[k], v)
-            if isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
-            else copy.deepcopy(v)
-        )
-    return out
-
-
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
@@ -145,8 +135,8 @@ def load_hyperparams(
     path = HYPERPARAMS_DIR / f"{algo}.yaml"
     table = yaml.safe_load(path.read_text()) or {}
     check_keys(f"{algo}.yaml", table, {"default", *envs.ENV_IDS}, required=("default",))
-    hp = _deep_merge(table["default"], table.get(env_id) or {})
-    hp = _deep_merge(hp, parse_overrides(overrides))
+    hp = deep_merge(table["default"], table.get(env_id))
+    hp = deep_merge(hp, parse_overrides(overrides))
     cls = algo_class(algo)
     allowed = (set(inspect.signature(cls.__init__).parameters) - _RESERVED) | {"vecnormalize", "frame_stack"}
     check_keys("hyperparams", hp, allowed)
@@ -296,18 +286,27 @@ def _checkpoint_sidecar(zip_path: Path, kind: str) -> Path:
 
 
 def git_sha() -> str | None:
-    """``git rev-parse HEAD`` of the repository holding this file, or None outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
+    """HEAD's SHA of the repository holding this file, ``<sha>-dirty`` when tracked files have uncommitted
+    changes (the code that ran may not be HEAD's), or None outside a git checkout (or without git).
+
+    Changes under ``results/`` do not count: they are outputs (tables, figures), not code. Untracked
+    files do not count either.
+    """
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    head = git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0:
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    sha = head.stdout.strip()
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results")
+    dirty = status is not None and status.returncode == 0 and bool(status.stdout.strip())
+    return f"{sha}-dirty" if dirty else sha
 
 
 def package_versions() -> dict[str, str]:

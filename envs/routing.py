@@ -389,7 +389,9 @@ class RoutingEnv(gym.Env):
         """
         sim = self.sim
         h = self._horizon_s
-        nxt = sim.route(route_to, self._until) if sim.pending_request is not None else sim.advance(self._until)
+        nxt = (
+            sim.route(route_to, self._until) if sim.pending_request is not None else sim.advance(self._until)
+        )
         while True:
             if nxt is not None:
                 n_ready = sim.routing_observation(nxt, self.speed_max, self._seen, self._terms, self._obs, self._mask,

@@ -13,13 +13,10 @@ the episode seed of an evaluate cell, the training seed of a train cell),
 ``episode_seed`` (the seed the episode was reset with) and ``policy_name`` (the
 evaluator's name for the policy).
 
-Fault injection, for tests and for trying fault tolerance on a cluster: when the
-environment variable ``INFERGYM_GRID_FAULTS`` names a folder (shared by all
-nodes), every cell run appends its key to ``<folder>/calls.log``; a cell whose key
-(or ``*``) is a line of ``<folder>/fail_always`` raises; one listed in
-``<folder>/fail_once`` raises on its first run only (marker ``<folder>/failed/<key>``);
-one listed in ``<folder>/hang`` writes its worker's pid to ``<folder>/hung_pids`` and
-sleeps for an hour.
+A hook for tests (and for trying fault tolerance on a cluster): :data:`CELL_HOOK`, when
+set, is called with each :class:`Cell` in the worker (local process or Ray trial) just
+before the cell runs; an exception it raises counts as the cell failing. The tests'
+fault injection (``tests/grid_faults.py``) is such a hook.
 
 Interrupting a local grid (Ctrl-C, or SIGTERM while the grid runs in the main
 thread) stops its worker processes too; finished cells are in ``results.jsonl``
@@ -37,7 +34,6 @@ import shutil
 import signal
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -46,11 +42,10 @@ from typing import Any
 import envs
 from envs.sim.errors import check_choice, check_number, fail
 
-__all__ = ["Cell", "run_cell", "run_grid", "read_results", "FAULTS_ENV", "TRAIN_EVAL_SEEDS"]
+__all__ = ["Cell", "run_cell", "run_grid", "read_results", "CELL_HOOK", "TRAIN_EVAL_SEEDS"]
 
 KINDS = ("evaluate", "train")
 BACKENDS = ("local", "ray")
-FAULTS_ENV = "INFERGYM_GRID_FAULTS"
 # Held-out episode seeds for trained agents: far from training seeds, the same for every training seed
 # so agents are compared on identical episodes.
 TRAIN_EVAL_SEEDS = (10_000, 10_001, 10_002)
@@ -68,6 +63,11 @@ TRAIN_PARAMS = frozenset(
     }
 )  # any other key of a train cell is a hyperparameter override (dotted keys allowed)
 RESULTS_FILE = "results.jsonl"
+# Called as ``CELL_HOOK(cell)`` in the worker before every cell run; None (the default) does nothing.
+# run_grid reads it when it starts and ships it to the workers, so it must pickle (a module-level
+# function or an instance of a module-level class, importable in the workers). For tests: see
+# tests/grid_faults.py, which injects failures and hangs this way.
+CELL_HOOK: Callable[[Cell], None] | None = None
 
 
 def _jsonable(path: str, value: Any) -> Any:
@@ -249,32 +249,13 @@ def run_cell(cell: Cell, run_dir: Path) -> list[dict[str, Any]]:
     return [_row(cell, key, ev) for ev in ev_rows]
 
 
-def _listed(path: Path, key: str) -> bool:
-    if not path.exists():
-        return False
-    lines = {ln.strip() for ln in path.read_text().splitlines()}
-    return key in lines or "*" in lines
-
-
-def _run_cell_dict(cell_dict: Mapping[str, Any], run_dir: str, faults: str | None) -> list[dict[str, Any]]:
-    """Worker entry point (local pool and Ray trial): fault injection, then :func:`run_cell`."""
+def _run_cell_dict(
+    cell_dict: Mapping[str, Any], run_dir: str, hook: Callable[[Cell], None] | None
+) -> list[dict[str, Any]]:
+    """Worker entry point (local pool and Ray trial): the :data:`CELL_HOOK` if any, then :func:`run_cell`."""
     cell = Cell.from_dict(cell_dict)
-    if faults:
-        fdir = Path(faults)
-        key = cell.key
-        with open(fdir / "calls.log", "a") as fh:
-            fh.write(key + "\n")
-        if _listed(fdir / "fail_always", key):
-            raise RuntimeError(f"injected failure (fail_always) in cell {key}")
-        if _listed(fdir / "hang", key):  # a cell that never ends, to test interrupting a grid
-            with open(fdir / "hung_pids", "a") as fh:
-                fh.write(f"{os.getpid()}\n")
-            time.sleep(3600)
-        marker = fdir / "failed" / key
-        if _listed(fdir / "fail_once", key) and not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
-            raise RuntimeError(f"injected failure (fail_once) in cell {key}")
+    if hook is not None:
+        hook(cell)
     return run_cell(cell, Path(run_dir))
 
 
@@ -369,7 +350,7 @@ def _run_local(
     max_retries: int,
     bar: Any,
     on_rows: Callable[[Cell, list[dict[str, Any]]], None],
-    faults: str | None,
+    hook: Callable[[Cell], None] | None,
 ) -> None:
     attempts = dict.fromkeys((c.key for c in pending), 0)
     queue = list(pending)
@@ -382,7 +363,7 @@ def _run_local(
             while queue and fatal is None:
                 cell = queue.pop(0)
                 attempts[cell.key] += 1
-                running[pool.submit(_run_cell_dict, cell.to_dict(), str(run_dir), faults)] = cell
+                running[pool.submit(_run_cell_dict, cell.to_dict(), str(run_dir), hook)] = cell
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             broken = False
             for fut in finished:
@@ -432,10 +413,10 @@ def _run_local(
         raise fatal
 
 
-def _ray_trainable(config: dict[str, Any]) -> None:
+def _ray_trainable(config: dict[str, Any], hook: Callable[[Cell], None] | None = None) -> None:
     from ray import tune
 
-    rows = _run_cell_dict(config["cell"], config["run_dir"], config["faults"])
+    rows = _run_cell_dict(config["cell"], config["run_dir"], hook)
     tune.report(
         {"rows_json": json.dumps(rows), "n_rows": len(rows), "cell_key": rows[0]["key"] if rows else ""}
     )
@@ -525,7 +506,7 @@ def _run_ray(
     ray_address: str | None,
     max_retries: int,
     progress: bool,
-    faults: str | None,
+    hook: Callable[[Cell], None] | None,
     gpus_per_trial: float,
 ) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -539,11 +520,14 @@ def _run_ray(
     storage = (run_dir / "ray_results").resolve()
     exp_dir = storage / "grid"
     keys_file = storage / "grid-cells.json"
-    trainable = tune.with_resources(_ray_trainable, {"cpu": 1, "gpu": float(gpus_per_trial)})
+    # The hook goes to the trials by tune.with_parameters (not the param space), so a restored
+    # experiment runs with this call's hook.
+    trainable = tune.with_resources(
+        tune.with_parameters(_ray_trainable, hook=hook), {"cpu": 1, "gpu": float(gpus_per_trial)}
+    )
     param_space = {
         "cell": tune.grid_search([c.to_dict() for c in pending]),
         "run_dir": str(run_dir.resolve()),
-        "faults": faults,
     }
     try:
         old_keys = set(json.loads(keys_file.read_text())) if keys_file.exists() else None
@@ -623,15 +607,13 @@ def run_grid(
     if pending:
         from tqdm.auto import tqdm
 
-        faults = os.environ.get(FAULTS_ENV) or None
-        if faults:
-            faults = str(Path(faults).resolve())
+        hook = CELL_HOOK
         if backend == "local":
             with tqdm(total=len(unique), initial=len(unique) - len(pending), desc="grid", unit="cell",
                       disable=not progress) as bar, _sigterm_as_interrupt():  # fmt: skip
-                _run_local(pending, run_dir, workers, max_retries, bar, on_rows, faults)
+                _run_local(pending, run_dir, workers, max_retries, bar, on_rows, hook)
         else:
-            _run_ray(pending, run_dir, workers, ray_address, max_retries, progress, faults, gpus_per_trial)
+            _run_ray(pending, run_dir, workers, ray_address, max_retries, progress, hook, gpus_per_trial)
             done = _load_done(path, unique)
             missing = [c for c in pending if c.key not in done]
             if missing:

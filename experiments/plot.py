@@ -4,11 +4,18 @@
 figure each from plain data (per-run KPI arrays, or per-interval traces recorded by
 :func:`record_episode`) and can be used on their own. Error bars are the same 95% bootstrap CIs
 as the tables (:func:`experiments.stats.mean_ci`). Figures are written with the non-interactive
-Agg backend, so no display is needed.
+Agg backend, so no display is needed. The command line redraws a reproduced table's figures from
+its ``episodes.csv`` and ``sweep.csv`` (and its trained agents, for the episode figures) without
+rerunning the grid; give it the table and ``--quick`` as given to :mod:`experiments.reproduce`:
+
+    python -m experiments.plot autoscale --quick
+    python -m experiments.plot autoscale --quick --figures kpi_bars tradeoff --out /tmp/figs
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +27,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from experiments import stats  # noqa: E402
+from envs.sim.errors import ConfigError, check_choice  # noqa: E402
+from experiments import stats, tables  # noqa: E402
 
 DPI = 110
 
@@ -169,8 +177,8 @@ def plot_kpi_bars(
 
 def table_figures(
     cfg: Mapping[str, Any],
-    opts: Any,
-    groups: Sequence[Any],
+    opts: tables.Options,
+    groups: Sequence[tables.PolicyRuns],
     rows: Sequence[Mapping[str, Any]],
     chosen: Mapping[tuple[str, str], Any],
     agent_dirs: Mapping[str, Path],
@@ -178,7 +186,6 @@ def table_figures(
 ) -> list[Path]:
     """The figures a table config asks for, per scenario, into ``out``; the paths written."""
     from experiments.evaluate import make_policy
-    from experiments.reproduce import scenario_env_kwargs, spec_string
 
     paths: list[Path] = []
     figs = cfg.get("figures", [])
@@ -198,13 +205,13 @@ def table_figures(
             )
         if "episode" in figs or "ttft_cdf" in figs:
             seed = int(opts.eval_seeds[0])
-            ev_kw = scenario_env_kwargs(cfg, opts, s, "eval")
+            ev_kw = tables.scenario_env_kwargs(cfg, opts, s, "eval")
             traces = {}
             for b in cfg["baselines"]:
                 spec = dict(b["spec"])
                 for p in b.get("sweep") or {}:
                     spec[p] = chosen[(s, b["name"])]
-                pol = make_policy(cfg["env_id"], spec_string(spec))
+                pol = make_policy(cfg["env_id"], tables.spec_string(spec))
                 traces[b["name"]] = record_episode(
                     cfg["env_id"], pol, s, seed, {**ev_kw, **(b.get("env_kwargs") or {})}
                 )
@@ -233,3 +240,107 @@ def table_figures(
                     )
                 )
     return paths
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def figures_from_csv(
+    table: str | Path | Mapping[str, Any],
+    results: str | Path,
+    run_dir: str | Path | None = None,
+    *,
+    quick: bool = False,
+    trace: str | None = None,
+    scenarios: Sequence[str] | None = None,
+    figures: Sequence[str] | None = None,
+    out: str | Path | None = None,
+) -> list[Path]:
+    """Redraw a reproduced table's figures from ``results/episodes.csv`` and ``results/sweep.csv``.
+
+    Scenarios, agents and evaluation seeds are those of ``episodes.csv`` (``scenarios`` narrows them);
+    ``quick`` and ``trace`` must be what the table was reproduced with (the episode figures rerun one
+    evaluation episode per policy with the same gym.make keywords; the other figures need no trace).
+    ``figures`` (default: the table's) go to ``out`` (default ``results``); trained agents are read
+    from ``run_dir/agents`` when it exists.
+    """
+    cfg = tables.load_table(table)
+    results = Path(results)
+    rows = tables.read_episodes(results / "episodes.csv")
+    labels = [str(r.get("label", "")).split("|") for r in rows]
+    present = {lab[1] for lab in labels if len(lab) > 1 and lab[0] in ("eval", "train")}
+    if not present:
+        raise ConfigError(f"{results / 'episodes.csv'}: holds no evaluation rows")
+    for s in scenarios or ():
+        check_choice("scenarios", s, sorted(present))
+    names = [s for s in cfg["scenarios"] if s in present and (not scenarios or s in scenarios)]
+    agents = [
+        a["name"]
+        for a in cfg["agents"]
+        if any(lab[0] == "train" and lab[2:3] == [a["name"]] for lab in labels)
+    ]
+    n_seeds = len({r["seed"] for r, lab in zip(rows, labels, strict=True) if lab[0] == "eval"})
+    if figures is not None:
+        for f in figures:
+            check_choice("figures", f, tables.FIGURES)
+        cfg = {**cfg, "figures": list(figures)}
+    if trace is None and not {"episode", "ttft_cdf"} & set(cfg["figures"]):
+        trace = "(unused)"  # only the episode figures build envs, so only they need a replayed trace file
+    opts = tables.resolve_options(
+        cfg, quick=quick, seeds=max(n_seeds, 1), scenarios=names, trace=trace, agents=agents
+    )
+    chosen = tables.read_chosen(cfg, results / "sweep.csv")
+    for s in opts.scenarios:
+        for b in cfg["baselines"]:
+            if b.get("sweep") and (s, b["name"]) not in chosen:
+                raise ConfigError(f"{results / 'sweep.csv'}: no chosen value of {b['name']} on {s}")
+    groups = tables.policy_runs(cfg, opts, rows, chosen)
+    dirs = tables.agent_dirs(Path(run_dir), rows) if run_dir is not None else {}
+    out = Path(out) if out is not None else results
+    out.mkdir(parents=True, exist_ok=True)
+    return table_figures(cfg, opts, groups, rows, chosen, dirs, out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m experiments.plot",
+        description="Redraw the figures of a reproduced table from its episodes.csv and sweep.csv "
+        "(no grid is rerun; the episode figures replay one evaluation episode per policy).",
+    )
+    ap.add_argument("table", help=f"table name ({', '.join(tables.table_names())}) or a table YAML path")
+    ap.add_argument("--quick", action="store_true",
+                    help="the table was reproduced with --quick (its default folders and quick env settings)")  # fmt: skip
+    ap.add_argument(
+        "--trace", default=None, help="Azure LLM trace CSV for trace-replay scenarios (azure-conv)"
+    )
+    ap.add_argument("--scenarios", nargs="+", default=None, help="only these scenarios of episodes.csv")
+    ap.add_argument("--figures", nargs="+", choices=tables.FIGURES, default=None, metavar="FIGURE",
+                    help=f"which figures to draw, of {list(tables.FIGURES)} (default: the table's figures)")  # fmt: skip
+    ap.add_argument("--results", default=None,
+                    help="the reproduced table's output folder (default results/<table>[-quick])")  # fmt: skip
+    ap.add_argument("--run-dir", default=None,
+                    help="its grid run folder, for the trained agents (default runs/reproduce/<table>[-quick])")  # fmt: skip
+    ap.add_argument("--out", default=None, help="folder for the figures (default: the results folder)")
+    args = ap.parse_args(argv)
+    default_results, default_run_dir = tables.default_dirs(args.table, args.quick)
+    try:
+        paths = figures_from_csv(
+            args.table,
+            Path(args.results or default_results),
+            Path(args.run_dir or default_run_dir),
+            quick=args.quick,
+            trace=args.trace,
+            scenarios=args.scenarios,
+            figures=args.figures,
+            out=args.out,
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(f"figure: {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

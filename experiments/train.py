@@ -121,11 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides: list[str] | dict = list(args.hp)
         if args.hyperparams is not None:
-            from agents.sb3 import _deep_merge
+            from envs.sim.config import deep_merge
             from experiments.tune_hparams import hyperparams_file_overrides
 
             table = hyperparams_file_overrides(args.hyperparams, args.algo, args.env)
-            overrides = _deep_merge(table, parse_overrides(list(args.hp)))
+            overrides = deep_merge(table, parse_overrides(list(args.hp)))
         model = train(
             args.env,
             args.algo,

@@ -252,9 +252,9 @@ def _plain(value: Any) -> Any:
 
 def trial_overrides(cfg: SearchConfig, params: Mapping[str, Any]) -> dict[str, Any]:
     """The hyperparameter overrides of a trial: the fixed ``hp``, then the sampled values."""
-    from agents.sb3 import _deep_merge
+    from envs.sim.config import deep_merge
 
-    return _deep_merge(nest(cfg.hp), nest(_plain(dict(params))))
+    return deep_merge(nest(cfg.hp), nest(_plain(dict(params))))
 
 
 def run_trial(cfg: SearchConfig, params: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
@@ -416,10 +416,11 @@ def _run_ray(
 def best_hyperparams(cfg: SearchConfig, params: Mapping[str, Any]) -> dict[str, Any]:
     """A hyperparameter table like ``agents/hyperparams/<algo>.yaml``: the shipped ``default`` and the
     env id's shipped entry with the fixed ``hp`` and the best ``params`` merged in."""
-    from agents.sb3 import HYPERPARAMS_DIR, _deep_merge
+    from agents.sb3 import HYPERPARAMS_DIR
+    from envs.sim.config import deep_merge
 
     shipped = yaml.safe_load((HYPERPARAMS_DIR / f"{cfg.algo}.yaml").read_text()) or {}
-    entry = _deep_merge(shipped.get(cfg.env_id) or {}, trial_overrides(cfg, params))
+    entry = deep_merge(shipped.get(cfg.env_id) or {}, trial_overrides(cfg, params))
     return {"default": copy.deepcopy(shipped["default"]), cfg.env_id: entry}
 
 
@@ -429,7 +430,8 @@ def hyperparams_file_overrides(path: str | Path, algo: str, env_id: str) -> dict
     Given as ``overrides`` to :func:`agents.sb3.train` / :func:`agents.sb3.load_hyperparams`, they replace
     the shipped values key by key (a key the file lacks keeps its shipped value).
     """
-    from agents.sb3 import _deep_merge, load_hyperparams
+    from agents.sb3 import load_hyperparams
+    from envs.sim.config import deep_merge
 
     name = Path(path).name
     try:
@@ -437,7 +439,7 @@ def hyperparams_file_overrides(path: str | Path, algo: str, env_id: str) -> dict
     except yaml.YAMLError as exc:
         raise fail("hyperparams", str(path), f"is not valid YAML ({exc})") from None
     check_keys(name, table, {"default", *envs.ENV_IDS}, required=("default",))
-    hp = _deep_merge(table["default"] or {}, table.get(env_id) or {})
+    hp = deep_merge(table["default"] or {}, table.get(env_id) or {})
     load_hyperparams(algo, env_id, hp)  # validates the keys against the algorithm
     return hp
 

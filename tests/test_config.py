@@ -23,7 +23,7 @@ from baselines.placement import PLACERS
 from baselines.scaling import SCALERS
 from envs.sim import ConfigError, Scenario, Simulator, load_scenario, run_scenario, shipped_scenarios
 from envs.sim import kernel as K
-from envs.sim.config import ARRIVAL_KEYS, DEFAULT_REWARD, ROUTERS
+from envs.sim.config import ARRIVAL_KEYS, DEFAULT_REWARD, ROUTERS, deep_merge
 from envs.sim.hardware import GPU_PRESETS, MODEL_PRESETS
 from envs.sim.metrics import KPI_KEYS
 
@@ -126,6 +126,33 @@ def test_dotted_and_nested_overrides_merge_into_the_scenario():
     again = load_scenario(base, {"horizon_s": 60})
     assert again.horizon_s == 60.0 and base.horizon_s == 3600.0
     assert load_scenario(base) is base
+
+
+@pytest.mark.parametrize("bad", [[], 0, [("horizon_s", 60)], "horizon_s=60", 1.5])
+def test_overrides_that_are_not_a_mapping_raise_naming_overrides(bad):
+    for spec in ("default", load_scenario("default"), {"models": [{"name": "llama-3-8b"}]}):
+        with pytest.raises(ConfigError, match=r"^overrides: .* must be a mapping"):
+            load_scenario(spec, bad)
+    with pytest.raises(ConfigError, match=r"^overrides: .* must be a mapping"):
+        deep_merge({"horizon_s": 60}, bad)
+    # None means no overrides
+    assert load_scenario("default", None) == load_scenario("default") == load_scenario("default", {})
+    assert deep_merge({"a": {"b": 1}}, None) == {"a": {"b": 1}}
+
+
+def test_deep_merge_expands_dotted_keys_at_any_depth_and_copies():
+    base = {"a": {"b": {"c": 1, "d": [1, 2]}}, "x": 1}
+    over = {"a.b.c": 2, "n.m.k": 3, "x": {"y.z": 4}, "a": {"e.f": 5}}
+    out = deep_merge(base, over)
+    assert out == {
+        "a": {"b": {"c": 2, "d": [1, 2]}, "e": {"f": 5}},
+        "x": {"y": {"z": 4}},
+        "n": {"m": {"k": 3}},
+    }
+    out["a"]["b"]["d"].append(3)  # a deep copy: the inputs are untouched
+    assert base == {"a": {"b": {"c": 1, "d": [1, 2]}}, "x": 1}
+    assert over == {"a.b.c": 2, "n.m.k": 3, "x": {"y.z": 4}, "a": {"e.f": 5}}
+    assert deep_merge({"a": {"b": 1}}, {"a": 3, "k": None}) == {"a": 3, "k": None}  # non-mappings replace
 
 
 def test_yaml_path_loads_and_names_the_scenario_after_the_file(tmp_path: Path):

@@ -14,7 +14,8 @@ import pytest
 
 from envs.sim.errors import ConfigError
 from experiments.evaluate import evaluate_policy, make_policy
-from experiments.grid import FAULTS_ENV, Cell, read_results, run_cell, run_grid
+from experiments.grid import Cell, read_results, run_cell, run_grid
+from tests.grid_faults import calls, install
 
 AUTOSCALE = "InferGym/Autoscale-v0"
 SHORT = {"horizon_s": 60.0}
@@ -29,16 +30,11 @@ def grid_2x2() -> list[Cell]:
     ]
 
 
-def calls(faults: Path) -> list[str]:
-    log = faults / "calls.log"
-    return log.read_text().split() if log.exists() else []
-
-
 @pytest.fixture
 def faults(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "faults"
     d.mkdir()
-    monkeypatch.setenv(FAULTS_ENV, str(d))
+    install(d, monkeypatch)
     return d
 
 
@@ -165,10 +161,11 @@ def test_sigterm_stops_the_grid_and_its_workers(tmp_path, faults):
     cells = grid_2x2()
     (faults / "hang").write_text("*\n")
     code = (
-        "import sys; from experiments.grid import run_grid; from tests.test_grid import grid_2x2; "
+        "import sys; from experiments.grid import run_grid; from tests.grid_faults import install; "
+        "from tests.test_grid import grid_2x2; install(sys.argv[2]); "
         "run_grid(grid_2x2(), sys.argv[1], workers=2, progress=False)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), str(faults)], cwd=ROOT)
     pids_file = faults / "hung_pids"
     deadline = time.monotonic() + 120
     while (

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.grid import FAULTS_ENV, Cell, read_results, run_grid
+from experiments.grid import Cell, read_results, run_grid
+from tests.grid_faults import calls, install
 
 AUTOSCALE = "InferGym/Autoscale-v0"
 SHORT = {"horizon_s": 60.0}
@@ -20,16 +21,11 @@ def grid_2x2() -> list[Cell]:
     ]
 
 
-def calls(faults: Path) -> list[str]:
-    log = faults / "calls.log"
-    return log.read_text().split() if log.exists() else []
-
-
 @pytest.fixture
 def faults(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "faults"
     d.mkdir()
-    monkeypatch.setenv(FAULTS_ENV, str(d))
+    install(d, monkeypatch)
     return d
 
 

@@ -1,4 +1,8 @@
-"""experiments.reproduce: a tiny table end to end, baseline calibration, and table numbers from experiments.stats."""
+"""experiments.reproduce: a tiny table end to end, baseline calibration, and table numbers from experiments.stats.
+
+Also the table configs (experiments.tables) and redrawing a reproduced table's figures from its CSV
+files (experiments.plot).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ import csv
 
 import numpy as np
 import pytest
+import yaml
 
 from envs.sim.errors import ConfigError
-from experiments import reproduce, stats
+from experiments import plot, reproduce, stats, tables
 
 TINY = {
     "description": "smoke table",
@@ -135,28 +140,28 @@ def test_choose_value_smallest_meeting_and_mean_load_rules():
 
 def test_seeds_must_be_disjoint_and_unknown_keys_are_errors():
     with pytest.raises(ConfigError, match="disjoint"):
-        reproduce.resolve_options(reproduce.load_table({**TINY, "calibration_seeds": [1]}))
+        tables.resolve_options(tables.load_table({**TINY, "calibration_seeds": [1]}))
     with pytest.raises(ConfigError, match="colour"):
-        reproduce.load_table({**TINY, "colour": "red"})
+        tables.load_table({**TINY, "colour": "red"})
     with pytest.raises(ConfigError, match="trace"):
-        reproduce.resolve_options(reproduce.load_table("autoscale"), scenarios=["azure-conv"])
+        tables.resolve_options(tables.load_table("autoscale"), scenarios=["azure-conv"])
 
 
 def test_shipped_tables_load_and_quick_shrinks_them():
-    for name in reproduce.table_names():
-        cfg = reproduce.load_table(name)
-        opts = reproduce.resolve_options(cfg, quick=True)
+    for name in tables.table_names():
+        cfg = tables.load_table(name)
+        opts = tables.resolve_options(cfg, quick=True)
         assert len(opts.eval_seeds) == 3 and opts.total_timesteps is not None
         assert not set(opts.calibration_seeds) & set(opts.eval_seeds)
-    full = reproduce.resolve_options(reproduce.load_table("autoscale"))
+    full = tables.resolve_options(tables.load_table("autoscale"))
     assert "azure-conv" not in full.scenarios  # skipped without --trace
-    with_trace = reproduce.resolve_options(reproduce.load_table("autoscale"), trace="t.csv")
+    with_trace = tables.resolve_options(tables.load_table("autoscale"), trace="t.csv")
     assert with_trace.scenarios == ("steady", "diurnal", "bursty", "azure-conv")
 
 
 def test_agent_train_env_kwargs_reach_training_only():
-    cfg = reproduce.load_table("routing")
-    opts = reproduce.resolve_options(cfg, quick=True, seeds=1)
+    cfg = tables.load_table("routing")
+    opts = tables.resolve_options(cfg, quick=True, seeds=1)
     cells = [c for c in reproduce.evaluation_cells(cfg, opts, {}) if c.kind == "train"]
     by_agent = {c.label.split("|")[2]: c for c in cells}
     shaped, plain = by_agent["maskable_ppo_slot"], by_agent["maskable_ppo"]
@@ -165,7 +170,7 @@ def test_agent_train_env_kwargs_reach_training_only():
     bad = {k: v for k, v in cfg.items() if k != "name"}
     bad["agents"] = [{**cfg["agents"][0], "train_kwargs": {}}]
     with pytest.raises(ConfigError, match=r"agents\[0\].*train_kwargs"):
-        reproduce.load_table(bad)
+        tables.load_table(bad)
 
 
 @pytest.mark.parametrize(
@@ -182,3 +187,23 @@ def test_agent_train_env_kwargs_reach_training_only():
 def test_verdict_reads_both_confidence_intervals(poi, diff, expected):
     row = {"poi_low": poi[0], "poi_high": poi[1], "diff_low": diff[0], "diff_high": diff[1]}
     assert expected in reproduce._verdict(row)
+
+
+def test_plot_redraws_the_figures_from_the_csv_files(tiny, tmp_path):
+    root, res = tiny
+    cfg = tables.load_table(TINY)
+    rows = tables.read_episodes(root / "out" / "episodes.csv")
+    chosen = tables.read_chosen(cfg, root / "out" / "sweep.csv")
+    assert chosen == res["chosen"]
+    # the runs rebuilt from episodes.csv give the same table as the reproduce run
+    opts = tables.resolve_options(cfg, seeds=2)
+    assert reproduce.summary_rows(cfg, tables.policy_runs(cfg, opts, rows, chosen)) == res["summary"]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    figs = tmp_path / "figs"
+    argv = [str(path), "--results", str(root / "out"), "--run-dir", str(root / "run"), "--out", str(figs)]
+    assert plot.main([*argv, "--figures", "kpi_bars", "tradeoff", "episode"]) == 0
+    for name in ("kpis_default.png", "tradeoff_default.png", "episode_default.png"):
+        assert (figs / name).stat().st_size > 1000, name
+    assert not (figs / "ttft_cdf_default.png").exists()
+    assert plot.main([*argv[:1], "--results", str(tmp_path / "nothing")]) == 2

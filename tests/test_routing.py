@@ -250,7 +250,9 @@ def test_a_registered_custom_router_is_usable_by_name():
     ROUTERS.register("test_my_sed", MySed)
     try:
         kpis = run_scenario("default", 0, overrides={"horizon_s": 60.0, "routing": "test_my_sed"})
-        assert kpis == run_scenario("default", 0, overrides={"horizon_s": 60.0, "routing": "shortest_expected_delay"})
+        assert kpis == run_scenario(
+            "default", 0, overrides={"horizon_s": 60.0, "routing": "shortest_expected_delay"}
+        )
     finally:
         ROUTERS.unregister("test_my_sed")
 

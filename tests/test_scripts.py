@@ -1,10 +1,45 @@
-"""Smoke tests of the command-line scripts, run in-process with tiny budgets."""
+"""Smoke tests of the command-line scripts, run in-process with tiny budgets (``--help`` in a subprocess)."""
 
+import ast
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from experiments import benchmark, simulate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def script_modules() -> list[str]:
+    """The modules of experiments/ that define a top-level ``main`` (each is run with ``python -m``)."""
+    out = []
+    for path in sorted((ROOT / "experiments").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body):
+            out.append(f"experiments.{path.stem}")
+    return out
+
+
+def test_the_script_list_is_found():
+    assert {"experiments.plot", "experiments.reproduce", "experiments.simulate"} <= set(script_modules())
+
+
+@pytest.mark.parametrize("module", script_modules())
+def test_every_script_answers_help(module):
+    res = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr
+    assert "usage" in res.stdout.lower(), res.stdout
+
+
+def test_plot_does_not_import_reproduce():
+    code = "import sys, experiments.plot; sys.exit('experiments.reproduce' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr or "importing experiments.plot imported experiments.reproduce"
 
 
 def test_simulate_prints_a_kpi_table_and_writes_json(tmp_path, capsys):

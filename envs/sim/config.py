@@ -29,7 +29,6 @@ from envs.sim.routing import ROUTERS
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 
 
-
 def shipped_scenarios() -> list[str]:
     """Names of the scenarios that ship with the package."""
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
@@ -533,7 +532,9 @@ class Scenario:
         routing = ControllerSpec.from_config(raw.get("routing", "least_connections"), "routing")
         if routing.obj is None:
             check_choice(
-                "routing.kind" if not isinstance(raw.get("routing"), str) else "routing", routing.kind, ROUTERS.names()
+                "routing.kind" if not isinstance(raw.get("routing"), str) else "routing",
+                routing.kind,
+                ROUTERS.names(),
             )
         placement = ControllerSpec.from_config(raw.get("placement", "first_fit"), "placement")
         scaling = ControllerSpec.from_config(raw.get("scaling", "static"), "scaling")

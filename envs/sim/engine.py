@@ -369,7 +369,9 @@ class Simulator:
             while code == K.STOP_ROUTE:
                 i = int(self.gi[K.I_PENDING])
                 m = int(self.ri[i, K.R_MODEL])
-                r = int(self.python_router.choose(self.request_view(i), self.replica_views(m, ready_only=True)))
+                r = int(
+                    self.python_router.choose(self.request_view(i), self.replica_views(m, ready_only=True))
+                )
                 self._check_route(i, r, "router.choose")
                 code = self._kernel(until, route_to=r)
         self.sync_releases()
@@ -392,8 +394,22 @@ class Simulator:
             raise RuntimeError("choose_replica() called with no request waiting for a routing decision")
         addr = spec.score.address if spec.score is not None else 0
         return int(
-            route_once(self.rf, self.ri, self.pf, self.pi, self.qn, self.mi, self.mrep, self.mn, self.gf, self.gi,
-                       i, int(spec.rule), addr, float(spec.load_bound_eps))  # fmt: skip
+            route_once(
+                self.rf,
+                self.ri,
+                self.pf,
+                self.pi,
+                self.qn,
+                self.mi,
+                self.mrep,
+                self.mn,
+                self.gf,
+                self.gi,
+                i,
+                int(spec.rule),
+                addr,
+                float(spec.load_bound_eps),
+            )  # fmt: skip
         )
 
     @property
@@ -431,9 +447,29 @@ class Simulator:
         the costs of requests finished since the caller's cursor ``seen`` to ``terms``; see
         :func:`envs.sim.features.routing_observation`. Returns the number of READY slots."""
         return int(
-            routing_observation(self.rf, self.ri, self.pf, self.pi, self.qn, self.mrep, self.mn, self.log_done,
-                                self.log_drop, self.gi, self.slo, speed_max, int(i), self.n_models, self.n_classes,
-                                seen, terms, obs, mask, slot_rep, norms)  # fmt: skip
+            routing_observation(
+                self.rf,
+                self.ri,
+                self.pf,
+                self.pi,
+                self.qn,
+                self.mrep,
+                self.mn,
+                self.log_done,
+                self.log_drop,
+                self.gi,
+                self.slo,
+                speed_max,
+                int(i),
+                self.n_models,
+                self.n_classes,
+                seen,
+                terms,
+                obs,
+                mask,
+                slot_rep,
+                norms,
+            )  # fmt: skip
         )
 
     def outstanding_work_s(self, cap_s: float) -> float:

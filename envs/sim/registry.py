@@ -49,7 +49,9 @@ class Registry:
 
         def deco(obj: Any) -> Any:
             if name in self._entries and not replace and self._entries[name] is not obj:
-                raise ConfigError(f"{self.config_key}: {name!r} is already registered ({self._entries[name]!r})")
+                raise ConfigError(
+                    f"{self.config_key}: {name!r} is already registered ({self._entries[name]!r})"
+                )
             self._entries[name] = obj
             return obj
 
@@ -111,7 +113,9 @@ class Registry:
         elif hasattr(spec, "kind") and hasattr(spec, "params"):  # a config ControllerSpec
             kind, params, kind_path = spec.kind, dict(spec.params), path
         else:
-            raise fail(path, spec, f"must be a {self.noun} name, a mapping with 'kind', or a {self.noun} object")
+            raise fail(
+                path, spec, f"must be a {self.noun} name, a mapping with 'kind', or a {self.noun} object"
+            )
         check_choice(kind_path, kind, self._entries)
         return kind, params
 

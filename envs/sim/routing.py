@@ -163,7 +163,9 @@ class RouterSpec:
 
     def __post_init__(self) -> None:
         if self.rule == Rule.SCORE and not isinstance(self.score, ScoreFunction):
-            raise TypeError("RouterSpec(rule=SCORE) needs score=a ScoreFunction (see envs.sim.routing.score_function)")
+            raise TypeError(
+                "RouterSpec(rule=SCORE) needs score=a ScoreFunction (see envs.sim.routing.score_function)"
+            )
 
 
 @runtime_checkable

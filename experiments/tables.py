@@ -1,0 +1,311 @@
+"""Results tables: their configs (``experiments/configs/tables/*.yaml``), run options and CSV files.
+
+What :mod:`experiments.reproduce` (which runs a table) and :mod:`experiments.plot` (which draws its
+figures, also from the CSV files of an earlier run) both need: loading and validating a table config,
+the seeds / scenarios / budgets of a run (:class:`Options`), the gym.make keywords of a scenario, the
+grouping of evaluation rows into runs per policy (:class:`PolicyRuns`), and reading and writing the
+table's CSV files. This module imports neither of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+import envs
+from envs.sim.config import deep_merge
+from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
+
+TABLES_DIR = Path(__file__).resolve().parent / "configs" / "tables"
+TABLE_KEYS = (
+    "description",
+    "env_id",
+    "select_by",
+    "eval_seeds",
+    "calibration_seeds",
+    "train_seed_base",
+    "scenarios",
+    "default_scenarios",
+    "baselines",
+    "agents",
+    "quick",
+    "kpis",
+    "figures",
+    "tradeoff",
+)
+SCENARIO_KEYS = ("trace", "split", "train_env_kwargs", "eval_env_kwargs")
+BASELINE_KEYS = ("name", "spec", "sweep", "select", "env_kwargs")
+AGENT_KEYS = ("name", "algo", "total_timesteps", "env_kwargs", "train_env_kwargs", "overrides")
+QUICK_KEYS = ("eval_seeds", "calibration_seeds", "total_timesteps", "scenario_env_kwargs")
+KPI_KEYS = ("key", "label", "fmt", "iqm")
+FIGURES = ("episode", "ttft_cdf", "tradeoff", "kpi_bars")
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def table_names() -> list[str]:
+    """The shipped tables (``experiments/configs/tables/<name>.yaml``)."""
+    return sorted(p.stem for p in TABLES_DIR.glob("*.yaml"))
+
+
+def load_table(name_or_path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A table config from a shipped name, a YAML path or a dict; unknown keys are errors."""
+    if isinstance(name_or_path, Mapping):
+        cfg, where = dict(name_or_path), "table"
+    else:
+        p = Path(name_or_path)
+        if not p.suffix:
+            check_choice("table", str(name_or_path), table_names())
+            p = TABLES_DIR / f"{name_or_path}.yaml"
+        cfg, where = yaml.safe_load(p.read_text()) or {}, p.stem
+    check_keys(where, cfg, TABLE_KEYS, required=("env_id", "scenarios", "baselines", "kpis"))
+    check_choice(f"{where}.env_id", cfg["env_id"], envs.ENV_IDS)
+    cfg.setdefault("name", where)
+    cfg.setdefault("select_by", "return")
+    cfg.setdefault("eval_seeds", 10)
+    cfg.setdefault("calibration_seeds", [1000, 1001])
+    cfg.setdefault("train_seed_base", 10000)
+    cfg.setdefault("agents", [])
+    cfg.setdefault("quick", {})
+    cfg.setdefault("figures", ["kpi_bars"])
+    cfg.setdefault("default_scenarios", list(cfg["scenarios"]))
+    check_number(f"{where}.eval_seeds", cfg["eval_seeds"], ge=1, integer=True)
+    for s, sc in cfg["scenarios"].items():
+        check_keys(f"{where}.scenarios.{s}", sc or {}, SCENARIO_KEYS)
+    for s in cfg["default_scenarios"]:
+        check_choice(f"{where}.default_scenarios", s, list(cfg["scenarios"]))
+    for i, b in enumerate(cfg["baselines"]):
+        check_keys(f"{where}.baselines[{i}]", b, BASELINE_KEYS, required=("name", "spec"))
+        sweep = b.get("sweep") or {}
+        if len(sweep) > 1:
+            raise fail(f"{where}.baselines[{i}].sweep", sweep, "sweeps one main parameter")
+        sel = b.get("select", "best")
+        if not (
+            sel in ("best", "mean_load") or (isinstance(sel, Mapping) and set(sel) == {"smallest_meeting"})
+        ):
+            raise fail(
+                f"{where}.baselines[{i}].select",
+                sel,
+                "must be best, mean_load or {smallest_meeting: {kpi: min}}",
+            )
+    for i, a in enumerate(cfg["agents"]):
+        check_keys(f"{where}.agents[{i}]", a, AGENT_KEYS, required=("name", "algo", "total_timesteps"))
+    check_keys(f"{where}.quick", cfg["quick"], QUICK_KEYS)
+    for i, k in enumerate(cfg["kpis"]):
+        check_keys(f"{where}.kpis[{i}]", k, KPI_KEYS, required=("key",))
+    for f in cfg["figures"]:
+        check_choice(f"{where}.figures", f, FIGURES)
+    return cfg
+
+
+def default_dirs(table: str | Path, quick: bool = False) -> tuple[Path, Path]:
+    """Default folders: ``results/<table>[-quick]``, ``runs/reproduce/<table>[-quick]``."""
+    name = Path(table).stem
+    suffix = "-quick" if quick else ""
+    return Path(f"results/{name}{suffix}"), Path(f"runs/reproduce/{name}{suffix}")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run: the table's defaults, narrowed or shrunk by the command line."""
+
+    scenarios: tuple[str, ...]
+    eval_seeds: tuple[int, ...]
+    calibration_seeds: tuple[int, ...]
+    n_agent_seeds: int
+    total_timesteps: int | None = None  # None: each agent's own budget
+    quick: bool = False
+    trace: str | None = None
+    scenario_env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    agents: tuple[str, ...] | None = None  # None: every agent of the table
+
+
+def resolve_options(
+    cfg: Mapping[str, Any],
+    *,
+    quick: bool = False,
+    seeds: int | None = None,
+    scenarios: Sequence[str] | None = None,
+    trace: str | None = None,
+    total_timesteps: int | None = None,
+    agents: Sequence[str] | None = None,
+) -> Options:
+    """Seeds, scenarios and budgets for a run: table defaults, then ``quick``, then explicit arguments."""
+    q = cfg.get("quick", {}) if quick else {}
+    n_eval = int(seeds if seeds is not None else q.get("eval_seeds", cfg["eval_seeds"]))
+    check_number("seeds", n_eval, ge=1, integer=True)
+    calib = tuple(int(s) for s in q.get("calibration_seeds", cfg["calibration_seeds"]))
+    eval_seeds = tuple(range(n_eval))
+    train_base = int(cfg["train_seed_base"])
+    if set(calib) & set(eval_seeds) or train_base < n_eval:
+        raise ConfigError(
+            f"seeds: calibration {list(calib)}, evaluation 0..{n_eval - 1} and training "
+            f"{train_base}.. must be disjoint"
+        )
+    names = list(scenarios) if scenarios else list(cfg["default_scenarios"])
+    for s in names:
+        check_choice("scenarios", s, list(cfg["scenarios"]))
+    if not scenarios:
+        # The trace scenario needs the trace file; without --trace the default list skips it.
+        names = [s for s in names if trace or not (cfg["scenarios"][s] or {}).get("trace")]
+    for s in names:
+        if (cfg["scenarios"][s] or {}).get("trace") and not trace:
+            raise fail("trace", None, f"scenario {s!r} replays a trace: give its path with --trace")
+    steps = total_timesteps if total_timesteps is not None else q.get("total_timesteps")
+    for a in agents or ():
+        check_choice("agents", a, [x["name"] for x in cfg.get("agents", [])])
+    return Options(
+        scenarios=tuple(names),
+        eval_seeds=eval_seeds,
+        calibration_seeds=calib,
+        n_agent_seeds=n_eval,
+        total_timesteps=None if steps is None else int(steps),
+        quick=quick,
+        trace=trace,
+        scenario_env_kwargs=dict(q.get("scenario_env_kwargs", {})),
+        agents=None if agents is None else tuple(agents),
+    )
+
+
+def scenario_env_kwargs(cfg: Mapping[str, Any], opts: Options, scenario: str, split: str) -> dict[str, Any]:
+    """gym.make keywords of a scenario for the ``train`` (calibration + training) or ``eval`` split."""
+    sc = cfg["scenarios"][scenario] or {}
+    kw = deep_merge(sc.get(f"{split}_env_kwargs") or {}, dict(opts.scenario_env_kwargs))  # quick wins
+    if sc.get("trace"):
+        kw = deep_merge(kw, {"workload": {"arrival": {"path": str(opts.trace)}}})
+    return kw
+
+
+def spec_string(spec: Mapping[str, Any]) -> str:
+    """A baseline spec as the YAML flow mapping :func:`experiments.evaluate.make_policy` parses."""
+    return yaml.safe_dump(dict(spec), default_flow_style=True, sort_keys=True).strip()
+
+
+def selected_agents(cfg: Mapping[str, Any], opts: Options) -> list[Mapping[str, Any]]:
+    """The table's agents, narrowed to ``opts.agents`` when given."""
+    return [a for a in cfg.get("agents", []) if opts.agents is None or a["name"] in opts.agents]
+
+
+def value_str(v: Any) -> str:
+    """A sweep value as it appears in cell labels and tables (``4``, ``0.6``)."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class PolicyRuns:
+    """The runs of one policy on one scenario: one value per run for every KPI."""
+
+    scenario: str
+    policy: str
+    kind: str  # "baseline" | "agent"
+    param: str
+    runs: Mapping[str, np.ndarray]
+
+
+def policy_runs(
+    cfg: Mapping[str, Any], opts: Options, rows: Sequence[Mapping[str, Any]], chosen
+) -> list[PolicyRuns]:
+    """Group evaluation rows: a baseline's run is an episode, an agent's run a training seed (its mean)."""
+    keys = [k["key"] for k in cfg["kpis"]]
+    out = []
+    for s in opts.scenarios:
+        for b in cfg["baselines"]:
+            rs = sorted(
+                (r for r in rows if r["label"].startswith(f"eval|{s}|{b['name']}|")), key=lambda r: r["seed"]
+            )
+            param = ", ".join(f"{p}={value_str(chosen[(s, b['name'])])}" for p in b.get("sweep") or {})
+            runs = {k: np.array([float(r[k]) for r in rs if k in r]) for k in keys}
+            out.append(PolicyRuns(s, b["name"], "baseline", param, runs))
+        for a in selected_agents(cfg, opts):
+            by_seed: dict[str, list] = {}
+            for r in rows:
+                if r["label"].startswith(f"train|{s}|{a['name']}|"):
+                    by_seed.setdefault(r["label"], []).append(r)
+            runs = {
+                k: np.array([np.mean([float(r[k]) for r in rs]) for _, rs in sorted(by_seed.items())])
+                for k in keys
+            }
+            steps = opts.total_timesteps or int(a["total_timesteps"])
+            out.append(PolicyRuns(s, a["name"], "agent", f"{steps} steps", runs))
+    return out
+
+
+def agent_dirs(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
+    """``{train label: run folder}`` of the trained agents (``run_dir/agents/<cell key>``, as the grid writes)."""
+    return {
+        r["label"]: run_dir / "agents" / r["key"]
+        for r in rows
+        if r["label"].startswith("train|") and "key" in r
+    }
+
+
+# ---------------------------------------------------------------------------------------------- CSV files
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Rows to CSV: the union of their keys as columns (first-seen order); dicts and lists as JSON."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow(
+                {k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v) for k, v in r.items()}
+            )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file from :func:`write_csv`, as strings; empty cells (keys a row lacked) dropped."""
+    path = Path(path)
+    if not path.exists():
+        raise fail("csv", str(path), "does not exist (reproduce the table first)")
+    with open(path, newline="") as fh:
+        return [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(fh)]
+
+
+def read_episodes(path: Path) -> list[dict[str, Any]]:
+    """``episodes.csv`` of a reproduced table: one row per evaluation episode, seeds as integers."""
+    rows: list[dict[str, Any]] = read_csv(path)
+    for r in rows:
+        for k in ("seed", "episode_seed"):
+            if k in r:
+                r[k] = int(r[k])
+    return rows
+
+
+def read_chosen(cfg: Mapping[str, Any], path: Path) -> dict[tuple[str, str], Any]:
+    """``{(scenario, baseline): chosen sweep value}`` from a table's ``sweep.csv``, values as in the config.
+
+    A table none of whose baselines sweeps writes no ``sweep.csv``: then ``{}``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    sweeps = {b["name"]: b.get("sweep") or {} for b in cfg["baselines"]}
+    chosen: dict[tuple[str, str], Any] = {}
+    for r in read_csv(path):
+        if r.get("chosen") != "True":
+            continue
+        values = sweeps.get(r["baseline"], {}).get(r["param"])
+        if values is None:
+            raise fail(
+                f"{path.name}: baseline {r['baseline']}", r["param"], "is not a swept parameter of the table"
+            )
+        match = [v for v in values if str(v) == r["value"] or value_str(v) == r["value"]]
+        if not match:
+            raise fail(f"{path.name}: {r['baseline']}.{r['param']}", r["value"], f"is not one of {values}")
+        chosen[(r["scenario"], r["baseline"])] = match[0]
+    return chosen
