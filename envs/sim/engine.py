@@ -124,6 +124,12 @@ class Simulator:
         for s in self.scalers:
             s.reset()
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A score function's entry point is an address in the process that compiled it: refresh it.
+        self.__dict__.update(state)
+        score = self.router_spec.score
+        self.gi[K.I_SCORE_FN] = score.address if score is not None else 0
+
     # ------------------------------------------------------------------ construction
 
     def _roofline_params(self) -> RooflineParams:

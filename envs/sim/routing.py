@@ -10,7 +10,7 @@ with room pulls it). The core offers three ways to be one, fastest first:
 * **A compiled score function** (``SCORE``): lowest score wins, ties to the
   lowest replica id. Write it as a plain Python function of the replica's
   named features (:data:`SCORE_ARGS`) and wrap it with :func:`score_function`;
-  numba compiles it to a C callback that the event loop calls through a
+  numba compiles it and the event loop calls it through a
   function pointer, so it runs at full speed without recompiling the loop.
   It must be pure arithmetic (no exceptions, no allocation).
 * **A Python callable** (``choose(request, replicas) -> replica id``) reading
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from numba import cfunc, njit, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -113,6 +113,19 @@ class ScoreFunction:
     def __call__(self, *args: Any) -> float:
         return self.compiled(*args)
 
+    def __reduce__(self) -> tuple:
+        # By name: the address is valid only in this process; unpickling looks the function up again.
+        return (_score_function_by_name, (self.py_func.__module__, self.py_func.__qualname__))
+
+
+def _score_function_by_name(module: str, qualname: str) -> ScoreFunction:
+    import importlib
+
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj if isinstance(obj, ScoreFunction) else score_function(obj)
+
 
 def score_function(func: Callable[..., float] | None = None, *, cache: bool = False) -> Any:
     """Compile ``func(in_flight, queued, ..., cached_prefix_tokens) -> float`` (see :data:`SCORE_ARGS`).
@@ -128,16 +141,20 @@ def score_function(func: Callable[..., float] | None = None, *, cache: bool = Fa
         if n_args != len(SCORE_ARGS):
             names = ", ".join(a for a, _, _ in SCORE_ARGS)
             raise TypeError(f"score function {f.__name__}: takes {n_args} arguments, must take ({names})")
-        compiled = cfunc(SCORE_SIGNATURE, cache=cache, error_model="numpy")(f)
-        return ScoreFunction(f, int(compiled.address), compiled)
+        compiled = njit(SCORE_SIGNATURE, cache=cache, error_model="numpy")(f)
+        cres = compiled.get_compile_result(SCORE_SIGNATURE)
+        address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+        return ScoreFunction(f, int(address), compiled)
 
     return wrap if func is None else wrap(func)
 
 
 @intrinsic
 def _as_score_fn(typingctx, addr):  # noqa: ANN001, ANN202  (numba intrinsic)
-    """A first-class function value calling the C callback at ``addr`` (set by :func:`score_function`).
+    """A first-class function value calling the compiled function at ``addr`` (set by :func:`score_function`).
 
+    ``addr`` is the entry point of the numba-compiled function (numba's calling
+    convention, one direct call; a ``cfunc``'s C wrapper would add a second).
     numba's own unboxing of a function argument costs ~30 us per call; an
     address in the state arrays costs nothing.
     """
@@ -145,9 +162,9 @@ def _as_score_fn(typingctx, addr):  # noqa: ANN001, ANN202  (numba intrinsic)
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
         sfunc = cgutils.create_struct_proxy(_SCORE_FN_TYPE)(context, builder)
         voidptr = context.get_value_type(types.voidptr)
-        sfunc.c_addr = builder.inttoptr(args[0], voidptr)
+        sfunc.c_addr = voidptr(None)
         sfunc.py_addr = voidptr(None)
-        sfunc.jit_addr = voidptr(None)
+        sfunc.jit_addr = builder.inttoptr(args[0], voidptr)
         return sfunc._getvalue()
 
     return _SCORE_FN_TYPE(types.int64), codegen

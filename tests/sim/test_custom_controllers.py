@@ -37,7 +37,9 @@ def doc_namespace():
 def test_every_example_is_short():
     assert len(BLOCKS) == 5
     for block in BLOCKS[:4]:
-        body = [ln for ln in block.strip().splitlines() if ln.strip() and not ln.startswith(("import", "from"))]
+        body = [
+            ln for ln in block.strip().splitlines() if ln.strip() and not ln.startswith(("import", "from"))
+        ]
         assert len(body) < 25, block
 
 

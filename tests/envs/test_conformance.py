@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -18,9 +17,10 @@ import pytest
 
 import envs
 from envs.sim import shipped_scenarios
+from tests.paths import AZURE_CONV_TRACE
 
 IDS = sorted(envs.ENV_IDS)
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+TRACE = AZURE_CONV_TRACE
 # Short horizons keep rollouts fast; everything else comes from the scenario.
 SMALL = {"horizon_s": 300.0}
 

@@ -24,8 +24,9 @@ from envs.sim.workload import (
     sample_lengths,
     trace_stats,
 )
+from tests.paths import AZURE_CONV_TRACE
 
-AZURE_CONV = Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+AZURE_CONV = AZURE_CONV_TRACE
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"
 
 

@@ -6,7 +6,6 @@ import copy
 import csv
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
@@ -22,8 +21,8 @@ from experiments.tune_hparams import (
     run_trial,
     search_config_from_dict,
 )
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 AUTOSCALE = "InferGym/Autoscale-v0"
 TINY = {
     "algo": "ppo",

@@ -26,8 +26,9 @@ from envs.sim import kernel as K
 from envs.sim.config import ARRIVAL_KEYS, DEFAULT_REWARD, ROUTERS, deep_merge
 from envs.sim.hardware import GPU_PRESETS, MODEL_PRESETS
 from envs.sim.metrics import KPI_KEYS
+from tests.paths import AZURE_CONV_TRACE, REPO
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+TRACE = AZURE_CONV_TRACE
 TRACE_OVERRIDE = {"workload": {"arrival": {"path": str(TRACE)}}}
 HYPOTHESIS = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 
@@ -63,7 +64,7 @@ def test_the_shipped_scenarios_are_the_documented_ones():
         "steady",
     }
     assert set(shipped_scenarios()) == expected
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "scenarios.md").read_text()
+    docs = (REPO / "docs" / "scenarios.md").read_text()
     for name in expected:
         assert f"`{name}`" in docs, f"{name} missing from docs/scenarios.md"
 

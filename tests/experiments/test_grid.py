@@ -15,11 +15,12 @@ import pytest
 from envs.sim.errors import ConfigError
 from experiments.evaluate import evaluate_policy, make_policy
 from experiments.grid import Cell, read_results, run_cell, run_grid
-from tests.grid_faults import calls, install
+from tests.experiments.grid_faults import calls, install
+from tests.paths import REPO
 
 AUTOSCALE = "InferGym/Autoscale-v0"
 SHORT = {"horizon_s": 60.0}
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 def grid_2x2() -> list[Cell]:
@@ -161,8 +162,8 @@ def test_sigterm_stops_the_grid_and_its_workers(tmp_path, faults):
     cells = grid_2x2()
     (faults / "hang").write_text("*\n")
     code = (
-        "import sys; from experiments.grid import run_grid; from tests.grid_faults import install; "
-        "from tests.test_grid import grid_2x2; install(sys.argv[2]); "
+        "import sys; from experiments.grid import run_grid; from tests.experiments.grid_faults import install; "
+        "from tests.experiments.test_grid import grid_2x2; install(sys.argv[2]); "
         "run_grid(grid_2x2(), sys.argv[1], workers=2, progress=False)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), str(faults)], cwd=ROOT)

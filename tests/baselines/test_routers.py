@@ -329,3 +329,22 @@ def test_router_policy_refuses_central_queue_and_unknown_routers():
         RouterPolicy("central_queue")
     with pytest.raises(ConfigError, match=r"policy: 'fastest' must be one of"):
         RouterPolicy("fastest")
+
+
+def test_a_pickled_simulator_with_a_score_router_continues_in_another_process(tmp_path):
+    """The score function's entry point is per process: unpickling must point the loop at the new one."""
+    import pickle
+    import subprocess
+    import sys
+
+    sim = Simulator("heterogeneous", 5, overrides={"horizon_s": 90.0}, router="shortest_expected_delay")
+    sim.advance(45.0)
+    (tmp_path / "sim.pkl").write_bytes(pickle.dumps(sim))
+    sim.advance(90.0)
+    code = (
+        "import pickle, sys; import envs; sim = pickle.load(open(sys.argv[1], 'rb')); sim.advance(90.0); "
+        "print(repr(sim.episode_kpis()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sim.pkl")], capture_output=True, text=True,
+                         check=True, timeout=300)  # fmt: skip
+    assert out.stdout.strip() == repr(sim.episode_kpis())

@@ -22,8 +22,9 @@ from envs.sim.perf import (
     replica_coefficients,
     saturation_throughput,
 )
+from tests.paths import A100_PROFILES
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "shared" / "profiles" / "a100"
+PROFILE_DIR = A100_PROFILES
 PROFILE_FILES = ["Llama-2-7b-hf_mlp.csv", "Meta-Llama-3-8B_mlp.csv", "Llama-2-70b-hf_mlp.csv"]
 TOLERANCE = 0.20
 

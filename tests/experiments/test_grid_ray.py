@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from experiments.grid import Cell, read_results, run_grid
-from tests.grid_faults import calls, install
+from tests.experiments.grid_faults import calls, install
 
 AUTOSCALE = "InferGym/Autoscale-v0"
 SHORT = {"horizon_s": 60.0}
