@@ -16,7 +16,7 @@ evaluator's name for the policy).
 A hook for tests (and for trying fault tolerance on a cluster): :data:`CELL_HOOK`, when
 set, is called with each :class:`Cell` in the worker (local process or Ray trial) just
 before the cell runs; an exception it raises counts as the cell failing. The tests'
-fault injection (``tests/grid_faults.py``) is such a hook.
+fault injection (``tests/experiments/grid_faults.py``) is such a hook.
 
 Interrupting a local grid (Ctrl-C, or SIGTERM while the grid runs in the main
 thread) stops its worker processes too; finished cells are in ``results.jsonl``
@@ -66,7 +66,7 @@ RESULTS_FILE = "results.jsonl"
 # Called as ``CELL_HOOK(cell)`` in the worker before every cell run; None (the default) does nothing.
 # run_grid reads it when it starts and ships it to the workers, so it must pickle (a module-level
 # function or an instance of a module-level class, importable in the workers). For tests: see
-# tests/grid_faults.py, which injects failures and hangs this way.
+# tests/experiments/grid_faults.py, which injects failures and hangs this way.
 CELL_HOOK: Callable[[Cell], None] | None = None
 
 
