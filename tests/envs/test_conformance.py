@@ -205,13 +205,24 @@ def test_render_rgb_array(env_id):
     assert frame.std() > 5, "the frame must show something"
 
 
-@pytest.mark.parametrize("env_id", IDS)
+MASKED_IDS = [i for i in IDS if hasattr(make(i).unwrapped, "action_masks")]
+
+
+def test_only_autoscale_has_no_masks_and_every_action_of_it_is_valid():
+    assert set(IDS) - set(MASKED_IDS) == {"InferGym/Autoscale-v0"}
+    env = make("InferGym/Autoscale-v0", action_mode="target")
+    env.reset(seed=0)
+    base = env.unwrapped
+    for action in (env.action_space.nvec - 1, np.zeros_like(env.action_space.nvec)):  # the extremes
+        env.step(action)
+        for m in range(base.n_models):
+            assert base.min_replicas[m] <= base.sim.target[m] <= base.max_replicas[m]
+
+
+@pytest.mark.parametrize("env_id", MASKED_IDS)
 def test_maskable_ppo_trains_with_action_masks(env_id):
     """Every env that can have invalid actions exposes masks that sb3-contrib's MaskablePPO uses."""
     env = make(env_id)
-    if not hasattr(env.unwrapped, "action_masks"):
-        assert isinstance(env.action_space, gym.spaces.MultiDiscrete)  # Autoscale: clamped, never invalid
-        return
     from sb3_contrib import MaskablePPO
     from sb3_contrib.common.wrappers import ActionMasker
 
