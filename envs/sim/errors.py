@@ -71,22 +71,3 @@ def check_keys(path: str, mapping: Any, allowed: Iterable[str], required: Iterab
             where = f"{path}.{key}" if path else str(key)
             raise ConfigError(f"{where}: required key is missing")
     return mapping
-
-
-def split_controller_spec(spec: Any, path: str, registry: Mapping[str, Any], noun: str) -> tuple[Any, dict]:
-    """``"name"`` or ``{"kind": name, **params}`` -> (the registry entry, params), with the usual errors.
-
-    Used by every controller factory (scalers, placers, routers) so they reject
-    bad specs the same way.
-    """
-    if isinstance(spec, str):
-        kind, params, kind_path = spec, {}, path
-    elif isinstance(spec, Mapping):
-        if "kind" not in spec:
-            raise ConfigError(f"{path}.kind: required key is missing")
-        kind, kind_path = spec["kind"], f"{path}.kind"
-        params = {k: v for k, v in spec.items() if k != "kind"}
-    else:
-        raise fail(path, spec, f"must be a {noun} name, a mapping with 'kind', or a {noun} object")
-    check_choice(kind_path, kind, registry)
-    return registry[kind], params
