@@ -21,6 +21,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.common import check_action, split_kwargs, weighted_reward
+from envs.sim.clock import ControlClock
 from envs.sim.config import ControllerSpec, Scenario
 from envs.sim.controllers import SCALERS
 from envs.sim.engine import Simulator
@@ -290,6 +291,7 @@ class AutoscaleEnv(gym.Env):
     ) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self.sim = Simulator(self.scenario, seed=self.np_random, router=self.router, placer=self.placer)
+        self.clock = ControlClock(self.sim)
         self._step = 0
         self._prev_rate: list[float] | None = None
         self.model_loads = self._scaler_views()
@@ -314,7 +316,6 @@ class AutoscaleEnv(gym.Env):
             raise RuntimeError("AutoscaleEnv: call reset() before step()")
         if self._step >= self.n_steps:
             raise RuntimeError("AutoscaleEnv: the episode reached its horizon; call reset()")
-        sc = self.scenario
         n, k = self.n_models, self.max_step
         failures0 = sim.placement_failures
         gpu_of = {m: types[int(a[n + j])] for j, (m, types) in enumerate(self.hybrid)}
@@ -329,7 +330,7 @@ class AutoscaleEnv(gym.Env):
                 sim.set_target_replicas(m, got, gpu_of.get(m))
         self._step += 1
         t0 = sim.now
-        sim.advance(min(self._step * sc.control_interval_s, sc.horizon_s))
+        self.clock.advance()
         dt = sim.now - t0
         self.model_loads, kpi = sim.step_views()
         finished = kpi["requests_completed"] + kpi["requests_dropped"]

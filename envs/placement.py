@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.common import check_action, split_kwargs, weighted_reward
+from envs.sim.clock import ControlClock
 from envs.sim.cluster import GPU_MILLI, ClusterState, Demand, TaskMix, refresh_fragments
 from envs.sim.config import ControllerSpec
 from envs.sim.controllers import PLACERS, SCALERS
@@ -505,8 +506,7 @@ class PlacementEnv(gym.Env):
         self._llm_items, types = self._episode_items(keys)
         self._prepare_cluster(sim.cluster, types)
         self._ttl_s = sc.storage.cache_ttl_s
-        self._interval = 0
-        self._n_intervals = int(math.ceil(sc.horizon_s / sc.control_interval_s - 1e-9))
+        self.clock = ControlClock(sim)
         self._pending: deque[int] = deque()
         self._done = False
         self._advance_llm()
@@ -516,13 +516,11 @@ class PlacementEnv(gym.Env):
     def _advance_llm(self) -> tuple[float, float]:
         """Run control intervals until a replica is wanted or the horizon; (sum of 1 - SLO attainment,
         GPU cost in $) over the intervals run."""
-        sim, sc = self.sim, self.scenario
+        sim = self.sim
         slo_violations = cost = 0.0
         while not self._pending and not self._done:
-            self._interval += 1
-            t = min(self._interval * sc.control_interval_s, sc.horizon_s)
-            sim.advance(t)
-            at_horizon = self._interval >= self._n_intervals
+            self.clock.advance()
+            at_horizon = self.clock.at_last_boundary
             want = None if at_horizon else sim.desired_replicas()
             kpis = sim.interval_kpis()
             slo_violations += 1.0 - kpis["slo_attainment"]

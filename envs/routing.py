@@ -21,6 +21,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.common import check_action, split_kwargs, weighted_reward
+from envs.sim.clock import ControlClock
 from envs.sim.config import ControllerSpec, Scenario
 from envs.sim.controllers import SCALERS
 from envs.sim.engine import Simulator
@@ -262,8 +263,6 @@ class RoutingEnv(gym.Env):
         self._w = [float(sc.reward.get(k, 0.0)) for k in REWARD_KEYS]
         self.shaping = float(check_number("shaping", own.get("shaping", 0.0), ge=0.0))
         self._phi = 0.0
-        self._interval_s = sc.control_interval_s
-        self._horizon_s = sc.horizon_s
         self.sim: Simulator | None = None
         self._obs = np.zeros(low.shape, np.float32)
         self._mask = np.ones(self.max_slots, bool)
@@ -280,8 +279,7 @@ class RoutingEnv(gym.Env):
     ) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self.sim = sim = Simulator(self.scenario, seed=self.np_random, router="external", scaler=self.scaler)
-        self._k = 1  # index of the next control boundary
-        self._until = min(self._interval_s, self._horizon_s)
+        self.clock = ControlClock(sim)
         self._seen[:] = 0
         self._terms[:] = 0.0
         self.decisions = np.full(sim.n_requests + 1, NOT_DECIDED, np.int64)
@@ -387,11 +385,9 @@ class RoutingEnv(gym.Env):
         Speed: one compiled call per step (``Simulator.route(replica, until)``
         routes and runs to the next arrival) plus one for the observation.
         """
-        sim = self.sim
-        h = self._horizon_s
-        nxt = (
-            sim.route(route_to, self._until) if sim.pending_request is not None else sim.advance(self._until)
-        )
+        sim, clock = self.sim, self.clock
+        until = clock.next_boundary_s
+        nxt = sim.route(route_to, until) if sim.pending_request is not None else sim.advance(until)
         while True:
             if nxt is not None:
                 n_ready = sim.routing_observation(nxt, self.speed_max, self._seen, self._terms, self._obs, self._mask,
@@ -399,17 +395,16 @@ class RoutingEnv(gym.Env):
                 if n_ready > 0:
                     return nxt
                 self.decisions[nxt] = AUTO_TO_CENTRAL
-                nxt = sim.route(-1, self._until)
+                nxt = sim.route(-1, clock.next_boundary_s)
                 continue
-            if self._until >= h:
+            if clock.next_boundary_s >= clock.horizon_s:
                 sim.routing_observation(-1, self.speed_max, self._seen, self._terms, self._obs, self._mask,
                                         self._slot_rep, NORMS)  # fmt: skip
                 self._mask[:] = True  # nothing to route: any action is accepted and ignored
                 return -1
             sim.control_step()
-            self._k += 1
-            self._until = min(self._k * self._interval_s, h)
-            nxt = sim.advance(self._until)
+            clock.passed()
+            nxt = sim.advance(clock.next_boundary_s)
 
     def _potential(self) -> float:
         """The shaping potential of the current state (``Simulator.outstanding_work_s``), in seconds."""

@@ -30,6 +30,7 @@ import numpy as np
 
 from envs.sim import kernel as K
 from envs.sim import workload as W
+from envs.sim.clock import ControlClock
 from envs.sim.cluster import Allocation, ClusterState, Demand
 from envs.sim.config import Scenario, load_scenario
 from envs.sim.controllers import PLACERS, SCALERS
@@ -1086,10 +1087,9 @@ def run_scenario(scenario: Scenario | str | Mapping[str, Any] = "default", seed:
     ``placement_failures``.
     """
     sim = Simulator(scenario, seed, overrides=overrides)
-    sc = sim.scenario
-    n_steps = int(math.ceil(sc.horizon_s / sc.control_interval_s - 1e-9))
-    for k in range(1, n_steps + 1):
-        sim.advance(min(k * sc.control_interval_s, sc.horizon_s))
+    clock = ControlClock(sim)
+    while not clock.done:
+        clock.advance()
         kpis = sim.control_step()
         if on_interval is not None:
             on_interval(sim, kpis)
