@@ -66,8 +66,8 @@ def test_custom_placer_puts_replicas_on_the_last_node(doc_namespace):
 def test_custom_controllers_run_inside_the_envs(doc_namespace):
     env = gym.make("InferGym/Autoscale-v0", scenario="default", router="kv_headroom", placer="last_fit")
     env.reset(seed=0)
-    for _ in range(3):
-        env.step(env.action_space.nvec // 2)  # delta mode: keep the replica count (4 replicas fit on one node)
+    for _ in range(3):  # delta mode's middle action keeps the count: 4 replicas, all on the last node
+        env.step(env.action_space.nvec // 2)
     assert {v.node for v in env.unwrapped.sim.replica_views()} == {env.unwrapped.sim.cluster.n_nodes - 1}
     routing = gym.make("InferGym/Routing-v0", scenario="bursty", scaler="queue_per_replica", horizon_s=60)
     obs, _ = routing.reset(seed=0)
