@@ -37,10 +37,3 @@ register_envs()
 import baselines.placement  # noqa: E402, F401
 import baselines.routing  # noqa: E402, F401
 import baselines.scaling  # noqa: E402, F401
-
-_legacy = getattr(baselines.scaling, "SCALERS", None)  # TEMPORARY bridge until scaling registers itself
-if isinstance(_legacy, dict):
-    from envs.sim.controllers import SCALERS as _SCALERS
-
-    for _name, _cls in _legacy.items():
-        _SCALERS.register(_name, _cls)
