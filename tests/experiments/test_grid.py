@@ -15,7 +15,7 @@ import pytest
 from envs.sim.errors import ConfigError
 from experiments.evaluate import evaluate_policy, make_policy
 from experiments.grid import Cell, read_results, run_cell, run_grid
-from tests.experiments.grid_faults import calls, install
+from tests.experiments.grid_faults import calls
 from tests.paths import REPO
 
 AUTOSCALE = "InferGym/Autoscale-v0"
@@ -29,14 +29,6 @@ def grid_2x2() -> list[Cell]:
         for pol in ("random", "hpa")
         for seed in (0, 1)
     ]
-
-
-@pytest.fixture
-def faults(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "faults"
-    d.mkdir()
-    install(d, monkeypatch)
-    return d
 
 
 def test_cell_key_is_canonical_and_cells_validate():

@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-from experiments.grid import Cell, read_results, run_grid
-from tests.experiments.grid_faults import calls, install
-
-AUTOSCALE = "InferGym/Autoscale-v0"
-SHORT = {"horizon_s": 60.0}
-
-
-def grid_2x2() -> list[Cell]:
-    return [
-        Cell("evaluate", AUTOSCALE, "default", pol, seed, SHORT)
-        for pol in ("random", "hpa")
-        for seed in (0, 1)
-    ]
-
-
-@pytest.fixture
-def faults(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "faults"
-    d.mkdir()
-    install(d, monkeypatch)
-    return d
+from experiments.grid import read_results, run_grid
+from tests.experiments.grid_faults import calls
+from tests.experiments.test_grid import grid_2x2
 
 
 def test_ray_rows_equal_local_rows_and_resume_skips_finished_cells(tmp_path, local_ray, faults):
