@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from envs.sim.controllers import PLACERS, SCALERS
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
 from envs.sim.hardware import GpuType, ModelSpec, gpu_from_config, model_from_config
 from envs.sim.routing import ROUTERS
@@ -530,14 +531,11 @@ class Scenario:
                     raise fail(f"nodes[{i}].cached_models[{j}]", c, f"must be one of the models {names}")
         workload = Workload.from_config(raw["workload"], "workload", names)
         routing = ControllerSpec.from_config(raw.get("routing", "least_connections"), "routing")
-        if routing.obj is None:
-            check_choice(
-                "routing.kind" if not isinstance(raw.get("routing"), str) else "routing",
-                routing.kind,
-                ROUTERS.names(),
-            )
         placement = ControllerSpec.from_config(raw.get("placement", "first_fit"), "placement")
         scaling = ControllerSpec.from_config(raw.get("scaling", "static"), "scaling")
+        # Names and parameters are checked by the registries now, not when a simulator is built.
+        for registry, spec in ((ROUTERS, routing), (PLACERS, placement), (SCALERS, scaling)):
+            registry.validate(spec, registry.config_key)
         queue = check_choice("queue", raw.get("queue", "fifo"), ("fifo", "priority"))
         storage = StorageSpec.from_config(raw.get("storage", {}), "storage")
         reward_raw = raw.get("reward", DEFAULT_REWARD)

@@ -508,3 +508,20 @@ def test_a_model_too_big_for_its_gpus_names_the_key_path():
         {**MINI, "models": [{"name": "llama-2-70b", "tensor_parallel": 1}]},
         "models[0].tensor_parallel: 1 is too small",
     )
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"scaling": {"kind": "hpa", "target": -1}}, r"scaling\.target: -1 must be > 0"),
+        ({"scaling": "hpaa"}, r"scaling: 'hpaa' must be one of"),
+        ({"placement": {"kind": "fgd", "increase_step": 0}}, r"placement\.increase_step: 0 must be >= 1"),
+        (
+            {"routing": {"kind": "affinity", "load_bound_eps": -2}},
+            r"routing\.load_bound_eps: -2 must be >= 0",
+        ),
+    ],
+)
+def test_controller_names_and_parameters_are_checked_when_the_scenario_loads(over, match):
+    with pytest.raises(ConfigError, match=match):
+        load_scenario("default", over)
