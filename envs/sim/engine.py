@@ -43,10 +43,6 @@ from envs.sim.routing import ROUTERS, PythonRouter, Router, RouterSpec, Rule, ha
 N_SESSIONS = 1024  # affinity keys: requests draw a session id uniformly from this many sessions
 
 
-def _build_scaler(spec: Any, path: str) -> Any:
-    return SCALERS.build(spec, path)
-
-
 @functools.lru_cache(maxsize=8)
 def _cached_trace(path: str, start_s: float, duration_s: float | None, time_scale: float) -> W.Trace:
     return W.read_azure_trace(path, start_s=start_s, duration_s=duration_s, time_scale=time_scale)
@@ -104,7 +100,7 @@ class Simulator(SimulatorReads):
         self.router_name = str(getattr(self.router, "name", type(self.router).__name__))
         self.placer = PLACERS.build(placer if placer is not None else sc.placement, "placement")
         scaler_spec = scaler if scaler is not None else sc.scaling
-        self.scalers = [_build_scaler(scaler_spec, "scaling") for _ in range(self.n_models)]
+        self.scalers = [SCALERS.build(scaler_spec, "scaling") for _ in range(self.n_models)]
         self._roofline = self._roofline_params()
         self._build_cluster()
         self._generate_requests()
