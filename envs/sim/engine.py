@@ -39,6 +39,7 @@ from envs.sim.features import outstanding_work_s, routing_observation
 from envs.sim.perf import RooflineParams, kv_capacity_tokens, replica_coefficients, saturation_throughput
 from envs.sim.reads import SimulatorReads
 from envs.sim.routing import ROUTERS, PythonRouter, Router, RouterSpec, Rule, hash64, route_once
+from envs.sim.window import N_V, N_W, KpiWindow
 
 N_SESSIONS = 1024  # affinity keys: requests draw a session id uniformly from this many sessions
 
@@ -107,12 +108,7 @@ class Simulator(SimulatorReads):
         self._build_state()
         self.placement_failures = 0
         self.placement_failures_by_model = np.zeros(self.n_models, np.int64)
-        self._prev_busy = np.zeros(0)
-        self._window_t0 = 0.0
-        self._seen_done = 0
-        self._seen_drop = 0
-        self._seen_arr = 0
-        self._tick_seen = 0
+        self.window = KpiWindow()  #: the default KPI window (interval_kpis, step_views)
         for m, dep in enumerate(sc.models):
             for _ in range(dep.replicas):
                 self._add_replica(m, None, warm=True)
@@ -185,6 +181,10 @@ class Simulator(SimulatorReads):
                     max_batch=dep.max_batch, memory_fraction=dep.kv_memory_fraction, params=self._roofline,
                 )  # fmt: skip
                 self._rep_params[m, g] = (coef, int(kv_cap), float(sat["requests_per_s"]))
+        # what a model's scaler sees as per-replica capacity while none is READY: the mean over its GPU types
+        speeds = [[v[2] for (mm, _), v in self._rep_params.items() if mm == m and v is not None]
+                  for m in range(self.n_models)]  # fmt: skip
+        self._nominal_speeds = np.array([float(np.mean(v)) if v else 1.0 for v in speeds])
 
     def _generate_requests(self) -> None:
         sc, rng = self.scenario, self.rng
@@ -315,8 +315,11 @@ class Simulator(SimulatorReads):
         self._synced_releases = 0
         self.replicas: list[_Replica] = []  # every replica ever started, indexed by id
         self._live: list[_Replica] = []  # those still holding cluster resources
-        self._lat_key: tuple = ()
-        self._lat_val: tuple = ()
+        # read side (envs.sim.reads): the window row and per-model rows window_stats writes
+        self._win = np.zeros(N_W)
+        self._per_model = np.zeros((self.n_models, N_V))
+        self._arrival_times = np.ascontiguousarray(self.rf[:n, K.R_ARR])
+        self._model_names = [d.name for d in sc.models]
         self._rep_gpus = np.zeros(0)
         self._rep_usd = np.zeros(0)
         self._loading_remote: list[_Replica] = []
@@ -723,11 +726,14 @@ class Simulator(SimulatorReads):
             if gpu_type not in names:
                 raise ValueError(f"gpu_type: {gpu_type!r} must be one of {names}")
             gpu_type = names.index(gpu_type)
+        counts = self.replicas_of(m)
+        return self._set_target(m, n, counts["ready"] + counts["loading"], gpu_type)
+
+    def _set_target(self, m: int, n: int, have: int, gpu_type: int | None = None) -> int:
+        """:meth:`set_target_replicas` for a checked model index ``m`` with ``have`` provisioned replicas."""
         dep = self.scenario.models[m]
         n = int(min(max(int(n), dep.min_replicas), dep.max_replicas))
         self.target[m] = n
-        counts = self.replicas_of(m)
-        have = counts["ready"] + counts["loading"]
         for _ in range(n - have):
             if not self._add_replica(m, gpu_type):
                 break
@@ -737,10 +743,17 @@ class Simulator(SimulatorReads):
         return n
 
     def control_step(self) -> dict[str, float]:
-        """Run the scenario's scalers once (one control decision for every model)."""
-        for m, want in enumerate(self.desired_replicas()):
-            self.set_target_replicas(m, int(want))
-        return self.interval_kpis()
+        """Close the default KPI window and run the scenario's scalers once (one decision per model).
+
+        The scalers see the window's :class:`~envs.sim.view.ModelLoad` views; the window's KPIs are
+        returned. Both come from one read, taken before the decisions.
+        """
+        loads, kpis = self.step_views()
+        for m, load in enumerate(loads):
+            dep = self.scenario.models[m]
+            want = min(max(int(self.scalers[m].desired_replicas(load)), dep.min_replicas), dep.max_replicas)
+            self._set_target(m, want, load.replicas_ready + load.replicas_loading)
+        return kpis
 
 
 def run_scenario(scenario: Scenario | str | Mapping[str, Any] = "default", seed: int = 0, *, overrides: Mapping[str, Any] | None = None,

@@ -4,21 +4,25 @@ A mixin of :class:`envs.sim.engine.Simulator`, kept apart from the code that
 changes the state: nothing here writes the engine's arrays. Its methods read
 the arrays through the names of :mod:`envs.sim.layout` and return the frozen
 views of :mod:`envs.sim.view` or plain dicts of KPIs (keys in
-:mod:`envs.sim.metrics`). Window cursors (``_window_t0``, ``_seen_*``) move
-only in :meth:`SimulatorReads.interval_kpis` / ``step_views``, which the
-control loop calls once per interval.
+:mod:`envs.sim.metrics`). A KPI window's position is a
+:class:`~envs.sim.window.KpiWindow` that belongs to its reader; the
+simulator's own, ``window``, serves :meth:`SimulatorReads.interval_kpis` and
+``step_views``, which the control loop calls once per interval.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from envs.sim import kernel as K
-from envs.sim.metrics import REPLICA_COLUMNS, WINDOW_COLUMNS, percentiles, replica_window, request_window
+from envs.sim import window as WS
 from envs.sim.view import ModelLoad, ReplicaView, RequestTable, RequestView
+from envs.sim.window import KpiWindow, window_stats
+
+_NO_IDS = np.zeros(0, np.int64)
+_NO_BUSY = np.zeros(0)
 
 
 class SimulatorReads:
@@ -33,21 +37,11 @@ class SimulatorReads:
     scenario: Any
 
     def model_loads(self) -> list[ModelLoad]:
-        """Every model's scaler view over the current KPI window (from the last :meth:`interval_kpis` to now).
+        """Every model's scaler view over the default window (from the last :meth:`interval_kpis` to now).
 
         Call before :meth:`interval_kpis`, which moves the window on (:meth:`step_views` does both).
         """
-        nd, nx = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP])
-        t0 = self._window_t0
-        rw = self._replica_window(t0, self.now, self._prev_busy)
-        return self._model_views(t0, self.log_done[self._seen_done : nd], self._drops_per_model(nx), rw)
-
-    def _drops_per_model(self, nx: int) -> list[int]:
-        """Requests of each model dropped since the window start (``nx``: drops logged so far)."""
-        if self.n_models == 1:
-            return [nx - self._seen_drop]
-        drops = self.log_drop[self._seen_drop : nx]
-        return np.bincount(self.ri[drops, K.R_MODEL], minlength=self.n_models).tolist()
+        return self.read_window(self.window, views=True, move=False)[0]
 
     def request_view(self, i: int) -> RequestView:
         """Arrived request ``i``: what a router knows of it (not its output length)."""
@@ -107,41 +101,9 @@ class SimulatorReads:
 
     # ------------------------------------------------------------------ views and KPIs
     #
-    # A control step reads one KPI window twice, through the scalers' views (model_loads) and the
-    # interval KPIs. The arrays involved are short (requests of one interval, replicas ever
-    # started), so numpy's per-call overhead, not arithmetic, is the cost: the pieces both reads
-    # need are computed once (step_views, and _latencies memoised per slice) with few calls. Every
-    # float comes from the same numpy operations on arrays of the same length and order as in
-    # envs.sim.metrics (request_kpis, overlap_s), so the values are bit-identical to those.
-
-    _tick_grid: np.ndarray | None = None  # tick boundaries j * tick_s, built at the first view
-    _arrivals: tuple[np.ndarray, np.ndarray] | None = None  # (rf, its arrival column), built then too
-
-    def _latencies(self, done: np.ndarray) -> tuple:
-        """Per-request values of the completed requests ``done``, memoised for the window being read.
-
-        ``(ttft, tpot, e2e, has_tpot, met, model, wait, pct)``: the arrays of
-        :func:`~envs.sim.metrics.request_latencies`, the bool mask whose count is
-        :func:`~envs.sim.metrics.slo_met`, the requests' models, their waits (admission -
-        arrival), and ``(ttft p50, ttft p99, e2e p99)`` (None when ``done`` is empty). Scaler
-        views and interval KPIs read the same window within one control step; the completion
-        log only grows, so (count, first id, last id) of a slice of it identifies the slice.
-        """
-        n = len(done)
-        key = (n, int(done[0]) if n else -1, int(done[-1]) if n else -1)
-        if self._lat_key == key:
-            return self._lat_val
-        if n == 0:
-            e = np.zeros(0)
-            val = (e, e, e, np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, np.int64), e, None)
-        else:
-            ttft, tpot, e2e, multi, met, model, wait = request_window(
-                self.rf, self.ri, done, self.slo, WINDOW_COLUMNS
-            )
-            pct = (*percentiles(ttft, (50.0, 99.0)), percentiles(e2e, (99.0,))[0])
-            val = (ttft, tpot, e2e, multi, met, model, wait, pct)
-        self._lat_key, self._lat_val = key, val
-        return val
+    # A control step reads one KPI window through the scalers' views and the interval KPIs. Both
+    # come from one compiled pass (envs.sim.window.window_stats) whose values are bit-identical to
+    # the numpy definitions of envs.sim.metrics; only the two dot products stay in numpy.
 
     def busy_s(self) -> np.ndarray:
         """Busy seconds of every replica so far (the iteration in progress counted up to now)."""
@@ -151,19 +113,20 @@ class SimulatorReads:
         busy[on] += self.now - self.pf[:k, K.P_ITER_START][on]
         return busy
 
-    def _replica_window(self, t0: float, t1: float, busy0: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Per replica: (busy seconds so far (:meth:`busy_s`), busy seconds since ``busy0``, allocated
-        and READY seconds inside ``[t0, t1)``)."""
-        return replica_window(
-            self.pf, self.pi, self.n_replicas, self.now, float(t0), float(t1), busy0, REPLICA_COLUMNS
-        )
+    def _stats(self, t0: float, t1: float, done: np.ndarray, drops: np.ndarray, busy0: np.ndarray,
+               views: bool, only: int = -1) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Run :func:`~envs.sim.window.window_stats`; returns (busy, tick_arrivals) and fills
+        ``self._win`` and ``self._per_model``."""
+        return window_stats(
+            self.rf, self.ri, self.pf, self.pi, self.mi, self.mrep, self.mn, self.gi, self.tick_inflight,
+            self._arrival_times, self.slo, self._nominal_speeds, self._rep_gpus, self._rep_usd, self.n_replicas, self.now, float(t0), float(t1),
+            self.scenario.tick_s, done, drops, busy0, views, only, self.n_models == 1, self._win, self._per_model,
+        )  # fmt: skip
 
-    def _window_kpis(
-        self, done: np.ndarray, n_dropped: int, n_arrived: int, rw: tuple[np.ndarray, ...]
-    ) -> dict[str, float]:
-        """KPIs of a window from its finished requests and its :meth:`_replica_window` ``rw``."""
-        ttft, tpot, e2e, multi, met, _, wait, pct = self._latencies(done)
-        n = len(done)
+    def _window_kpis(self, n_dropped: int, n_arrived: int) -> dict[str, float]:
+        """The KPI dict of the window whose row :meth:`_stats` just wrote."""
+        w = self._win
+        n = int(w[WS.W_DONE])
         out = {"requests_arrived": float(n_arrived), "requests_completed": float(n),
                "requests_dropped": float(n_dropped)}  # fmt: skip
         if n == 0:
@@ -171,37 +134,36 @@ class SimulatorReads:
                        tpot_mean_s=0.0)  # fmt: skip
             n_met = 0
         else:
-            n_met = int(np.count_nonzero(met))
-            tm = tpot[multi]
-            # x.sum() / n is np.mean(x), bit for bit
+            n_met = int(w[WS.W_MET])
+            n_tpot = int(w[WS.W_TPOT_N])
             out.update(
-                wait_mean_s=float(wait.sum() / n),
-                e2e_mean_s=float(e2e.sum() / n),
-                e2e_p99_s=pct[2],
-                ttft_p50_s=pct[0],
-                ttft_p99_s=pct[1],
-                tpot_mean_s=float(tm.sum() / len(tm)) if len(tm) else 0.0,
+                wait_mean_s=float(w[WS.W_WAIT_SUM] / n),
+                e2e_mean_s=float(w[WS.W_E2E_SUM] / n),
+                e2e_p99_s=float(w[WS.W_E2E_P99]),
+                ttft_p50_s=float(w[WS.W_TTFT_P50]),
+                ttft_p99_s=float(w[WS.W_TTFT_P99]),
+                tpot_mean_s=float(w[WS.W_TPOT_SUM] / n_tpot) if n_tpot else 0.0,
             )
         finished = n + n_dropped
         out["slo_attainment"] = n_met / finished if finished else 1.0
         out["slo_violations"] = float(finished - n_met)
-        _, diff, alloc_s, ready_s = rw
-        out["gpu_seconds"] = float(np.dot(alloc_s, self._rep_gpus))
-        out["cost_usd"] = float(np.dot(alloc_s, self._rep_usd))
-        tot = ready_s.sum()
-        out["utilization"] = float(min(1.0, diff.sum() / tot)) if tot > 0 else 0.0
+        out["gpu_seconds"] = float(w[WS.W_GPU_S])
+        out["cost_usd"] = float(w[WS.W_COST])
+        tot = w[WS.W_UTIL_DEN]
+        out["utilization"] = float(min(1.0, w[WS.W_UTIL_NUM] / tot)) if tot > 0 else 0.0
         return out
 
     def window_kpis(
         self, t0: float, t1: float, done: np.ndarray, n_dropped: int, n_arrived: int, busy0: np.ndarray
     ) -> dict[str, float]:
         """KPIs over ``[t0, t1)`` given the requests that finished in it."""
-        return self._window_kpis(done, n_dropped, n_arrived, self._replica_window(t0, t1, busy0))
+        self._stats(t0, t1, np.asarray(done, np.int64), _NO_IDS, busy0, False)
+        return self._window_kpis(n_dropped, n_arrived)
 
     def episode_kpis(self) -> dict[str, float]:
         """KPIs from time 0 to now (see :mod:`envs.sim.metrics` for definitions)."""
         nd, nx = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP])
-        out = self.window_kpis(0.0, self.now, self.log_done[:nd], nx, int(self.gi[K.I_NEXT_ARR]), np.zeros(0))
+        out = self.window_kpis(0.0, self.now, self.log_done[:nd], nx, int(self.gi[K.I_NEXT_ARR]), _NO_BUSY)
         out["requests_in_system"] = (
             out["requests_arrived"] - out["requests_completed"] - out["requests_dropped"]
         )
@@ -209,25 +171,32 @@ class SimulatorReads:
         return out
 
     def interval_kpis(self) -> dict[str, float]:
-        """KPIs since the previous call (or the start) up to now; advances the window."""
-        return self._interval(False)[1]
+        """KPIs of the default window (since the previous call, or the start, up to now); moves it on."""
+        return self.read_window(self.window, views=False)[1]
 
     def step_views(self) -> tuple[list[ModelLoad], dict[str, float]]:
-        """:meth:`model_loads`, then :meth:`interval_kpis` (which advances the window), in one pass.
+        """:meth:`model_loads`, then :meth:`interval_kpis` (which moves the default window on), in one pass."""
+        loads, kpis = self.read_window(self.window, views=True)
+        return loads, kpis  # type: ignore[return-value]
 
-        The same values as the two calls in that order, for less work: what a control step reads.
+    def read_window(
+        self, window: KpiWindow, *, views: bool, move: bool = True
+    ) -> tuple[list[ModelLoad] | None, dict[str, float]]:
+        """The window from ``window``'s position to now: every model's :class:`ModelLoad` (if ``views``)
+        and the interval KPIs. ``move`` sets the cursor to now (the next read starts here).
+
+        Reading changes nothing in the simulation; the cursor is the caller's (the simulator's own,
+        :attr:`window`, serves :meth:`interval_kpis`, :meth:`model_loads` and :meth:`step_views`).
         """
-        return self._interval(True)
-
-    def _interval(self, views: bool) -> tuple[list[ModelLoad] | None, dict[str, float]]:
-        t0, t1 = self._window_t0, self.now
+        t0, t1 = window.t0, self.now
         nd, nx, na = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP]), int(self.gi[K.I_NEXT_ARR])
-        done = self.log_done[self._seen_done : nd]
-        rw = self._replica_window(t0, t1, self._prev_busy)
-        loads = self._model_views(t0, done, self._drops_per_model(nx), rw) if views else None
-        out = self._window_kpis(done, nx - self._seen_drop, na - self._seen_arr, rw)
-        self._window_t0, self._seen_done, self._seen_drop, self._seen_arr = t1, nd, nx, na
-        self._prev_busy = rw[0]
+        done = self.log_done[window.done : nd]
+        drops = self.log_drop[window.dropped : nx]
+        busy, tick_arr = self._stats(t0, t1, done, drops, window.busy0, views)
+        out = self._window_kpis(nx - window.dropped, na - window.arrived)
+        loads = self._model_views(t0, tick_arr) if views else None
+        if move:
+            window.t0, window.done, window.dropped, window.arrived, window.busy0 = t1, nd, nx, na, busy
         return loads, out
 
     def in_system(self) -> int:
@@ -237,126 +206,52 @@ class SimulatorReads:
 
     def model_load(self, m: int, t0: float, done: np.ndarray, n_dropped: int, busy0: np.ndarray) -> ModelLoad:
         """The scaler's view of model ``m`` over ``[t0, now)``, given the requests ``done`` (of any
-        model) that completed in it and ``n_dropped`` drops of model ``m``.
+        model) that completed in it and ``n_dropped`` drops of model ``m``."""
+        _, tick_arr = self._stats(t0, self.now, np.asarray(done, np.int64), _NO_IDS, busy0, True, only=m)
+        self._per_model[m, WS.V_DROPPED] = n_dropped
+        return self._model_views(t0, tick_arr, only=m)[0]
 
-        It holds just two request KPIs, TTFT p99 and SLO attainment, with the definitions of
-        :func:`~envs.sim.metrics.request_kpis` and bit-identical values.
-        """
-        drops = [0] * self.n_models
-        drops[m] = n_dropped
-        rw = self._replica_window(t0, self.now, busy0)
-        return self._model_views(t0, done, drops, rw, only=m)[0]
-
-    def _model_views(
-        self, t0: float, done: np.ndarray, n_drop: list[int], rw: tuple[np.ndarray, ...], only: int = -1
-    ) -> list[ModelLoad]:
-        """The :class:`ModelLoad` of every model (or of model ``only`` if >= 0) over ``[t0, now)``."""
+    def _model_views(self, t0: float, tick_arr: np.ndarray, only: int = -1) -> list[ModelLoad]:
+        """The :class:`ModelLoad` of every model (or of model ``only``) from the rows :meth:`_stats` wrote."""
         now = self.now
         dt = max(now - t0, 1e-9)
-        pi, pf, rf = self.pi, self.pf, self.rf
-        single = self.n_models == 1  # every request and replica is model 0's: no per-model masks
-        ttft, _, _, _, met, req_model, _, pct = self._latencies(done)
-        _, diff, _, ready_s = rw
-        arrivals = self._arrivals
-        if arrivals is None or arrivals[0] is not rf:
-            # A contiguous copy of the (never changing) arrival column: searchsorted on the strided
-            # column would copy all of it at every call.
-            arrivals = self._arrivals = (rf, np.ascontiguousarray(rf[: self.n_requests, K.R_ARR]))
-        a0 = int(np.searchsorted(arrivals[1], t0, side="left"))
-        a1 = int(self.gi[K.I_NEXT_ARR])
-        arr_t = arrivals[1][a0:a1]
-        tick_s = self.scenario.tick_s
-        k0 = int(math.floor(t0 / tick_s + 1e-9))
-        k1 = min(int(self.gi[K.I_NTICK]), int(self.gi[K.I_TICK_CAP]))
-        edges = None
-        if k1 > k0:
-            grid = self._tick_grid
-            if grid is None:  # grid[j] = j * tick_s, the values (np.arange(k0, k1) + 1) * tick_s would give
-                grid = self._tick_grid = np.arange(int(self.gi[K.I_TICK_CAP]) + 1) * tick_s
-            if grid[k0] == t0:
-                edges = grid[k0 : k1 + 1]
-            else:
-                edges = np.concatenate([[t0], grid[k0 + 1 : k1 + 1]])
-        if single:
-            util_num, util_den = diff.sum(), ready_s.sum()
-        else:
-            rep_model = pi[: self.n_replicas, K.Q_MODEL]
-            arr_model = self.ri[a0:a1, K.R_MODEL]
+        k0, k1 = int(self._win[WS.W_K0]), int(self._win[WS.W_K1])
         targets = self.target.tolist()
+        rows = self._per_model.tolist()
+        per_request = self.per_request
         out = []
         for m in range(self.n_models) if only < 0 else (only,):
-            if single:
-                n = len(done)
-                ttft_p99 = pct[1] if n else 0.0
-                n_met = int(np.count_nonzero(met)) if n else 0
-                arrived = max(a1 - a0, 0)
-                arr_m = arr_t
-            else:
-                sel = req_model == m
-                n = int(np.count_nonzero(sel))
-                ttft_p99 = percentiles(ttft[sel], (99.0,))[0] if n else 0.0
-                n_met = int(np.count_nonzero(met & sel)) if n else 0
-                mine_arr = arr_model == m
-                arrived = int(np.count_nonzero(mine_arr))
-                arr_m = arr_t[mine_arr]
-                mine = rep_model == m
-                util_num, util_den = diff[mine].sum(), ready_s[mine].sum()
-            finished = n + n_drop[m]
-            ticks = self.tick_inflight[k0:k1, m].astype(float)
-            if edges is not None:
-                tick_arr = np.diff(np.searchsorted(arr_m, edges, side="right")).astype(float)
-            else:
-                tick_arr = np.zeros(0)
-            reps = self.mrep[m, : self.mn[m]]
-            state, kv_cap, kv_res = pi[reps][:, (K.Q_STATE, K.Q_KVCAP, K.Q_KVRES)].T.tolist()
-            speed = pf[reps, K.P_SPEED].tolist()
-            n_ready = n_loading = n_draining = cap = res = 0
-            speeds = []
-            for i, s in enumerate(state):
-                if s == K.REP_READY:
-                    n_ready += 1
-                    cap += kv_cap[i]
-                    res += kv_res[i]
-                    speeds.append(speed[i])
-                elif s == K.REP_LOADING:
-                    n_loading += 1
-                elif s == K.REP_DRAINING:
-                    n_draining += 1
-            if not speeds:
-                speeds = [self._nominal_speed(m)]
-            if len(speeds) < 8:  # numpy sums fewer than 8 floats left to right, as this loop does
-                tot = 0.0
-                for v in speeds:
-                    tot += v
-            else:
-                tot = np.array(speeds).sum()
-            in_flight, queued = self.mi[m, (K.M_INFLIGHT, K.M_QUEUED)].tolist()
+            (ready, loading, draining, arrived, n, n_met, ttft_p99, util_num, util_den, kv_cap, kv_res,
+             speed_sum, speed_n, tick_sum, tick_n, in_flight, queued, dropped) = rows[m]  # fmt: skip
+            n = int(n)
+            finished = n + int(dropped)
+            kv_cap, kv_res = int(kv_cap), int(kv_res)
             out.append(
                 ModelLoad(
-                    model=self.scenario.models[m].name,
+                    model=self._model_names[m],
                     now_s=now,
                     interval_s=dt,
-                    replicas_ready=n_ready,
-                    replicas_loading=n_loading,
-                    replicas_draining=n_draining,
+                    replicas_ready=int(ready),
+                    replicas_loading=int(loading),
+                    replicas_draining=int(draining),
                     target_replicas=targets[m],
-                    arrival_rate_per_s=arrived / dt,
+                    arrival_rate_per_s=int(arrived) / dt,
                     completion_rate_per_s=n / dt,
-                    in_flight=in_flight,
-                    in_flight_mean=float(ticks.sum() / len(ticks)) if len(ticks) else float(in_flight),
-                    queue_len=queued,
+                    in_flight=int(in_flight),
+                    in_flight_mean=tick_sum / tick_n if tick_n else float(in_flight),
+                    queue_len=int(queued),
                     utilization=float(min(1.0, util_num / util_den)) if util_den > 0 else 0.0,
-                    kv_usage=res / cap if cap > 0 and not self.per_request else 0.0,
+                    kv_usage=kv_res / kv_cap if kv_cap > 0 and not per_request else 0.0,
                     ttft_p99_s=ttft_p99,
-                    slo_attainment=n_met / finished if finished else 1.0,
-                    capacity_rps_per_replica=float(tot / len(speeds)),
-                    tick_s=tick_s,
-                    tick_in_flight=ticks,
-                    tick_arrivals=tick_arr,
+                    slo_attainment=int(n_met) / finished if finished else 1.0,
+                    capacity_rps_per_replica=speed_sum / int(speed_n),
+                    tick_s=self.scenario.tick_s,
+                    tick_in_flight=self.tick_inflight[k0:k1, m].astype(float),
+                    tick_arrivals=tick_arr[m],
                 )
             )
         return out
 
     def _nominal_speed(self, m: int) -> float:
-        vals = [v[2] for (mm, _), v in self._rep_params.items() if mm == m and v is not None]
-        return float(np.mean(vals)) if vals else 1.0
+        """Model ``m``'s mean saturation throughput over its allowed GPU types (req/s)."""
+        return float(self._nominal_speeds[m])
