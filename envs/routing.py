@@ -446,14 +446,13 @@ class RoutingEnv(gym.Env):
         end = np.where(finished, req.finished_s, np.inf)
         start = np.where(dec >= 0, req.arrival_s, req.admitted_s)
         grid = np.linspace(0.0, now, 200)
-        gpu_names = [g.name for g in sim.gpu_types]
         for r in range(sim.n_replicas):
             mine = req.replica == r
             s = np.sort(start[mine & np.isfinite(start)])
             e = np.sort(end[mine])
             inflight = np.searchsorted(s, grid, side="right") - np.searchsorted(e, grid, side="right")
-            rep = sim.replicas[r]
-            label = f"r{r} {sim.scenario.models[rep.model].name} ({gpu_names[rep.gpu_type]})"
+            rep = sim.replica_view(r)
+            label = f"r{r} {sim.scenario.models[rep.model].name} ({rep.gpu_type})"
             axes[0].plot(grid, inflight, lw=1, label=label if r < 12 else None)
         central = dec < 0
         cs = np.sort(req.arrival_s[central])

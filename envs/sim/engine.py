@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from envs.sim.features import outstanding_work_s, routing_observation
 from envs.sim.perf import RooflineParams, kv_capacity_tokens, replica_coefficients, saturation_throughput
 from envs.sim.reads import SimulatorReads
 from envs.sim.routing import ROUTERS, PythonRouter, Router, RouterSpec, Rule, hash64, route_once
+from envs.sim.state import EngineState, ReplicaRecord
 from envs.sim.window import N_V, N_W, KpiWindow
 
 N_SESSIONS = 1024  # affinity keys: requests draw a session id uniformly from this many sessions
@@ -47,21 +47,6 @@ N_SESSIONS = 1024  # affinity keys: requests draw a session id uniformly from th
 @functools.lru_cache(maxsize=8)
 def _cached_trace(path: str, start_s: float, duration_s: float | None, time_scale: float) -> W.Trace:
     return W.read_azure_trace(path, start_s=start_s, duration_s=duration_s, time_scale=time_scale)
-
-
-@dataclass
-class _Replica:
-    """Python-side bookkeeping of a replica the kernel does not need."""
-
-    rid: int
-    model: int
-    gpu_type: int
-    alloc: Allocation
-    gpus: int
-    usd_per_s: float
-    load_bytes: float = 0.0  # remaining remote-storage bytes while loading
-    remote: bool = False
-    freed: bool = False
 
 
 class Simulator(SimulatorReads):
@@ -120,7 +105,7 @@ class Simulator(SimulatorReads):
         # A score function's entry point is an address in the process that compiled it: refresh it.
         self.__dict__.update(state)
         score = self.router_spec.score
-        self.gi[K.I_SCORE_FN] = score.address if score is not None else 0
+        self.state.gi[K.I_SCORE_FN] = score.address if score is not None else 0
 
     # ------------------------------------------------------------------ construction
 
@@ -248,13 +233,13 @@ class Simulator(SimulatorReads):
             svc = np.full(n, sc.service.mean_s)
         timeout = np.array([c.timeout_s for c in wl.classes])
         prio_rank = np.argsort(np.argsort([c.priority for c in wl.classes], kind="stable"), kind="stable")
-        self.rf = rf = np.full((n + 1, K.N_RF), np.nan)  # +1: a sentinel row keeps n == 0 arrays non-empty
+        rf = np.full((n + 1, K.N_RF), np.nan)  # +1: a sentinel row keeps n == 0 arrays non-empty
         rf[:n, K.R_ARR] = t
         rf[:n, K.R_SVC] = svc
         rf[:n, K.R_U1] = u[:, 0]
         rf[:n, K.R_U2] = u[:, 1]
         rf[:n, K.R_DEADLINE] = t + timeout[cls]
-        self.ri = ri = np.zeros((n + 1, K.N_RI), np.int64)
+        ri = np.zeros((n + 1, K.N_RI), np.int64)
         ri[:n, K.R_PROMPT] = prompt
         ri[:n, K.R_OUTPUT] = output
         ri[:n, K.R_MODEL] = model
@@ -264,6 +249,7 @@ class Simulator(SimulatorReads):
         ri[:, K.R_REPLICA] = -1
         ri[:, K.R_NEXT] = -1
         ri[:n, K.R_SESSION] = session
+        self._request_rows = (rf, ri)
         self.n_requests = n
         self.slo = np.array(
             [
@@ -275,90 +261,48 @@ class Simulator(SimulatorReads):
     def _build_state(self) -> None:
         sc = self.scenario
         n = self.n_requests
-        cap = max(16, sum(2 * d.max_replicas for d in sc.models))
-        self.max_batch_cap = 1 if self.per_request else max(d.max_batch for d in sc.models)
-        self.pf = np.zeros((cap, K.N_PF))
-        self.pi = np.zeros((cap, K.N_PI), np.int64)
-        self.run = np.zeros((cap, self.max_batch_cap), np.int64)
-        self.pfl = np.zeros((cap, self.max_batch_cap), np.int64)
-        n_lists = self.n_classes
-        self.qh = np.full((self.n_models + cap, n_lists), -1, np.int64)
-        self.qt = np.full((self.n_models + cap, n_lists), -1, np.int64)
-        self.qn = np.zeros(self.n_models + cap, np.int64)
-        self.mi = np.zeros((self.n_models, K.N_MI), np.int64)
-        self.mrep = np.zeros((self.n_models, cap), np.int64)
-        self.mn = np.zeros(self.n_models, np.int64)
-        hcap = 4 * cap + 16
-        self.ht = np.zeros(hcap)
-        self.hk = np.zeros(hcap, np.int64)
-        self.hr = np.zeros(hcap, np.int64)
-        self.hv = np.zeros(hcap, np.int64)
-        self.gf = np.zeros(K.N_GF)
-        self.gf[K.G_TICK_S] = sc.tick_s
-        self.gf[K.G_AFFINITY_EPS] = self.router_spec.load_bound_eps
-        self.gi = np.zeros(K.N_GI, np.int64)
-        self.gi[K.I_NREQ] = n
-        self.gi[K.I_PENDING] = -1
-        self.gi[K.I_ROUTER] = int(self.router_spec.rule)
-        self.gi[K.I_SCORE_FN] = self.router_spec.score.address if self.router_spec.score is not None else 0
-        self.gi[K.I_SVC_KIND] = K.SVC_PER_REQUEST if self.per_request else K.SVC_ROOFLINE
-        self.gi[K.I_NLISTS] = n_lists
-        self.gi[K.I_PRIORITY] = int(sc.queue == "priority")
-        self.gi[K.I_NMODELS] = self.n_models
+        rf, ri = self._request_rows
+        del self._request_rows
         n_ticks = int(math.ceil(sc.horizon_s / sc.tick_s)) + 2
-        self.gi[K.I_TICK_CAP] = n_ticks
-        self.tick_inflight = np.zeros((n_ticks, self.n_models), np.int64)
-        self.tick_queued = np.zeros((n_ticks, self.n_models), np.int64)
-        self.log_done = np.zeros(n + 1, np.int64)
-        self.log_drop = np.zeros(n + 1, np.int64)
-        self.n_replicas = 0
+        self.state = st = EngineState.allocate(
+            rf, ri, n_models=self.n_models, n_lists=self.n_classes,
+            max_batch=1 if self.per_request else max(d.max_batch for d in sc.models),
+            n_ticks=n_ticks, initial_replicas=sum(d.replicas for d in sc.models),
+        )  # fmt: skip
+        st.gf[K.G_TICK_S] = sc.tick_s
+        st.gf[K.G_AFFINITY_EPS] = self.router_spec.load_bound_eps
+        gi = st.gi
+        gi[K.I_NREQ] = n
+        gi[K.I_PENDING] = -1
+        gi[K.I_ROUTER] = int(self.router_spec.rule)
+        gi[K.I_SCORE_FN] = self.router_spec.score.address if self.router_spec.score is not None else 0
+        gi[K.I_SVC_KIND] = K.SVC_PER_REQUEST if self.per_request else K.SVC_ROOFLINE
+        gi[K.I_NLISTS] = self.n_classes
+        gi[K.I_PRIORITY] = int(sc.queue == "priority")
+        gi[K.I_NMODELS] = self.n_models
+        gi[K.I_TICK_CAP] = n_ticks
         self._synced_releases = 0
-        self.replicas: list[_Replica] = []  # every replica ever started, indexed by id
-        self._live: list[_Replica] = []  # those still holding cluster resources
         # read side (envs.sim.reads): the window row and per-model rows window_stats writes
         self._win = np.zeros(N_W)
         self._per_model = np.zeros((self.n_models, N_V))
-        self._arrival_times = np.ascontiguousarray(self.rf[:n, K.R_ARR])
+        self._arrival_times = np.ascontiguousarray(rf[:n, K.R_ARR])
         self._model_names = [d.name for d in sc.models]
-        self._rep_gpus = np.zeros(0)
-        self._rep_usd = np.zeros(0)
-        self._loading_remote: list[_Replica] = []
+        self._loading_remote: list[ReplicaRecord] = []
         self._load_clock = 0.0
 
-    def _grow_replicas(self) -> None:
-        """Double the replica capacity (rare: only when a scenario scales far beyond its start)."""
-        old = self.pf.shape[0]
-        new = 2 * old
-        self.pf = np.concatenate([self.pf, np.zeros((old, K.N_PF))])
-        self.pi = np.concatenate([self.pi, np.zeros((old, K.N_PI), np.int64)])
-        self.run = np.concatenate([self.run, np.zeros_like(self.run)])
-        self.pfl = np.concatenate([self.pfl, np.zeros_like(self.pfl)])
-        nl = self.qh.shape[1]
-        self.qh = np.concatenate([self.qh, np.full((old, nl), -1, np.int64)])
-        self.qt = np.concatenate([self.qt, np.full((old, nl), -1, np.int64)])
-        self.qn = np.concatenate([self.qn, np.zeros(old, np.int64)])
-        mrep = np.zeros((self.n_models, new), np.int64)
-        mrep[:, :old] = self.mrep
-        self.mrep = mrep
-        hcap = 4 * new + 16
-        for name in ("ht", "hk", "hr", "hv"):
-            arr = getattr(self, name)
-            grown = np.zeros(hcap, arr.dtype)
-            grown[: len(arr)] = arr
-            setattr(self, name, grown)
+    @property
+    def n_replicas(self) -> int:
+        """Replicas started so far (ids ``0 .. n_replicas - 1``, released ones included)."""
+        return self.state.n_replicas
 
     # ------------------------------------------------------------------ time
 
     @property
     def now(self) -> float:
-        return float(self.gf[K.G_NOW])
+        return float(self.state.gf[K.G_NOW])
 
     def _kernel(self, until: float, route_to: int = -1) -> int:
-        return K.advance(
-            self.rf, self.ri, self.pf, self.pi, self.run, self.pfl, self.qh, self.qt, self.qn, self.mi,
-            self.mrep, self.mn, self.ht, self.hk, self.hr, self.hv, self.gf, self.gi,
-            self.log_done, self.log_drop, self.tick_inflight, self.tick_queued, float(until), int(route_to),
-        )  # fmt: skip
+        return K.advance(*self.state.kernel_args(), float(until), int(route_to))
 
     def advance(self, until: float) -> int | None:
         """Run every event up to ``until`` (seconds).
@@ -372,8 +316,8 @@ class Simulator(SimulatorReads):
         code = self._kernel(until)
         if self.python_router is not None:
             while code == K.STOP_ROUTE:
-                i = int(self.gi[K.I_PENDING])
-                m = int(self.ri[i, K.R_MODEL])
+                i = int(self.state.gi[K.I_PENDING])
+                m = int(self.state.ri[i, K.R_MODEL])
                 r = int(
                     self.python_router.choose(self.request_view(i), self.replica_views(m, ready_only=True))
                 )
@@ -381,7 +325,7 @@ class Simulator(SimulatorReads):
                 code = self._kernel(until, route_to=r)
         self.sync_releases()
         if code == K.STOP_ROUTE:
-            return int(self.gi[K.I_PENDING])
+            return int(self.state.gi[K.I_PENDING])
         return None
 
     def choose_replica(self, spec: RouterSpec | Any) -> int:
@@ -400,16 +344,16 @@ class Simulator(SimulatorReads):
         addr = spec.score.address if spec.score is not None else 0
         return int(
             route_once(
-                self.rf,
-                self.ri,
-                self.pf,
-                self.pi,
-                self.qn,
-                self.mi,
-                self.mrep,
-                self.mn,
-                self.gf,
-                self.gi,
+                self.state.rf,
+                self.state.ri,
+                self.state.pf,
+                self.state.pi,
+                self.state.qn,
+                self.state.mi,
+                self.state.mrep,
+                self.state.mn,
+                self.state.gf,
+                self.state.gi,
                 i,
                 int(spec.rule),
                 addr,
@@ -420,7 +364,7 @@ class Simulator(SimulatorReads):
     @property
     def pending_request(self) -> int | None:
         """Id of the request waiting for an external routing decision, if any."""
-        p = int(self.gi[K.I_PENDING])
+        p = int(self.state.gi[K.I_PENDING])
         return None if p < 0 else p
 
     def route(self, replica: int, until: float | None = None) -> int | None:
@@ -442,7 +386,7 @@ class Simulator(SimulatorReads):
             raise ValueError(f"until: {until!r} must be >= the current time {self.now!r}")
         code = self._kernel(until, route_to=replica)
         self.sync_releases()
-        return int(self.gi[K.I_PENDING]) if code == K.STOP_ROUTE else None
+        return int(self.state.gi[K.I_PENDING]) if code == K.STOP_ROUTE else None
 
     # ------------------------------------------------------------------ compiled per-step features
 
@@ -453,16 +397,16 @@ class Simulator(SimulatorReads):
         :func:`envs.sim.features.routing_observation`. Returns the number of READY slots."""
         return int(
             routing_observation(
-                self.rf,
-                self.ri,
-                self.pf,
-                self.pi,
-                self.qn,
-                self.mrep,
-                self.mn,
-                self.log_done,
-                self.log_drop,
-                self.gi,
+                self.state.rf,
+                self.state.ri,
+                self.state.pf,
+                self.state.pi,
+                self.state.qn,
+                self.state.mrep,
+                self.state.mn,
+                self.state.log_done,
+                self.state.log_drop,
+                self.state.gi,
                 self.slo,
                 speed_max,
                 int(i),
@@ -479,16 +423,28 @@ class Simulator(SimulatorReads):
 
     def outstanding_work_s(self, cap_s: float) -> float:
         """Seconds of queued and running work over all replicas (:func:`envs.sim.features.outstanding_work_s`)."""
-        return float(outstanding_work_s(self.pf, self.pi, self.qn, self.mrep, self.mn, self.n_models, cap_s))
+        return float(
+            outstanding_work_s(
+                self.state.pf,
+                self.state.pi,
+                self.state.qn,
+                self.state.mrep,
+                self.state.mn,
+                self.n_models,
+                cap_s,
+            )
+        )
 
     def _check_route(self, i: int, replica: Any, what: str) -> None:
         if isinstance(replica, bool) or not isinstance(replica, (int, np.integer)):
             raise ValueError(f"{what}: {replica!r} must be a replica id (int) or -1")
         if replica >= 0:
-            if not (replica < self.n_replicas and self.pi[replica, K.Q_STATE] == K.REP_READY):
+            if not (replica < self.n_replicas and self.state.pi[replica, K.Q_STATE] == K.REP_READY):
                 raise ValueError(f"{what}: {replica!r} is not a READY replica")
-            if self.pi[replica, K.Q_MODEL] != self.ri[i, K.R_MODEL]:
-                raise ValueError(f"{what}: {replica!r} does not serve model {int(self.ri[i, K.R_MODEL])}")
+            if self.state.pi[replica, K.Q_MODEL] != self.state.ri[i, K.R_MODEL]:
+                raise ValueError(
+                    f"{what}: {replica!r} does not serve model {int(self.state.ri[i, K.R_MODEL])}"
+                )
         elif replica != -1:
             raise ValueError(f"{what}: {replica!r} must be a replica id or -1 (central queue)")
 
@@ -496,19 +452,19 @@ class Simulator(SimulatorReads):
 
     def sync_releases(self) -> None:
         """Free the cluster resources of replicas the kernel released (drained)."""
-        n = int(self.gi[K.I_NRELEASED])
+        n = int(self.state.gi[K.I_NRELEASED])
         if n == self._synced_releases:
             return
         self._synced_releases = n
-        released = [rep for rep in self._live if self.pi[rep.rid, K.Q_STATE] == K.REP_RELEASED]
+        released = [rep for rep in self.state.live if self.state.pi[rep.rid, K.Q_STATE] == K.REP_RELEASED]
         for rep in released:
-            self._free(rep, float(self.pf[rep.rid, K.P_RELEASE]))
+            self._free(rep, float(self.state.pf[rep.rid, K.P_RELEASE]))
 
-    def _free(self, rep: _Replica, t: float) -> None:
+    def _free(self, rep: ReplicaRecord, t: float) -> None:
         rep.freed = True
-        self._live.remove(rep)
+        self.state.live.remove(rep)
         self.cluster.release(rep.alloc)
-        if self.pf[rep.rid, K.P_READY] <= t:  # it finished loading: the weights stay on the node's disk
+        if self.state.pf[rep.rid, K.P_READY] <= t:  # it finished loading: the weights stay on the node's disk
             self.cluster.touch_cache(rep.alloc.node, rep.model, t)
 
     def _weights_on_node(self, node: int, m: int, now: float) -> bool:
@@ -522,7 +478,8 @@ class Simulator(SimulatorReads):
         ):
             return True
         return any(
-            r.model == m and r.alloc.node == node and self.pf[r.rid, K.P_READY] <= now for r in self._live
+            r.model == m and r.alloc.node == node and self.state.pf[r.rid, K.P_READY] <= now
+            for r in self.state.live
         )
 
     def replica_demand(self, m: int, gpu_type: int | None = None) -> Demand:
@@ -585,14 +542,12 @@ class Simulator(SimulatorReads):
             self.placement_failures_by_model[m] += 1
             return False
         alloc, g = placed
-        if self.n_replicas >= self.pf.shape[0]:
-            self._grow_replicas()
-        r = self.n_replicas
-        self.n_replicas += 1
+        state = self.state
+        r = state.new_replica_row()
         coef, kv_cap, speed = self._rep_params[m, g]
         dep = self.scenario.models[m]
         now = self.now
-        pf, pi = self.pf, self.pi
+        pf, pi = self.state.pf, self.state.pi
         pf[r, K.P_CTOK : K.P_OVH + 1] = coef[:4]
         pf[r, K.P_TILE] = coef[4]
         pf[r, K.P_ALLOC] = now
@@ -604,14 +559,16 @@ class Simulator(SimulatorReads):
         pi[r, K.Q_MAXB] = 1 if self.per_request else dep.max_batch
         pi[r, K.Q_KVCAP] = kv_cap
         pi[r, K.Q_HASH] = int(hash64(np.uint64(r + 1)) >> np.uint64(1))
-        self.mrep[m, self.mn[m]] = r
-        self.mn[m] += 1
+        self.state.mrep[m, self.state.mn[m]] = r
+        self.state.mn[m] += 1
         gpu = self.gpu_types[g]
-        rep = _Replica(r, m, g, alloc, dep.tensor_parallel, dep.tensor_parallel * gpu.usd_per_hour / 3600.0)
-        self.replicas.append(rep)
-        self._live.append(rep)
-        self._rep_gpus = np.append(self._rep_gpus, rep.gpus)
-        self._rep_usd = np.append(self._rep_usd, rep.usd_per_s)
+        rep = ReplicaRecord(
+            r, m, g, alloc, dep.tensor_parallel, dep.tensor_parallel * gpu.usd_per_hour / 3600.0
+        )
+        self.state.records.append(rep)
+        self.state.live.append(rep)
+        state.rep_gpus[r] = rep.gpus
+        state.rep_usd_per_s[r] = rep.usd_per_s
         node = alloc.node
         st = self.scenario.storage
         local = self._weights_on_node(node, m, now)
@@ -632,18 +589,18 @@ class Simulator(SimulatorReads):
         return True
 
     def _push_ready(self, r: int, t: float) -> None:
-        self.pi[r, K.Q_VERSION] += 1  # invalidates an earlier READY estimate
+        self.state.pi[r, K.Q_VERSION] += 1  # invalidates an earlier READY estimate
         K.heap_push(
-            self.ht,
-            self.hk,
-            self.hr,
-            self.hv,
-            self.gi,
-            self.pi,
+            self.state.ht,
+            self.state.hk,
+            self.state.hr,
+            self.state.hv,
+            self.state.gi,
+            self.state.pi,
             float(t),
             K.EV_READY,
             r,
-            self.pi[r, K.Q_VERSION],
+            self.state.pi[r, K.Q_VERSION],
         )
 
     def _progress_loads(self, now: float) -> None:
@@ -675,15 +632,15 @@ class Simulator(SimulatorReads):
 
     def _remove_replica(self, m: int) -> bool:
         """Take one replica of model ``m`` out of service: cancel a load, else drain a READY one."""
-        pi = self.pi
-        live = [int(r) for r in self.mrep[m, : self.mn[m]]]
+        pi = self.state.pi
+        live = [int(r) for r in self.state.mrep[m, : self.state.mn[m]]]
         loading = [r for r in live if pi[r, K.Q_STATE] == K.REP_LOADING]
         now = self.now
         if loading:
             r = max(loading)  # newest load first: it has made the least progress
             self._progress_loads(now)
-            K._release(self.pf, pi, self.mrep, self.mn, r, now)
-            rep = self.replicas[r]
+            K._release(self.state.pf, pi, self.state.mrep, self.state.mn, r, now)
+            rep = self.state.records[r]
             self._free(rep, now)
             if rep in self._loading_remote:
                 self._loading_remote.remove(rep)
@@ -693,16 +650,16 @@ class Simulator(SimulatorReads):
         if not ready:
             return False
         # drain the replica with the least work in flight (newest on ties)
-        r = min(ready, key=lambda x: (self.qn[self.n_models + x] + pi[x, K.Q_NRUN], -x))
+        r = min(ready, key=lambda x: (self.state.qn[self.n_models + x] + pi[x, K.Q_NRUN], -x))
         pi[r, K.Q_STATE] = K.REP_DRAINING
-        if pi[r, K.Q_BUSY] == 0 and pi[r, K.Q_NRUN] == 0 and self.qn[self.n_models + r] == 0:
-            K._release(self.pf, pi, self.mrep, self.mn, r, now)
-            self._free(self.replicas[r], now)
+        if pi[r, K.Q_BUSY] == 0 and pi[r, K.Q_NRUN] == 0 and self.state.qn[self.n_models + r] == 0:
+            K._release(self.state.pf, pi, self.state.mrep, self.state.mn, r, now)
+            self._free(self.state.records[r], now)
         return True
 
     def replicas_of(self, m: int) -> dict[str, int]:
         """Counts of model ``m``'s live replicas by state."""
-        st = self.pi[self.mrep[m, : self.mn[m]], K.Q_STATE]
+        st = self.state.pi[self.state.mrep[m, : self.state.mn[m]], K.Q_STATE]
         return {
             "ready": int(np.count_nonzero(st == K.REP_READY)),
             "loading": int(np.count_nonzero(st == K.REP_LOADING)),

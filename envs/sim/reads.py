@@ -45,16 +45,16 @@ class SimulatorReads:
 
     def request_view(self, i: int) -> RequestView:
         """Arrived request ``i``: what a router knows of it (not its output length)."""
-        if not 0 <= i < int(self.gi[K.I_NEXT_ARR]) + int(self.gi[K.I_PENDING] >= 0):
+        if not 0 <= i < int(self.state.gi[K.I_NEXT_ARR]) + int(self.state.gi[K.I_PENDING] >= 0):
             raise ValueError(f"request: {i!r} has not arrived")
-        ri = self.ri[i]
-        return RequestView(int(i), int(ri[K.R_MODEL]), int(ri[K.R_CLASS]), float(self.rf[i, K.R_ARR]),
+        ri = self.state.ri[i]
+        return RequestView(int(i), int(ri[K.R_MODEL]), int(ri[K.R_CLASS]), float(self.state.rf[i, K.R_ARR]),
                            int(ri[K.R_PROMPT]), int(ri[K.R_SESSION]))  # fmt: skip
 
     def requests(self) -> RequestTable:
         """The arrived requests as named read-only columns (a copy: later events do not change it)."""
-        n = int(self.gi[K.I_NEXT_ARR])
-        rf, ri = self.rf[:n], self.ri[:n]
+        n = int(self.state.gi[K.I_NEXT_ARR])
+        rf, ri = self.state.rf[:n], self.state.ri[:n]
 
         def col(a: np.ndarray) -> np.ndarray:
             out = a.copy()
@@ -71,9 +71,9 @@ class SimulatorReads:
     def provisioned_by_gpu_type(self, m: int) -> dict[int, int]:
         """Model ``m``'s LOADING or READY replicas counted by GPU type index."""
         counts: dict[int, int] = {}
-        for r in self.mrep[m, : self.mn[m]].tolist():
-            if self.pi[r, K.Q_STATE] <= K.REP_READY:
-                g = self.replicas[r].gpu_type
+        for r in self.state.mrep[m, : self.state.mn[m]].tolist():
+            if self.state.pi[r, K.Q_STATE] <= K.REP_READY:
+                g = self.state.records[r].gpu_type
                 counts[g] = counts.get(g, 0) + 1
         return counts
 
@@ -81,11 +81,11 @@ class SimulatorReads:
         """Replica ``r`` (any replica ever started) as a read-only snapshot."""
         if not 0 <= r < self.n_replicas:
             raise ValueError(f"replica: {r!r} must be in [0, {self.n_replicas})")
-        pi, pf, rep = self.pi[r], self.pf[r], self.replicas[r]
+        pi, pf, rep = self.state.pi[r], self.state.pf[r], self.state.records[r]
         return ReplicaView(
             id=int(r), model=int(pi[K.Q_MODEL]), state=K.REPLICA_STATE_NAMES[int(pi[K.Q_STATE])],
             gpu_type=self.gpu_types[rep.gpu_type].name, node=int(rep.alloc.node),
-            queued=int(self.qn[self.n_models + r]), running=int(pi[K.Q_NRUN]), max_batch=int(pi[K.Q_MAXB]),
+            queued=int(self.state.qn[self.n_models + r]), running=int(pi[K.Q_NRUN]), max_batch=int(pi[K.Q_MAXB]),
             kv_capacity_tokens=int(pi[K.Q_KVCAP]), kv_reserved_tokens=int(pi[K.Q_KVRES]),
             speed_rps=float(pf[K.P_SPEED]), latency_ewma_s=float(pf[K.P_EWMA]),
             allocated_at_s=float(pf[K.P_ALLOC]), ready_at_s=float(pf[K.P_READY]),
@@ -94,9 +94,9 @@ class SimulatorReads:
     def replica_views(self, model: int | None = None, *, ready_only: bool = False) -> tuple[ReplicaView, ...]:
         """Live replicas (loading, ready, draining) of ``model`` (or of all models), in increasing id."""
         models = range(self.n_models) if model is None else (int(model),)
-        ids = sorted(int(r) for m in models for r in self.mrep[m, : self.mn[m]])
+        ids = sorted(int(r) for m in models for r in self.state.mrep[m, : self.state.mn[m]])
         if ready_only:
-            ids = [r for r in ids if self.pi[r, K.Q_STATE] == K.REP_READY]
+            ids = [r for r in ids if self.state.pi[r, K.Q_STATE] == K.REP_READY]
         return tuple(self.replica_view(r) for r in ids)
 
     # ------------------------------------------------------------------ views and KPIs
@@ -108,9 +108,9 @@ class SimulatorReads:
     def busy_s(self) -> np.ndarray:
         """Busy seconds of every replica so far (the iteration in progress counted up to now)."""
         k = self.n_replicas
-        busy = self.pf[:k, K.P_BUSY_S].copy()
-        on = self.pi[:k, K.Q_BUSY] == 1
-        busy[on] += self.now - self.pf[:k, K.P_ITER_START][on]
+        busy = self.state.pf[:k, K.P_BUSY_S].copy()
+        on = self.state.pi[:k, K.Q_BUSY] == 1
+        busy[on] += self.now - self.state.pf[:k, K.P_ITER_START][on]
         return busy
 
     def _stats(self, t0: float, t1: float, done: np.ndarray, drops: np.ndarray, busy0: np.ndarray,
@@ -118,8 +118,8 @@ class SimulatorReads:
         """Run :func:`~envs.sim.window.window_stats`; returns (busy, tick_arrivals) and fills
         ``self._win`` and ``self._per_model``."""
         return window_stats(
-            self.rf, self.ri, self.pf, self.pi, self.mi, self.mrep, self.mn, self.gi, self.tick_inflight,
-            self._arrival_times, self.slo, self._nominal_speeds, self._rep_gpus, self._rep_usd, self.n_replicas, self.now, float(t0), float(t1),
+            self.state.rf, self.state.ri, self.state.pf, self.state.pi, self.state.mi, self.state.mrep, self.state.mn, self.state.gi, self.state.tick_inflight,
+            self._arrival_times, self.slo, self._nominal_speeds, self.state.rep_gpus, self.state.rep_usd_per_s, self.n_replicas, self.now, float(t0), float(t1),
             self.scenario.tick_s, done, drops, busy0, views, only, self.n_models == 1, self._win, self._per_model,
         )  # fmt: skip
 
@@ -162,8 +162,10 @@ class SimulatorReads:
 
     def episode_kpis(self) -> dict[str, float]:
         """KPIs from time 0 to now (see :mod:`envs.sim.metrics` for definitions)."""
-        nd, nx = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP])
-        out = self.window_kpis(0.0, self.now, self.log_done[:nd], nx, int(self.gi[K.I_NEXT_ARR]), _NO_BUSY)
+        nd, nx = int(self.state.gi[K.I_NDONE]), int(self.state.gi[K.I_NDROP])
+        out = self.window_kpis(
+            0.0, self.now, self.state.log_done[:nd], nx, int(self.state.gi[K.I_NEXT_ARR]), _NO_BUSY
+        )
         out["requests_in_system"] = (
             out["requests_arrived"] - out["requests_completed"] - out["requests_dropped"]
         )
@@ -189,9 +191,13 @@ class SimulatorReads:
         :attr:`window`, serves :meth:`interval_kpis`, :meth:`model_loads` and :meth:`step_views`).
         """
         t0, t1 = window.t0, self.now
-        nd, nx, na = int(self.gi[K.I_NDONE]), int(self.gi[K.I_NDROP]), int(self.gi[K.I_NEXT_ARR])
-        done = self.log_done[window.done : nd]
-        drops = self.log_drop[window.dropped : nx]
+        nd, nx, na = (
+            int(self.state.gi[K.I_NDONE]),
+            int(self.state.gi[K.I_NDROP]),
+            int(self.state.gi[K.I_NEXT_ARR]),
+        )
+        done = self.state.log_done[window.done : nd]
+        drops = self.state.log_drop[window.dropped : nx]
         busy, tick_arr = self._stats(t0, t1, done, drops, window.busy0, views)
         out = self._window_kpis(nx - window.dropped, na - window.arrived)
         loads = self._model_views(t0, tick_arr) if views else None
@@ -201,8 +207,10 @@ class SimulatorReads:
 
     def in_system(self) -> int:
         """Requests arrived but neither completed nor dropped (waiting for routing, queued or running)."""
-        pending = int(self.gi[K.I_PENDING] >= 0)
-        return int(self.gi[K.I_NEXT_ARR] + pending - self.gi[K.I_NDONE] - self.gi[K.I_NDROP])
+        pending = int(self.state.gi[K.I_PENDING] >= 0)
+        return int(
+            self.state.gi[K.I_NEXT_ARR] + pending - self.state.gi[K.I_NDONE] - self.state.gi[K.I_NDROP]
+        )
 
     def model_load(self, m: int, t0: float, done: np.ndarray, n_dropped: int, busy0: np.ndarray) -> ModelLoad:
         """The scaler's view of model ``m`` over ``[t0, now)``, given the requests ``done`` (of any
@@ -246,7 +254,7 @@ class SimulatorReads:
                     slo_attainment=int(n_met) / finished if finished else 1.0,
                     capacity_rps_per_replica=speed_sum / int(speed_n),
                     tick_s=self.scenario.tick_s,
-                    tick_in_flight=self.tick_inflight[k0:k1, m].astype(float),
+                    tick_in_flight=self.state.tick_inflight[k0:k1, m].astype(float),
                     tick_arrivals=tick_arr[m],
                 )
             )

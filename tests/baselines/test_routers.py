@@ -61,13 +61,13 @@ def scenario(tmp_path, times_s, router, replicas=3, nodes=None, service=None) ->
 
 
 def routed(sim: Simulator) -> list[int]:
-    return sim.ri[: sim.n_requests, K.R_REPLICA].tolist()
+    return sim.state.ri[: sim.n_requests, K.R_REPLICA].tolist()
 
 
 def run(sc, sessions=None) -> Simulator:
     sim = Simulator(sc, 0)
     if sessions is not None:
-        sim.ri[: sim.n_requests, K.R_SESSION] = sessions
+        sim.state.ri[: sim.n_requests, K.R_SESSION] = sessions
     sim.advance(sc["horizon_s"])
     return sim
 
@@ -89,7 +89,7 @@ def test_least_connections_prefers_the_idle_replica_then_the_lowest_id(tmp_path)
 
 def test_random_takes_the_floor_u1_n_th_ready_replica(tmp_path):
     sim = run(scenario(tmp_path, [0.3 * k for k in range(30)], "random"))
-    want = np.minimum((sim.rf[: sim.n_requests, K.R_U1] * 3).astype(int), 2)
+    want = np.minimum((sim.state.rf[: sim.n_requests, K.R_U1] * 3).astype(int), 2)
     assert routed(sim) == want.tolist()
     assert len(set(routed(sim))) == 3
 
@@ -97,7 +97,7 @@ def test_random_takes_the_floor_u1_n_th_ready_replica(tmp_path):
 def test_power_of_two_keeps_the_first_pick_on_a_tie_and_avoids_the_busier(tmp_path):
     sim = run(scenario(tmp_path, [3.0 * k for k in range(12)], "power_of_two"))
     # spaced arrivals: every replica idle, so the first pick (floor(U1 n)) wins the tie
-    want = np.minimum((sim.rf[: sim.n_requests, K.R_U1] * 3).astype(int), 2)
+    want = np.minimum((sim.state.rf[: sim.n_requests, K.R_U1] * 3).astype(int), 2)
     assert routed(sim) == want.tolist()
     # a burst onto 2 replicas: the second request never joins the one already holding the first
     sim = run(scenario(tmp_path, [0.0, 0.01], "power_of_two", replicas=2))
@@ -107,7 +107,7 @@ def test_power_of_two_keeps_the_first_pick_on_a_tie_and_avoids_the_busier(tmp_pa
 def test_central_queue_binds_late_to_the_first_free_replica(tmp_path):
     sim = run(scenario(tmp_path, [0.0, 0.1, 0.2, 0.3], "central_queue"))
     assert routed(sim) == [0, 1, 2, 0]  # idle replicas woken lowest id first; the 4th waits for r0
-    assert sim.rf[3, K.R_ADMIT] == pytest.approx(1.0)
+    assert sim.state.rf[3, K.R_ADMIT] == pytest.approx(1.0)
 
 
 def test_least_time_tries_unmeasured_replicas_first(tmp_path):
@@ -115,7 +115,7 @@ def test_least_time_tries_unmeasured_replicas_first(tmp_path):
     # once, then with equal EWMA latencies (1 s) behaves as least connections (ties -> r0)
     sim = run(scenario(tmp_path, [0.0, 2.0, 4.0, 6.0, 8.0], "least_time"))
     assert routed(sim) == [0, 1, 2, 0, 0]
-    np.testing.assert_allclose(sim.pf[:3, K.P_EWMA], 1.0)
+    np.testing.assert_allclose(sim.state.pf[:3, K.P_EWMA], 1.0)
 
 
 def ring_order(sim: Simulator, session: int) -> list[int]:
@@ -132,7 +132,7 @@ def test_affinity_keeps_a_session_on_its_ring_replica_until_the_load_bound(tmp_p
     sim = run(sc, sessions=7)
     order = ring_order(sim, 7)
     assert routed(sim) == [order[0]] * 6
-    np.testing.assert_array_equal(sim.pi[:3, K.Q_HASH], [splitmix64(r + 1) >> 1 for r in range(3)])
+    np.testing.assert_array_equal(sim.state.pi[:3, K.Q_HASH], [splitmix64(r + 1) >> 1 for r in range(3)])
     # a burst of three: the second finds the owner at the bound (in flight 1 + 1 > ceil(1.25 * 2 / 3) = 1)
     # and spills clockwise; the third fits on the owner again (1 + 1 <= ceil(1.25 * 3 / 3) = 2)
     sim = run(scenario(tmp_path, [0.0, 0.01, 0.02], "affinity"), sessions=7)
@@ -161,7 +161,7 @@ def test_sed_prefers_the_faster_gpu_where_least_connections_and_min_load_take_th
         name: run(scenario(tmp_path, times, name, replicas=2, nodes=HETERO_NODES, service="roofline"))
         for name in ("shortest_expected_delay", "least_connections", "min_load")
     }
-    speed = sims["min_load"].pf[:2, K.P_SPEED]
+    speed = sims["min_load"].state.pf[:2, K.P_SPEED]
     assert speed[1] > 2 * speed[0]  # the H100 replica is much faster
     assert routed(sims["shortest_expected_delay"]) == [1] * 5
     assert routed(sims["least_connections"]) == [0] * 5
@@ -171,7 +171,7 @@ def test_sed_prefers_the_faster_gpu_where_least_connections_and_min_load_take_th
 def test_sed_sends_a_burst_to_the_fast_gpu_until_its_expected_delay_is_longer(tmp_path):
     sim = run(scenario(tmp_path, [0.0001 * k for k in range(30)], "shortest_expected_delay", replicas=2,
                        nodes=HETERO_NODES, service="roofline"))  # fmt: skip
-    speed = sim.pf[:2, K.P_SPEED]
+    speed = sim.state.pf[:2, K.P_SPEED]
     # nothing finishes within the 3 ms burst, so each arrival takes the lowest (n_r + 1) / speed_r:
     # ~20 to the H100 (about 20x the L4's capacity) before the L4 gets one
     n, want = [0, 0], []
@@ -187,8 +187,8 @@ def test_weighted_round_robin_shares_are_proportional_to_replica_speed():
     sim = Simulator("heterogeneous", 0, overrides={"horizon_s": 60.0}, router="weighted_round_robin")
     sim.advance(60.0)
     n = sim.n_requests
-    counts = np.bincount(sim.ri[:n, K.R_REPLICA], minlength=sim.n_replicas)
-    speed = sim.pf[: sim.n_replicas, K.P_SPEED]
+    counts = np.bincount(sim.state.ri[:n, K.R_REPLICA], minlength=sim.n_replicas)
+    speed = sim.state.pf[: sim.n_replicas, K.P_SPEED]
     assert len(np.unique(np.round(speed, 6))) == 3  # three GPU types
     # smooth WRR: every prefix is within one pick per replica of the exact share
     assert np.all(np.abs(counts - n * speed / speed.sum()) <= sim.n_replicas)
@@ -209,7 +209,7 @@ def test_choose_replica_replays_the_engine_router(name):
     while i is not None:
         sim.route(sim.choose_replica(spec))
         i = sim.advance(90.0)
-    np.testing.assert_array_equal(sim.ri[:, K.R_REPLICA], ref.ri[:, K.R_REPLICA])
+    np.testing.assert_array_equal(sim.state.ri[:, K.R_REPLICA], ref.state.ri[:, K.R_REPLICA])
     assert sim.episode_kpis() == ref.episode_kpis()
 
 
@@ -243,7 +243,7 @@ def test_custom_routers_match_the_builtin_they_reimplement(custom, builtin):
     sim = Simulator("heterogeneous", 3, overrides=over, router=custom)
     ref.advance(120.0)
     sim.advance(120.0)
-    np.testing.assert_array_equal(sim.ri[:, K.R_REPLICA], ref.ri[:, K.R_REPLICA])
+    np.testing.assert_array_equal(sim.state.ri[:, K.R_REPLICA], ref.state.ri[:, K.R_REPLICA])
 
 
 def test_a_registered_custom_router_is_usable_by_name():
@@ -298,7 +298,7 @@ def test_make_router_returns_what_the_engine_takes():
     assert make_router(AffinityRouter(load_bound_eps=1.0)) == {"kind": "affinity", "load_bound_eps": 1.0}
     assert make_router("external") == "external"
     sim = Simulator("default", 0, overrides={"horizon_s": 15.0}, router=make_router({"kind": "affinity"}))
-    assert sim.router_name == "affinity" and sim.gf[K.G_AFFINITY_EPS] == 0.25
+    assert sim.router_name == "affinity" and sim.state.gf[K.G_AFFINITY_EPS] == 0.25
 
 
 @pytest.mark.parametrize(

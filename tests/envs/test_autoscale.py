@@ -71,10 +71,10 @@ def test_plus_one_adds_a_loading_replica_that_becomes_ready_after_its_cold_start
     assert info["replicas"].tolist() == [[4, 1, 0]]
     assert obs[IDX["replicas_loading"]] == pytest.approx(1 / 16)
     new = env.sim.n_replicas - 1
-    assert env.sim.pf[new, K.P_ALLOC] == 0.0
+    assert env.sim.state.pf[new, K.P_ALLOC] == 0.0
     _, _, _, _, info = env.step(hold(env))
     assert info["replicas"].tolist() == [[5, 0, 0]]
-    assert env.sim.pf[new, K.P_READY] == pytest.approx(cold_start_s)
+    assert env.sim.state.pf[new, K.P_READY] == pytest.approx(cold_start_s)
     assert info["kpi"]["target_replicas"] == 5.0
 
 
@@ -87,7 +87,7 @@ def test_minus_one_drains_a_replica_and_stops_paying_for_it():
     _, _, _, _, info = env.step(delta(env, -1))
     ready, loading, draining = info["replicas"][0]
     assert (ready, loading) == (3, 0)
-    gone = np.isin(env.sim.pi[: env.sim.n_replicas, K.Q_STATE], (K.REP_DRAINING, K.REP_RELEASED))
+    gone = np.isin(env.sim.state.pi[: env.sim.n_replicas, K.Q_STATE], (K.REP_DRAINING, K.REP_RELEASED))
     assert np.count_nonzero(gone) == 1
     # the drained replica is billed until it has finished its work, then released
     assert 3 * usd_per_replica_h < info["rewards"]["gpu_cost"] <= 4 * usd_per_replica_h + 1e-9
@@ -104,7 +104,7 @@ def test_removal_cancels_loading_replicas_first():
     assert info["replicas"].tolist() == [[4, 2, 0]]
     _, _, _, _, info = env.step(delta(env, -1))
     assert info["replicas"].tolist() == [[4, 1, 0]]  # a load was cancelled; no READY replica drains
-    assert env.sim.pi[env.sim.n_replicas - 1, K.Q_STATE] == K.REP_RELEASED  # the newest load goes first
+    assert env.sim.state.pi[env.sim.n_replicas - 1, K.Q_STATE] == K.REP_RELEASED  # the newest load goes first
 
 
 def test_clamping_at_min_and_max_is_counted():
@@ -150,7 +150,7 @@ def test_gpu_cost_is_replicas_times_dollars_per_hour():
     _, info = env.reset(seed=0)
     sc = env.scenario
     price = {i: g.usd_per_hour for i, g in enumerate(sc.gpu_types)}
-    expected = sum(price[r.gpu_type] * r.gpus for r in env.sim.replicas)
+    expected = sum(price[r.gpu_type] * r.gpus for r in env.sim.state.records)
     for _ in range(3):
         _, _, _, _, info = env.step(hold(env))
         assert info["rewards"]["gpu_cost"] == pytest.approx(expected)
@@ -218,7 +218,7 @@ def test_hybrid_scaling_adds_replicas_of_the_requested_gpu_type():
     per_type = obs[F : F + 3] * 12
     assert per_type.round().tolist() == [2, 2, 4]  # first fit fills H100, A100, then L4 nodes
     obs, _, _, _, info = env.step(np.array([env.max_step + 1, 2]))
-    assert names[env.sim.replicas[-1].gpu_type] == "l4"
+    assert names[env.sim.state.records[-1].gpu_type] == "l4"
     assert info["rewards"]["placement_failures"] == 0.0
     assert (obs[F : F + 3] * 12).round().tolist() == [2, 2, 5]
     obs, _, _, _, info = env.step(np.array([env.max_step + 1, 0]))  # the H100 node is full
@@ -309,14 +309,14 @@ def test_scaler_views_equal_the_kpi_definitions():
     checked = 0
     for _ in range(20):
         env.step(rng.integers(0, env.action_space.nvec))
-        nd, nx = int(sim.gi[K.I_NDONE]), int(sim.gi[K.I_NDROP])
+        nd, nx = int(sim.state.gi[K.I_NDONE]), int(sim.state.gi[K.I_NDROP])
         t0 = float(rng.uniform(0.0, sim.now))
-        done = sim.log_done[int(rng.integers(0, nd)) : nd]
+        done = sim.state.log_done[int(rng.integers(0, nd)) : nd]
         for m in range(sim.n_models):
-            mine = done[sim.ri[done, K.R_MODEL] == m]
-            n_drop = int(np.count_nonzero(sim.ri[sim.log_drop[:nx], K.R_MODEL] == m))
+            mine = done[sim.state.ri[done, K.R_MODEL] == m]
+            n_drop = int(np.count_nonzero(sim.state.ri[sim.state.log_drop[:nx], K.R_MODEL] == m))
             view = sim.model_load(m, t0, done, n_drop, np.zeros(0))
-            ref = request_kpis(sim.rf, sim.ri, mine, n_drop, sim.slo)
+            ref = request_kpis(sim.state.rf, sim.state.ri, mine, n_drop, sim.slo)
             assert view.ttft_p99_s == ref["ttft_p99_s"]
             assert view.slo_attainment == ref["slo_attainment"]
             checked += len(mine) > 1

@@ -48,13 +48,15 @@ def test_masks_are_the_ready_slots_in_replica_id_order():
         slots = env.slot_replicas
         sim = env.sim
         i = env.pending_request
-        m = int(sim.ri[i, K.R_MODEL])
+        m = int(sim.state.ri[i, K.R_MODEL])
         live = [
-            int(r) for r in sim.mrep[m, : sim.mn[m]] if sim.pi[r, K.Q_STATE] in (K.REP_READY, K.REP_LOADING)
+            int(r)
+            for r in sim.state.mrep[m, : sim.state.mn[m]]
+            if sim.state.pi[r, K.Q_STATE] in (K.REP_READY, K.REP_LOADING)
         ]
         np.testing.assert_array_equal(slots[: len(live)], live)
         assert np.all(slots[len(live) :] == -1)
-        want = np.array([r >= 0 and sim.pi[r, K.Q_STATE] == K.REP_READY for r in slots])
+        want = np.array([r >= 0 and sim.state.pi[r, K.Q_STATE] == K.REP_READY for r in slots])
         np.testing.assert_array_equal(mask, want)
         np.testing.assert_array_equal(slot_features(env, obs)[:, 0], mask)
         obs, *_ = env.step(random_valid(env, rng))
@@ -76,7 +78,7 @@ def test_a_masked_action_goes_to_the_central_queue_and_costs_one_invalid_action(
         obs, reward, term, trunc, info = env.step(random_valid(env, rng))
         assert info["rewards"]["invalid_actions"] == 0.0
     sim = env.sim
-    assert sim.ri[i, K.R_STATE] == K.REQ_DONE and sim.ri[i, K.R_REPLICA] >= 0
+    assert sim.state.ri[i, K.R_STATE] == K.REQ_DONE and sim.state.ri[i, K.R_REPLICA] >= 0
     assert env.n_invalid == 1
 
 
@@ -87,21 +89,21 @@ def test_observation_describes_the_request_and_the_replicas():
     for _ in range(400):
         obs, *_ = env.step(random_valid(env, rng))
     sim, i = env.sim, env.pending_request
-    m, c = int(sim.ri[i, K.R_MODEL]), int(sim.ri[i, K.R_CLASS])
+    m, c = int(sim.state.ri[i, K.R_MODEL]), int(sim.state.ri[i, K.R_CLASS])
     np.testing.assert_array_equal(obs[:3], np.eye(3)[m])
-    assert obs[3] == np.float32(min(sim.ri[i, K.R_PROMPT] / PROMPT_UNIT_TOKENS, 8.0))
+    assert obs[3] == np.float32(min(sim.state.ri[i, K.R_PROMPT] / PROMPT_UNIT_TOKENS, 8.0))
     np.testing.assert_array_equal(obs[4:6], np.eye(2)[c])
     feats = slot_features(env, obs)
     for s, r in enumerate(env.slot_replicas):
         if r < 0:
             assert not feats[s].any()
             continue
-        maxb = sim.pi[r, K.Q_MAXB]
-        q, run = sim.qn[sim.n_models + r], sim.pi[r, K.Q_NRUN]
+        maxb = sim.state.pi[r, K.Q_MAXB]
+        q, run = sim.state.qn[sim.n_models + r], sim.state.pi[r, K.Q_NRUN]
         assert feats[s, 2] == np.float32(min(q / maxb, 8.0))
         assert feats[s, 3] == np.float32(run / maxb)
-        assert feats[s, 4] == np.float32(1.0 - sim.pi[r, K.Q_KVRES] / sim.pi[r, K.Q_KVCAP])
-        ew = sim.pf[r, K.P_EWMA]
+        assert feats[s, 4] == np.float32(1.0 - sim.state.pi[r, K.Q_KVRES] / sim.state.pi[r, K.Q_KVCAP])
+        ew = sim.state.pf[r, K.P_EWMA]
         assert feats[s, 6] == np.float32(0.0 if ew < 0 else min(ew / LATENCY_UNIT_S, 8.0))
         assert feats[s, 7] == np.float32(min((q + run) / maxb, 8.0))
     assert sum(feats[:, 7] > 0) >= 1  # the cluster is busy at 40 req/s
@@ -111,7 +113,7 @@ def test_speed_feature_is_relative_to_the_fastest_gpu_type():
     env = make("heterogeneous")
     obs, _ = env.reset(seed=0)
     speed = slot_features(env, obs)[:8, 5]
-    types = [env.sim.replicas[r].gpu_type for r in env.slot_replicas[:8]]
+    types = [env.sim.state.records[r].gpu_type for r in env.slot_replicas[:8]]
     names = [env.sim.gpu_types[g].name for g in types]
     assert speed[names.index("h100-sxm-80gb")] == 1.0
     assert 0 < speed[names.index("l4")] < speed[names.index("a100-80gb")] < 1.0
@@ -177,16 +179,16 @@ def test_shaping_potential_charges_the_expected_delay_capped_per_request():
     env = make("heterogeneous")
     env.reset(seed=0)
     sim = env.sim
-    mu = sim.pf[: sim.n_replicas, K.P_SPEED]
-    sim.qn[:] = 0
-    sim.pi[: sim.n_replicas, K.Q_NRUN] = 0
+    mu = sim.state.pf[: sim.n_replicas, K.P_SPEED]
+    sim.state.qn[:] = 0
+    sim.state.pi[: sim.n_replicas, K.Q_NRUN] = 0
     assert env._potential() == 0.0
     fast, slow = int(np.argmax(mu)), int(np.argmin(mu))
-    sim.qn[env.n_models + fast] = 3
+    sim.state.qn[env.n_models + fast] = 3
     assert env._potential() == pytest.approx(6.0 / mu[fast])  # 1/mu + 2/mu + 3/mu
-    sim.qn[env.n_models + fast] = 0
+    sim.state.qn[env.n_models + fast] = 0
     n = int(40.0 * mu[slow])  # far past the 10 s cap
-    sim.qn[env.n_models + slow] = n
+    sim.state.qn[env.n_models + slow] = n
     j = int(10.0 * mu[slow])
     assert env._potential() == pytest.approx(j * (j + 1) / (2.0 * mu[slow]) + (n - j) * 10.0)
     with pytest.raises(ConfigError, match=r"shaping: -1"):
@@ -222,7 +224,7 @@ def test_scaling_down_drains_and_frees_gpus_during_the_episode():
     while sim.now < 15.0:
         env.step(random_valid(env, rng))
     assert sim.replicas_of(0)["ready"] == 2 and env.action_masks().sum() == 2
-    while (sim.pi[: sim.n_replicas, K.Q_STATE] == K.REP_DRAINING).any():
+    while (sim.state.pi[: sim.n_replicas, K.Q_STATE] == K.REP_DRAINING).any():
         env.step(random_valid(env, rng))
     assert sim.cluster.gpus_in_use() == 2  # the drained replicas' GPUs are back at once
 
@@ -251,7 +253,7 @@ def test_router_policy_through_the_env_equals_the_engine_router(scenario, router
     ref = Simulator(env.scenario, np.random.default_rng(7), router=router)
     ref.advance(300.0)
     assert info["episode_kpi"] == ref.episode_kpis()
-    np.testing.assert_array_equal(env.sim.ri[:, K.R_REPLICA], ref.ri[:, K.R_REPLICA])
+    np.testing.assert_array_equal(env.sim.state.ri[:, K.R_REPLICA], ref.state.ri[:, K.R_REPLICA])
 
 
 def test_router_policy_with_the_scenarios_autoscaler_equals_run_scenario():

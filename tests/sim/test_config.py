@@ -87,8 +87,8 @@ def test_azure_conv_replays_the_trace_sizes():
     assert sim.scenario.workload.arrival.kind == "trace"
     assert sim.scenario.workload.sizes.kind == "trace"
     # the first trace row is 374 prompt and 44 output tokens at t=0
-    assert sim.rf[0, K.R_ARR] == 0.0
-    assert (int(sim.ri[0, K.R_PROMPT]), int(sim.ri[0, K.R_OUTPUT])) == (374, 44)
+    assert sim.state.rf[0, K.R_ARR] == 0.0
+    assert (int(sim.state.ri[0, K.R_PROMPT]), int(sim.state.ri[0, K.R_OUTPUT])) == (374, 44)
 
 
 def test_azure_conv_without_a_trace_path_says_how_to_give_one():

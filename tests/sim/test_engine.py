@@ -74,35 +74,39 @@ def run_keeping_sim(scenario: Any, seed: int, check=None, **kw: Any) -> tuple[Si
 def assert_conserved(sim: Simulator) -> None:
     """arrived = completed + dropped + in system, against counts taken from the request state column."""
     n = sim.n_requests
-    state = sim.ri[:n, K.R_STATE]
+    state = sim.state.ri[:n, K.R_STATE]
     arrived = int(np.count_nonzero(state != K.REQ_FUTURE))
     done = int(np.count_nonzero(state == K.REQ_DONE))
     dropped = int(np.count_nonzero(state == K.REQ_DROPPED))
     queued = int(np.count_nonzero(state == K.REQ_QUEUED))
     running = int(np.count_nonzero(state == K.REQ_RUNNING))
     # every request that arrived by now (events at exactly `now` included) and no other
-    assert arrived == int(np.searchsorted(sim.rf[:n, K.R_ARR], sim.now, side="right"))
+    assert arrived == int(np.searchsorted(sim.state.rf[:n, K.R_ARR], sim.now, side="right"))
     assert np.all(state[:arrived] != K.REQ_FUTURE) and np.all(state[arrived:] == K.REQ_FUTURE)
-    assert int(sim.gi[K.I_NDONE]) == done and int(sim.gi[K.I_NDROP]) == dropped
+    assert int(sim.state.gi[K.I_NDONE]) == done and int(sim.state.gi[K.I_NDROP]) == dropped
     assert sim.in_system() == queued + running == arrived - done - dropped
-    assert int(sim.mi[:, K.M_INFLIGHT].sum()) == queued + running
-    assert int(sim.mi[:, K.M_QUEUED].sum()) == queued == int(sim.qn.sum())
-    assert int(sim.mi[:, K.M_RUNNING].sum()) == running == int(sim.pi[: sim.n_replicas, K.Q_NRUN].sum())
+    assert int(sim.state.mi[:, K.M_INFLIGHT].sum()) == queued + running
+    assert int(sim.state.mi[:, K.M_QUEUED].sum()) == queued == int(sim.state.qn.sum())
+    assert (
+        int(sim.state.mi[:, K.M_RUNNING].sum())
+        == running
+        == int(sim.state.pi[: sim.n_replicas, K.Q_NRUN].sum())
+    )
     # the logs hold each finished request exactly once
-    assert set(sim.log_done[:done].tolist()) == set(np.flatnonzero(state == K.REQ_DONE).tolist())
-    assert set(sim.log_drop[:dropped].tolist()) == set(np.flatnonzero(state == K.REQ_DROPPED).tolist())
+    assert set(sim.state.log_done[:done].tolist()) == set(np.flatnonzero(state == K.REQ_DONE).tolist())
+    assert set(sim.state.log_drop[:dropped].tolist()) == set(np.flatnonzero(state == K.REQ_DROPPED).tolist())
 
 
 def assert_request_times_ordered(sim: Simulator) -> None:
     """arrival <= admission < first token <= last token for every completed request."""
     n = sim.n_requests
-    done = sim.ri[:n, K.R_STATE] == K.REQ_DONE
-    f = sim.rf[:n][done]
+    done = sim.state.ri[:n, K.R_STATE] == K.REQ_DONE
+    f = sim.state.rf[:n][done]
     assert np.all(f[:, K.R_ADMIT] >= f[:, K.R_ARR])
     assert np.all(f[:, K.R_FIRST] > f[:, K.R_ADMIT])
     assert np.all(f[:, K.R_DONE] >= f[:, K.R_FIRST])  # ttft <= e2e
     assert np.all(f[:, K.R_DONE] <= sim.now)
-    dropped = sim.rf[:n][sim.ri[:n, K.R_STATE] == K.REQ_DROPPED]
+    dropped = sim.state.rf[:n][sim.state.ri[:n, K.R_STATE] == K.REQ_DROPPED]
     assert np.all(dropped[:, K.R_DONE] >= dropped[:, K.R_ARR]) and np.all(dropped[:, K.R_DONE] <= sim.now)
 
 
@@ -170,8 +174,10 @@ def test_same_seed_same_kpis_other_seed_differs(name: str):
 
 def test_same_seed_same_request_arrays():
     sims = [run_keeping_sim("steady", 3, overrides={"horizon_s": 300})[0] for _ in range(2)]
-    np.testing.assert_array_equal(sims[0].ri, sims[1].ri)
-    np.testing.assert_array_equal(sims[0].rf, sims[1].rf)  # NaN in the same places counts as equal
+    np.testing.assert_array_equal(sims[0].state.ri, sims[1].state.ri)
+    np.testing.assert_array_equal(
+        sims[0].state.rf, sims[1].state.rf
+    )  # NaN in the same places counts as equal
 
 
 # ----------------------------------------------------------------------------- property tests
@@ -265,7 +271,7 @@ def test_scale_up_loads_from_remote_storage_then_becomes_ready():
     assert sim.replicas_of(0)["loading"] == 1
     sim.advance(expected + 1e-6)
     assert sim.replicas_of(0) == {"ready": 1, "loading": 0, "draining": 0}
-    assert sim.pf[0, K.P_READY] == pytest.approx(expected, rel=1e-12)
+    assert sim.state.pf[0, K.P_READY] == pytest.approx(expected, rel=1e-12)
 
 
 def test_simultaneous_remote_loads_share_the_bandwidth():
@@ -274,9 +280,9 @@ def test_simultaneous_remote_loads_share_the_bandwidth():
     sim.advance(10.0)
     sim.set_target_replicas(MODEL, 2)
     sim.advance(200.0)
-    assert [sim.replicas[r].alloc.node for r in range(2)] == [0, 1]
+    assert [sim.state.records[r].alloc.node for r in range(2)] == [0, 1]
     np.testing.assert_allclose(
-        sim.pf[:2, K.P_READY], 10.0 + 2 * WEIGHT_BYTES / REMOTE_BPS + STARTUP_S, rtol=1e-12
+        sim.state.pf[:2, K.P_READY], 10.0 + 2 * WEIGHT_BYTES / REMOTE_BPS + STARTUP_S, rtol=1e-12
     )
 
 
@@ -291,7 +297,7 @@ def test_staggered_remote_loads_follow_processor_sharing():
     sim.set_target_replicas(MODEL, 2)
     sim.advance(200.0)
     both = t0 + 2 * WEIGHT_BYTES / REMOTE_BPS + STARTUP_S
-    np.testing.assert_allclose(sim.pf[:2, K.P_READY], [both - d, both], rtol=1e-12)
+    np.testing.assert_allclose(sim.state.pf[:2, K.P_READY], [both - d, both], rtol=1e-12)
 
 
 def test_cancelled_load_frees_its_gpu_and_its_bandwidth_share():
@@ -305,11 +311,11 @@ def test_cancelled_load_frees_its_gpu_and_its_bandwidth_share():
     sim.set_target_replicas(MODEL, 1)
     assert sim.replicas_of(0) == {"ready": 0, "loading": 1, "draining": 0}
     assert sim.cluster.gpus_in_use() == 1
-    assert sim.pi[1, K.Q_STATE] == K.REP_RELEASED and sim.pf[1, K.P_RELEASE] == t0 + d
+    assert sim.state.pi[1, K.Q_STATE] == K.REP_RELEASED and sim.state.pf[1, K.P_RELEASE] == t0 + d
     sim.advance(200.0)
     expected = t0 + d + (WEIGHT_BYTES - d * REMOTE_BPS / 2) / REMOTE_BPS + STARTUP_S
-    assert sim.pf[0, K.P_READY] == pytest.approx(expected, rel=1e-12)
-    assert sim.pi[1, K.Q_STATE] == K.REP_RELEASED  # its stale READY event was ignored
+    assert sim.state.pf[0, K.P_READY] == pytest.approx(expected, rel=1e-12)
+    assert sim.state.pi[1, K.Q_STATE] == K.REP_RELEASED  # its stale READY event was ignored
 
 
 def test_cached_node_loads_from_local_disk_until_the_ttl_expires():
@@ -319,14 +325,14 @@ def test_cached_node_loads_from_local_disk_until_the_ttl_expires():
     sim.advance(10.0)
     sim.set_target_replicas(MODEL, 1)
     sim.advance(100.0)
-    assert sim.pf[0, K.P_READY] == pytest.approx(10.0 + local, rel=1e-12)
-    assert sim.pf[0, K.P_READY] - 10.0 < WEIGHT_BYTES / REMOTE_BPS + STARTUP_S
+    assert sim.state.pf[0, K.P_READY] == pytest.approx(10.0 + local, rel=1e-12)
+    assert sim.state.pf[0, K.P_READY] - 10.0 < WEIGHT_BYTES / REMOTE_BPS + STARTUP_S
     # cached at t=0 with a 60 s TTL: at t=100 the copy is stale, so the load is remote again
     stale = Simulator(llm_scenario(nodes=nodes, storage={"cache_ttl_s": 60}), 0)
     stale.advance(100.0)
     stale.set_target_replicas(MODEL, 1)
     stale.advance(200.0)
-    assert stale.pf[0, K.P_READY] == pytest.approx(100.0 + WEIGHT_BYTES / REMOTE_BPS + STARTUP_S, rel=1e-12)
+    assert stale.state.pf[0, K.P_READY] == pytest.approx(100.0 + WEIGHT_BYTES / REMOTE_BPS + STARTUP_S, rel=1e-12)
 
 
 def test_second_load_on_a_node_waits_for_the_weights_to_arrive():
@@ -337,8 +343,8 @@ def test_second_load_on_a_node_waits_for_the_weights_to_arrive():
     sim.advance(10.0)
     sim.set_target_replicas(MODEL, 2)
     sim.advance(200.0)
-    assert [sim.replicas[r].alloc.node for r in range(2)] == [0, 0]
-    first, second = sim.pf[:2, K.P_READY]
+    assert [sim.state.records[r].alloc.node for r in range(2)] == [0, 0]
+    first, second = sim.state.pf[:2, K.P_READY]
     # neither is local: two remote transfers share the storage bandwidth and finish together
     assert first == pytest.approx(10.0 + 2 * WEIGHT_BYTES / REMOTE_BPS + STARTUP_S, rel=1e-12)
     assert second == pytest.approx(first, rel=1e-12)
@@ -352,24 +358,24 @@ def test_draining_replica_finishes_its_work_then_releases_its_gpus():
     sim.advance(100.0)
     assert sim.cluster.gpus_in_use() == 4
     sim.set_target_replicas(0, 3)
-    draining = [r for r in range(4) if sim.pi[r, K.Q_STATE] == K.REP_DRAINING]
+    draining = [r for r in range(4) if sim.state.pi[r, K.Q_STATE] == K.REP_DRAINING]
     assert len(draining) == 1
     r = draining[0]
-    mine = np.flatnonzero(sim.ri[: sim.n_requests, K.R_REPLICA] == r)
-    assert np.count_nonzero(sim.ri[mine, K.R_STATE] != K.REQ_DONE) > 0  # it has work left
+    mine = np.flatnonzero(sim.state.ri[: sim.n_requests, K.R_REPLICA] == r)
+    assert np.count_nonzero(sim.state.ri[mine, K.R_STATE] != K.REQ_DONE) > 0  # it has work left
     assert sim.cluster.gpus_in_use() == 4  # still held while draining
     sim.advance(300.0)
-    assert sim.pi[r, K.Q_STATE] == K.REP_RELEASED
+    assert sim.state.pi[r, K.Q_STATE] == K.REP_RELEASED
     assert sim.replicas_of(0) == {"ready": 3, "loading": 0, "draining": 0}
     assert sim.cluster.gpus_in_use() == 3
     # everything it had was served, nothing new was routed to it, and it left at its last completion
-    after = np.flatnonzero(sim.ri[: sim.n_requests, K.R_REPLICA] == r)
+    after = np.flatnonzero(sim.state.ri[: sim.n_requests, K.R_REPLICA] == r)
     np.testing.assert_array_equal(after, mine)
-    assert np.all(sim.ri[mine, K.R_STATE] == K.REQ_DONE)
-    assert sim.pf[r, K.P_RELEASE] == sim.rf[mine, K.R_DONE].max()
+    assert np.all(sim.state.ri[mine, K.R_STATE] == K.REQ_DONE)
+    assert sim.state.pf[r, K.P_RELEASE] == sim.state.rf[mine, K.R_DONE].max()
     # billing stops at the release
     kpis = sim.episode_kpis()
-    assert kpis["gpu_seconds"] == pytest.approx(3 * 300.0 + sim.pf[r, K.P_RELEASE], rel=1e-12)
+    assert kpis["gpu_seconds"] == pytest.approx(3 * 300.0 + sim.state.pf[r, K.P_RELEASE], rel=1e-12)
 
 
 def test_no_room_counts_a_placement_failure_without_raising():
@@ -390,9 +396,9 @@ def test_no_room_counts_a_placement_failure_without_raising():
 
 def class_waits(sim: Simulator) -> list[float]:
     n = sim.n_requests
-    done = sim.ri[:n, K.R_STATE] == K.REQ_DONE
-    wait = sim.rf[:n, K.R_ADMIT] - sim.rf[:n, K.R_ARR]
-    cls = sim.ri[:n, K.R_CLASS]
+    done = sim.state.ri[:n, K.R_STATE] == K.REQ_DONE
+    wait = sim.state.rf[:n, K.R_ADMIT] - sim.state.rf[:n, K.R_ARR]
+    cls = sim.state.ri[:n, K.R_CLASS]
     return [float(wait[done & (cls == c)].mean()) for c in (0, 1)]
 
 
@@ -429,11 +435,11 @@ def test_queue_timeout_drops_and_records_requests():
     sc["workload"]["classes"] = [{"name": "c", "slo": {"e2e_s": 100.0}, "timeout_s": timeout}]
     sim, kpis = run_keeping_sim(sc, 0, check=lambda s, _k: assert_conserved(s))
     n = sim.n_requests
-    state = sim.ri[:n, K.R_STATE]
+    state = sim.state.ri[:n, K.R_STATE]
     dropped = state == K.REQ_DROPPED
     done = state == K.REQ_DONE
     assert kpis["requests_dropped"] == np.count_nonzero(dropped) > 100
-    rf = sim.rf[:n]
+    rf = sim.state.rf[:n]
     # a drop is recorded at its deadline and was never admitted
     np.testing.assert_allclose(rf[dropped, K.R_DONE], rf[dropped, K.R_ARR] + timeout, rtol=1e-12)
     assert np.all(np.isnan(rf[dropped, K.R_ADMIT]))
@@ -451,17 +457,17 @@ def test_request_too_long_for_the_kv_cache_is_dropped_when_it_reaches_a_replica(
     sc["workload"]["sizes"] = {"kind": "lognormal", "prompt_mean": 3000, "prompt_p99": 20000}
     sim, kpis = run_keeping_sim(sc, 0, check=lambda s, _k: assert_conserved(s))
     n = sim.n_requests
-    cap = sim.pi[0, K.Q_KVCAP]
-    too_long = sim.ri[:n, K.R_PROMPT] + sim.ri[:n, K.R_OUTPUT] > cap
-    state = sim.ri[:n, K.R_STATE]
+    cap = sim.state.pi[0, K.Q_KVCAP]
+    too_long = sim.state.ri[:n, K.R_PROMPT] + sim.state.ri[:n, K.R_OUTPUT] > cap
+    state = sim.state.ri[:n, K.R_STATE]
     assert np.count_nonzero(too_long) > 10
     assert np.all(state[too_long] == K.REQ_DROPPED)
     assert kpis["requests_dropped"] == np.count_nonzero(state == K.REQ_DROPPED)
     # the drop happens when the replica tries to admit it: at or after arrival, by now, and finite
     # (these requests have no timeout, so there is no deadline to stand in for the drop time)
-    dropped_at = sim.rf[:n][too_long, K.R_DONE]
+    dropped_at = sim.state.rf[:n][too_long, K.R_DONE]
     assert np.all(np.isfinite(dropped_at))
-    assert np.all(dropped_at >= sim.rf[:n][too_long, K.R_ARR]) and np.all(dropped_at <= sim.now)
+    assert np.all(dropped_at >= sim.state.rf[:n][too_long, K.R_ARR]) and np.all(dropped_at <= sim.now)
 
 
 # ----------------------------------------------------------------------------- roofline timing
@@ -470,9 +476,9 @@ def test_request_too_long_for_the_kv_cache_is_dropped_when_it_reaches_a_replica(
 def test_ttft_is_before_the_last_token():
     sim, kpis = run_keeping_sim("default", 0, overrides={"horizon_s": 300})
     n = sim.n_requests
-    done = (sim.ri[:n, K.R_STATE] == K.REQ_DONE) & (sim.ri[:n, K.R_OUTPUT] > 1)
+    done = (sim.state.ri[:n, K.R_STATE] == K.REQ_DONE) & (sim.state.ri[:n, K.R_OUTPUT] > 1)
     assert np.count_nonzero(done) > 1000
-    assert np.all(sim.rf[:n][done, K.R_FIRST] < sim.rf[:n][done, K.R_DONE])
+    assert np.all(sim.state.rf[:n][done, K.R_FIRST] < sim.state.rf[:n][done, K.R_DONE])
     assert kpis["ttft_p50_s"] < kpis["e2e_mean_s"]
     assert kpis["tpot_mean_s"] > 0
 
@@ -490,8 +496,8 @@ def test_lone_request_ttft_and_tpot_match_the_roofline():
     }
     sim, _ = run_keeping_sim(sc, 3)
     n = sim.n_requests
-    rf = sim.rf[:n]
-    assert np.all(sim.ri[:n, K.R_STATE] == K.REQ_DONE)
+    rf = sim.state.rf[:n]
+    assert np.all(sim.state.ri[:n, K.R_STATE] == K.REQ_DONE)
     alone = np.ones(n, bool)
     alone[1:] &= rf[1:, K.R_ARR] > rf[:-1, K.R_DONE]
     alone[:-1] &= rf[1:, K.R_ARR] > rf[:-1, K.R_DONE]
@@ -560,7 +566,7 @@ def test_queue_grows_only_above_the_saturation_throughput(max_batch: int):
         sc, capacity = saturation_scenario(max_batch, load)
         sim, _ = run_keeping_sim(sc, 0)
         t = np.arange(600, 1200)
-        slope = float(np.polyfit(t, sim.tick_inflight[t, 0], 1)[0])
+        slope = float(np.polyfit(t, sim.state.tick_inflight[t, 0], 1)[0])
         if load > 1:
             excess = (load - 1.0) * capacity
             assert slope > 0.5 * excess, f"above saturation: grows {slope:.2f}/s, expected ~{excess:.2f}/s"

@@ -56,15 +56,15 @@ def test_window_kpis_equal_the_metrics_functions():
     busy0 = sim.busy_s()
     sim.advance(180.0)
     t0, t1 = 120.0, sim.now
-    done = sim.log_done[: int(sim.gi[K.I_NDONE])]
-    done = done[sim.rf[done, K.R_DONE] >= t0]  # completed in [t0, t1)
+    done = sim.state.log_done[: int(sim.state.gi[K.I_NDONE])]
+    done = done[sim.state.rf[done, K.R_DONE] >= t0]  # completed in [t0, t1)
     out = sim.window_kpis(t0, t1, done, 0, 10, busy0)
-    ref = request_kpis(sim.rf, sim.ri, done, 0, sim.slo)
+    ref = request_kpis(sim.state.rf, sim.state.ri, done, 0, sim.slo)
     for key, value in ref.items():
         assert out[key] == value, key
-    pf = sim.pf[: sim.n_replicas]
+    pf = sim.state.pf[: sim.n_replicas]
     alloc_s = overlap_s(pf[:, K.P_ALLOC], pf[:, K.P_RELEASE], t0, t1)
-    assert out["gpu_seconds"] == float(np.dot(alloc_s, sim._rep_gpus))
+    assert out["gpu_seconds"] == float(np.dot(alloc_s, sim.state.rep_gpus[: sim.n_replicas]))
 
 
 def test_cluster_sums_follow_allocations():

@@ -143,9 +143,9 @@ def test_priority_queue_matches_cobham():
     for seed in range(12):
         sim, _ = run_keeping_sim(sc, seed)
         n = sim.n_requests
-        done = sim.ri[:n, K.R_STATE] == K.REQ_DONE
-        wait = sim.rf[:n, K.R_ADMIT] - sim.rf[:n, K.R_ARR]
-        cls = sim.ri[:n, K.R_CLASS]
+        done = sim.state.ri[:n, K.R_STATE] == K.REQ_DONE
+        wait = sim.state.rf[:n, K.R_ADMIT] - sim.state.rf[:n, K.R_ARR]
+        cls = sim.state.ri[:n, K.R_CLASS]
         waits.append([wait[done & (cls == c)].mean() for c in (0, 1)])
     waits = np.array(waits)
     w0 = lam * (2.0 / mu**2) / 2.0
@@ -171,9 +171,9 @@ def test_littles_law_on_default_llm_scenario(seed: int):
     sim, kpis = run_keeping_sim("default", seed)
     horizon = sim.scenario.horizon_s
     assert kpis["requests_dropped"] == 0
-    n_ticks = int(sim.gi[K.I_NTICK])
+    n_ticks = int(sim.state.gi[K.I_NTICK])
     assert n_ticks == int(horizon / sim.scenario.tick_s)
-    mean_in_system = float(sim.tick_inflight[:n_ticks, 0].mean())
+    mean_in_system = float(sim.state.tick_inflight[:n_ticks, 0].mean())
     arrival_rate = kpis["requests_arrived"] / horizon
     assert mean_in_system > 50  # a loaded system, or the check would be vacuous
     assert mean_in_system == pytest.approx(arrival_rate * kpis["e2e_mean_s"], rel=0.01)

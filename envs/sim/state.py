@@ -1,0 +1,186 @@
+"""The engine state: every array of one simulation, allocated and grown here and nowhere else.
+
+:class:`EngineState` is a struct of arrays whose column names are :mod:`envs.sim.layout`'s. The
+compiled loop (:func:`envs.sim.kernel.advance`) takes them as arguments, in the order of
+:meth:`EngineState.kernel_args`; :class:`~envs.sim.engine.Simulator` is the only writer outside
+the compiled core, and everything above ``envs/sim`` reads views (:mod:`envs.sim.view`).
+
+Why plain arrays rather than a numba ``jitclass`` or ``structref`` (see ``docs/architecture.md``):
+both are reference-counted objects that need numba's runtime inside the loop, whose count
+updates on every inlined helper took about two thirds of the loop's time.
+
+Sizes grow with what the simulation holds, never with configured maxima: request rows with the
+workload's requests (generated up front), replica rows with the replicas started (doubling from
+twice the initial fleet), the event heap with the replica rows (at most one live event each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from envs.sim import layout as L
+
+MIN_REPLICA_ROWS = 16
+
+
+@dataclass(eq=False)
+class ReplicaRecord:
+    """What the Python side keeps of a replica and the compiled loop never reads.
+
+    ``alloc`` is its :class:`~envs.sim.cluster.Allocation` (node and GPUs); ``load_bytes`` the bytes
+    of weights still to fetch from remote storage while it loads.
+    """
+
+    rid: int
+    model: int
+    gpu_type: int
+    alloc: object
+    gpus: int
+    usd_per_s: float
+    load_bytes: float = 0.0
+    remote: bool = False
+    freed: bool = False
+
+
+@dataclass(eq=False)
+class EngineState:
+    """The arrays of one simulation (columns and codes: :mod:`envs.sim.layout`).
+
+    Requests: ``rf`` (floats) and ``ri`` (ints), one row per request plus a sentinel row;
+    ``log_done`` / ``log_drop`` list request ids in completion / drop order.
+    Replicas: ``pf``, ``pi`` (one row each), ``run`` (running batch as a heap of request ids),
+    ``pfl`` (requests admitted in the current iteration), ``rep_gpus`` and ``rep_usd_per_s``
+    (GPUs held and $/s billed, read by the KPI windows); ``records`` the :class:`ReplicaRecord` of
+    every replica ever started, ``live`` those still holding cluster resources.
+    Queues: linked lists ``qh``/``qt`` (head/tail per queue and class list) and ``qn`` (length);
+    queue ``m < n_models`` is model ``m``'s central queue, queue ``n_models + r`` replica ``r``'s.
+    Models: ``mi`` counters, ``mrep``/``mn`` the live replica ids of each model in increasing order.
+    Event heap: ``ht`` time, ``hk`` (priority << 48 | sequence), ``hr`` replica, ``hv`` its version.
+    Scalars: ``gf`` floats, ``gi`` ints. Metrics ticks: ``tick_inflight`` / ``tick_queued`` per
+    tick and model.
+    """
+
+    rf: np.ndarray
+    ri: np.ndarray
+    pf: np.ndarray
+    pi: np.ndarray
+    run: np.ndarray
+    pfl: np.ndarray
+    qh: np.ndarray
+    qt: np.ndarray
+    qn: np.ndarray
+    mi: np.ndarray
+    mrep: np.ndarray
+    mn: np.ndarray
+    ht: np.ndarray
+    hk: np.ndarray
+    hr: np.ndarray
+    hv: np.ndarray
+    gf: np.ndarray
+    gi: np.ndarray
+    log_done: np.ndarray
+    log_drop: np.ndarray
+    tick_inflight: np.ndarray
+    tick_queued: np.ndarray
+    rep_gpus: np.ndarray
+    rep_usd_per_s: np.ndarray
+    n_models: int
+    n_replicas: int = 0
+    records: list[ReplicaRecord] = field(default_factory=list)
+    live: list[ReplicaRecord] = field(default_factory=list)
+
+    @classmethod
+    def allocate(cls, rf: np.ndarray, ri: np.ndarray, *, n_models: int, n_lists: int, max_batch: int,
+                 n_ticks: int, initial_replicas: int) -> EngineState:  # fmt: skip
+        """A state for the requests ``rf``/``ri`` (rows built by the engine, sentinel included)."""
+        n = len(rf) - 1
+        cap = max(MIN_REPLICA_ROWS, 2 * initial_replicas)
+        hcap = _heap_rows(cap)
+        return cls(
+            rf=rf,
+            ri=ri,
+            pf=np.zeros((cap, L.N_PF)),
+            pi=np.zeros((cap, L.N_PI), np.int64),
+            run=np.zeros((cap, max_batch), np.int64),
+            pfl=np.zeros((cap, max_batch), np.int64),
+            qh=np.full((n_models + cap, n_lists), -1, np.int64),
+            qt=np.full((n_models + cap, n_lists), -1, np.int64),
+            qn=np.zeros(n_models + cap, np.int64),
+            mi=np.zeros((n_models, L.N_MI), np.int64),
+            mrep=np.zeros((n_models, cap), np.int64),
+            mn=np.zeros(n_models, np.int64),
+            ht=np.zeros(hcap),
+            hk=np.zeros(hcap, np.int64),
+            hr=np.zeros(hcap, np.int64),
+            hv=np.zeros(hcap, np.int64),
+            gf=np.zeros(L.N_GF),
+            gi=np.zeros(L.N_GI, np.int64),
+            log_done=np.zeros(n + 1, np.int64),
+            log_drop=np.zeros(n + 1, np.int64),
+            tick_inflight=np.zeros((n_ticks, n_models), np.int64),
+            tick_queued=np.zeros((n_ticks, n_models), np.int64),
+            rep_gpus=np.zeros(cap),
+            rep_usd_per_s=np.zeros(cap),
+            n_models=n_models,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"EngineState(requests={len(self.rf) - 1}, replicas={self.n_replicas}/{self.replica_rows} rows, "
+            f"models={self.n_models}, {self.nbytes() / 2**20:.1f} MiB)"
+        )
+
+    @property
+    def replica_rows(self) -> int:
+        """Replica rows allocated (ids ``0 .. replica_rows - 1`` fit without growing)."""
+        return self.pf.shape[0]
+
+    def new_replica_row(self) -> int:
+        """The id of the next replica, growing every replica-sized array first if it is full."""
+        if self.n_replicas >= self.replica_rows:
+            self._grow_replicas()
+        r = self.n_replicas
+        self.n_replicas += 1
+        return r
+
+    def _grow_replicas(self) -> None:
+        """Double every replica-sized array (queues and model lists included); contents are kept."""
+        old = self.replica_rows
+        new = 2 * old
+
+        def grown(a: np.ndarray, axis: int, fill: int = 0) -> np.ndarray:
+            shape = list(a.shape)
+            shape[axis] = new if axis == 1 else a.shape[0] + old
+            out = np.full(shape, fill, a.dtype)
+            out[tuple(slice(0, s) for s in a.shape)] = a
+            return out
+
+        self.pf, self.pi = grown(self.pf, 0), grown(self.pi, 0)
+        self.run, self.pfl = grown(self.run, 0), grown(self.pfl, 0)
+        self.qh, self.qt = grown(self.qh, 0, -1), grown(self.qt, 0, -1)
+        self.qn = grown(self.qn, 0)
+        self.mrep = grown(self.mrep, 1)
+        self.rep_gpus, self.rep_usd_per_s = grown(self.rep_gpus, 0), grown(self.rep_usd_per_s, 0)
+        hcap = _heap_rows(new)
+        for name in ("ht", "hk", "hr", "hv"):
+            arr = getattr(self, name)
+            out = np.zeros(hcap, arr.dtype)
+            out[: len(arr)] = arr
+            setattr(self, name, out)
+
+    def kernel_args(self) -> tuple[np.ndarray, ...]:
+        """The arrays :func:`envs.sim.kernel.advance` takes, in its order (before ``until, route_to``)."""
+        return (self.rf, self.ri, self.pf, self.pi, self.run, self.pfl, self.qh, self.qt, self.qn, self.mi,
+                self.mrep, self.mn, self.ht, self.hk, self.hr, self.hv, self.gf, self.gi, self.log_done,
+                self.log_drop, self.tick_inflight, self.tick_queued)  # fmt: skip
+
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (what the state costs in memory)."""
+        return sum(a.nbytes for a in self.kernel_args()) + self.rep_gpus.nbytes + self.rep_usd_per_s.nbytes
+
+
+def _heap_rows(replica_rows: int) -> int:
+    # one live event per replica; room for cancelled ones until the heap compacts itself
+    return 4 * replica_rows + 16
