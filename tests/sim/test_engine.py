@@ -332,7 +332,9 @@ def test_cached_node_loads_from_local_disk_until_the_ttl_expires():
     stale.advance(100.0)
     stale.set_target_replicas(MODEL, 1)
     stale.advance(200.0)
-    assert stale.state.pf[0, K.P_READY] == pytest.approx(100.0 + WEIGHT_BYTES / REMOTE_BPS + STARTUP_S, rel=1e-12)
+    assert stale.state.pf[0, K.P_READY] == pytest.approx(
+        100.0 + WEIGHT_BYTES / REMOTE_BPS + STARTUP_S, rel=1e-12
+    )
 
 
 def test_second_load_on_a_node_waits_for_the_weights_to_arrive():
