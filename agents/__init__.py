@@ -75,7 +75,7 @@ class RandomPolicy:
 
 # How each per-step KPI is combined into an episode KPI (keys of envs.sim.metrics).
 _SUMMED = frozenset(
-    {"requests_arrived", "requests_completed", "requests_dropped", "slo_violations", "gpu_seconds", "cost_usd",
+    {"requests_arrived", "requests_completed", "requests_dropped", "requests_unfinished", "slo_violations", "gpu_seconds", "cost_usd",
      "placement_failures", "e2e_sum_s"}
 )  # fmt: skip
 _PER_COMPLETED = frozenset({"wait_mean_s", "e2e_mean_s", "ttft_p50_s", "tpot_mean_s"})
@@ -92,7 +92,8 @@ class EpisodeKpis:
     * counts, seconds and dollars (``requests_*``, ``slo_violations``,
       ``gpu_seconds``, ``cost_usd``, ``placement_failures``) are summed;
     * ``slo_attainment`` is weighted by the requests that finished in the step
-      (completed + dropped); 1.0 if none finished (the simulator's convention);
+      (completed + dropped + unfinished at the horizon); 1.0 if none finished
+      (the simulator's convention);
     * means over completed requests (``wait_mean_s``, ``e2e_mean_s``,
       ``ttft_p50_s``, ``tpot_mean_s``) are weighted by ``requests_completed``
       (for the median this is an approximation);
@@ -121,7 +122,9 @@ class EpisodeKpis:
     def add(self, kpi: Mapping[str, float]) -> None:
         self.n_steps += 1
         completed = float(kpi.get("requests_completed", 1.0))
-        finished = completed + float(kpi.get("requests_dropped", 0.0))
+        finished = (
+            completed + float(kpi.get("requests_dropped", 0.0)) + float(kpi.get("requests_unfinished", 0.0))
+        )
         for key, raw in kpi.items():
             v = float(raw)
             if self.cumulative or key in _LAST:

@@ -5,12 +5,13 @@ Importing ``envs`` registers the environment ids (idempotently):
 =============================  =========================================================
 id                             one step is
 =============================  =========================================================
-``InferGym/Autoscale-v0``      one control interval; action = replica change per model
+``InferGym/Autoscale-v1``      one control interval; action = replica change per model
+``InferGym/Autoscale-v0``      the same with v0's reward (unfinished requests free; superseded)
 ``InferGym/Routing-v0``        one arriving request; action = which replica serves it
 ``InferGym/Placement-v0``      one replica or job to place; action = which node
 =============================  =========================================================
 
-``gymnasium.make("InferGym/Autoscale-v0", scenario="bursty")``
+``gymnasium.make("InferGym/Autoscale-v1", scenario="bursty")``
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from __future__ import annotations
 import gymnasium
 
 ENV_IDS = {
-    "InferGym/Autoscale-v0": "envs.autoscale:AutoscaleEnv",
+    "InferGym/Autoscale-v1": "envs.autoscale:AutoscaleEnv",
+    "InferGym/Autoscale-v0": "envs.autoscale:AutoscaleEnvV0",
     "InferGym/Routing-v0": "envs.routing:RoutingEnv",
     "InferGym/Placement-v0": "envs.placement:PlacementEnv",
 }

@@ -155,16 +155,25 @@ class AutoscaleEnv(gym.Env):
     ## Rewards
 
     ``reward = -(w_slo * slo_violations + w_drops * drops + w_cost * gpu_cost
-    + w_pf * placement_failures)``, weights from the scenario's ``reward`` block
-    (defaults :data:`envs.sim.config.DEFAULT_REWARD`: 10, 10, 0.02, 0.1). The
-    terms, all costs over the step's interval ``[t0, t1)``:
+    + w_pf * placement_failures + w_unf * unfinished)``, weights from the scenario's
+    ``reward`` block (defaults :data:`envs.sim.config.DEFAULT_REWARD`: 10, 10, 0.02,
+    0.1, 20). The terms, all costs over the step's interval ``[t0, t1)``:
 
-    * ``slo_violations`` (fraction): requests that finished (completed or
-      dropped) and missed their SLO / requests that finished; 0 if none finished.
+    * ``slo_violations`` (requests per arrived request): requests that finished
+      in the interval (completed or dropped) and missed their SLO / max(1,
+      requests arrived in the interval).
     * ``drops`` (fraction): dropped requests / max(1, arrived requests).
     * ``gpu_cost`` ($/hour): dollars of allocated GPUs (LOADING, READY and
       DRAINING replicas) in the interval / (t1 - t0) * 3600.
     * ``placement_failures`` (count): replicas asked for this step that fit nowhere.
+    * ``unfinished`` (requests per arrived request): 0 except at the last step,
+      where it is the requests still waiting or running at the horizon / the
+      episode's mean arrivals per interval (at least 1).
+
+    Every request is charged once, in units of an interval's arrivals: 10 if it
+    completed late, 20 (10 + 10) if it was dropped (it also missed its SLO) and
+    20 if it was never served. Serving nothing therefore always costs more than
+    serving, except for the GPU dollars of replicas that complete nothing.
 
     ``info["rewards"]`` holds the terms; ``reward_from_terms(terms)`` recomputes
     the reward. ``info["kpi"]`` holds the interval KPIs of
@@ -190,7 +199,7 @@ class AutoscaleEnv(gym.Env):
 
     ## Arguments
 
-    ``gymnasium.make("InferGym/Autoscale-v0", scenario="default", render_mode=None, max_step=2,
+    ``gymnasium.make("InferGym/Autoscale-v1", scenario="default", render_mode=None, max_step=2,
     action_mode="delta", router=None, placer=None, **scenario_overrides)``
 
     * ``scenario``: shipped name, YAML path, dict or Scenario.
@@ -208,7 +217,11 @@ class AutoscaleEnv(gym.Env):
 
     ## Version History
 
-    * v0: initial version (``action_mode`` and ``dwell_shape`` arrivals added before any release).
+    * v1: requests still in the system at the horizon are charged (the ``unfinished`` term) and
+      ``slo_violations`` is per arrived request instead of per finished one; in v0, a policy that
+      served nothing scored 0, better than any that served.
+    * v0: initial version (``action_mode`` and ``dwell_shape`` arrivals added before any release);
+      still registered, as :class:`AutoscaleEnvV0`.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -293,6 +306,7 @@ class AutoscaleEnv(gym.Env):
         self.sim = Simulator(self.scenario, seed=self.np_random, router=self.router, placer=self.placer)
         self.clock = ControlClock(self.sim)
         self._step = 0
+        self._arrived = 0.0  # requests arrived so far this episode
         self._prev_rate: list[float] | None = None
         self.model_loads = self._scaler_views()
         n, h = self.n_models, self.n_steps + 1
@@ -333,13 +347,8 @@ class AutoscaleEnv(gym.Env):
         self.clock.advance()
         dt = sim.now - t0
         self.model_loads, kpi = sim.step_views()
-        finished = kpi["requests_completed"] + kpi["requests_dropped"]
-        terms = {
-            "slo_violations": kpi["slo_violations"] / finished if finished > 0 else 0.0,
-            "drops": kpi["requests_dropped"] / max(1.0, kpi["requests_arrived"]),
-            "gpu_cost": kpi["cost_usd"] / dt * 3600.0,
-            "placement_failures": float(sim.placement_failures - failures0),
-        }
+        self._arrived += kpi["requests_arrived"]
+        terms = self._terms(kpi, dt, float(sim.placement_failures - failures0))
         reward = self.reward_from_terms(terms)
         ready_total = target_total = 0
         for (ready_key, target_key), load in zip(self._kpi_keys, self.model_loads, strict=True):
@@ -354,6 +363,20 @@ class AutoscaleEnv(gym.Env):
         truncated = self._step >= self.n_steps
         info = {"rewards": terms, "kpi": kpi, "replicas": self._replica_counts(), "clamped": int(clamped)}
         return obs, reward, False, truncated, info
+
+    def _terms(self, kpi: Mapping[str, float], dt: float, placement_failures: float) -> dict[str, float]:
+        """The step's cost terms (see Rewards): every request is charged per arrived request, whether
+        it missed its SLO, was dropped or was never served by the horizon."""
+        arrived = max(1.0, kpi["requests_arrived"])
+        unfinished = kpi["requests_unfinished"]
+        per_interval = max(1.0, self._arrived / self._step)
+        return {
+            "slo_violations": (kpi["slo_violations"] - unfinished) / arrived,
+            "drops": kpi["requests_dropped"] / arrived,
+            "gpu_cost": kpi["cost_usd"] / dt * 3600.0,
+            "placement_failures": placement_failures,
+            "unfinished": unfinished / per_interval,
+        }
 
     def _action_values(self, action: Any) -> list[int]:
         """The action's components as ints, or ValueError (``check_action``) if it is not in the space."""
@@ -513,13 +536,34 @@ class AutoscaleEnv(gym.Env):
                 fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="model", title_fontsize=8
             )
             fig.suptitle(
-                f"InferGym/Autoscale-v0, scenario {self.scenario.name!r}: t = {self.sim.now:.0f} s, "
+                f"{self.spec.id if self.spec else 'InferGym/Autoscale'}, scenario {self.scenario.name!r}: "
+                f"t = {self.sim.now:.0f} s, "
                 f"return so far {h['reward'][: i + 1].sum():.2f}",
                 fontsize=11,
             )
         fig.tight_layout()
         canvas.draw()
         return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+
+
+class AutoscaleEnvV0(AutoscaleEnv):
+    """``InferGym/Autoscale-v0``: :class:`AutoscaleEnv` with the reward of v0, kept to reproduce results made with it.
+
+    Requests still waiting or running at the horizon cost nothing: there is no ``unfinished``
+    term and the last step's ``slo_violations`` term counts only requests that finished. A policy
+    that serves nothing (``min_replicas: 0``, no class timeout) therefore scores 0, better than any
+    policy that serves. Use ``InferGym/Autoscale-v1``.
+    """
+
+    def _terms(self, kpi: Mapping[str, float], dt: float, placement_failures: float) -> dict[str, float]:
+        finished = kpi["requests_completed"] + kpi["requests_dropped"]
+        missed = kpi["slo_violations"] - kpi["requests_unfinished"]
+        return {
+            "slo_violations": missed / finished if finished > 0 else 0.0,
+            "drops": kpi["requests_dropped"] / max(1.0, kpi["requests_arrived"]),
+            "gpu_cost": kpi["cost_usd"] / dt * 3600.0,
+            "placement_failures": placement_failures,
+        }
 
 
 class ScalerPolicy:

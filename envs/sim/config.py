@@ -453,7 +453,7 @@ class ControllerSpec:
 # Reward terms of all environments (each env documents the ones it produces and their units).
 REWARD_TERMS = frozenset(
     {"slo_violations", "drops", "gpu_cost", "placement_failures", "fragmented_gpus", "gpus_in_use", "invalid_actions",
-     "latency"}
+     "latency", "unfinished"}
 )  # fmt: skip
 # SLO terms weigh 10: one percent of requests missing their SLO costs about as much as running
 # one more A100 replica ($4/h x 0.02 = 0.08 per step), the trade operators make; with a weight of 1
@@ -467,6 +467,8 @@ DEFAULT_REWARD = {
     "gpus_in_use": 0.01,
     "invalid_actions": 1.0,
     "latency": 0.1,
+    # a request still in the system at the horizon costs a drop plus an SLO miss (Autoscale-v1)
+    "unfinished": 20.0,
 }
 
 

@@ -10,19 +10,23 @@ key                           meaning
 ``requests_arrived``          requests whose arrival time is in the window
 ``requests_completed``        requests that finished their last token in the window
 ``requests_dropped``          requests dropped in the window (queue timeout, or too long for any KV cache)
+``requests_unfinished``       requests still waiting or running when the window ends at the horizon (they
+                              never finish; 0 in a window that ends before the horizon)
 ``wait_mean_s``               mean arrival -> admission into a batch, over the completed requests
 ``e2e_mean_s``/``e2e_p99_s``  arrival -> last token, mean and 99th percentile, completed requests
 ``ttft_p50_s``/``ttft_p99_s`` arrival -> first token (end of the prefill iteration), completed requests
 ``tpot_mean_s``               (last token - first token) / (output tokens - 1), completed requests with > 1 token
-``slo_attainment``            completed requests meeting every target of their class / (completed + dropped);
-                              1.0 when nothing finished in the window
-``slo_violations``            (completed + dropped) - requests meeting their SLO
+``slo_attainment``            completed requests meeting every target of their class / (completed + dropped
+                              + unfinished); 1.0 when nothing finished in the window
+``slo_violations``            (completed + dropped + unfinished) - requests meeting their SLO
 ``gpu_seconds``               GPU-seconds allocated (cold starts and draining included) in the window
 ``cost_usd``                  gpu_seconds x the GPU type's $/GPU-hour / 3600
 ``utilization``               busy time / time READY or DRAINING, over all replicas, in the window (0..1)
 ============================  =====================================================================
 
-Latency KPIs of a window with no completed request are 0.0 (and
+An episode's requests are all accounted for at its horizon: a request still queued or running
+then counts as finished and missing its SLO, so a controller that serves nothing cannot look
+perfect. Latency KPIs of a window with no completed request are 0.0 (and
 ``requests_completed`` says so) so observations never hold NaN.
 """
 
@@ -36,6 +40,7 @@ KPI_KEYS = (
     "requests_arrived",
     "requests_completed",
     "requests_dropped",
+    "requests_unfinished",
     "wait_mean_s",
     "e2e_mean_s",
     "e2e_p99_s",

@@ -123,12 +123,13 @@ class SimulatorReads:
             self.scenario.tick_s, done, drops, busy0, views, only, self.n_models == 1, self._win, self._per_model,
         )  # fmt: skip
 
-    def _window_kpis(self, n_dropped: int, n_arrived: int) -> dict[str, float]:
-        """The KPI dict of the window whose row :meth:`_stats` just wrote."""
+    def _window_kpis(self, n_dropped: int, n_arrived: int, n_unfinished: int = 0) -> dict[str, float]:
+        """The KPI dict of the window whose row :meth:`_stats` just wrote; ``n_unfinished`` requests
+        still in the system at the horizon count as finished, missing their SLO (module docstring)."""
         w = self._win
         n = int(w[WS.W_DONE])
         out = {"requests_arrived": float(n_arrived), "requests_completed": float(n),
-               "requests_dropped": float(n_dropped)}  # fmt: skip
+               "requests_dropped": float(n_dropped), "requests_unfinished": float(n_unfinished)}  # fmt: skip
         if n == 0:
             out.update(wait_mean_s=0.0, e2e_mean_s=0.0, e2e_p99_s=0.0, ttft_p50_s=0.0, ttft_p99_s=0.0,
                        tpot_mean_s=0.0)  # fmt: skip
@@ -144,7 +145,7 @@ class SimulatorReads:
                 ttft_p99_s=float(w[WS.W_TTFT_P99]),
                 tpot_mean_s=float(w[WS.W_TPOT_SUM] / n_tpot) if n_tpot else 0.0,
             )
-        finished = n + n_dropped
+        finished = n + n_dropped + n_unfinished
         out["slo_attainment"] = n_met / finished if finished else 1.0
         out["slo_violations"] = float(finished - n_met)
         out["gpu_seconds"] = float(w[WS.W_GPU_S])
@@ -161,11 +162,14 @@ class SimulatorReads:
         return self._window_kpis(n_dropped, n_arrived)
 
     def episode_kpis(self) -> dict[str, float]:
-        """KPIs from time 0 to now (see :mod:`envs.sim.metrics` for definitions)."""
+        """KPIs from time 0 to now (see :mod:`envs.sim.metrics` for definitions).
+
+        At the horizon, the requests still in the system count against ``slo_attainment``
+        (``requests_unfinished``); before it they may still finish and are not counted.
+        """
         nd, nx = int(self.state.gi[K.I_NDONE]), int(self.state.gi[K.I_NDROP])
-        out = self.window_kpis(
-            0.0, self.now, self.state.log_done[:nd], nx, int(self.state.gi[K.I_NEXT_ARR]), _NO_BUSY
-        )
+        self._stats(0.0, self.now, self.state.log_done[:nd], _NO_IDS, _NO_BUSY, False)
+        out = self._window_kpis(nx, int(self.state.gi[K.I_NEXT_ARR]), self._unfinished_at_horizon())
         out["requests_in_system"] = (
             out["requests_arrived"] - out["requests_completed"] - out["requests_dropped"]
         )
@@ -199,11 +203,15 @@ class SimulatorReads:
         done = self.state.log_done[window.done : nd]
         drops = self.state.log_drop[window.dropped : nx]
         busy, tick_arr = self._stats(t0, t1, done, drops, window.busy0, views)
-        out = self._window_kpis(nx - window.dropped, na - window.arrived)
+        out = self._window_kpis(nx - window.dropped, na - window.arrived, self._unfinished_at_horizon())
         loads = self._model_views(t0, tick_arr) if views else None
         if move:
             window.t0, window.done, window.dropped, window.arrived, window.busy0 = t1, nd, nx, na, busy
         return loads, out
+
+    def _unfinished_at_horizon(self) -> int:
+        """Requests in the system once the horizon is reached (they will never finish), else 0."""
+        return self.in_system() if self.now >= self.scenario.horizon_s else 0
 
     def in_system(self) -> int:
         """Requests arrived but neither completed nor dropped (waiting for routing, queued or running)."""
