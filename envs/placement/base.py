@@ -6,7 +6,7 @@ supplies the cluster and the items and says how a placement is applied and what 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -24,6 +24,9 @@ from envs.placement.params import (
 from envs.sim.cluster import GPU_MILLI, ClusterState, Demand
 from envs.sim.engine import Simulator
 from envs.sim.errors import check_choice, check_keys, fail
+
+if TYPE_CHECKING:
+    from envs.placement.policy import PlacerPolicy
 
 
 class PlacementEnv(gym.Env):
@@ -146,12 +149,8 @@ class PlacementEnv(gym.Env):
     #: The ``source`` argument a subclass serves (set by every subclass).
     source: ClassVar[str]
     #: Keys of ``info["rewards"]``, in the order the weighted reward sums them.
-    REWARD_TERMS: ClassVar[tuple[str, ...]] = (
-        "placement_failures",
-        "invalid_actions",
-        "fragmented_gpus",
-        "gpus_in_use",
-    )
+    REWARD_TERMS: ClassVar[tuple[str, ...]] = ("placement_failures", "invalid_actions", "fragmented_gpus",
+                                               "gpus_in_use")  # fmt: skip
     _by_source: ClassVar[dict[str, type[PlacementEnv]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -331,6 +330,14 @@ class PlacementEnv(gym.Env):
         """The reward of a step with cost terms ``terms`` (minus their weighted sum)."""
         return weighted_reward(terms, self.scenario.reward)
 
+    @classmethod
+    def controller_policy(cls, spec: Any, seed: int = 0) -> PlacerPolicy:
+        """The adapter that runs the classical placer ``spec`` (a name or a ``{"kind": ...}`` mapping)
+        through this action space, drawing from its own generator seeded by ``seed``."""
+        from envs.placement.policy import PlacerPolicy  # it imports this module
+
+        return PlacerPolicy(spec, seed=seed)
+
     # ------------------------------------------------------------------ observation and KPIs
 
     def _node_block(self) -> np.ndarray:
@@ -387,9 +394,7 @@ class PlacementEnv(gym.Env):
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
             return None
-        from envs.placement.render import draw_cluster
+        from envs.placement.render import draw_cluster  # matplotlib only when a frame is drawn
 
-        return draw_cluster(self.cluster, self._history, self.now_s, self._title())
-
-    def _title(self) -> str:
-        return f"Placement-v0, {self._source_label()}: {self._placed} placed, {self._failures} rejected"
+        title = f"Placement-v0, {self._source_label()}: {self._placed} placed, {self._failures} rejected"
+        return draw_cluster(self.cluster, self._history, self.now_s, title)

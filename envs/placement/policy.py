@@ -4,7 +4,6 @@ are measured by the same environment (both sources)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -22,10 +21,14 @@ class PlacerPolicy:
     placer would choose; when no node fits it answers 0 (the item is rejected whatever the action).
     Within the node the environment takes the cluster's default GPUs, so FGD's own GPU choice for a
     share is not reproduced (its node choice is). The placer is reset at every new episode of the
-    environment. ``rng`` is the policy's own generator (seeded by ``seed``), never the
-    environment's, so running a policy does not change the environment's randomness.
+    environment.
 
-    Use ``act(env)`` (or bind the env and call ``predict(obs)`` like a stable-baselines3 model).
+    An :class:`agents.Policy`: ``predict(obs, env)`` ignores ``obs`` and ``deterministic``.
+    ``act(env)`` is the same without the observation; with ``env`` given to the constructor, ``act()``
+    acts on that environment. ``rng`` is the policy's own generator, seeded once by ``seed``, never
+    the environment's, so running a policy does not change the environment's randomness. The
+    stream runs on across episodes: ``reset(seed)`` does not reseed it, so the stochastic placers
+    (``random``, ``tie_break: random``) give the numbers they always gave in one evaluation.
     """
 
     def __init__(self, spec: Any, env: gym.Env | None = None, seed: int = 0) -> None:
@@ -35,10 +38,9 @@ class PlacerPolicy:
         self._episode: tuple[int, int] | None = None
 
     def reset(self, seed: int | None = None) -> None:
-        """Reset the placer's memory (and reseed the policy's generator if ``seed`` is given)."""
+        """Forget the placer's memory (also done when the env starts a new episode); ``seed``, the
+        episode's, is unused (see the class docstring)."""
         self.placer.reset()
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
 
     def act(self, env: gym.Env | None = None) -> int:
         """The node the placer chooses for the waiting item of ``env`` (or the bound env)."""
@@ -58,15 +60,9 @@ class PlacerPolicy:
         node = self.placer.select(base.cluster, demand, self.rng)
         return int(node) if node >= 0 else 0
 
-    def predict(
-        self,
-        observation: np.ndarray,
-        state: Any = None,
-        episode_start: Sequence[bool] | None = None,
-        deterministic: bool = True,
-    ) -> tuple[np.ndarray, Any]:
-        """stable-baselines3-style ``predict`` on the bound environment (the observation is unused)."""
-        return np.asarray(self.act(), dtype=np.int64), state
+    def predict(self, obs: Any, env: gym.Env, deterministic: bool = True) -> int:
+        """The node for the waiting item of ``env`` (``obs`` is not used)."""
+        return self.act(env)
 
     def __repr__(self) -> str:
         return f"PlacerPolicy({self.placer!r})"

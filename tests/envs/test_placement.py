@@ -346,7 +346,7 @@ def test_placer_policy_matches_the_placer_and_best_fit_fragments_less_than_sprea
     policy = PlacerPolicy("best_fit", env)
     for _ in range(20):
         want = BestFit().select(env.cluster, env.pending_demand, np.random.default_rng(0))
-        action, _ = policy.predict(None)
+        action = policy.predict(None, env)
         assert int(action) == max(want, 0)  # no node fits: any action, 0, is rejected alike
         env.step(action)
 
