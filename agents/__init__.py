@@ -2,42 +2,47 @@
 
 Every decision-maker that InferGym evaluates (an SB3 model, a classical
 controller adapter, a random policy) satisfies :class:`Policy`:
-``reset()`` at the start of an episode and ``predict(obs, env) -> action``
-with ``env`` the unwrapped environment (controllers read the simulator
-through it; masked policies read ``env.action_masks()``). This module is
-torch-free; the stable-baselines3 glue is in :mod:`agents.sb3`.
+``reset(seed)`` at the start of every episode and
+``predict(obs, env, deterministic=True) -> action`` with ``env`` the
+unwrapped environment (controllers read the simulator through it; masked
+policies read ``env.action_masks()``). Each environment class builds its
+classical controller's adapter with ``controller_policy(spec, seed)``. This
+module is torch-free; the stable-baselines3 glue is in :mod:`agents.sb3`.
 :class:`EpisodeKpis` turns the per-step ``info["kpi"]`` of an episode into
 episode KPIs, so training logs and evaluation tables aggregate the same way.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["EpisodeKpis", "Policy", "RandomPolicy", "accepts_keyword"]
+__all__ = ["EpisodeKpis", "Policy", "RandomPolicy"]
 
 
 @runtime_checkable
 class Policy(Protocol):
-    """What the evaluator runs. ``reset`` may take an optional ``seed`` (the episode's seed)."""
+    """What the evaluator runs: learned models, classical controller adapters and the random policy alike.
 
-    def reset(self) -> None: ...
+    The environments never import this module; their adapters (``envs.autoscale.ScalerPolicy``,
+    ``baselines.routing.RouterPolicy``, ``envs.placement.PlacerPolicy``) satisfy it by shape, and
+    each env class builds its own with the classmethod ``controller_policy(spec, seed=0)``.
+    """
 
-    def predict(self, obs: Any, env: gym.Env) -> Any: ...
+    def reset(self, seed: int | None = None) -> None:
+        """A new episode starts, right after ``env.reset(seed=seed)``; ``seed`` is that episode's seed
+        (None when the caller has none). Forget everything kept from the previous episode. A
+        policy that draws random numbers says in its docstring what its stream depends on."""
+        ...
 
-
-def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
-    """Whether ``fn`` can be called with keyword ``name`` (so optional protocol extras stay optional)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    def predict(self, obs: Any, env: gym.Env, deterministic: bool = True) -> Any:
+        """The action for observation ``obs`` of ``env`` (the unwrapped environment, which
+        controllers read and masked policies take ``action_masks()`` from). ``deterministic``: a
+        stochastic model takes its most likely action; policies without such a choice ignore it."""
+        ...
 
 
 class RandomPolicy:
@@ -46,6 +51,7 @@ class RandomPolicy:
     Its generator is re-derived at every ``reset(seed=episode_seed)`` from
     ``(seed, episode_seed)``, so an episode's actions depend only on the two
     seeds and never on what ran before (same seeds -> identical numbers).
+    ``deterministic`` is ignored: the policy is random by definition.
     """
 
     name = "random"
@@ -57,7 +63,7 @@ class RandomPolicy:
     def reset(self, seed: int | None = None) -> None:
         self.rng = np.random.default_rng([self.seed] if seed is None else [self.seed, int(seed)])
 
-    def predict(self, obs: Any, env: gym.Env) -> Any:
+    def predict(self, obs: Any, env: gym.Env, deterministic: bool = True) -> Any:
         base = env.unwrapped
         space = base.action_space
         if hasattr(base, "action_masks"):

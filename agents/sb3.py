@@ -169,8 +169,8 @@ def _model_kwargs(hp: Mapping[str, Any]) -> dict[str, Any]:
 class SB3Policy:
     """An SB3 model as a :class:`agents.Policy`; observations are normalised with the training statistics.
 
-    Masked models (MaskablePPO) receive ``env.action_masks()`` at every decision.
-    ``deterministic`` is the default of :meth:`predict`; the evaluator may override it per call.
+    Masked models (MaskablePPO) receive ``env.action_masks()`` at every decision; ``predict``'s
+    ``deterministic`` chooses between the model's most likely action and a sample.
     ``frame_stack`` k > 1 (hyperparameter ``frame_stack``) feeds the model the last k observations
     concatenated, oldest first, zeros before the episode's first, exactly as SB3's ``VecFrameStack``
     did in training; :meth:`reset` (called by the evaluator at every episode start) clears them.
@@ -180,20 +180,21 @@ class SB3Policy:
         self,
         model: BaseAlgorithm,
         vecnormalize: VecNormalize | None = None,
-        deterministic: bool = True,
         name: str | None = None,
         frame_stack: int = 1,
     ) -> None:
         self.model = model
         self.vecnormalize = vecnormalize
-        self.deterministic = deterministic
         self.name = name or type(model).__name__
         self.masked = type(model).__name__ == "MaskablePPO"
         self.frame_stack = int(check_number("frame_stack", frame_stack, ge=1, integer=True))
         self._stack: np.ndarray | None = None
 
-    def reset(self) -> None:
-        """Start a new episode: forget the stacked observations (the networks are feed-forward)."""
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new episode: forget the stacked observations (the networks are feed-forward).
+
+        ``seed`` is unused: a sampled action (``deterministic=False``) comes from torch's global
+        random state, which this class does not seed."""
         self._stack = None
 
     def _stacked(self, obs: np.ndarray) -> np.ndarray:
@@ -205,13 +206,12 @@ class SB3Policy:
         self._stack[..., -d:] = obs
         return self._stack.copy()
 
-    def predict(self, obs: np.ndarray, env: gym.Env, deterministic: bool | None = None) -> Any:
+    def predict(self, obs: np.ndarray, env: gym.Env, deterministic: bool = True) -> Any:
         if self.frame_stack > 1:
             obs = self._stacked(obs)
         o = self.vecnormalize.normalize_obs(obs) if self.vecnormalize is not None else obs
-        det = self.deterministic if deterministic is None else deterministic
         kw = {"action_masks": np.asarray(env.unwrapped.action_masks(), dtype=bool)} if self.masked else {}
-        action, _ = self.model.predict(o, deterministic=det, **kw)
+        action, _ = self.model.predict(o, deterministic=deterministic, **kw)
         action = np.asarray(action)
         return int(action) if action.ndim == 0 else action
 
@@ -528,7 +528,7 @@ def _algo_of(zip_path: Path) -> str:
     return "ppo"  # A2C and PPO share ActorCriticPolicy, whose predict() is the same
 
 
-def load_agent(path: str | Path, deterministic: bool = True) -> SB3Policy:
+def load_agent(path: str | Path) -> SB3Policy:
     """An :class:`SB3Policy` from a run folder (its final model, else its latest checkpoint) or a ``.zip``.
 
     The VecNormalize statistics saved beside the model are applied to
@@ -560,4 +560,4 @@ def load_agent(path: str | Path, deterministic: bool = True) -> SB3Policy:
         vn.norm_reward = False
     label = p.name if p.is_dir() else zip_path.stem
     stack = ((_run_config(zip_path) or {}).get("hyperparams") or {}).get("frame_stack", 1)
-    return SB3Policy(model, vn, deterministic=deterministic, name=f"{algo}:{label}", frame_stack=stack)
+    return SB3Policy(model, vn, name=f"{algo}:{label}", frame_stack=stack)

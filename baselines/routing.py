@@ -316,7 +316,9 @@ class CentralQueueRouter(Router):
 class RouterPolicy:
     """A classical router evaluated as a policy through ``InferGym/Routing-v0``.
 
-    ``predict(obs, env)`` (or ``act(env)``) ignores the observation, asks the
+    An :class:`agents.Policy` by shape (baselines import neither agents nor the
+    environments): ``predict(obs, env)`` (or ``act(env)``, also its
+    ``__call__``) ignores the observation and ``deterministic``, asks the
     router which replica the engine's router of the same name would pick for
     the env's waiting request (reading ``env.sim``), and returns the slot that
     holds it (``env.slot_replicas``). The env hands over only requests whose
@@ -351,8 +353,10 @@ class RouterPolicy:
         self.name = getattr(self.router, "name", type(self.router).__name__)
         self._sim: Any = None
 
-    def reset(self) -> None:
-        """Forget the router's state (its round-robin counters live in each new episode's simulator)."""
+    def reset(self, seed: int | None = None) -> None:
+        """Forget the router's state (also done when the env starts a new episode; its round-robin
+        counters live in each new episode's simulator). ``seed`` is unused: the random rules read the
+        uniforms the simulator drew with each request."""
         self.router.reset()
 
     def act(self, env: Any) -> int:
@@ -377,7 +381,7 @@ class RouterPolicy:
             )
         return int(hit[0])
 
-    def predict(self, obs: Any, env: Any) -> int:
+    def predict(self, obs: Any, env: Any, deterministic: bool = True) -> int:
         """The action for the env's current state (``obs`` is not used)."""
         return self.act(env)
 

@@ -12,6 +12,9 @@ id                             one step is
 =============================  =========================================================
 
 ``gymnasium.make("InferGym/Autoscale-v1", scenario="bursty")``
+
+Every environment class builds the adapter that runs its classical controller
+(a scaler, router or placer) as a policy: ``env_class(env_id).controller_policy(spec, seed)``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ ENV_IDS = {
     "InferGym/Routing-v0": "envs.routing:RoutingEnv",
     "InferGym/Placement-v0": "envs.placement:PlacementEnv",
 }
+
+
+def env_class(env_id: str) -> type[gymnasium.Env]:
+    """The class registered for ``env_id``: its ``gymnasium.spec(env_id).entry_point``, imported."""
+    from gymnasium.envs.registration import load_env_creator
+
+    entry = gymnasium.spec(env_id).entry_point
+    return load_env_creator(entry) if isinstance(entry, str) else entry
 
 
 def register_envs() -> None:

@@ -392,6 +392,13 @@ class AutoscaleEnv(gym.Env):
         """Reward of a step from its cost terms: minus their sum weighted by the scenario's ``reward``."""
         return weighted_reward(terms, self.scenario.reward)
 
+    @classmethod
+    def controller_policy(cls, spec: Any, seed: int = 0) -> ScalerPolicy:
+        """The adapter that runs the classical scaler ``spec`` (a name, a ``{"kind": ...}`` mapping, or
+        None for the scenario's own) through this action space. ``seed`` is unused: scalers draw no
+        random numbers."""
+        return ScalerPolicy(spec)
+
     # ------------------------------------------------------------------ scaler views and adapters
 
     def _scaler_views(self) -> list[ModelLoad]:
@@ -569,7 +576,8 @@ class AutoscaleEnvV0(AutoscaleEnv):
 class ScalerPolicy:
     """A classical scaler from ``baselines.scaling`` evaluated as a policy through :class:`AutoscaleEnv`.
 
-    ``predict(obs, env)`` ignores ``obs`` and reads the env's scaler views
+    An :class:`agents.Policy`: ``predict(obs, env)`` ignores ``obs`` (and
+    ``deterministic``: scalers are deterministic) and reads the env's scaler views
     (``env.model_loads``: the same :class:`~envs.sim.view.ModelLoad` that
     ``Simulator.desired_replicas`` gives the scenario's scalers), asks one
     scaler per model for its target, clamps it to ``[min_replicas,
@@ -599,8 +607,9 @@ class ScalerPolicy:
         self.scalers: list[Any] = []
         self._sim: Simulator | None = None
 
-    def reset(self) -> None:
-        """Forget the scalers' history (done automatically at each new episode)."""
+    def reset(self, seed: int | None = None) -> None:
+        """Forget the scalers' history (also done when the env starts a new episode); ``seed`` is
+        unused, the scalers draw no random numbers."""
         for s in self.scalers:
             s.reset()
 
@@ -613,7 +622,7 @@ class ScalerPolicy:
             spec = sc.as_config()
         self.scalers = [make_scaler(spec, "scaler") for _ in range(env.n_models)]
 
-    def predict(self, obs: np.ndarray | None, env: Any) -> np.ndarray:
+    def predict(self, obs: np.ndarray | None, env: Any, deterministic: bool = True) -> np.ndarray:
         """The action for the env's current state (``obs`` is not used)."""
         base: AutoscaleEnv = env.unwrapped
         if not isinstance(base, AutoscaleEnv):

@@ -6,9 +6,9 @@ needs a decision, and the agent pays for the requests that finished in
 between (SLO misses, drops, latency) and for masked choices. Replica counts
 come from a scaler (the scenario's ``scaling`` controller, or the ``scaler``
 argument) applied every control interval, placement from the scenario's
-placer. ``baselines.routing.RouterPolicy`` runs the classical routers through
-this action space, so learned and classical routing are measured by the same
-loop.
+placer. ``baselines.routing.RouterPolicy`` (built by
+:meth:`RoutingEnv.controller_policy`) runs the classical routers through this
+action space, so learned and classical routing are measured by the same loop.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from baselines.routing import RouterPolicy
 from envs.common import check_action, split_kwargs, weighted_reward
 from envs.sim.clock import ControlClock
 from envs.sim.config import ControllerSpec, Scenario
@@ -354,6 +355,13 @@ class RoutingEnv(gym.Env):
     def action_masks(self) -> np.ndarray:
         """True for the slots holding a READY replica of the waiting request's model (see Action Space)."""
         return self._mask.copy()
+
+    @classmethod
+    def controller_policy(cls, spec: Any, seed: int = 0) -> RouterPolicy:
+        """The adapter that runs the classical router ``spec`` (a name or a ``{"kind": ...}`` mapping)
+        through this action space. ``seed`` is unused: the random rules read the
+        uniforms the simulator drew with each request."""
+        return RouterPolicy(spec)
 
     # ------------------------------------------------------------------ state for policies
 

@@ -1,7 +1,10 @@
 """The one evaluator: run a policy for one full episode per seed and return one row of numbers per episode.
 
 SB3 models, classical controllers and a random policy all go through
-:func:`evaluate_policy`, so every number in a table is measured the same way.
+:func:`evaluate_policy` as one :class:`agents.Policy` (``reset(seed)``,
+``predict(obs, env, deterministic)``), so every number in a table is measured
+the same way; a classical controller's adapter comes from its env class
+(``controller_policy``).
 A row holds the episode return (sum of rewards), the sum of each named reward
 term (``reward.<term>``), the episode length and the episode KPIs. KPIs come,
 in order of preference, from the env's own episode KPIs on its last step
@@ -31,7 +34,7 @@ import numpy as np
 import yaml
 
 import envs
-from agents import EpisodeKpis, Policy, RandomPolicy, accepts_keyword
+from agents import EpisodeKpis, Policy, RandomPolicy
 from envs.sim.errors import ConfigError, check_choice, fail
 
 __all__ = ["RandomPolicy", "evaluate_policy", "make_policy", "main"]
@@ -41,35 +44,13 @@ CUMULATIVE_STEP_KPIS = frozenset({"InferGym/Placement-v0"})
 META_KEYS = ("env_id", "scenario", "policy", "seed", "return", "steps", "kpi_source")
 
 
-class _ActAdapter:
-    """Adapts a controller exposing ``act(env)`` (e.g. ``envs.placement.PlacerPolicy``) to :class:`Policy`."""
-
-    def __init__(self, controller: Any, name: str) -> None:
-        self.controller = controller
-        self.name = name
-
-    def reset(self) -> None:
-        """The controller resets itself when it sees a new episode of the env."""
-
-    def predict(self, obs: Any, env: gym.Env) -> Any:
-        return self.controller.act(env)
-
-
-def as_policy(obj: Any, name: str | None = None) -> Policy:
-    """``obj`` itself if it has ``predict(obs, env)``, else an adapter around its ``act(env)``."""
-    if hasattr(obj, "predict") and accepts_keyword(obj.predict, "env") and hasattr(obj, "reset"):
-        return obj
-    if hasattr(obj, "act"):
-        return _ActAdapter(obj, name or type(obj).__name__)
-    raise TypeError(f"{type(obj).__name__} has neither predict(obs, env) + reset() nor act(env)")
-
-
 def make_policy(env_id: str, spec: str, seed: int = 0) -> Policy:
     """A policy from a command-line spec: ``random``, a model ``.zip`` / run folder, or a baseline spec.
 
     Baseline specs are parsed with ``yaml.safe_load`` (a name like ``hpa`` or a mapping like
-    ``"{kind: hpa, target_utilization: 0.6}"``) and given to the env's controller adapter:
-    ``envs.autoscale.ScalerPolicy``, ``baselines.routing.RouterPolicy`` or ``envs.placement.PlacerPolicy``.
+    ``"{kind: hpa, target_utilization: 0.6}"``) and given to the registered env class's
+    ``controller_policy(spec, seed)``, which builds its controller adapter
+    (``envs.autoscale.ScalerPolicy``, ``baselines.routing.RouterPolicy``, ``envs.placement.PlacerPolicy``).
     """
     check_choice("env", env_id, envs.ENV_IDS)
     if spec == "random":
@@ -79,30 +60,12 @@ def make_policy(env_id: str, spec: str, seed: int = 0) -> Policy:
         from agents.sb3 import load_agent
 
         return load_agent(path)
-    parsed = yaml.safe_load(spec)
-    name = f"{env_id.split('/')[-1].split('-')[0].lower()}:{spec}"
-    if env_id == "InferGym/Autoscale-v0":
-        from envs.autoscale import ScalerPolicy
-
-        pol = ScalerPolicy(parsed)
-    elif env_id == "InferGym/Routing-v0":
-        try:
-            from baselines.routing import RouterPolicy
-        except ImportError as exc:
-            raise fail(
-                "policy", spec, f"needs baselines.routing.RouterPolicy, which is not importable ({exc})"
-            ) from None
-        pol = RouterPolicy(parsed)
-    else:
-        from envs.placement import PlacerPolicy
-
-        pol = PlacerPolicy(parsed, seed=seed)
-    pol = as_policy(pol, name)
-    if not hasattr(pol, "name"):
-        try:
-            pol.name = name
-        except AttributeError:
-            pass
+    env_cls = envs.env_class(env_id)
+    if not hasattr(env_cls, "controller_policy"):
+        raise fail("policy", spec, f"is no model, and {env_id} has no controller adapter (controller_policy)")
+    pol = env_cls.controller_policy(yaml.safe_load(spec), seed=seed)
+    if not hasattr(pol, "name"):  # a router adapter keeps its router's name, as in earlier tables
+        pol.name = f"{env_id.split('/')[-1].split('-')[0].lower()}:{spec}"
     return pol
 
 
@@ -125,7 +88,7 @@ def _episode_kpis(
 
 def evaluate_policy(
     env_id: str,
-    policy: Any,
+    policy: Policy,
     scenario: Any = "default",
     seeds: Sequence[int] = (0,),
     env_kwargs: Mapping[str, Any] | None = None,
@@ -134,24 +97,25 @@ def evaluate_policy(
 ) -> list[dict[str, Any]]:
     """Run ``policy`` for one full episode per seed (``env.reset(seed=s)``); one row per episode.
 
-    ``policy`` is a :class:`agents.Policy` (or a controller with ``act(env)``).
-    Its ``reset`` gets the episode seed when it accepts ``seed``, and its
-    ``predict`` gets ``deterministic`` when it accepts it (SB3 policies).
+    ``policy`` is a :class:`agents.Policy`: ``policy.reset(seed=s)`` follows
+    every ``env.reset(seed=s)``, and every action is
+    ``policy.predict(obs, env.unwrapped, deterministic=deterministic)``.
     ``max_steps`` guards against an env that never ends (an error, not a
     truncated row).
     """
     check_choice("env_id", env_id, envs.ENV_IDS)
-    pol = as_policy(policy)
+    if not isinstance(policy, Policy):
+        raise TypeError(f"{type(policy).__name__} is not an agents.Policy (reset(seed), predict(obs, env))")
+    pol = policy
     name = getattr(pol, "name", type(pol).__name__)
     env = gym.make(env_id, scenario=scenario, **dict(env_kwargs or {}))
     base = env.unwrapped
-    predict_kw = {"deterministic": deterministic} if accepts_keyword(pol.predict, "deterministic") else {}
     rows = []
     try:
         for seed in seeds:
             seed = int(seed)
             obs, info = env.reset(seed=seed)
-            pol.reset(seed=seed) if accepts_keyword(pol.reset, "seed") else pol.reset()
+            pol.reset(seed=seed)
             agg = EpisodeKpis(cumulative=env_id in CUMULATIVE_STEP_KPIS)
             terms: dict[str, float] = {}
             ret, n = 0.0, 0
@@ -161,7 +125,7 @@ def evaluate_policy(
                     raise RuntimeError(
                         f"{env_id}: episode of seed {seed} did not end within {max_steps} steps"
                     )
-                action = pol.predict(obs, base, **predict_kw)
+                action = pol.predict(obs, base, deterministic=deterministic)
                 obs, reward, terminated, truncated, info = env.step(action)
                 ret += float(reward)
                 n += 1

@@ -237,7 +237,7 @@ def run_cell(cell: Cell, run_dir: Path) -> list[dict[str, Any]]:
             command=f"experiments.grid cell {key}",
             **train_kw,
         )
-        agent = load_agent(agent_dir, deterministic=bool(p.get("deterministic", True)))
+        agent = load_agent(agent_dir)
         ev_rows = evaluate_policy(
             cell.env_id,
             agent,

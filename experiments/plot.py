@@ -27,6 +27,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
+from agents import Policy  # noqa: E402
 from envs.sim.errors import ConfigError, check_choice  # noqa: E402
 from experiments import stats, tables  # noqa: E402
 
@@ -34,27 +35,23 @@ DPI = 110
 
 
 def record_episode(
-    env_id: str, policy: Any, scenario: str, seed: int, env_kwargs: Mapping[str, Any] | None = None
+    env_id: str, policy: Policy, scenario: str, seed: int, env_kwargs: Mapping[str, Any] | None = None
 ) -> dict[str, np.ndarray]:
-    """One episode of ``policy``; per-step arrays of the env's step KPIs (and Autoscale's interval history).
+    """One episode of ``policy`` (deterministic actions); per-step arrays of the env's step KPIs (and Autoscale's interval history).
 
     Keys: ``t_s`` (simulated time at each step end), every numeric ``info["kpi"]`` key, and for
     Autoscale-v0 ``arrival_rate_per_s``, ``capacity_rps``, ``replicas_ready``, ``replicas_loading``
     and ``ttft_p99_s`` per control interval (summed / maxed over models).
     """
-    from agents import accepts_keyword
-    from experiments.evaluate import as_policy
-
-    pol = as_policy(policy)
     env = gym.make(env_id, scenario=scenario, **dict(env_kwargs or {}))
     try:
         base = env.unwrapped
         obs, _ = env.reset(seed=int(seed))
-        pol.reset(seed=int(seed)) if accepts_keyword(pol.reset, "seed") else pol.reset()
+        policy.reset(seed=int(seed))
         steps: list[dict[str, float]] = []
         done = False
         while not done:
-            obs, _, terminated, truncated, info = env.step(pol.predict(obs, base))
+            obs, _, terminated, truncated, info = env.step(policy.predict(obs, base, deterministic=True))
             steps.append({k: float(v) for k, v in info.get("kpi", {}).items() if np.isscalar(v)})
             done = terminated or truncated
         keys = sorted({k for s in steps for k in s})

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 import envs  # noqa: F401  (registers the ids)
-from envs.placement import LLM_FALLBACK_SCALER, PlacementEnv, PlacerPolicy
+from envs.placement import (
+    LLM_FALLBACK_SCALER,
+    JobPlacementEnv,
+    LlmPlacementEnv,
+    PlacementEnv,
+    PlacerPolicy,
+)
 from envs.sim.cluster import TaskMix
 from envs.sim.config import DEFAULT_REWARD
 from envs.sim.errors import ConfigError
@@ -54,6 +60,17 @@ def write_trace(
 def random_valid(env: PlacementEnv, rng: np.random.Generator) -> int:
     valid = np.flatnonzero(env.action_masks())
     return int(valid[rng.integers(valid.size)]) if valid.size else 0
+
+
+# ------------------------------------------------------------------ one class per source
+def test_source_selects_the_class_and_a_source_class_refuses_the_other_source():
+    assert type(PlacementEnv(**SMALL_JOBS)) is JobPlacementEnv
+    assert type(gym.make(ENV_ID, scenario="default").unwrapped) is LlmPlacementEnv
+    env = JobPlacementEnv(n_nodes=4, n_jobs=5)  # a source's class defaults to its own source
+    assert env.params.source == "jobs" and isinstance(env, PlacementEnv)
+    assert type(pickle.loads(pickle.dumps(env))) is JobPlacementEnv
+    with pytest.raises(ConfigError, match=r"source: 'llm' is not the source JobPlacementEnv serves"):
+        JobPlacementEnv(source="llm")
 
 
 # ------------------------------------------------------------------ masks and rejection
@@ -329,7 +346,7 @@ def test_placer_policy_matches_the_placer_and_best_fit_fragments_less_than_sprea
     policy = PlacerPolicy("best_fit", env)
     for _ in range(20):
         want = BestFit().select(env.cluster, env.pending_demand, np.random.default_rng(0))
-        action, _ = policy.predict(None)
+        action = policy.predict(None, env)
         assert int(action) == max(want, 0)  # no node fits: any action, 0, is rejected alike
         env.step(action)
 

@@ -23,10 +23,10 @@ class _StepCounter:
     def __init__(self) -> None:
         self.resets = 0
 
-    def reset(self) -> None:
+    def reset(self, seed=None) -> None:
         self.resets += 1
 
-    def predict(self, obs, env):
+    def predict(self, obs, env, deterministic=True):
         return np.full(env.action_space.shape, env.max_step, dtype=np.int64)
 
 
