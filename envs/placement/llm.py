@@ -128,16 +128,18 @@ class LlmPlacementEnv(PlacementEnv):
         while not self._pending and not self._done:
             self.clock.advance()
             at_horizon = self.clock.at_last_boundary
-            want = None if at_horizon else sim.desired_replicas()
-            kpis = sim.interval_kpis()
-            slo_violations += 1.0 - kpis["slo_attainment"]
+            loads, kpis = sim.step_views()
+            # Requests left in the system at the horizon are not charged here: how many replicas
+            # serve is the scaler's decision, not this agent's (Autoscale-v1 charges them).
+            finished = kpis["requests_completed"] + kpis["requests_dropped"]
+            missed = kpis["slo_violations"] - kpis["requests_unfinished"]
+            slo_violations += 1.0 - ((finished - missed) / finished if finished else 1.0)
             cost += kpis["cost_usd"]
             if at_horizon:
                 self._done = True
                 break
-            for m, w in enumerate(want.tolist()):
-                counts = sim.replicas_of(m)
-                have = counts["ready"] + counts["loading"]
+            for m, (w, load) in enumerate(zip(sim.desired_replicas(loads).tolist(), loads, strict=True)):
+                have = load.replicas_ready + load.replicas_loading
                 if w > have:
                     self._pending.extend([m] * (w - have))
                 elif w < have:

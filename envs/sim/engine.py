@@ -39,6 +39,7 @@ from envs.sim.perf import RooflineParams, kv_capacity_tokens, replica_coefficien
 from envs.sim.reads import SimulatorReads
 from envs.sim.routing import ROUTERS, PythonRouter, Router, RouterSpec, Rule, hash64, route_once
 from envs.sim.state import EngineState, ReplicaRecord
+from envs.sim.view import ModelLoad
 from envs.sim.window import N_V, N_W, KpiWindow
 
 N_SESSIONS = 1024  # affinity keys: requests draw a session id uniformly from this many sessions
@@ -527,10 +528,13 @@ class Simulator(SimulatorReads):
             self.target[m] = self.replicas_of(m)["ready"] + self.replicas_of(m)["loading"]
         return ok
 
-    def desired_replicas(self) -> np.ndarray:
-        """Ask every model's scaler for its target without applying it (advances no window)."""
+    def desired_replicas(self, loads: list[ModelLoad] | None = None) -> np.ndarray:
+        """Every model's scaler target, clamped to its limits, without applying it.
+
+        ``loads`` are the scalers' views (default: :meth:`model_loads`, which moves no window).
+        """
         out = np.zeros(self.n_models, np.int64)
-        for m, load in enumerate(self.model_loads()):
+        for m, load in enumerate(self.model_loads() if loads is None else loads):
             dep = self.scenario.models[m]
             out[m] = min(max(int(self.scalers[m].desired_replicas(load)), dep.min_replicas), dep.max_replicas)
         return out
@@ -706,9 +710,7 @@ class Simulator(SimulatorReads):
         returned. Both come from one read, taken before the decisions.
         """
         loads, kpis = self.step_views()
-        for m, load in enumerate(loads):
-            dep = self.scenario.models[m]
-            want = min(max(int(self.scalers[m].desired_replicas(load)), dep.min_replicas), dep.max_replicas)
+        for m, (want, load) in enumerate(zip(self.desired_replicas(loads).tolist(), loads, strict=True)):
             self._set_target(m, want, load.replicas_ready + load.replicas_loading)
         return kpis
 

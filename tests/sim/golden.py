@@ -30,6 +30,7 @@ ENV_CASES: tuple[tuple[str, dict[str, Any], int], ...] = (
     ("InferGym/Autoscale-v0", {"scenario": "default"}, 200),
     ("InferGym/Autoscale-v0", {"scenario": "bursty", "action_mode": "target"}, 200),
     ("InferGym/Autoscale-v0", {"scenario": "multi-model", "horizon_s": 600}, 200),
+    ("InferGym/Autoscale-v1", {"scenario": "bursty", "action_mode": "target", "horizon_s": 900}, 200),
     ("InferGym/Routing-v0", {"scenario": "default", "horizon_s": 20}, 600),
     ("InferGym/Routing-v0", {"scenario": "heterogeneous", "horizon_s": 30}, 600),
     ("InferGym/Placement-v0", {"source": "llm", "scenario": "bursty"}, 200),
