@@ -1,4 +1,4 @@
-"""``InferGym/Autoscale-v0``: the agent is the replica autoscaler of an LLM inference cluster.
+"""``InferGym/Autoscale-v1``: the agent is the replica autoscaler of an LLM inference cluster.
 
 One step is one control interval of the scenario (``control_interval_s``,
 15 s simulated by default): the agent changes each model's replica count
@@ -29,10 +29,10 @@ from envs.sim.errors import ConfigError, check_choice, check_number, fail
 from envs.sim.view import ModelLoad
 
 ENV_PARAMS = ("max_step", "action_mode", "router", "placer")
-#: How Autoscale-v0 reads its per-model action components (see the class docstring).
+#: How Autoscale reads its per-model action components (see the class docstring).
 ACTION_MODES = ("delta", "target")
 #: The cost terms of ``info["rewards"]`` (weights: the scenario's ``reward`` block).
-REWARD_KEYS = ("slo_violations", "drops", "gpu_cost", "placement_failures")
+REWARD_KEYS = ("slo_violations", "drops", "gpu_cost", "placement_failures", "unfinished")
 
 #: Per-model observation features, in order: (name, low, high).
 MODEL_FEATURES: tuple[tuple[str, float, float], ...] = (
@@ -513,7 +513,7 @@ class AutoscaleEnv(gym.Env):
         canvas = FigureCanvasAgg(fig)
         axes = fig.subplots(3, 1, sharex=True)
         if self.sim is None:
-            fig.suptitle("InferGym/Autoscale-v0 (call reset() first)")
+            fig.suptitle("InferGym/Autoscale (call reset() first)")
         else:
             h, i = self._hist, self._step
             t = h["t"][: i + 1]

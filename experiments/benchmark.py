@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # env's own work); with the LLM source a step also simulates the traffic until the
     # scaler asks for the next replica, so it is reported separately.
     for key, env_id, kwargs, label in (
-        ("autoscale", "InferGym/Autoscale-v0", {}, ""),
+        ("autoscale", "InferGym/Autoscale-v1", {}, ""),
         ("routing", "InferGym/Routing-v0", {}, ""),
         ("placement", "InferGym/Placement-v0", {"source": "jobs"}, " (jobs)"),
         ("placement_llm", "InferGym/Placement-v0", {"source": "llm"}, " (llm)"),

@@ -16,7 +16,7 @@ counts and costs, request-weighted attainment and means, worst-step p99);
 Placement's fragmentation) are added from the aggregate. Same env, scenario,
 seeds and policy -> identical rows.
 
-    python -m experiments.evaluate --env InferGym/Autoscale-v0 --policy hpa --scenario bursty \\
+    python -m experiments.evaluate --env InferGym/Autoscale-v1 --policy hpa --scenario bursty \\
         --seeds 0 1 2 --out results.csv
 """
 

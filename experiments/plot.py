@@ -40,7 +40,7 @@ def record_episode(
     """One episode of ``policy`` (deterministic actions); per-step arrays of the env's step KPIs (and Autoscale's interval history).
 
     Keys: ``t_s`` (simulated time at each step end), every numeric ``info["kpi"]`` key, and for
-    Autoscale-v0 ``arrival_rate_per_s``, ``capacity_rps``, ``replicas_ready``, ``replicas_loading``
+    Autoscale-v1 ``arrival_rate_per_s``, ``capacity_rps``, ``replicas_ready``, ``replicas_loading``
     and ``ttft_p99_s`` per control interval (summed / maxed over models).
     """
     env = gym.make(env_id, scenario=scenario, **dict(env_kwargs or {}))
@@ -56,7 +56,7 @@ def record_episode(
             done = terminated or truncated
         keys = sorted({k for s in steps for k in s})
         out = {k: np.array([s.get(k, np.nan) for s in steps]) for k in keys}
-        hist = getattr(base, "_hist", None)  # Autoscale-v0 keeps what render() draws
+        hist = getattr(base, "_hist", None)  # Autoscale-v1 keeps what render() draws
         if hist is not None:
             n = len(steps) + 1
             out["t_s"] = hist["t"][1:n]

@@ -13,7 +13,7 @@ from experiments.evaluate import evaluate_policy
 from experiments.train import main as train_main
 from experiments.train import parse_args
 
-AUTOSCALE = "InferGym/Autoscale-v0"
+AUTOSCALE = "InferGym/Autoscale-v1"
 TINY = ["n_steps=64", "batch_size=64", "n_epochs=2", "policy_kwargs.net_arch=[16, 16]"]
 
 

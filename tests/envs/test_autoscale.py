@@ -1,4 +1,4 @@
-"""InferGym/Autoscale-v0: action mapping, clamping, rewards, observations, scaler policies, arguments.
+"""InferGym/Autoscale-v1: action mapping, clamping, rewards, observations, scaler policies, arguments.
 
 The registry-wide checks (env checkers, determinism, pickling, rendering)
 live in test_env_conformance.py; these tests pin down what is specific to
@@ -124,21 +124,31 @@ def test_clamping_at_min_and_max_is_counted():
 
 
 def test_reward_is_minus_the_weighted_terms_and_terms_follow_their_definitions():
-    weights = {"slo_violations": 2.0, "drops": 3.0, "gpu_cost": 0.5, "placement_failures": 7.0}
+    weights = {
+        "slo_violations": 2.0,
+        "drops": 3.0,
+        "gpu_cost": 0.5,
+        "placement_failures": 7.0,
+        "unfinished": 4.0,
+    }
     env = AutoscaleEnv("bursty", horizon_s=300, reward=weights)
     env.reset(seed=1)
     rng = np.random.default_rng(1)
     seen_violation = False
-    for _ in range(20):
+    arrived = 0.0
+    for step in range(1, 21):
         _, reward, _, trunc, info = env.step(rng.integers(0, env.action_space.nvec))
         t, kpi = info["rewards"], info["kpi"]
         assert set(t) == set(weights) == set(REWARD_KEYS)
         assert reward == pytest.approx(-sum(weights[k] * t[k] for k in t))
-        finished = kpi["requests_completed"] + kpi["requests_dropped"]
-        expect = kpi["slo_violations"] / finished if finished else 0.0
-        assert t["slo_violations"] == pytest.approx(expect)
-        assert t["drops"] == pytest.approx(kpi["requests_dropped"] / max(1.0, kpi["requests_arrived"]))
+        n_arr = max(1.0, kpi["requests_arrived"])
+        arrived += kpi["requests_arrived"]
+        missed = kpi["slo_violations"] - kpi["requests_unfinished"]  # finished and missed
+        assert t["slo_violations"] == pytest.approx(missed / n_arr)
+        assert t["drops"] == pytest.approx(kpi["requests_dropped"] / n_arr)
         assert t["gpu_cost"] == pytest.approx(kpi["cost_usd"] / env.scenario.control_interval_s * 3600)
+        assert t["unfinished"] == pytest.approx(kpi["requests_unfinished"] / (arrived / step))
+        assert (kpi["requests_unfinished"] > 0) == trunc  # charged at the horizon only (work is left)
         seen_violation |= t["slo_violations"] > 0
         if trunc:
             break
@@ -253,7 +263,7 @@ def test_env_arguments_are_validated():
         AutoscaleEnv("default", render_mode="human")
     with pytest.raises(ConfigError, match="gpu_type"):
         ScalerPolicy(gpu_type="fastest")
-    env = gym.make("InferGym/Autoscale-v0", scenario="default", router="round_robin", placer="best_fit",
+    env = gym.make("InferGym/Autoscale-v1", scenario="default", router="round_robin", placer="best_fit",
                    max_step=3, horizon_s=60)  # fmt: skip
     env.reset(seed=0)
     assert env.unwrapped.sim.router_name == "round_robin"

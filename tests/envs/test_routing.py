@@ -135,7 +135,8 @@ def test_step_costs_add_up_to_the_episode_kpis():
             total[k] += info["rewards"][k]
     ep = info["episode_kpi"]
     assert steps == env.sim.n_requests == ep["requests_arrived"]
-    assert total["slo_violations"] == ep["slo_violations"] > 0
+    # Routing-v0 charges a request when it finishes: those left at the horizon are not in its terms
+    assert total["slo_violations"] == ep["slo_violations"] - ep["requests_unfinished"] > 0
     assert total["drops"] == ep["requests_dropped"] > 0
     assert total["latency"] == pytest.approx(ep["e2e_mean_s"] * ep["requests_completed"] / LATENCY_UNIT_S)
     assert total["invalid_actions"] == 0.0

@@ -11,7 +11,7 @@ from agents import EpisodeKpis, RandomPolicy
 from envs.sim.errors import ConfigError
 from experiments.evaluate import evaluate_policy, main, make_policy
 
-AUTOSCALE = "InferGym/Autoscale-v0"
+AUTOSCALE = "InferGym/Autoscale-v1"
 SHORT = {"horizon_s": 300.0}
 
 
@@ -53,6 +53,7 @@ def test_row_contents_return_terms_and_simulator_kpis():
         "reward.drops",
         "reward.gpu_cost",
         "reward.placement_failures",
+        "reward.unfinished",
     }
     assert row["return"] <= 0.0 and row["reward.gpu_cost"] > 0.0
     # the simulator's episode counts equal the sum of the per-interval counts

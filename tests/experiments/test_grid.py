@@ -18,7 +18,7 @@ from experiments.grid import Cell, read_results, run_cell, run_grid
 from tests.experiments.grid_faults import calls
 from tests.paths import REPO
 
-AUTOSCALE = "InferGym/Autoscale-v0"
+AUTOSCALE = "InferGym/Autoscale-v1"
 SHORT = {"horizon_s": 60.0}
 ROOT = REPO
 
@@ -113,7 +113,7 @@ def test_cell_failing_once_is_retried_and_rows_are_deterministic_across_runs(tmp
 def test_no_retries_left_fails_naming_the_cell(tmp_path, faults):
     cell = grid_2x2()[0]
     (faults / "fail_once").write_text(cell.key + "\n")
-    with pytest.raises(RuntimeError, match="'random' on InferGym/Autoscale-v0 / default, seed 0"):
+    with pytest.raises(RuntimeError, match="'random' on InferGym/Autoscale-v1 / default, seed 0"):
         run_grid([cell], tmp_path / "run", workers=1, progress=False, max_retries=0)
     assert read_results(tmp_path / "run") == []
 

@@ -19,6 +19,7 @@ from experiments.evaluate import evaluate_policy, make_policy
 
 # A controller spec per registered id, with env arguments that keep an episode short.
 CONTROLLERS = {
+    "InferGym/Autoscale-v1": ("hpa", {"horizon_s": 60.0}),
     "InferGym/Autoscale-v0": ("hpa", {"horizon_s": 60.0}),
     "InferGym/Routing-v0": ("least_connections", {"horizon_s": 15.0}),
     "InferGym/Placement-v0": ("best_fit", {"source": "jobs", "n_nodes": 8, "n_jobs": 20}),
@@ -78,4 +79,4 @@ def test_random_policy_and_the_sb3_wrapper_have_the_same_signature():
 
 def test_the_evaluator_refuses_what_is_not_a_policy():
     with pytest.raises(TypeError, match="agents.Policy"):
-        evaluate_policy("InferGym/Autoscale-v0", object(), "default", [0], {"horizon_s": 30.0})
+        evaluate_policy("InferGym/Autoscale-v1", object(), "default", [0], {"horizon_s": 30.0})

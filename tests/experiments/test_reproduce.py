@@ -17,7 +17,7 @@ from experiments import plot, reproduce, stats, tables
 
 TINY = {
     "description": "smoke table",
-    "env_id": "InferGym/Autoscale-v0",
+    "env_id": "InferGym/Autoscale-v1",
     "eval_seeds": 2,
     "calibration_seeds": [1000],
     "train_seed_base": 10000,

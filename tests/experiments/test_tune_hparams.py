@@ -23,7 +23,7 @@ from experiments.tune_hparams import (
 )
 from tests.paths import REPO
 
-AUTOSCALE = "InferGym/Autoscale-v0"
+AUTOSCALE = "InferGym/Autoscale-v1"
 TINY = {
     "algo": "ppo",
     "env_id": AUTOSCALE,

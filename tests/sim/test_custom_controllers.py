@@ -35,7 +35,7 @@ def doc_namespace():
 
 
 def test_every_example_is_short():
-    assert len(BLOCKS) == 5
+    assert len(BLOCKS) == 7  # scaler, placer, compiled router, Python router, envs; the policy protocol
     for block in BLOCKS[:4]:
         body = [
             ln for ln in block.strip().splitlines() if ln.strip() and not ln.startswith(("import", "from"))
@@ -64,7 +64,7 @@ def test_custom_placer_puts_replicas_on_the_last_node(doc_namespace):
 
 
 def test_custom_controllers_run_inside_the_envs(doc_namespace):
-    env = gym.make("InferGym/Autoscale-v0", scenario="default", router="kv_headroom", placer="last_fit")
+    env = gym.make("InferGym/Autoscale-v1", scenario="default", router="kv_headroom", placer="last_fit")
     env.reset(seed=0)
     for _ in range(3):  # delta mode's middle action keeps the count: 4 replicas, all on the last node
         env.step(env.action_space.nvec // 2)
