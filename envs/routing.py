@@ -410,7 +410,7 @@ class RoutingEnv(gym.Env):
                                         self._slot_rep, NORMS)  # fmt: skip
                 self._mask[:] = True  # nothing to route: any action is accepted and ignored
                 return -1
-            sim.control_step()
+            sim.control_step(kpis=False)  # nothing here reads the interval KPIs
             clock.passed()
             nxt = sim.advance(clock.next_boundary_s)
 

@@ -23,6 +23,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -45,6 +46,15 @@ class Args:
     )
     quick: bool = field(
         default=False, metadata={"help": "tiny sizes for a smoke test (numbers not meaningful)"}
+    )
+    trace: str = field(
+        default=str(
+            Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+        ),
+        metadata={"help": "Azure LLM conversation trace (CSV) for Vidur's setup; skipped if missing"},
+    )
+    curve_requests: int = field(
+        default=200_000, metadata={"help": "requests per run of the cost-per-request curve"}
     )
 
 
@@ -79,27 +89,126 @@ def time_simulation(scenario, seed: int = 0) -> dict[str, float]:
             "wait_mean_s": kpis["wait_mean_s"]}  # fmt: skip
 
 
-def end_to_end(scenario: str, seed: int = 0) -> dict[str, float]:
-    """``run_scenario`` (its controllers every control interval) against the bare loop on the same scenario.
+def _bare(scenario, seed: int, schedule: list[list[int]] | None) -> float:
+    """Seconds to build ``scenario`` and run it with one ``advance`` per control interval and nothing else.
 
-    The bare loop builds the same simulator and calls ``advance`` once per control interval with no
-    controller, no views and no KPIs: the cost of the simulation itself. Both include building the
-    simulator and its workload, as a user's call does.
+    With ``schedule`` (targets per interval and model, as the scenario's scalers set them), the
+    replica changes are applied at the same boundaries without any controller, view or KPI.
     """
-    from envs.sim import run_scenario
-
     t0 = time.perf_counter()
     sim = Simulator(scenario, seed)
     sc = sim.scenario
     n_steps = int(np.ceil(sc.horizon_s / sc.control_interval_s - 1e-9))
+    have = [d.replicas for d in sc.models]
     for k in range(1, n_steps + 1):
         sim.advance(min(k * sc.control_interval_s, sc.horizon_s))
+        if schedule is not None:
+            for m, want in enumerate(schedule[k - 1]):
+                if want != have[m]:
+                    sim.set_target_replicas(m, want)
+                    have[m] = want
+    return time.perf_counter() - t0
+
+
+def end_to_end(scenario, seed: int = 0) -> dict[str, float]:
+    """``run_scenario`` (its controllers every control interval) against the bare loop on the same scenario.
+
+    Two bare loops, both building the same simulator and its workload as a user's call does:
+    ``bare`` applies the replica targets the scalers chose, at the same boundaries, with no
+    controller, view or KPI (the same simulation: the difference is what the control step costs);
+    ``fixed`` keeps the initial fleet (the literal "one advance per interval"; for a scenario
+    whose scaler changes the fleet it simulates a different system, so its ratio mixes the control
+    step's cost with a different amount of simulated work).
+    """
+    from envs.sim import run_scenario
+
+    schedule: list[list[int]] = []
+    run_scenario(scenario, seed, on_interval=lambda sim, _k: schedule.append(sim.target.tolist()))
+    t_fixed = _bare(scenario, seed, None)
+    t_bare = _bare(scenario, seed, schedule)
     t1 = time.perf_counter()
     kpis = run_scenario(scenario, seed)
-    t2 = time.perf_counter()
+    t_run = time.perf_counter() - t1
     n = kpis["requests_arrived"]
-    return {"requests": n, "intervals": n_steps, "bare_rps": n / (t1 - t0), "e2e_rps": n / (t2 - t1),
-            "rps": n / (t2 - t1), "ratio": (t1 - t0) / (t2 - t1)}  # fmt: skip
+    return {"requests": n, "intervals": len(schedule), "bare_rps": n / t_bare, "fixed_rps": n / t_fixed,
+            "e2e_rps": n / t_run, "rps": n / t_run, "ratio": t_bare / t_run, "fixed_ratio": t_fixed / t_run}  # fmt: skip
+
+
+def vidur_scenario(trace: Path) -> dict:
+    """Vidur's setup (Agrawal et al., MLSys 2024): CodeLlama-34B, tensor-parallel 2 on A100-80GB, 4 replicas,
+    round robin, the Azure conversation trace replayed with its own request sizes."""
+    return {
+        "name": "vidur-codellama-34b",
+        "horizon_s": 3600.0,
+        "control_interval_s": 15.0,
+        "nodes": [{"name": "a100", "gpu": "a100-80gb", "count": 1, "gpus_per_node": 8}],
+        "models": [
+            {
+                "name": "codellama-34b",
+                "spec": "codellama-34b",
+                "replicas": 4,
+                "min_replicas": 4,
+                "max_replicas": 4,
+                "tensor_parallel": 2,
+            }
+        ],  # fmt: skip
+        "workload": {"arrival": {"kind": "trace", "path": str(trace)}, "sizes": {"kind": "trace"}},
+        "routing": "round_robin",
+        "scaling": "static",
+    }
+
+
+def fleet_scenario(replicas: int, router: str, requests: int) -> dict:
+    """``replicas`` Llama-3-8B replicas (one A100 each) at 4 req/s per replica, ``requests`` requests in all."""
+    rate = 4.0 * replicas
+    horizon = requests / rate
+    return {
+        "name": f"fleet-{replicas}",
+        "horizon_s": horizon,
+        "control_interval_s": min(15.0, horizon),
+        "nodes": [{"name": "a100", "gpu": "a100-80gb", "count": max(1, replicas // 8), "gpus_per_node": 8}],
+        "models": [
+            {"name": "llama-3-8b", "replicas": replicas, "min_replicas": replicas, "max_replicas": replicas}
+        ],
+        "workload": {"arrival": {"kind": "poisson", "rate_per_s": rate}},
+        "routing": router,
+        "scaling": "static",
+    }
+
+
+def cost_curve(sizes: tuple[int, ...], router: str, requests: int) -> dict[int, float]:
+    """Microseconds of simulation per request at each fleet size (best of two runs)."""
+    out = {}
+    for n in sizes:
+        runs = [time_simulation(fleet_scenario(n, router, requests)) for _ in range(2)]
+        out[n] = 1e6 * min(r["sim_s"] / r["requests"] for r in runs)
+    return out
+
+
+def autoscale_vs_bare(scenario: str, steps: int, seed: int = 0) -> dict[str, float]:
+    """``Autoscale-v1`` steps/s (holding the fleet) against the bare loop's control intervals/s on the same
+    scenario; both build a new simulator per episode."""
+    import envs  # noqa: F401  (registers the ids)
+    from envs.autoscale import AutoscaleEnv
+
+    env = AutoscaleEnv(scenario)
+    hold = np.array([env.max_step] * env.n_models, np.int64)
+    env.reset(seed=seed)
+    for _ in range(50):
+        env.step(hold)
+    done, t0 = 0, time.perf_counter()
+    env.reset(seed=seed)
+    while done < steps:
+        truncated = env.step(hold)[3]
+        done += 1
+        if truncated:
+            env.reset(seed=seed)
+    env_sps = steps / (time.perf_counter() - t0)
+    sim = Simulator(scenario, seed)
+    n_int = int(np.ceil(sim.scenario.horizon_s / sim.scenario.control_interval_s - 1e-9))
+    t_bare = _bare(scenario, seed, None)
+    bare_ips = n_int / t_bare
+    return {"env_steps_per_s": env_sps, "bare_intervals_per_s": bare_ips, "ratio": env_sps / bare_ips}
 
 
 def best_of(fn, repeats: int) -> dict[str, float]:
@@ -157,30 +266,56 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for name, f in Args.__dataclass_fields__.items():
+        flag = f"--{name.replace('_', '-')}"
         if f.type == "bool":
-            parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=f.metadata["help"])
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
         else:
-            parser.add_argument(
-                f"--{name.replace('_', '-')}", type=int, default=f.default, help=f.metadata["help"]
-            )
+            kind = str if f.type == "str" else int
+            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
     args = Args(**vars(parser.parse_args(argv)))
     if args.quick:
-        args = Args(mmc_requests=20_000, simpy_requests=5_000, env_steps=200, repeats=1, quick=True)
+        args = Args(mmc_requests=20_000, simpy_requests=5_000, env_steps=200, repeats=1, quick=True,
+                    trace=args.trace, curve_requests=5_000)  # fmt: skip
 
     time_simulation(mmc_scenario(2_000))  # warm-up: load compiled kernels
     time_simulation({"name": "warm", **{"horizon_s": 60.0}, "models": [{"name": "llama-3-8b", "replicas": 1}],
                      "workload": {"arrival": {"kind": "poisson", "rate_per_s": 5}}})  # fmt: skip
-    print(
-        f"{'end to end (what users run)':<36} {'run_scenario req/s':>19} {'bare loop req/s':>16} {'ratio':>6}"
-    )
+    print(f"{'end to end (what users run)':<36} {'run_scenario req/s':>19} {'bare loop req/s':>16} {'ratio':>6}"
+          f" {'fixed fleet req/s':>18} {'ratio':>6}")  # fmt: skip
     result: dict = {}
-    for name in ("default", "bursty"):
-        e2e = best_of(lambda name=name: end_to_end(name), args.repeats)
-        print(f"{'run_scenario(' + repr(name) + ')':<36} {e2e['e2e_rps']:>19,.0f} {e2e['bare_rps']:>16,.0f} "
-              f"{e2e['ratio']:>6.2f}")  # fmt: skip
+    cases: list[tuple[str, object]] = [("default", "default"), ("bursty", "bursty")]
+    if Path(args.trace).is_file():
+        cases.append(("vidur", vidur_scenario(Path(args.trace))))
+    else:
+        print(f"(Vidur's setup skipped: no trace at {args.trace}; pass --trace)")
+    for name, scenario in cases:
+        e2e = best_of(lambda scenario=scenario: end_to_end(scenario), args.repeats)
+        label = (
+            "run_scenario(" + (repr(name) if isinstance(scenario, str) else "vidur: codellama-34b tp2") + ")"
+        )
+        print(f"{label:<36} {e2e['e2e_rps']:>19,.0f} {e2e['bare_rps']:>16,.0f} {e2e['ratio']:>6.2f}"
+              f" {e2e['fixed_rps']:>18,.0f} {e2e['fixed_ratio']:>6.2f}")  # fmt: skip
         result[f"run_scenario_{name}_requests_per_s"] = round(e2e["e2e_rps"])
         result[f"bare_loop_{name}_requests_per_s"] = round(e2e["bare_rps"])
         result[f"run_scenario_{name}_vs_bare"] = round(e2e["ratio"], 3)
+        result[f"run_scenario_{name}_vs_fixed_fleet"] = round(e2e["fixed_ratio"], 3)
+    a = autoscale_vs_bare("default", args.env_steps)
+    print(f"{'Autoscale-v1 default, steps/s':<36} {a['env_steps_per_s']:>19,.0f} {a['bare_intervals_per_s']:>16,.0f}"
+          f" {a['ratio']:>6.2f}   (bare: control intervals/s)")  # fmt: skip
+    result["autoscale_default_steps_per_s"] = round(a["env_steps_per_s"])
+    result["bare_loop_default_intervals_per_s"] = round(a["bare_intervals_per_s"])
+    result["autoscale_default_vs_bare"] = round(a["ratio"], 3)
+    print()
+    sizes = (8, 64, 512, 1024, 4096) if not args.quick else (8, 64)
+    print(f"{'us per request at N replicas':<36} " + " ".join(f"{n:>8}" for n in sizes) + f" {'N_max/8':>8}")
+    for router in ("least_connections", "power_of_two"):
+        curve = cost_curve(sizes, router, args.curve_requests)
+        growth = curve[sizes[-1]] / curve[8]
+        print(f"{router:<36} " + " ".join(f"{curve[n]:>8.3f}" for n in sizes) + f" {growth:>8.2f}")
+        for n in sizes:
+            result[f"us_per_request_{router}_{n}"] = round(curve[n], 4)
+        if 1024 in curve:
+            result[f"us_per_request_{router}_1024_vs_8"] = round(curve[1024] / curve[8], 2)
     print()
     mmc = best_of(lambda: time_simulation(mmc_scenario(args.mmc_requests)), args.repeats)
     ref = best_of(lambda: simpy_mmc(args.simpy_requests), 1)

@@ -247,6 +247,8 @@ class Scaler(ParametrizedController, abc.ABC):
     params_cls: ClassVar[type[ScalerParams]]
 
     config_key: ClassVar[str] = "scaling"
+    #: Whether decisions read the load; False lets the control loop pass None (see the core's Scaler protocol).
+    reads_load: ClassVar[bool] = True
 
     @abc.abstractmethod
     def desired_replicas(self, load: ModelLoad) -> int:

@@ -29,8 +29,11 @@ class StaticScaler(Scaler):
     name = "static"
     params_cls = StaticParams
     params: StaticParams
+    reads_load = False  # the control loop may skip building views for it (it then passes None)
 
-    def desired_replicas(self, load: ModelLoad) -> int:
-        if self.params.replicas is None:
-            return max(0, int(load.target_replicas))
-        return self.params.replicas
+    def desired_replicas(self, load: ModelLoad | None) -> int | None:
+        if self.params.replicas is not None:
+            return self.params.replicas
+        if load is None:
+            return None  # keep the current target
+        return max(0, int(load.target_replicas))

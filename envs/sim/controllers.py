@@ -32,6 +32,11 @@ class Scaler(Protocol):
     (the interval that just ended) and returns how many provisioned (READY +
     LOADING) replicas the model should have; the engine clamps it to the
     deployment's ``[min_replicas, max_replicas]``. ``reset`` starts an episode.
+
+    Optional: a scaler whose decisions never read the load (a fixed count) sets the
+    attribute ``reads_load = False``. The control loop may then call it with ``None``
+    instead of a view, when nothing else needs the interval's views and KPIs, and a
+    ``None`` answer keeps the model's current target.
     """
 
     def reset(self) -> None: ...

@@ -88,6 +88,7 @@ class Simulator(SimulatorReads):
         self.placer = PLACERS.build(placer if placer is not None else sc.placement, "placement")
         scaler_spec = scaler if scaler is not None else sc.scaling
         self.scalers = [SCALERS.build(scaler_spec, "scaling") for _ in range(self.n_models)]
+        self._scalers_read_load = any(getattr(s, "reads_load", True) for s in self.scalers)
         self._roofline = self._roofline_params()
         self._build_cluster()
         self._generate_requests()
@@ -528,15 +529,18 @@ class Simulator(SimulatorReads):
             self.target[m] = self.replicas_of(m)["ready"] + self.replicas_of(m)["loading"]
         return ok
 
-    def desired_replicas(self, loads: list[ModelLoad] | None = None) -> np.ndarray:
+    def desired_replicas(self, loads: list[ModelLoad | None] | None = None) -> np.ndarray:
         """Every model's scaler target, clamped to its limits, without applying it.
 
-        ``loads`` are the scalers' views (default: :meth:`model_loads`, which moves no window).
+        ``loads`` are the scalers' views (default: :meth:`model_loads`, which moves no window); a
+        ``None`` view (a scaler with ``reads_load = False``) and a ``None`` answer keep the target.
         """
         out = np.zeros(self.n_models, np.int64)
         for m, load in enumerate(self.model_loads() if loads is None else loads):
             dep = self.scenario.models[m]
-            out[m] = min(max(int(self.scalers[m].desired_replicas(load)), dep.min_replicas), dep.max_replicas)
+            want = self.scalers[m].desired_replicas(load)
+            want = self.target[m] if want is None else want
+            out[m] = min(max(int(want), dep.min_replicas), dep.max_replicas)
         return out
 
     def _add_replica(self, m: int, gpu_type: int | None, warm: bool = False, node: int | None = None) -> bool:
@@ -703,16 +707,24 @@ class Simulator(SimulatorReads):
                 break
         return n
 
-    def control_step(self) -> dict[str, float]:
+    def control_step(self, kpis: bool = True) -> dict[str, float] | None:
         """Close the default KPI window and run the scenario's scalers once (one decision per model).
 
         The scalers see the window's :class:`~envs.sim.view.ModelLoad` views; the window's KPIs are
-        returned. Both come from one read, taken before the decisions.
+        returned. Both come from one read, taken before the decisions. With ``kpis=False`` and only
+        scalers that do not read the load (``reads_load = False``), nothing is read and None is
+        returned: the window stays open (episode KPIs do not depend on it).
         """
-        loads, kpis = self.step_views()
+        if not kpis and not self._scalers_read_load:
+            n = self.n_models
+            for m, want in enumerate(self.desired_replicas([None] * n).tolist()):
+                counts = self.replicas_of(m)
+                self._set_target(m, want, counts["ready"] + counts["loading"])
+            return None
+        loads, out = self.step_views()
         for m, (want, load) in enumerate(zip(self.desired_replicas(loads).tolist(), loads, strict=True)):
             self._set_target(m, want, load.replicas_ready + load.replicas_loading)
-        return kpis
+        return out
 
 
 def run_scenario(scenario: Scenario | str | Mapping[str, Any] = "default", seed: int = 0, *, overrides: Mapping[str, Any] | None = None,
@@ -728,7 +740,7 @@ def run_scenario(scenario: Scenario | str | Mapping[str, Any] = "default", seed:
     clock = ControlClock(sim)
     while not clock.done:
         clock.advance()
-        kpis = sim.control_step()
+        kpis = sim.control_step(kpis=on_interval is not None)
         if on_interval is not None:
             on_interval(sim, kpis)
     return sim.episode_kpis()

@@ -185,6 +185,11 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
     "llama-3-70b": ModelSpec(
         "llama-3-70b", 70_553_706_496, 80, 8192, 64, 8, 28672, 128256, gpus_per_replica=4
     ),
+    # codellama/CodeLlama-34b-hf (67.5 GB of bf16 weights); tensor-parallel 2 on A100-80GB, the
+    # setup Vidur (Agrawal et al., MLSys 2024) simulates
+    "codellama-34b": ModelSpec(
+        "codellama-34b", 33_743_970_304, 48, 8192, 64, 8, 22016, 32000, gpus_per_replica=2
+    ),
 }
 
 _T = TypeVar("_T", GpuType, ModelSpec)
