@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.sim.engine import Simulator
+from envs.sim.engine import Simulator, run_scenario
 from envs.sim.window import KpiWindow, pairwise_sum, percentile
 
 SIZES = [*range(0, 140), 255, 256, 257, 1000, 1031, 8192, 20_001]
@@ -53,3 +53,23 @@ def test_reading_a_window_changes_nothing_and_readers_keep_their_own_cursor():
     # a window read from the start to now covers the whole episode's arrivals
     whole = a.read_window(KpiWindow(), views=False)[1]
     assert whole["requests_arrived"] == a.episode_kpis()["requests_arrived"]
+
+
+def test_skipping_unread_windows_changes_no_number():
+    """run_scenario without on_interval skips the window of scalers that do not read the load."""
+    seen = []
+    for name in ("default", "heterogeneous"):
+        fast = run_scenario(name, 1, overrides={"horizon_s": 600.0})
+        full = run_scenario(name, 1, overrides={"horizon_s": 600.0}, on_interval=lambda s, k: seen.append(k))
+        assert fast == full
+    assert seen and all(k is not None for k in seen)
+    # a fixed count that does not fit is retried every interval, as with the views
+    over = {"horizon_s": 300.0, "scaling": {"kind": "static", "replicas": 12},
+            "nodes": [{"name": "a100", "gpu": "a100-80gb", "count": 1, "gpus_per_node": 8}]}  # fmt: skip
+    sim_fast, sim_full = Simulator("default", 0, overrides=over), Simulator("default", 0, overrides=over)
+    for k in range(1, 21):
+        sim_fast.advance(15.0 * k)
+        sim_full.advance(15.0 * k)
+        assert sim_fast.control_step(kpis=False) is None
+        sim_full.control_step()
+    assert sim_fast.placement_failures == sim_full.placement_failures == 20  # one per interval
