@@ -53,6 +53,10 @@ class NodePool:
         check_keys(path, raw, {"name", "gpu", "count", "gpus_per_node", "cached_models"}, required={"gpu"})
         gpu = gpu_from_config(raw["gpu"], f"{path}.gpu")
         count = int(check_number(f"{path}.count", raw.get("count", 1), ge=1, integer=True))
+        if count > MAX_NODES:
+            raise fail(
+                f"{path}.count", count, f"must be <= {MAX_NODES} (the nodes one simulation holds in memory)"
+            )
         per_node = int(
             check_number(f"{path}.gpus_per_node", raw.get("gpus_per_node", 8), ge=1, le=64, integer=True)
         )
@@ -451,6 +455,10 @@ class ControllerSpec:
 
 
 # Reward terms of all environments (each env documents the ones it produces and their units).
+#: Size bounds: what one simulation holds in memory on a machine of a few GiB (errors say so).
+MAX_NODES = 20_000  # nodes over all pools (cluster and replica arrays grow with them)
+MAX_TICKS = 5_000_000  # metric ticks over the horizon (two int64 per tick and model)
+
 REWARD_TERMS = frozenset(
     {"slo_violations", "drops", "gpu_cost", "placement_failures", "fragmented_gpus", "gpus_in_use", "invalid_actions",
      "latency", "unfinished"}
@@ -511,11 +519,20 @@ class Scenario:
         tick = float(check_number("tick_s", raw.get("tick_s", 1.0), gt=0))
         if tick > interval:
             raise fail("tick_s", tick, f"must be <= control_interval_s ({interval})")
+        if horizon / tick > MAX_TICKS:
+            raise fail(
+                "tick_s", tick, f"gives {horizon / tick:.3g} metric ticks over horizon_s ({horizon}); the simulator "
+                f"keeps at most {MAX_TICKS:.0e} in memory: raise tick_s or shorten horizon_s",
+            )  # fmt: skip
         service = ServiceSpec.from_config(raw.get("service", "roofline"), "service")
         nodes_raw = raw.get("nodes", [{"gpu": "a100-80gb", "count": 2, "gpus_per_node": 8}])
         if not isinstance(nodes_raw, (list, tuple)) or not nodes_raw:
             raise fail("nodes", nodes_raw, "must be a non-empty list of node pools")
         nodes = tuple(NodePool.from_config(n, f"nodes[{i}]") for i, n in enumerate(nodes_raw))
+        if sum(n.count for n in nodes) > MAX_NODES:
+            raise fail(
+                "nodes", [n.count for n in nodes], f"hold more than {MAX_NODES} nodes in all (counts shown)"
+            )
         pool_gpus = tuple(n.gpu.name for n in nodes)
         models_raw = raw["models"]
         if not isinstance(models_raw, (list, tuple)) or not models_raw:
@@ -524,6 +541,14 @@ class Scenario:
             ModelDeployment.from_config(m, f"models[{i}]", pool_gpus, service.kind)
             for i, m in enumerate(models_raw)
         )
+        for i, m in enumerate(models):
+            gpus = sum(n.count * n.gpus_per_node for n in nodes if n.gpu.name in m.gpu_types)
+            if m.replicas * m.tensor_parallel > gpus:
+                raise fail(
+                    f"models[{i}].replicas", m.replicas,
+                    f"x tensor_parallel {m.tensor_parallel} GPUs do not fit in the {gpus} GPUs of the node pools "
+                    f"it may use {list(m.gpu_types)}",
+                )  # fmt: skip
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise fail("models", names, "must have distinct names")

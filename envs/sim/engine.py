@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,26 @@ from envs.sim.window import N_V, N_W, KpiWindow
 N_SESSIONS = 1024  # affinity keys: requests draw a session id uniformly from this many sessions
 
 
-@functools.lru_cache(maxsize=8)
 def _cached_trace(path: str, start_s: float, duration_s: float | None, time_scale: float) -> W.Trace:
+    """The trace at ``path``, parsed once per content: the cache key holds the file's size and
+    modification time, so a file changed on disk is read again."""
+    st = os.stat(path)
+    return _read_trace(path, st.st_size, st.st_mtime_ns, start_s, duration_s, time_scale)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_trace(path: str, _size: int, _mtime_ns: int, start_s: float, duration_s: float | None,
+                time_scale: float) -> W.Trace:  # fmt: skip
     return W.read_azure_trace(path, start_s=start_s, duration_s=duration_s, time_scale=time_scale)
+
+
+def _generator(seed: Any) -> np.random.Generator:
+    """The simulator's generator: a given ``numpy.random.Generator``, or one seeded by a non-negative int."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise fail("seed", seed, "must be a non-negative integer or a numpy.random.Generator")
+    return np.random.default_rng(int(seed))
 
 
 class Simulator(SimulatorReads):
@@ -71,7 +89,7 @@ class Simulator(SimulatorReads):
         scaler: Any = None,
     ) -> None:
         self.scenario = sc = load_scenario(scenario, overrides)
-        self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.rng = _generator(seed)
         self.n_models = len(sc.models)
         self.n_classes = len(sc.workload.classes)
         self.per_request = sc.service.kind != "roofline"

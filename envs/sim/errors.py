@@ -16,9 +16,21 @@ class ConfigError(ValueError):
     """A scenario, controller or trace setting is missing, unknown or out of range."""
 
 
+def show(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, shortened: an error message stays readable whatever a user typed.
+
+    Integers of more than 60 digits are described rather than printed (Python refuses to print
+    one of more than 4,300 digits at all).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def fail(path: str, value: Any, requirement: str) -> ConfigError:
     """Build the canonical error ``<path>: <value> <requirement>``."""
-    return ConfigError(f"{path}: {value!r} {requirement}")
+    return ConfigError(f"{path}: {show(value)} {requirement}")
 
 
 def check_number(
@@ -34,10 +46,13 @@ def check_number(
     """Return ``value`` as a number after checking type, finiteness and bounds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise fail(path, value, "must be a number")
-    if integer and not (isinstance(value, int) or float(value).is_integer()):
-        raise fail(path, value, "must be an integer")
-    if not math.isfinite(value):
-        raise fail(path, value, "must be finite")
+    if isinstance(value, float):
+        if integer and not value.is_integer():
+            raise fail(path, value, "must be an integer")
+        if not math.isfinite(value):
+            raise fail(path, value, "must be finite")
+    # Python compares integers of any size with floats exactly, so the bounds come first; only an
+    # integer within them but beyond int64 is refused for its size (numpy could not hold it).
     if gt is not None and not value > gt:
         raise fail(path, value, f"must be > {gt}")
     if ge is not None and not value >= ge:
@@ -46,6 +61,8 @@ def check_number(
         raise fail(path, value, f"must be < {lt}")
     if le is not None and not value <= le:
         raise fail(path, value, f"must be <= {le}")
+    if isinstance(value, int) and not -(2**63) <= value <= 2**63 - 1:
+        raise fail(path, value, "is too large (outside the 64-bit integer range)")
     return int(value) if integer else value
 
 

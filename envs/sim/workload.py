@@ -304,10 +304,16 @@ class Trace:
         return int(self.arrival_s.size)
 
 
+#: Token counts above this in a trace row are an error: far beyond any model's context window
+#: (131,072 tokens for Llama 3.1), so the row is corrupt. It also keeps prompt + output in int64.
+MAX_TRACE_TOKENS = 10_000_000
+
+
 def _parse_count(field: str) -> int | None:
-    # int() would also take "1_000", " 7" or "+7"; a trace column is plain ASCII digits.
+    # int() would also take "1_000", " 7" or "+7"; a trace column is plain ASCII digits. A field of
+    # more digits than any valid count is not converted at all (Python refuses beyond 4,300 digits).
     if field.isascii() and field.isdigit():
-        return int(field)
+        return int(field) if len(field) <= 12 else MAX_TRACE_TOKENS + 1
     return None
 
 
@@ -407,6 +413,16 @@ def read_azure_trace(
                     else "is not a non-negative integer"
                 )
                 raise ConfigError(f"{name}:{lineno}: {column} {stripped!r} {reason}")
+            if value > MAX_TRACE_TOKENS:
+                shown = (
+                    text_value.strip()
+                    if len(text_value.strip()) <= 30
+                    else f"<{len(text_value.strip())} digits>"
+                )
+                raise ConfigError(
+                    f"{name}:{lineno}: {column} {shown} exceeds {MAX_TRACE_TOKENS:,} tokens "
+                    "(longer than any model's context: a corrupt row?)"
+                )
 
         if latest_ns is not None and t_ns < latest_ns:
             if latest_ns - t_ns > tolerance_ns:
