@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from envs.sim.config import Scenario, load_scenario
-from envs.sim.errors import ConfigError
+from envs.sim.errors import ConfigError, show
 
 
 def split_kwargs(
@@ -46,15 +46,17 @@ def weighted_reward(terms: Mapping[str, float], weights: Mapping[str, float]) ->
 
 
 def check_action(space: Any, action: Any, env_name: str) -> np.ndarray:
-    """Return ``action`` as an int64 array, or raise if it is not in the action space."""
-    arr = np.asarray(action)
-    ok = arr.shape == space.shape and (
-        np.issubdtype(arr.dtype, np.integer)
-        or (np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0))
-    )
-    if ok:
-        arr = arr.astype(np.int64)
-        ok = space.contains(arr.astype(space.dtype))
+    """Return ``action`` as an int64 array, or raise ValueError naming it if it is not in the action space.
+
+    An action is accepted exactly when Gymnasium's ``space.contains`` accepts it and its values are
+    whole numbers: ``Discrete`` takes Python and numpy integers (not ``1.0``), ``MultiDiscrete`` takes
+    integer arrays and sequences (a float array with whole values passes ``contains`` and is taken).
+    """
+    try:
+        arr = np.asarray(action)
+        ok = arr.dtype != object and bool(space.contains(action)) and bool(np.all(np.mod(arr, 1) == 0))
+    except (TypeError, ValueError):  # ragged nested lists, strings, objects numpy cannot compare
+        ok = False
     if not ok:
-        raise ValueError(f"{env_name}: action {action!r} is not in the action space {space}")
-    return arr
+        raise ValueError(f"{env_name}: action {show(action)} is not in the action space {space}")
+    return arr.astype(np.int64)

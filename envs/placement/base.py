@@ -195,6 +195,7 @@ class PlacementEnv(gym.Env):
         self.sim: Simulator | None = None
         self.cluster: ClusterState | None = None
         self.pending_demand: Demand | None = None
+        self._ended = True  # no episode yet: step() asks for reset()
 
     # ------------------------------------------------------------------ what a source supplies
 
@@ -232,6 +233,7 @@ class PlacementEnv(gym.Env):
         if options:
             check_keys("options", options, ())
         self.episode_index += 1
+        self._ended = False
         self._placed = self._failures = self._invalid = self._items = 0
         self._terms_zero = dict.fromkeys(self.REWARD_TERMS, 0.0)
         self._start_episode()
@@ -290,9 +292,12 @@ class PlacementEnv(gym.Env):
             node = action
         else:
             node = int(check_action(self.action_space, action, ENV_NAME))
+        if self._ended:
+            raise RuntimeError(f"{ENV_NAME}: the episode ended (or never started); call reset()")
         terms = dict(self._terms_zero)
         d = self.pending_demand
-        if d is None:
+        if d is None:  # the episode had nothing to place at all: this step ends it
+            self._ended = True
             return self._observe(), 0.0, False, True, {"rewards": terms, "kpi": self._kpi(*self._usage())}
         if self._place(node, d):
             self._placed += 1
@@ -309,6 +314,7 @@ class PlacementEnv(gym.Env):
         frag, in_use = self._usage()  # after the clock moved: the state the observation shows
         self._record(frag, in_use)
         truncated = self.pending_demand is None
+        self._ended = truncated
         reward = weighted_reward(terms, self.scenario.reward)
         info = {"rewards": terms, "kpi": self._kpi(frag, in_use)}
         if self.params.shaping > 0.0:
