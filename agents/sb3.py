@@ -12,14 +12,16 @@ Placement, its observation layout taken from the env). :func:`train` writes a se
 
     run_dir/run.json                    resolved config, command line, git SHA, seed, versions, resumes
     run_dir/tb/run_1/                   tensorboard: charts/, kpi/, SB3's rollout/ train/ time/
-    run_dir/checkpoints/model_<N>_steps.zip  (+ model_vecnormalize_<N>_steps.pkl)
+    run_dir/checkpoints/model_<N>_steps.zip  (+ model_vecnormalize_<N>_steps.pkl, model_resume_<N>_steps.pkl)
     run_dir/model.zip, run_dir/vecnormalize.pkl   the final agent
 
 Calling :func:`train` again on a folder with checkpoints resumes from the
-latest one (model + VecNormalize statistics) with ``reset_num_timesteps=False``
-so the step counter and the tensorboard curve continue. A resumed run is not
-bit-identical to an uninterrupted one (optimizer state is restored, the
-environment and torch RNG streams are re-seeded from ``seed + steps done``).
+latest complete one (:mod:`agents.checkpoints`: taken at rollout boundaries,
+written atomically, with the environments mid-episode and every generator's
+state) with ``reset_num_timesteps=False``: a run interrupted at any point and
+resumed ends with the same model, bit for bit, as one never interrupted.
+With ``subproc=True`` the environments live in other processes and are not
+saved: such a resume re-seeds them from ``seed + steps done`` (not exact).
 :func:`load_agent` turns a run folder or a ``.zip`` into an :class:`SB3Policy`
 for :mod:`experiments.evaluate`.
 """
@@ -48,13 +50,14 @@ import torch as th
 import yaml
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack, VecNormalize
 
 import envs
 from agents import EpisodeKpis
+from agents import checkpoints as C
 from agents.policies import POLICIES
 from envs.sim.config import deep_merge
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
@@ -261,28 +264,9 @@ class KpiLogCallback(BaseCallback):
 
 # ---------------------------------------------------------------------------------------------- runs
 
-_CKPT = re.compile(r"^model_(\d+)_steps\.zip$")
-
-
-def latest_checkpoint(run_dir: str | Path) -> tuple[Path, int] | None:
-    """The checkpoint of ``run_dir/checkpoints`` with the most steps, and its step count."""
-    found = []
-    for p in (Path(run_dir) / "checkpoints").glob("model_*_steps.zip"):
-        m = _CKPT.match(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    if not found:
-        return None
-    steps, path = max(found)
-    return path, steps
-
-
-def _checkpoint_sidecar(zip_path: Path, kind: str) -> Path:
-    """``model_<N>_steps.zip`` -> ``model_<kind>_<N>_steps.pkl`` (CheckpointCallback's naming)."""
-    m = _CKPT.match(zip_path.name)
-    if m:
-        return zip_path.with_name(f"model_{kind}_{m.group(1)}_steps.pkl")
-    return zip_path.with_name(f"{kind}.pkl")
+_CKPT = C.CKPT
+latest_checkpoint = C.latest_checkpoint
+_checkpoint_sidecar = C.sidecar
 
 
 def git_sha() -> str | None:
@@ -412,35 +396,44 @@ def train(
             f"run_dir {run_dir.name!r} holds a run with another config; resume needs the same config "
             f"(was {record['config']}, now {config})"
         )
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = latest_checkpoint(run_dir, needs_vecnormalize=True)
+    if ckpt is None and any((run_dir / "checkpoints").glob("model_*_steps.zip")):
+        raise ConfigError(
+            f"run_dir {run_dir.name!r}: no checkpoint in checkpoints/ is complete (a readable zip with its "
+            "VecNormalize statistics); remove the folder to start over"
+        )
     done_steps = ckpt[1] if ckpt else 0
+    state = C.load_state(ckpt[0]) if ckpt else None
     th.set_num_threads(torch_threads)
 
-    # A resumed run must not replay the first episodes: re-seed from the steps already done.
-    vec = make_vec(env_id, scenario, n_envs, seed + done_steps, env_kwargs, subproc)
+    if state is not None and state.venv is not None and not subproc:
+        vec = state.venv.build()  # the environments as they were, every simulator mid-episode
+    else:
+        # No saved environments (a new run, or one whose envs ran in subprocesses): a resumed run
+        # must not replay the first episodes, so it re-seeds from the steps already done.
+        vec = make_vec(env_id, scenario, n_envs, seed + done_steps, env_kwargs, subproc)
+        if hp.get("frame_stack", 1) > 1:
+            vec = VecFrameStack(vec, hp["frame_stack"])
     _check_algo_fits(algo, vec, env_id)
     model_kw = _model_kwargs(hp)
     if model_kw.get("policy") is POLICIES["SlotPolicy"]:
         _check_slot_policy(algo, hp, vec, env_id)
         pk = model_kw.setdefault("policy_kwargs", {})
         pk.setdefault("layout", dict(vec.get_attr("obs_layout", [0])[0]))
-    if hp.get("frame_stack", 1) > 1:
-        vec = VecFrameStack(vec, hp["frame_stack"])
     vn_cfg = hp["vecnormalize"]
     cls = algo_class(algo)
     tb_dir = str(run_dir / "tb")
     if ckpt:
-        vn_path = _checkpoint_sidecar(ckpt[0], "vecnormalize")
-        if vn_path.exists():
-            vec = VecNormalize.load(str(vn_path), vec)
-            vec.training = True
-        else:
-            vec = VecNormalize(vec, **vn_cfg)
+        vec = VecNormalize.load(str(_checkpoint_sidecar(ckpt[0], "vecnormalize")), vec)
+        vec.training = True
         model = cls.load(ckpt[0], env=vec, tensorboard_log=tb_dir, device=_model_kwargs(hp)["device"])
         rb = _checkpoint_sidecar(ckpt[0], "replay_buffer")
         if rb.exists() and hasattr(model, "load_replay_buffer"):
             model.load_replay_buffer(rb)
-        set_random_seed(seed + done_steps)
+        if state is not None and state.venv is not None and not subproc:
+            C.restore(model, state)
+        else:
+            set_random_seed(seed + done_steps)
     else:
         vec = VecNormalize(vec, **vn_cfg)
         model = cls(env=vec, seed=seed, tensorboard_log=tb_dir, verbose=0, **model_kw)
@@ -465,16 +458,7 @@ def train(
         progress_bar = all(importlib.util.find_spec(m) is not None for m in ("tqdm", "rich"))
     remaining = int(total_timesteps) - int(model.num_timesteps)
     if remaining > 0:
-        callbacks = [
-            CheckpointCallback(
-                save_freq=max(checkpoint_freq // n_envs, 1),
-                save_path=str(run_dir / "checkpoints"),
-                name_prefix="model",
-                save_vecnormalize=True,
-                save_replay_buffer=algo == "dqn",
-            ),
-            KpiLogCallback(),
-        ]
+        callbacks = [C.RolloutCheckpoint(run_dir / "checkpoints", checkpoint_freq), KpiLogCallback()]
         model.learn(
             remaining,
             callback=callbacks,
@@ -490,17 +474,11 @@ def train(
 
 
 def _save(model: BaseAlgorithm, vec: VecEnv, run_dir: Path, algo: str) -> None:
-    """Save the final agent, and a checkpoint of it so a later call resumes from exactly here."""
-    n = int(model.num_timesteps)
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
-    model.save(run_dir / "model.zip")
-    model.save(ckpt_dir / f"model_{n}_steps.zip")
+    """Save the final agent, and a complete checkpoint of it so a later call resumes from exactly here."""
+    C.save(model, run_dir / "checkpoints")
+    C.atomic_write(run_dir / "model.zip", lambda p: model.save(p))
     if isinstance(vec, VecNormalize):
-        vec.save(str(run_dir / "vecnormalize.pkl"))
-        vec.save(str(ckpt_dir / f"model_vecnormalize_{n}_steps.pkl"))
-    if algo == "dqn":
-        model.save_replay_buffer(ckpt_dir / f"model_replay_buffer_{n}_steps.pkl")
+        C.atomic_write(run_dir / "vecnormalize.pkl", lambda p: vec.save(str(p)))
 
 
 def _run_config(zip_path: Path) -> dict[str, Any] | None:
