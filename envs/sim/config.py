@@ -232,8 +232,10 @@ ARRIVAL_KEYS = {
     "mmpp": {"rates_per_s", "mean_dwell_s", "dwell_shape"},
     "onoff": {"on_rate_per_s", "off_rate_per_s", "mean_on_s", "mean_off_s", "dwell_shape"},
     "diurnal": {"mean_rate_per_s", "amplitude", "period_s", "phase_s"},
-    "trace": {"path", "start_s", "duration_s", "time_scale"},
+    "trace": {"path", "start_s", "duration_s", "time_scale", "variation", "max_offset_s"},
 }
+#: How a trace replay differs between seeds (``workload.arrival.variation``; see docs/scenarios.md).
+TRACE_VARIATIONS = ("none", "bootstrap_sizes", "offset")
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,13 @@ class ArrivalSpec:
             dur = p.get("duration_s")
             p["duration_s"] = None if dur is None else float(check_number(f"{path}.duration_s", dur, gt=0))
             p["time_scale"] = float(check_number(f"{path}.time_scale", p.get("time_scale", 1.0), gt=0))
+            p["variation"] = check_choice(f"{path}.variation", p.get("variation", "none"), TRACE_VARIATIONS)
+            off = p.get("max_offset_s")
+            if off is not None and p["variation"] != "offset":
+                raise fail(f"{path}.max_offset_s", off, "is only used with variation: offset")
+            p["max_offset_s"] = (
+                None if off is None else float(check_number(f"{path}.max_offset_s", off, gt=0))
+            )
         return cls(kind, p)
 
     @property

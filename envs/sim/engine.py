@@ -59,6 +59,35 @@ def _read_trace(path: str, _size: int, _mtime_ns: int, start_s: float, duration_
     return W.read_azure_trace(path, start_s=start_s, duration_s=duration_s, time_scale=time_scale)
 
 
+def _trace_variation(tr: W.Trace, p: Mapping[str, Any], horizon_s: float,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The replayed rows (arrival times re-based to 0, prompt and output tokens) of one seed.
+
+    ``none``: the trace's first ``horizon_s`` seconds, the same for every seed. ``bootstrap_sizes``:
+    the same arrival times, each with a (prompt, output) pair drawn with replacement from those
+    rows (the trace's own joint size distribution). ``offset``: the rows of
+    ``[u, u + horizon_s)`` with ``u`` uniform in ``[0, max_offset_s]`` (default: the trace's span
+    beyond the horizon), re-based to 0.
+    """
+    t, prompt, output = tr.arrival_s, tr.prompt_tokens, tr.output_tokens
+    variation = p.get("variation", "none")
+    if variation == "offset":
+        room = float(t[-1]) - horizon_s if len(t) else 0.0
+        span = room if p.get("max_offset_s") is None else p["max_offset_s"]
+        if not span > 0:
+            raise fail("workload.arrival.variation", "offset",
+                       f"needs a trace longer than horizon_s ({horizon_s} s; it spans {float(t[-1]):.6g} s)")  # fmt: skip
+        u = float(rng.uniform(0.0, span))
+        keep = (t >= u) & (t < u + horizon_s)
+        return t[keep] - u, prompt[keep], output[keep]
+    keep = t < horizon_s
+    t, prompt, output = t[keep], prompt[keep], output[keep]
+    if variation == "bootstrap_sizes" and len(t):
+        pick = rng.integers(0, len(t), size=len(t))
+        prompt, output = prompt[pick], output[pick]
+    return t, prompt, output
+
+
 def _generator(seed: Any) -> np.random.Generator:
     """The simulator's generator: a given ``numpy.random.Generator``, or one seeded by a non-negative int."""
     if isinstance(seed, np.random.Generator):
@@ -220,11 +249,10 @@ class Simulator(SimulatorReads):
                 tr = _cached_trace(p["path"], p["start_s"], p["duration_s"], p["time_scale"])
             except ConfigError as exc:
                 raise ConfigError(f"workload.arrival: {exc}") from None
-            keep = tr.arrival_s < h
-            t = tr.arrival_s[keep]
+            t, prompt_tr, output_tr = _trace_variation(tr, p, h, rng)
             if wl.sizes.kind == "trace":
-                prompt = np.maximum(tr.prompt_tokens[keep], 1)
-                output = np.maximum(tr.output_tokens[keep], 1)
+                prompt = np.maximum(prompt_tr, 1)
+                output = np.maximum(output_tr, 1)
         n = len(t)
         if prompt is None:
             sz = wl.sizes

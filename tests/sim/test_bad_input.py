@@ -85,3 +85,12 @@ def test_a_trace_changed_on_disk_is_read_again(tmp_path):
     path.write_text("\n".join([HEADER, *[f"2023-11-16 18:15:{s:02d}.0,100,10" for s in range(60)]]) + "\n")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a distinct mtime even on coarse clocks
     assert run_scenario("azure-conv", 0, overrides=over)["requests_arrived"] == 60
+
+
+def test_trace_variation_options_are_checked():
+    with pytest.raises(ConfigError, match=r"workload\.arrival\.variation: 'jitter' must be one of"):
+        load_scenario(
+            "azure-conv", {"workload.arrival.path": "t.csv", "workload.arrival.variation": "jitter"}
+        )
+    with pytest.raises(ConfigError, match=r"max_offset_s: 10 is only used with variation: offset"):
+        load_scenario("azure-conv", {"workload.arrival.path": "t.csv", "workload.arrival.max_offset_s": 10})
