@@ -22,8 +22,10 @@ import numpy as np
 
 from envs.sim.errors import ConfigError, check_number, fail
 
-# One draw of this many arrivals already needs ~0.8 GB; beyond it a horizon is almost surely a unit slip.
-MAX_EXPECTED_ARRIVALS = 1e8
+# A simulated request costs about 250 bytes (its state rows, logs and the draws that make it): this many
+# take about 5 GB, what a simulation may hold on a machine of a few GiB. Beyond it a horizon is
+# almost surely a unit slip.
+MAX_EXPECTED_ARRIVALS = 2e7
 
 # z such that Phi(z) = 0.99 for the standard normal.
 _Z99 = 2.3263478740408408
@@ -69,7 +71,10 @@ def _check_rng(rng: Any) -> np.random.Generator:
 def _check_expected_count(path: str, expected: float) -> None:
     if expected > MAX_EXPECTED_ARRIVALS:
         raise fail(
-            path, expected, f"expected arrivals exceed {MAX_EXPECTED_ARRIVALS:.0e}; shorten the horizon"
+            path,
+            expected,
+            f"expected arrivals exceed {MAX_EXPECTED_ARRIVALS:.0e} (about 250 bytes each, what one "
+            "simulation may hold in memory); shorten the horizon or lower the rate",
         )
 
 
