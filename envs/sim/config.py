@@ -47,10 +47,13 @@ class NodePool:
     count: int
     gpus_per_node: int = 8
     cached_models: tuple[str, ...] = ()
+    mtbf_s: float | None = None  #: mean time between failures of one node (exponential); None: never fails
+    mttr_s: float | None = None  #: mean time to repair a failed node (exponential); required with mtbf_s
 
     @classmethod
     def from_config(cls, raw: Any, path: str) -> NodePool:
-        check_keys(path, raw, {"name", "gpu", "count", "gpus_per_node", "cached_models"}, required={"gpu"})
+        check_keys(path, raw, {"name", "gpu", "count", "gpus_per_node", "cached_models", "mtbf_s", "mttr_s"},
+                   required={"gpu"})  # fmt: skip
         gpu = gpu_from_config(raw["gpu"], f"{path}.gpu")
         count = int(check_number(f"{path}.count", raw.get("count", 1), ge=1, integer=True))
         if count > MAX_NODES:
@@ -63,7 +66,57 @@ class NodePool:
         cached = raw.get("cached_models", [])
         if not isinstance(cached, (list, tuple)) or not all(isinstance(c, str) for c in cached):
             raise fail(f"{path}.cached_models", cached, "must be a list of model names")
-        return cls(str(raw.get("name", gpu.name)), gpu, count, per_node, tuple(cached))
+        mtbf = raw.get("mtbf_s")
+        mttr = raw.get("mttr_s")
+        if mtbf is not None:
+            mtbf = float(check_number(f"{path}.mtbf_s", mtbf, gt=0))
+            if mttr is None:
+                raise fail(
+                    f"{path}.mttr_s", None, "is required with mtbf_s (mean seconds a failed node stays down)"
+                )
+        if mttr is not None:
+            mttr = float(check_number(f"{path}.mttr_s", mttr, gt=0))
+        return cls(str(raw.get("name", gpu.name)), gpu, count, per_node, tuple(cached), mtbf, mttr)
+
+
+@dataclass(frozen=True)
+class ScriptedFault:
+    """``nodes`` (offsets within pool ``pool``) fail at ``at_s`` and come back ``duration_s`` later."""
+
+    at_s: float
+    pool: int
+    nodes: tuple[int, ...]
+    duration_s: float
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str, pools: tuple[NodePool, ...]) -> ScriptedFault:
+        check_keys(path, raw, {"at_s", "pool", "nodes", "duration_s"}, required={"at_s", "pool"})
+        at = float(check_number(f"{path}.at_s", raw["at_s"], ge=0))
+        names = [p.name for p in pools]
+        pool = raw["pool"]
+        if isinstance(pool, str):
+            if pool not in names:
+                raise fail(f"{path}.pool", pool, f"must be a node pool name {names} or index")
+            pool = names.index(pool)
+        else:
+            pool = int(check_number(f"{path}.pool", pool, ge=0, lt=len(pools), integer=True))
+        count = pools[pool].count
+        nodes = raw.get("nodes", 1)
+        if isinstance(nodes, (list, tuple)):
+            if not nodes or len(set(nodes)) != len(nodes):
+                raise fail(f"{path}.nodes", nodes, "must be a non-empty list of distinct node offsets")
+            offsets = tuple(
+                int(check_number(f"{path}.nodes[{i}]", k, ge=0, lt=count, integer=True))
+                for i, k in enumerate(nodes)
+            )
+        else:
+            n = int(check_number(f"{path}.nodes", nodes, ge=1, le=count, integer=True))
+            offsets = tuple(range(n))  # the pool's first n nodes
+        dur = float(check_number(f"{path}.duration_s", raw.get("duration_s", math.inf), gt=0))
+        return cls(at, pool, offsets, dur)
+
+
+FAULT_POLICIES = ("requeue", "drop")
 
 
 @dataclass(frozen=True)
@@ -512,10 +565,17 @@ class Scenario:
     storage: StorageSpec
     reward: Mapping[str, float]
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    faults: tuple[ScriptedFault, ...] = ()
+    fault_policy: str = "requeue"
+
+    @property
+    def has_faults(self) -> bool:
+        """Whether any node can fail (a scripted fault or a pool with ``mtbf_s``)."""
+        return bool(self.faults) or any(p.mtbf_s is not None for p in self.nodes)
 
     KEYS = frozenset(
         {"name", "description", "horizon_s", "control_interval_s", "tick_s", "nodes", "models", "service",
-         "workload", "routing", "placement", "scaling", "queue", "storage", "reward"}
+         "workload", "routing", "placement", "scaling", "queue", "storage", "reward", "faults", "fault_policy"}
     )  # fmt: skip
 
     @classmethod
@@ -574,6 +634,11 @@ class Scenario:
             registry.validate(spec, registry.config_key)
         queue = check_choice("queue", raw.get("queue", "fifo"), ("fifo", "priority"))
         storage = StorageSpec.from_config(raw.get("storage", {}), "storage")
+        faults_raw = raw.get("faults", [])
+        if not isinstance(faults_raw, (list, tuple)):
+            raise fail("faults", faults_raw, "must be a list of {at_s, pool, nodes, duration_s}")
+        faults = tuple(ScriptedFault.from_config(f, f"faults[{i}]", nodes) for i, f in enumerate(faults_raw))
+        fault_policy = check_choice("fault_policy", raw.get("fault_policy", "requeue"), FAULT_POLICIES)
         reward_raw = raw.get("reward", DEFAULT_REWARD)
         if not isinstance(reward_raw, Mapping):
             raise fail("reward", reward_raw, "must be a mapping of reward term name to weight")
@@ -585,7 +650,8 @@ class Scenario:
         name = str(raw.get("name", "custom"))
         return cls(
             name, str(raw.get("description", "")), horizon, interval, tick, nodes, models, service, workload,
-            routing, placement, scaling, queue, storage, reward, raw=copy_config(dict(raw)),
+            routing, placement, scaling, queue, storage, reward, raw=copy_config(dict(raw)), faults=faults,
+            fault_policy=fault_policy,
         )  # fmt: skip
 
     @property

@@ -35,6 +35,8 @@ from envs.sim.cluster import Allocation, ClusterState, Demand
 from envs.sim.config import Scenario, load_scenario
 from envs.sim.controllers import PLACERS, SCALERS
 from envs.sim.errors import ConfigError, fail
+from envs.sim.faults import FaultInjector, fail_replicas
+from envs.sim.faults import schedule as fault_schedule
 from envs.sim.features import outstanding_work_s, routing_observation
 from envs.sim.perf import RooflineParams, kv_capacity_tokens, replica_coefficients, saturation_throughput
 from envs.sim.reads import SimulatorReads
@@ -143,6 +145,18 @@ class Simulator(SimulatorReads):
         self.placement_failures = 0
         self.placement_failures_by_model = np.zeros(self.n_models, np.int64)
         self.window = KpiWindow()  #: the default KPI window (interval_kpis, step_views)
+        self.faults: FaultInjector | None = None
+        if sc.has_faults:
+            # a generator of its own, spawned from the workload's: faults leave every other draw as it was
+            fault_rng = self.rng.spawn(1)[0]
+            pools, start = [], 0
+            for pool in sc.nodes:
+                pools.append(range(start, start + pool.count))
+                start += pool.count
+            scripted = [(f.at_s, f.pool, f.nodes, f.duration_s) for f in sc.faults]
+            events = fault_schedule(fault_rng, sc.horizon_s, pools, [p.mtbf_s for p in sc.nodes],
+                                    [p.mttr_s for p in sc.nodes], scripted)  # fmt: skip
+            self.faults = FaultInjector(events, sc.fault_policy == "requeue")
         for m, dep in enumerate(sc.models):
             for _ in range(dep.replicas):
                 self._add_replica(m, None, warm=True)
@@ -350,7 +364,38 @@ class Simulator(SimulatorReads):
         return float(self.state.gf[K.G_NOW])
 
     def _kernel(self, until: float, route_to: int = -1) -> int:
+        faults = self.faults
+        while faults is not None and faults.next_time_s() <= until:
+            code = K.advance(*self.state.kernel_args(), faults.next_time_s(), int(route_to))
+            if code == K.STOP_ROUTE:
+                return code  # an arrival before the fault waits for its routing decision first
+            route_to = -1
+            faults.apply(self)
         return K.advance(*self.state.kernel_args(), float(until), int(route_to))
+
+    def _lose_replicas(self, recs: list[ReplicaRecord], t: float, requeue: bool) -> tuple[int, int]:
+        """Replicas ``recs`` are gone with their node at ``t``: requests re-queued or dropped, GPUs freed."""
+        st = self.state
+        for rec in recs:
+            if rec in self._loading_remote:
+                self._progress_loads(t)  # may finish (and forget) transfers, this one included
+                if rec in self._loading_remote:
+                    self._loading_remote.remove(rec)
+                self._schedule_remote_loads(t)
+        reps = np.array([rec.rid for rec in recs], np.int64)
+        n_requeued, n_dropped = fail_replicas(
+            *st.kernel_args()[:18], st.log_drop, reps, float(t), bool(requeue)
+        )
+        for rec in recs:
+            rec.freed = True
+            st.live.remove(rec)
+            self.cluster.release(rec.alloc)
+        return int(n_requeued), int(n_dropped)
+
+    def _block_node(self, node: int) -> Allocation:
+        """Take every GPU of a failed node so that nothing is placed there until its repair."""
+        d = Demand(num_gpu=int(self.cluster.node_gpus[node]), gpu_type=int(self.cluster.node_gpu_type[node]))
+        return self.cluster.allocate(node, d)
 
     def advance(self, until: float) -> int | None:
         """Run every event up to ``until`` (seconds).

@@ -174,6 +174,8 @@ class SimulatorReads:
             out["requests_arrived"] - out["requests_completed"] - out["requests_dropped"]
         )
         out["placement_failures"] = float(self.placement_failures)
+        if self.faults is not None:
+            out.update(self.faults.kpis(self))
         return out
 
     def interval_kpis(self) -> dict[str, float]:

@@ -1,0 +1,105 @@
+"""Node failures: what they do to replicas, requests, placement and KPIs; conservation through them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from envs.sim import Simulator, load_scenario, run_scenario
+from envs.sim import layout as L
+from envs.sim.clock import ControlClock
+from envs.sim.errors import ConfigError
+
+ONE_NODE_DOWN = {
+    "faults": [{"at_s": 100.0, "pool": "a100", "nodes": [0], "duration_s": 300.0}],
+    "horizon_s": 600.0,
+}
+FLAKY = {"nodes": [{"name": "a100", "gpu": "a100-80gb", "count": 4, "gpus_per_node": 8, "mtbf_s": 900.0,
+                    "mttr_s": 200.0}]}  # fmt: skip
+
+
+def held_by_node(sim: Simulator, node: int) -> set[int]:
+    """Ids of the requests queued at or running on the replicas of ``node``."""
+    reps = {r.rid for r in sim.state.live if r.alloc.node == node}
+    req = sim.requests()
+    on = np.isin(req.replica, list(reps)) & (req.is_state("queued") | req.is_state("running"))
+    return set(np.flatnonzero(on).tolist())
+
+
+@pytest.mark.parametrize("policy", ["requeue", "drop"])
+def test_a_scripted_failure_takes_exactly_the_work_on_that_node(policy):
+    sim = Simulator("default", 0, overrides={**ONE_NODE_DOWN, "fault_policy": policy})
+    sim.advance(np.nextafter(100.0, 0.0))
+    lost = held_by_node(sim, 0)
+    reps = [r.rid for r in sim.state.live if r.alloc.node == 0]
+    assert lost and reps
+    dropped_before = int(sim.state.gi[L.I_NDROP])
+    sim.advance(100.0)
+    kpi = sim.episode_kpis()
+    assert kpi["node_failures"] == 1
+    assert all(sim.replica_view(r).state == "released" for r in reps)
+    assert sim.replica_view(reps[0]).allocated_at_s == 0.0
+    ri = sim.state.ri
+    if policy == "requeue":
+        assert kpi["requests_requeued"] == len(lost) and kpi["requests_lost_to_faults"] == 0
+        # every one is back in a queue (none on a lost replica), its progress gone
+        assert all(ri[i, L.R_STATE] == L.REQ_QUEUED and ri[i, L.R_REPLICA] not in reps for i in lost)
+        assert np.isnan(sim.state.rf[list(lost), L.R_FIRST]).all()
+    else:
+        assert kpi["requests_lost_to_faults"] == len(lost) and kpi["requests_requeued"] == 0
+        assert int(sim.state.gi[L.I_NDROP]) - dropped_before == len(lost)
+        assert all(ri[i, L.R_STATE] == L.REQ_DROPPED for i in lost)
+
+
+def test_a_failed_node_takes_nothing_until_its_repair_and_its_weights_are_gone():
+    sim = Simulator("default", 0, overrides=ONE_NODE_DOWN)
+    sim.advance(100.0)
+    assert sim.cluster.cached[0].sum() == 0
+    sim.set_target_replicas(0, 12)  # 8 fit on node 1, node 0 is down
+    nodes = [r.alloc.node for r in sim.state.live]
+    assert nodes.count(1) == 8 and 0 not in nodes
+    assert sim.placement_failures == 1  # the 9th found no room
+    sim.advance(400.0)  # repaired at 400
+    sim.set_target_replicas(0, 12)
+    assert [r.alloc.node for r in sim.state.live].count(0) == 4
+    assert sim.episode_kpis()["gpu_seconds_lost"] == 8 * 300.0
+
+
+def test_requests_are_conserved_and_never_counted_twice_through_random_failures():
+    sim = Simulator("bursty", 3, overrides={**FLAKY, "scaling": {"kind": "hpa", "metric": "in_flight_per_replica",
+                                                                  "target": 16}})  # fmt: skip
+    clock = ControlClock(sim)
+    while not clock.done:
+        clock.advance()
+        sim.control_step()
+        ep = sim.episode_kpis()
+        assert ep["requests_arrived"] == ep["requests_completed"] + ep["requests_dropped"] + sim.in_system()
+    gi = sim.state.gi
+    done, dropped = sim.state.log_done[: gi[L.I_NDONE]], sim.state.log_drop[: gi[L.I_NDROP]]
+    assert len(set(done.tolist())) == len(done) and len(set(dropped.tolist())) == len(dropped)
+    assert not set(done.tolist()) & set(dropped.tolist())
+    assert ep["node_failures"] >= 3 and ep["requests_requeued"] > 0
+
+
+def test_faults_leave_the_workload_draws_and_a_seed_fixes_them():
+    never = {"nodes": [{"name": "a100", "gpu": "a100-80gb", "count": 2, "gpus_per_node": 8, "mtbf_s": 1e9,
+                        "mttr_s": 1.0}]}  # fmt: skip
+    a, b = Simulator("default", 5), Simulator("default", 5, overrides=never)
+    assert np.array_equal(a.state.rf, b.state.rf, equal_nan=True) and np.array_equal(a.state.ri, b.state.ri)
+    assert run_scenario("bursty", 1, overrides=FLAKY) == run_scenario("bursty", 1, overrides=FLAKY)
+    assert run_scenario("bursty", 1, overrides=FLAKY) != run_scenario("bursty", 2, overrides=FLAKY)
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"nodes": [{"gpu": "a100-80gb", "count": 2, "mtbf_s": 100}]}, r"nodes\[0\]\.mttr_s: None is required with mtbf_s"),
+        ({"faults": [{"at_s": 1, "pool": "h100"}]}, r"faults\[0\]\.pool: 'h100' must be a node pool name"),
+        ({"faults": [{"at_s": 1, "pool": 0, "nodes": [5]}]}, r"faults\[0\]\.nodes\[0\]: 5 must be < 2"),
+        ({"faults": {"at_s": 1}}, r"faults: .* must be a list"),
+        ({"fault_policy": "retry"}, r"fault_policy: 'retry' must be one of \['drop', 'requeue'\]"),
+    ],
+)  # fmt: skip
+def test_fault_settings_are_checked(over, message):
+    with pytest.raises(ConfigError, match=message):
+        load_scenario("default", over)
