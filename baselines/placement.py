@@ -155,6 +155,26 @@ class Packing(Placer):
         return node if ok[node] else -1
 
 
+class SpotAware(Placer):
+    """Keep replicas off capacity about to vanish: never a node under a preemption notice, on-demand
+    nodes before spot ones, and within a kind the node with the most free GPU capacity (spread, so
+    one preemption takes few replicas at once); ties go to the lowest index.
+
+    The notice is the provider's (AWS: two minutes; GCP: 30 s), seen as
+    ``ClusterState.node_noticed``; spot nodes are ``ClusterState.node_spot``.
+    """
+
+    name = "spot_aware"
+
+    def select(self, state: ClusterState, demand: Demand, rng: np.random.Generator) -> int:
+        ok = state.feasible(demand) & ~state.node_noticed
+        for idx in (np.flatnonzero(ok & ~state.node_spot), np.flatnonzero(ok)):
+            if idx.size:
+                free = _free_gpu_after(state, idx, demand)
+                return int(idx[np.argmax(free)])
+        return -1
+
+
 class CacheAware(Placer):
     """Prefer feasible nodes whose disk already holds the demand's model weights
     (``state.cached[node, demand.model]``), best fit among them; otherwise best fit among all
@@ -511,6 +531,7 @@ for _name, _cls in {
     "most_allocated": MostAllocated,
     "balanced_allocation": BalancedAllocation,
     "cache_aware": CacheAware,
+    "spot_aware": SpotAware,
     "fgd": FragmentationGradientDescent,
 }.items():
     PLACERS.register(_name, _cls)

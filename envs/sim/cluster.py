@@ -310,6 +310,8 @@ class ClusterState:
     gpu_max_free        int32[N]        largest free share on any GPU of the node (-1: no GPUs)
     gpu_free_total      int64[N]        free milli-GPU summed over the node's GPUs
     node_alloc_count    int32[N]        live allocations on the node (CPU-only ones included)
+    node_spot           bool[N]         the node is spot / preemptible capacity
+    node_noticed        bool[N]         the node has been told it will be preempted
     version             int64[N]        bumped on every change of the node, for placers' caches
     ==================  ==============  ===========================================================
 
@@ -383,6 +385,8 @@ class ClusterState:
         self.cpu_free_milli = self.node_cpu_milli.copy()
         self.mem_free_mib = self.node_memory_mib.copy()
         self.cached = np.zeros((n, n_models), dtype=bool)
+        self.node_spot = np.zeros(n, dtype=bool)
+        self.node_noticed = np.zeros(n, dtype=bool)
         self.cached_at = np.zeros((n, n_models), dtype=np.float64)
         self.gpu_full_free = self.node_gpus.copy()
         self.gpu_max_free = np.where(self.node_gpus > 0, GPU_MILLI, -1).astype(np.int32)

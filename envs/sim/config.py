@@ -39,6 +39,32 @@ def shipped_scenarios() -> list[str]:
 
 
 @dataclass(frozen=True)
+class SpotSpec:
+    """A spot / preemptible pool: cheaper GPUs that the provider takes back after a notice.
+
+    ``notice_s`` defaults to AWS's two-minute interruption notice
+    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html);
+    GCP gives 30 s (https://cloud.google.com/compute/docs/instances/spot#preemption-process).
+    """
+
+    price_factor: float  #: spot price / on-demand price of the pool's GPUs
+    preemptions_per_hour: float  #: per node (Poisson)
+    down_s: float  #: mean seconds until a reclaimed node's capacity can be had again (exponential)
+    notice_s: float = 120.0
+
+    @classmethod
+    def from_config(cls, raw: Any, path: str) -> SpotSpec:
+        check_keys(path, raw, {"price_factor", "preemptions_per_hour", "down_s", "notice_s"},
+                   required={"price_factor", "preemptions_per_hour", "down_s"})  # fmt: skip
+        return cls(
+            float(check_number(f"{path}.price_factor", raw["price_factor"], gt=0, le=1)),
+            float(check_number(f"{path}.preemptions_per_hour", raw["preemptions_per_hour"], gt=0)),
+            float(check_number(f"{path}.down_s", raw["down_s"], gt=0)),
+            float(check_number(f"{path}.notice_s", raw.get("notice_s", 120.0), ge=0)),
+        )
+
+
+@dataclass(frozen=True)
 class NodePool:
     """``count`` identical nodes, each with ``gpus_per_node`` GPUs of one type."""
 
@@ -49,10 +75,11 @@ class NodePool:
     cached_models: tuple[str, ...] = ()
     mtbf_s: float | None = None  #: mean time between failures of one node (exponential); None: never fails
     mttr_s: float | None = None  #: mean time to repair a failed node (exponential); required with mtbf_s
+    spot: SpotSpec | None = None  #: a spot / preemptible pool (None: on-demand)
 
     @classmethod
     def from_config(cls, raw: Any, path: str) -> NodePool:
-        check_keys(path, raw, {"name", "gpu", "count", "gpus_per_node", "cached_models", "mtbf_s", "mttr_s"},
+        check_keys(path, raw, {"name", "gpu", "count", "gpus_per_node", "cached_models", "mtbf_s", "mttr_s", "spot"},
                    required={"gpu"})  # fmt: skip
         gpu = gpu_from_config(raw["gpu"], f"{path}.gpu")
         count = int(check_number(f"{path}.count", raw.get("count", 1), ge=1, integer=True))
@@ -76,7 +103,8 @@ class NodePool:
                 )
         if mttr is not None:
             mttr = float(check_number(f"{path}.mttr_s", mttr, gt=0))
-        return cls(str(raw.get("name", gpu.name)), gpu, count, per_node, tuple(cached), mtbf, mttr)
+        spot = None if raw.get("spot") is None else SpotSpec.from_config(raw["spot"], f"{path}.spot")
+        return cls(str(raw.get("name", gpu.name)), gpu, count, per_node, tuple(cached), mtbf, mttr, spot)
 
 
 @dataclass(frozen=True)
@@ -571,7 +599,7 @@ class Scenario:
     @property
     def has_faults(self) -> bool:
         """Whether any node can fail (a scripted fault or a pool with ``mtbf_s``)."""
-        return bool(self.faults) or any(p.mtbf_s is not None for p in self.nodes)
+        return bool(self.faults) or any(p.mtbf_s is not None or p.spot is not None for p in self.nodes)
 
     KEYS = frozenset(
         {"name", "description", "horizon_s", "control_interval_s", "tick_s", "nodes", "models", "service",

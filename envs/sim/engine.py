@@ -154,8 +154,10 @@ class Simulator(SimulatorReads):
                 pools.append(range(start, start + pool.count))
                 start += pool.count
             scripted = [(f.at_s, f.pool, f.nodes, f.duration_s) for f in sc.faults]
+            spot = [None if p.spot is None else (p.spot.preemptions_per_hour, p.spot.notice_s, p.spot.down_s)
+                    for p in sc.nodes]  # fmt: skip
             events = fault_schedule(fault_rng, sc.horizon_s, pools, [p.mtbf_s for p in sc.nodes],
-                                    [p.mttr_s for p in sc.nodes], scripted)  # fmt: skip
+                                    [p.mttr_s for p in sc.nodes], scripted, spot)  # fmt: skip
             self.faults = FaultInjector(events, sc.fault_policy == "requeue")
         for m, dep in enumerate(sc.models):
             for _ in range(dep.replicas):
@@ -193,8 +195,10 @@ class Simulator(SimulatorReads):
         names = [g.name for g in self.gpu_types]
         node_type, node_gpus = [], []
         cached = []
+        price = []  # per node: the price factor of its pool (spot pools are cheaper)
         for pool in sc.nodes:
             for _ in range(pool.count):
+                price.append(1.0 if pool.spot is None else pool.spot.price_factor)
                 node_type.append(names.index(pool.gpu.name))
                 node_gpus.append(pool.gpus_per_node)
                 cached.append([sc.model_index(c) for c in pool.cached_models])
@@ -206,6 +210,8 @@ class Simulator(SimulatorReads):
         for node, models in enumerate(cached):
             for m in models:
                 self.cluster.touch_cache(node, m, 0.0)
+        self._node_price = price
+        self.cluster.node_spot[:] = [pool.spot is not None for pool in sc.nodes for _ in range(pool.count)]
         # per (model, gpu type): kernel coefficients, KV capacity, speed; None where the model does not fit
         self._rep_params: dict[tuple[int, int], tuple[np.ndarray, int, float] | None] = {}
         sizes = sc.workload.sizes
@@ -661,9 +667,10 @@ class Simulator(SimulatorReads):
         self.state.mrep[m, self.state.mn[m]] = r
         self.state.mn[m] += 1
         gpu = self.gpu_types[g]
-        rep = ReplicaRecord(
-            r, m, g, alloc, dep.tensor_parallel, dep.tensor_parallel * gpu.usd_per_hour / 3600.0
-        )
+        usd_per_s = dep.tensor_parallel * gpu.usd_per_hour / 3600.0
+        if self._node_price[alloc.node] != 1.0:  # a spot node (multiplying by 1.0 would change no bit)
+            usd_per_s *= self._node_price[alloc.node]
+        rep = ReplicaRecord(r, m, g, alloc, dep.tensor_parallel, usd_per_s)
         self.state.records.append(rep)
         self.state.live.append(rep)
         state.rep_gpus[r] = rep.gpus

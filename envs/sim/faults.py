@@ -1,7 +1,10 @@
 """Node failures: the schedule of a scenario's faults and what a failure does to a replica's work.
 
-A scenario's faults (``faults`` and ``nodes[].mtbf_s`` / ``mttr_s``, see docs/scenarios.md) become
-a sorted schedule of (time, node, fail | repair) events when a simulation is built. When a node
+A scenario's faults (``faults``, ``nodes[].mtbf_s`` / ``mttr_s`` and spot pools ``nodes[].spot``, see
+docs/scenarios.md) become a sorted schedule of (time, node, notice | fail | repair) events when a
+simulation is built. A spot node is told ``notice_s`` before it is taken (``ClusterState.node_noticed``,
+and ``ModelLoad.replicas_noticed`` for scalers), so a placer can avoid it and a scaler replace its
+replicas in time. When a node
 fails, every replica on it is lost at once (as when a machine or its GPUs go down:
 Kubernetes marks the node NotReady and its pods are gone, https://kubernetes.io/docs/concepts/
 architecture/nodes/#condition); its weights in the node's cache are gone too, so a later cold
@@ -57,16 +60,19 @@ from envs.sim.layout import (
 )
 from envs.sim.routing import RULE_EXTERNAL, route
 
-FAIL, REPAIR = 0, 1
+FAIL, REPAIR, NOTICE = 0, 1, 2
+#: why a node fails
+HARDWARE, SPOT, SCRIPT = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class FaultEvent:
-    """A node going down (``FAIL``) or coming back (``REPAIR``) at ``time_s``."""
+    """A node going down (``FAIL``), coming back (``REPAIR``) or told it will go (``NOTICE``) at ``time_s``."""
 
     time_s: float
     node: int
     kind: int
+    cause: int = HARDWARE
 
 
 def schedule(
@@ -76,14 +82,33 @@ def schedule(
     mtbf_s: Sequence[float | None],
     mttr_s: Sequence[float],
     scripted: Sequence[tuple[float, int, Sequence[int], float]],
+    spot: Sequence[tuple[float, float, float] | None] = (),
 ) -> list[FaultEvent]:
     """Every fault event before the horizon, in time order (ties: node, then fail before repair).
 
     ``pool_nodes[p]`` are pool ``p``'s node indices. Random failures: each node of a pool with an
     ``mtbf_s`` alternates exponential up times (mean ``mtbf_s``) and down times (mean ``mttr_s``).
-    ``scripted``: (at_s, pool, node offsets within the pool, duration_s).
+    ``scripted``: (at_s, pool, node offsets within the pool, duration_s). ``spot[p]``: pool ``p``'s
+    (preemptions per hour, notice seconds, mean down seconds) or None: each of its nodes is
+    preempted as a Poisson process while up, told ``notice_s`` before (or at time 0 if sooner).
     """
     events: list[FaultEvent] = []
+    for p, nodes in enumerate(pool_nodes):
+        if p >= len(spot) or spot[p] is None:
+            continue
+        per_hour, notice_s, down_s = spot[p]
+        for node in nodes:
+            t = 0.0
+            while True:
+                t += float(rng.exponential(3600.0 / per_hour))
+                if t >= horizon_s:
+                    break
+                events.append(FaultEvent(max(0.0, t - notice_s), node, NOTICE, SPOT))
+                events.append(FaultEvent(t, node, FAIL, SPOT))
+                t += float(rng.exponential(down_s))
+                if t >= horizon_s:
+                    break
+                events.append(FaultEvent(t, node, REPAIR, SPOT))
     for p, nodes in enumerate(pool_nodes):
         if mtbf_s[p] is None:
             continue
@@ -100,14 +125,17 @@ def schedule(
     for at_s, pool, offsets, duration_s in scripted:
         for k in offsets:
             node = pool_nodes[pool][k]
-            events.append(FaultEvent(at_s, node, FAIL))
+            events.append(FaultEvent(at_s, node, FAIL, SCRIPT))
             if at_s + duration_s < horizon_s:
-                events.append(FaultEvent(at_s + duration_s, node, REPAIR))
+                events.append(FaultEvent(at_s + duration_s, node, REPAIR, SCRIPT))
     events.sort(key=lambda e: (e.time_s, e.node, e.kind))
     # a node already down stays down: drop a FAIL while down and the REPAIR of a FAIL dropped
     out, down = [], {}
     for e in events:
-        if e.kind == FAIL:
+        if e.kind == NOTICE:
+            if down.get(e.node, 0) == 0:
+                out.append(e)
+        elif e.kind == FAIL:
             down[e.node] = down.get(e.node, 0) + 1
             if down[e.node] == 1:
                 out.append(e)
@@ -195,7 +223,7 @@ def downtime_s(events: Sequence[FaultEvent], node: int, t0: float, t1: float) ->
     """Seconds node ``node`` was down inside ``[t0, t1)`` according to ``events`` (time-ordered)."""
     total, since = 0.0, math.nan
     for e in events:
-        if e.node != node or e.time_s >= t1:
+        if e.node != node or e.time_s >= t1 or e.kind == NOTICE:
             continue
         if e.kind == FAIL:
             since = e.time_s
@@ -220,6 +248,7 @@ class FaultInjector:
         self.k = 0
         self.blocked: dict[int, object] = {}  # failed node -> the allocation holding its GPUs
         self.node_failures = 0
+        self.spot_preemptions = 0
         self.requests_requeued = 0
         self.requests_lost = 0
         self.replicas_lost = 0
@@ -231,10 +260,18 @@ class FaultInjector:
         """Apply the next event to ``sim`` (a :class:`~envs.sim.engine.Simulator` whose clock is at its time)."""
         e = self.events[self.k]
         self.k += 1
+        if e.kind == NOTICE:
+            sim.cluster.node_noticed[e.node] = True
+            return
         if e.kind == REPAIR:
             sim.cluster.release(self.blocked.pop(e.node))
+            sim.cluster.node_noticed[e.node] = False
             return
-        self.node_failures += 1
+        sim.cluster.node_noticed[e.node] = False
+        if e.cause == SPOT:
+            self.spot_preemptions += 1
+        else:
+            self.node_failures += 1
         lost = [r for r in sim.state.live if r.alloc.node == e.node]
         a, b = sim._lose_replicas(lost, e.time_s, self.requeue)
         self.requests_requeued += a
@@ -250,6 +287,7 @@ class FaultInjector:
         lost = sum(float(gpus[n]) * downtime_s(done, n, 0.0, sim.now) for n in {e.node for e in done})
         return {
             "node_failures": float(self.node_failures),
+            "spot_preemptions": float(self.spot_preemptions),
             "requests_requeued": float(self.requests_requeued),
             "requests_lost_to_faults": float(self.requests_lost),
             "gpu_seconds_lost": lost,

@@ -237,6 +237,7 @@ class SimulatorReads:
         targets = self.target.tolist()
         rows = self._per_model.tolist()
         per_request = self.per_request
+        noticed = self._noticed_per_model() if self.faults is not None else None
         out = []
         for m in range(self.n_models) if only < 0 else (only,):
             (ready, loading, draining, arrived, n, n_met, ttft_p99, util_num, util_den, kv_cap, kv_res,
@@ -266,8 +267,20 @@ class SimulatorReads:
                     tick_s=self.scenario.tick_s,
                     tick_in_flight=self.state.tick_inflight[k0:k1, m].astype(float),
                     tick_arrivals=tick_arr[m],
+                    replicas_noticed=0 if noticed is None else noticed[m],
                 )
             )
+        return out
+
+    def _noticed_per_model(self) -> list[int]:
+        """Per model: its READY or LOADING replicas on nodes under a preemption notice."""
+        out = [0] * self.n_models
+        flags = self.cluster.node_noticed
+        if flags.any():
+            pi = self.state.pi
+            for rec in self.state.live:
+                if flags[rec.alloc.node] and pi[rec.rid, K.Q_STATE] <= K.REP_READY:
+                    out[rec.model] += 1
         return out
 
     def _nominal_speed(self, m: int) -> float:

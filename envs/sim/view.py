@@ -43,6 +43,7 @@ class ModelLoad:
     tick_s: float = 1.0
     tick_in_flight: np.ndarray = field(default_factory=lambda: np.zeros(0))
     tick_arrivals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    replicas_noticed: int = 0  #: READY or LOADING replicas on nodes told they will be preempted (spot)
 
     @property
     def replicas_provisioned(self) -> int:

@@ -103,3 +103,46 @@ def test_faults_leave_the_workload_draws_and_a_seed_fixes_them():
 def test_fault_settings_are_checked(over, message):
     with pytest.raises(ConfigError, match=message):
         load_scenario("default", over)
+
+
+SPOT = {
+    "nodes": [
+        {"name": "od", "gpu": "a100-80gb", "count": 1, "gpus_per_node": 8},
+        {"name": "spot", "gpu": "a100-80gb", "count": 3, "gpus_per_node": 8,
+         "spot": {"price_factor": 0.35, "preemptions_per_hour": 2.0, "down_s": 600.0, "notice_s": 120.0}},
+    ],
+    "models": [{"name": "llama-3-8b", "replicas": 4, "max_replicas": 32}],
+}  # fmt: skip
+
+
+def test_a_spot_notice_comes_notice_s_before_the_loss_and_is_visible():
+    sim = Simulator("default", 2, overrides=SPOT)
+    events = sim.faults.events
+    notices = [e for e in events if e.kind == 2]
+    fails = [e for e in events if e.kind == 0]
+    assert notices and len(notices) == len(fails)
+    for n, f in zip(notices, fails, strict=True):
+        assert n.node == f.node and f.time_s - n.time_s == pytest.approx(min(120.0, f.time_s))
+    first = notices[0]
+    sim.set_target_replicas(0, 32)  # every GPU, spot nodes included
+    sim.advance(first.time_s)
+    assert sim.cluster.node_noticed[first.node] and sim.cluster.node_spot[first.node]
+    loads = sim.model_loads()
+    on_node = sum(1 for r in sim.state.live if r.alloc.node == first.node)
+    assert loads[0].replicas_noticed == on_node > 0
+    sim.advance(fails[0].time_s)
+    assert not sim.cluster.node_noticed[first.node]
+    assert sim.episode_kpis()["spot_preemptions"] == 1 and sim.model_loads()[0].replicas_noticed == 0
+
+
+def test_spot_gpus_cost_their_price_factor_and_spot_aware_placement_prefers_on_demand():
+    sim = Simulator("default", 2, overrides={**SPOT, "placement": "spot_aware"})
+    sim.set_target_replicas(0, 12)
+    nodes = [r.alloc.node for r in sim.state.live]
+    assert nodes.count(0) == 8  # the on-demand node fills first
+    per_s = {r.alloc.node: r.usd_per_s for r in sim.state.live}
+    assert per_s[1] == pytest.approx(0.35 * per_s[0])
+    # under a notice, a spot node takes nothing
+    sim.cluster.node_noticed[1] = True
+    sim.set_target_replicas(0, 16)
+    assert [r.alloc.node for r in sim.state.live if r.rid >= 12].count(1) == 0
