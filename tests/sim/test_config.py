@@ -61,6 +61,7 @@ def test_the_shipped_scenarios_are_the_documented_ones():
         "heterogeneous",
         "multi-model",
         "spiky",
+        "spot",
         "steady",
     }
     assert set(shipped_scenarios()) == expected
