@@ -210,6 +210,7 @@ class ModelDeployment:
     tensor_parallel: int
     max_batch: int
     kv_memory_fraction: float
+    replica_crash_per_hour: float = 0.0  #: crashes of one READY replica per hour (Poisson); 0: never
 
     @classmethod
     def from_config(
@@ -217,7 +218,7 @@ class ModelDeployment:
     ) -> ModelDeployment:
         allowed = {
             "name", "spec", "replicas", "min_replicas", "max_replicas", "gpu_types",
-            "tensor_parallel", "max_batch", "kv_memory_fraction",
+            "tensor_parallel", "max_batch", "kv_memory_fraction", "replica_crash_per_hour",
         }  # fmt: skip
         check_keys(path, raw, allowed, required={"name"})
         name = raw["name"]
@@ -266,7 +267,10 @@ class ModelDeployment:
         frac = float(
             check_number(f"{path}.kv_memory_fraction", raw.get("kv_memory_fraction", 0.9), gt=0, le=1)
         )
-        return cls(name, spec, replicas, lo, hi, tuple(dict.fromkeys(gpu_types)), tp, max_batch, frac)
+        crash = float(
+            check_number(f"{path}.replica_crash_per_hour", raw.get("replica_crash_per_hour", 0.0), ge=0)
+        )
+        return cls(name, spec, replicas, lo, hi, tuple(dict.fromkeys(gpu_types)), tp, max_batch, frac, crash)
 
 
 @dataclass(frozen=True)
@@ -599,7 +603,11 @@ class Scenario:
     @property
     def has_faults(self) -> bool:
         """Whether any node can fail (a scripted fault or a pool with ``mtbf_s``)."""
-        return bool(self.faults) or any(p.mtbf_s is not None or p.spot is not None for p in self.nodes)
+        return (
+            bool(self.faults)
+            or any(p.mtbf_s is not None or p.spot is not None for p in self.nodes)
+            or any(m.replica_crash_per_hour > 0 for m in self.models)
+        )
 
     KEYS = frozenset(
         {"name", "description", "horizon_s", "control_interval_s", "tick_s", "nodes", "models", "service",

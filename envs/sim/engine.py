@@ -156,8 +156,9 @@ class Simulator(SimulatorReads):
             scripted = [(f.at_s, f.pool, f.nodes, f.duration_s) for f in sc.faults]
             spot = [None if p.spot is None else (p.spot.preemptions_per_hour, p.spot.notice_s, p.spot.down_s)
                     for p in sc.nodes]  # fmt: skip
+            crashes = [(d.replica_crash_per_hour, d.max_replicas) for d in sc.models]
             events = fault_schedule(fault_rng, sc.horizon_s, pools, [p.mtbf_s for p in sc.nodes],
-                                    [p.mttr_s for p in sc.nodes], scripted, spot)  # fmt: skip
+                                    [p.mttr_s for p in sc.nodes], scripted, spot, crashes)  # fmt: skip
             self.faults = FaultInjector(events, sc.fault_policy == "requeue")
         for m, dep in enumerate(sc.models):
             for _ in range(dep.replicas):

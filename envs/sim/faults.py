@@ -18,7 +18,8 @@ What happens to the requests the lost replicas held is the scenario's ``fault_po
   an external (Python or agent) router the request waits in its model's central queue instead.
 * ``drop``: each request is dropped (it counts in ``requests_dropped``).
 
-Both are counted: ``requests_requeued``, ``requests_lost_to_faults``. Requests are conserved
+Both are counted: ``requests_requeued``, ``requests_lost_to_faults``. A replica can also crash on
+its own (``models[].replica_crash_per_hour``): its work goes the same way and it restarts in place. Requests are conserved
 through every fault: arrived = completed + dropped + in the system.
 """
 
@@ -55,12 +56,13 @@ from envs.sim.layout import (
     R_NEXT,
     R_REPLICA,
     R_STATE,
+    REP_READY,
     REP_RELEASED,
     REQ_QUEUED,
 )
 from envs.sim.routing import RULE_EXTERNAL, route
 
-FAIL, REPAIR, NOTICE = 0, 1, 2
+FAIL, REPAIR, NOTICE, CRASH = 0, 1, 2, 3
 #: why a node fails
 HARDWARE, SPOT, SCRIPT = 0, 1, 2
 
@@ -70,9 +72,10 @@ class FaultEvent:
     """A node going down (``FAIL``), coming back (``REPAIR``) or told it will go (``NOTICE``) at ``time_s``."""
 
     time_s: float
-    node: int
+    node: int  #: the node; for a CRASH, the model
     kind: int
     cause: int = HARDWARE
+    u: float = 0.0  #: for a CRASH, which READY replica (thinning: see :func:`schedule`)
 
 
 def schedule(
@@ -83,6 +86,7 @@ def schedule(
     mttr_s: Sequence[float],
     scripted: Sequence[tuple[float, int, Sequence[int], float]],
     spot: Sequence[tuple[float, float, float] | None] = (),
+    crashes: Sequence[tuple[float, int]] = (),
 ) -> list[FaultEvent]:
     """Every fault event before the horizon, in time order (ties: node, then fail before repair).
 
@@ -91,8 +95,20 @@ def schedule(
     ``scripted``: (at_s, pool, node offsets within the pool, duration_s). ``spot[p]``: pool ``p``'s
     (preemptions per hour, notice seconds, mean down seconds) or None: each of its nodes is
     preempted as a Poisson process while up, told ``notice_s`` before (or at time 0 if sooner).
+    ``crashes[m]``: model ``m``'s (crashes per READY replica and hour, max_replicas): candidate
+    crashes at ``max_replicas`` times that rate, each hitting READY replica ``floor(u * max_replicas)``
+    (in id order) if there is one: thinning, so each READY replica crashes at the given rate.
     """
     events: list[FaultEvent] = []
+    for m, (per_hour, max_replicas) in enumerate(crashes):
+        if per_hour <= 0:
+            continue
+        t = 0.0
+        while True:
+            t += float(rng.exponential(3600.0 / (per_hour * max_replicas)))
+            if t >= horizon_s:
+                break
+            events.append(FaultEvent(t, m, CRASH, HARDWARE, float(rng.random())))
     for p, nodes in enumerate(pool_nodes):
         if p >= len(spot) or spot[p] is None:
             continue
@@ -132,7 +148,9 @@ def schedule(
     # a node already down stays down: drop a FAIL while down and the REPAIR of a FAIL dropped
     out, down = [], {}
     for e in events:
-        if e.kind == NOTICE:
+        if e.kind == CRASH:
+            out.append(e)
+        elif e.kind == NOTICE:
             if down.get(e.node, 0) == 0:
                 out.append(e)
         elif e.kind == FAIL:
@@ -223,7 +241,7 @@ def downtime_s(events: Sequence[FaultEvent], node: int, t0: float, t1: float) ->
     """Seconds node ``node`` was down inside ``[t0, t1)`` according to ``events`` (time-ordered)."""
     total, since = 0.0, math.nan
     for e in events:
-        if e.node != node or e.time_s >= t1 or e.kind == NOTICE:
+        if e.node != node or e.time_s >= t1 or e.kind in (NOTICE, CRASH):
             continue
         if e.kind == FAIL:
             since = e.time_s
@@ -249,6 +267,7 @@ class FaultInjector:
         self.blocked: dict[int, object] = {}  # failed node -> the allocation holding its GPUs
         self.node_failures = 0
         self.spot_preemptions = 0
+        self.replica_crashes = 0
         self.requests_requeued = 0
         self.requests_lost = 0
         self.replicas_lost = 0
@@ -262,6 +281,9 @@ class FaultInjector:
         self.k += 1
         if e.kind == NOTICE:
             sim.cluster.node_noticed[e.node] = True
+            return
+        if e.kind == CRASH:
+            self._crash(sim, e)
             return
         if e.kind == REPAIR:
             sim.cluster.release(self.blocked.pop(e.node))
@@ -280,14 +302,36 @@ class FaultInjector:
         sim.cluster.cached[e.node, :] = False  # the node's disk went with it: the next load there is remote
         self.blocked[e.node] = sim._block_node(e.node)
 
+    def _crash(self, sim: object, e: FaultEvent) -> None:
+        """A replica's process dies: its work is lost, and it restarts in place (Kubernetes restarts a
+        crashed container on its node, restartPolicy Always:
+        https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#restart-policy), as a new
+        replica cold-starting from the node's disk."""
+        m, st = e.node, sim.state
+        ready = sorted(
+            (r for r in st.live if r.model == m and st.pi[r.rid, Q_STATE] == REP_READY), key=lambda r: r.rid
+        )
+        k = int(e.u * sim.scenario.models[m].max_replicas)
+        if k >= len(ready):
+            return
+        rec = ready[k]
+        node, gpu_type = rec.alloc.node, rec.gpu_type
+        a, b = sim._lose_replicas([rec], e.time_s, self.requeue)
+        self.requests_requeued += a
+        self.requests_lost += b
+        self.replica_crashes += 1
+        sim.cluster.touch_cache(node, m, e.time_s)  # the node's disk still holds the weights
+        sim._add_replica(m, gpu_type, node=node)
+
     def kpis(self, sim: object) -> dict[str, float]:
         """Counts so far, and GPU-seconds of failed nodes (their GPUs x their downtime up to now)."""
         gpus = sim.cluster.node_gpus
-        done = self.events[: self.k]
+        done = [e for e in self.events[: self.k] if e.kind != CRASH]
         lost = sum(float(gpus[n]) * downtime_s(done, n, 0.0, sim.now) for n in {e.node for e in done})
         return {
             "node_failures": float(self.node_failures),
             "spot_preemptions": float(self.spot_preemptions),
+            "replica_crashes": float(self.replica_crashes),
             "requests_requeued": float(self.requests_requeued),
             "requests_lost_to_faults": float(self.requests_lost),
             "gpu_seconds_lost": lost,

@@ -146,3 +146,23 @@ def test_spot_gpus_cost_their_price_factor_and_spot_aware_placement_prefers_on_d
     sim.cluster.node_noticed[1] = True
     sim.set_target_replicas(0, 16)
     assert [r.alloc.node for r in sim.state.live if r.rid >= 12].count(1) == 0
+
+
+def test_a_crashed_replica_restarts_on_its_node_and_crashes_come_at_the_configured_rate():
+    crashy = {"models": [{"name": "llama-3-8b", "replicas": 4, "max_replicas": 16, "replica_crash_per_hour": 4.0}],
+              "horizon_s": 1800.0}  # fmt: skip
+    sim = Simulator("default", 0, overrides=crashy)
+    crash = next(e for e in sim.faults.events if e.kind == 3)
+    sim.advance(np.nextafter(crash.time_s, 0.0))
+    ready = sorted(r.rid for r in sim.state.live if sim.replica_view(r.rid).state == "ready")
+    k = int(crash.u * 16)
+    sim.advance(crash.time_s)
+    if k < len(ready):
+        victim = sim.replica_view(ready[k])
+        assert victim.state == "released"
+        newest = sim.replica_view(sim.n_replicas - 1)
+        assert newest.state == "loading" and newest.node == victim.node
+        assert sim.replicas_of(0)["ready"] + sim.replicas_of(0)["loading"] == 4
+    total = sum(run_scenario("default", s, overrides=crashy)["replica_crashes"] for s in range(8))
+    expected = 8 * 4 * 4.0 * 0.5  # seeds x replicas x per hour x hours (less the restarts' cold starts)
+    assert 0.75 * expected < total <= expected * 1.25
