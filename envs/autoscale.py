@@ -141,6 +141,9 @@ class AutoscaleEnv(gym.Env):
 
     Then for each hybrid model, for each of its allowed GPU types in order:
     provisioned (READY + LOADING) replicas on that type / N, in ``[0, 1]``.
+    Then, only in a scenario with faults (``faults``, ``nodes[].mtbf_s`` or ``spot``,
+    ``replica_crash_per_hour``), for each node pool in order: its GPUs on nodes that are up / its
+    GPUs, and its GPUs on nodes under a preemption notice / its GPUs, both in ``[0, 1]``.
     Last, with ``t`` the simulated time in seconds:
 
     | index  | feature                          | value                                                  | min | max |
@@ -271,6 +274,13 @@ class AutoscaleEnv(gym.Env):
         self._diurnal = (arr.params["period_s"], arr.params["phase_s"]) if arr.kind == "diurnal" else None
         self.n_steps = int(math.ceil(sc.horizon_s / sc.control_interval_s - 1e-9))
 
+        # fault scenarios: per node pool, the share of its GPUs up and under a preemption notice
+        self._pool_nodes: list[np.ndarray] = []
+        if sc.has_faults:
+            start = 0
+            for pool in sc.nodes:
+                self._pool_nodes.append(np.arange(start, start + pool.count))
+                start += pool.count
         per_model = (
             [2 * self.max_step + 1] * n
             if self.action_mode == "delta"
@@ -282,11 +292,13 @@ class AutoscaleEnv(gym.Env):
         lo = (
             [f[1] for f in MODEL_FEATURES] * n
             + [0.0] * sum(len(t) for _, t in self.hybrid)
+            + [0.0] * (2 * len(self._pool_nodes))
             + [f[1] for f in TIME_FEATURES]
         )
         hi = (
             [f[2] for f in MODEL_FEATURES] * n
             + [1.0] * sum(len(t) for _, t in self.hybrid)
+            + [1.0] * (2 * len(self._pool_nodes))
             + [f[2] for f in TIME_FEATURES]
         )
         self._obs_low = np.array(lo, np.float32)
@@ -474,6 +486,13 @@ class AutoscaleEnv(gym.Env):
             for m, types in self.hybrid:
                 counts = sim.provisioned_by_gpu_type(m)
                 vals += (counts.get(g, 0) * self._inv_n[m] for g in types)
+        if self._pool_nodes:
+            cluster, down = sim.cluster, sim.faults.blocked
+            for nodes in self._pool_nodes:
+                gpus = cluster.node_gpus[nodes]
+                total = float(gpus.sum())
+                up = sum(int(cluster.node_gpus[n]) for n in nodes if n not in down)
+                vals += (up / total, float(gpus[cluster.node_noticed[nodes]].sum()) / total)
         now = sim.now
         if self._diurnal is not None:
             period, phase = self._diurnal

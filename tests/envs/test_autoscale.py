@@ -350,3 +350,25 @@ def test_scaler_policy_through_target_actions_reproduces_run_scenario():
     env = AutoscaleEnv("bursty", horizon_s=600, action_mode="target")
     run_episode(env, ScalerPolicy())  # the scenario's own HPA, no rate limit in this mode
     assert env.sim.episode_kpis() == run_scenario("bursty", seed=5, overrides={"horizon_s": 600})
+
+
+def test_in_a_fault_scenario_the_agent_sees_each_pools_capacity_up_and_under_notice():
+    env = AutoscaleEnv("spot")
+    obs, _ = env.reset(seed=0)
+    plain = AutoscaleEnv("diurnal")
+    assert env.observation_space.shape[0] == plain.observation_space.shape[0] + 2 * 2  # 2 pools x 2
+    hold = np.array([env.max_step], np.int64)
+    seen_notice = seen_down = False
+    for _ in range(env.n_steps):
+        obs, _, _, truncated, _ = env.step(hold)
+        pools = obs[-7:-3]  # (up, noticed) of the on-demand pool, then of the spot pool
+        cluster, down = env.sim.cluster, env.sim.faults.blocked
+        spot_nodes = np.arange(1, 4)
+        assert pools[0] == 1.0 and pools[1] == 0.0  # on-demand nodes neither fail nor get notices here
+        assert pools[2] == np.float32(1 - 8 * len([n for n in down if n in spot_nodes]) / 24)
+        assert pools[3] == np.float32(8 * cluster.node_noticed[spot_nodes].sum() / 24)
+        seen_notice |= bool(pools[3] > 0)
+        seen_down |= bool(pools[2] < 1)
+        if truncated:
+            break
+    assert seen_notice and seen_down
