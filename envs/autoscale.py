@@ -34,6 +34,9 @@ ACTION_MODES = ("delta", "target")
 #: The cost terms of ``info["rewards"]`` (weights: the scenario's ``reward`` block).
 REWARD_KEYS = ("slo_violations", "drops", "gpu_cost", "placement_failures", "unfinished")
 
+#: What the capacity component of a spot scenario's action means, by value.
+CAPACITY_CHOICES: tuple[str | None, ...] = (None, "on_demand", "spot")
+
 #: Per-model observation features, in order: (name, low, high).
 MODEL_FEATURES: tuple[tuple[str, float, float], ...] = (
     ("arrival_rate", 0.0, 4.0),
@@ -81,7 +84,7 @@ class AutoscaleEnv(gym.Env):
     with ``k = max_step`` (default 2) in the default ``action_mode="delta"``;
     ``MultiDiscrete([N_m - L_m + 1 for each model m] + [n_types_j ...])`` in
     ``action_mode="target"`` (``L_m``, ``N_m``: the model's ``min_replicas``,
-    ``max_replicas``).
+    ``max_replicas``); in a scenario with a spot pool, ``+ [3] * n_models`` (capacity, below).
 
     * Component ``m < n_models``, ``action_mode="target"``: value ``a`` sets model
       ``m``'s provisioned replicas (READY + LOADING) to ``L_m + a``, whatever they
@@ -102,6 +105,10 @@ class AutoscaleEnv(gym.Env):
       in flight drains (newest on ties). An added replica that fits nowhere
       is a placement failure (a cost term); the target then drops to what was
       provisioned at the next step, so "hold" never retries a failed placement.
+    * Capacity (scenarios with a spot pool only): after the hybrid components, one
+      per model choosing where that model's ADDED replicas go this step: 0 = wherever
+      the placer puts them, 1 = on-demand nodes only, 2 = spot nodes only
+      (:data:`CAPACITY_CHOICES`); none there is a placement failure.
     * Hybrid (vertical) scaling: for every model whose ``gpu_types`` lists more
       than one GPU type (e.g. scenario ``heterogeneous``), one more component,
       in model order, chooses the GPU type of the replicas that model ADDS this
@@ -274,6 +281,8 @@ class AutoscaleEnv(gym.Env):
         self._diurnal = (arr.params["period_s"], arr.params["phase_s"]) if arr.kind == "diurnal" else None
         self.n_steps = int(math.ceil(sc.horizon_s / sc.control_interval_s - 1e-9))
 
+        # spot scenarios: per model, the capacity its added replicas go to (any, on-demand, spot)
+        self.capacity_choice = any(p.spot is not None for p in sc.nodes)
         # fault scenarios: per node pool, the share of its GPUs up and under a preemption notice
         self._pool_nodes: list[np.ndarray] = []
         if sc.has_faults:
@@ -286,7 +295,8 @@ class AutoscaleEnv(gym.Env):
             if self.action_mode == "delta"
             else [hi - lo + 1 for lo, hi in zip(self._lo, self._hi, strict=True)]
         )
-        self.action_space = spaces.MultiDiscrete(per_model + [len(t) for _, t in self.hybrid])
+        capacity = [len(CAPACITY_CHOICES)] * n if self.capacity_choice else []
+        self.action_space = spaces.MultiDiscrete(per_model + [len(t) for _, t in self.hybrid] + capacity)
         self._act_shape = self.action_space.shape
         self._act_nvec = self.action_space.nvec.tolist()
         lo = (
@@ -345,6 +355,10 @@ class AutoscaleEnv(gym.Env):
         n, k = self.n_models, self.max_step
         failures0 = sim.placement_failures
         gpu_of = {m: types[int(a[n + j])] for j, (m, types) in enumerate(self.hybrid)}
+        first = n + len(self.hybrid)
+        capacity_of = (
+            [CAPACITY_CHOICES[int(a[first + m])] for m in range(n)] if self.capacity_choice else [None] * n
+        )
         clamped = 0
         for m in range(n):
             load = self.model_loads[m]
@@ -353,7 +367,7 @@ class AutoscaleEnv(gym.Env):
             got = min(max(want, self._lo[m]), self._hi[m])
             clamped += abs(want - got)
             if got != have or sim.target[m] != got:
-                sim.set_target_replicas(m, got, gpu_of.get(m))
+                sim.set_target_replicas(m, got, gpu_of.get(m), capacity_of[m])
         self._step += 1
         t0 = sim.now
         self.clock.advance()
@@ -443,8 +457,8 @@ class AutoscaleEnv(gym.Env):
         if gpu_types is not None:
             if len(gpu_types) != len(self.hybrid):
                 raise ValueError(f"gpu_types: {list(gpu_types)!r} must have {len(self.hybrid)} entries")
-            act[self.n_models :] = gpu_types
-        return act
+            act[self.n_models : self.n_models + len(self.hybrid)] = gpu_types
+        return act  # capacity components (spot scenarios) stay 0: the placer's choice
 
     # ------------------------------------------------------------------ observation and history
 

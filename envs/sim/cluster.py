@@ -312,6 +312,7 @@ class ClusterState:
     node_alloc_count    int32[N]        live allocations on the node (CPU-only ones included)
     node_spot           bool[N]         the node is spot / preemptible capacity
     node_noticed        bool[N]         the node has been told it will be preempted
+    node_excluded       bool[N]         while ``excluding``: nodes a placement may not use
     version             int64[N]        bumped on every change of the node, for placers' caches
     ==================  ==============  ===========================================================
 
@@ -387,6 +388,10 @@ class ClusterState:
         self.cached = np.zeros((n, n_models), dtype=bool)
         self.node_spot = np.zeros(n, dtype=bool)
         self.node_noticed = np.zeros(n, dtype=bool)
+        self.node_excluded = np.zeros(
+            n, dtype=bool
+        )  # set for one placement (see Simulator.set_target_replicas)
+        self.excluding = False
         self.cached_at = np.zeros((n, n_models), dtype=np.float64)
         self.gpu_full_free = self.node_gpus.copy()
         self.gpu_max_free = np.where(self.node_gpus > 0, GPU_MILLI, -1).astype(np.int32)
@@ -446,10 +451,14 @@ class ClusterState:
                 ok &= self.gpu_max_free >= d.gpu_milli
             else:
                 ok &= self.gpu_full_free >= d.num_gpu
+        if self.excluding:
+            ok &= ~self.node_excluded
         return ok
 
     def fits(self, node: int, d: Demand) -> bool:
         """Scalar ``feasible(d)[node]`` without touching the other nodes."""
+        if self.excluding and self.node_excluded[node]:
+            return False
         if self.cpu_free_milli[node] < d.cpu_milli or self.mem_free_mib[node] < d.memory_mib:
             return False
         if d.num_gpu == 0:

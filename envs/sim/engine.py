@@ -592,7 +592,16 @@ class Simulator(SimulatorReads):
             types = (gpu_type,)
         return Demand(num_gpu=dep.tensor_parallel, gpu_types=types, model=m)
 
-    def _place(self, m: int, gpu_type: int | None, node: int | None) -> tuple[Allocation, int] | None:
+    def _place(self, m: int, gpu_type: int | None, node: int | None,
+               capacity: str | None = None) -> tuple[Allocation, int] | None:  # fmt: skip
+        if capacity is not None:  # only on-demand or only spot nodes, whatever the placer prefers
+            cl = self.cluster
+            cl.node_excluded[:] = cl.node_spot if capacity == "on_demand" else ~cl.node_spot
+            cl.excluding = True
+            try:
+                return self._place(m, gpu_type, node)
+            finally:
+                cl.excluding = False
         dep = self.scenario.models[m]
         names = [g.name for g in self.gpu_types]
         types = [names.index(g) for g in dep.gpu_types] if gpu_type is None else [gpu_type]
@@ -602,6 +611,8 @@ class Simulator(SimulatorReads):
             d = Demand(num_gpu=dep.tensor_parallel, gpu_type=g, model=m)
             if node is None:
                 chosen = self.placer.select(self.cluster, d, self.rng)
+                if chosen >= 0 and self.cluster.excluding and not self.cluster.fits(chosen, d):
+                    chosen = -1  # a placer that cached its choices offered an excluded node
             else:
                 chosen = node if 0 <= node < self.cluster.n_nodes and self.cluster.fits(node, d) else -1
             if chosen >= 0:
@@ -641,8 +652,9 @@ class Simulator(SimulatorReads):
             out[m] = min(max(int(want), dep.min_replicas), dep.max_replicas)
         return out
 
-    def _add_replica(self, m: int, gpu_type: int | None, warm: bool = False, node: int | None = None) -> bool:
-        placed = self._place(m, gpu_type, node)
+    def _add_replica(self, m: int, gpu_type: int | None, warm: bool = False, node: int | None = None,
+                     capacity: str | None = None) -> bool:  # fmt: skip
+        placed = self._place(m, gpu_type, node, capacity)
         if placed is None:
             self.placement_failures += 1
             self.placement_failures_by_model[m] += 1
@@ -773,12 +785,14 @@ class Simulator(SimulatorReads):
             "draining": int(np.count_nonzero(st == K.REP_DRAINING)),
         }
 
-    def set_target_replicas(self, model: int | str, n: int, gpu_type: int | str | None = None) -> int:
+    def set_target_replicas(self, model: int | str, n: int, gpu_type: int | str | None = None,
+                            capacity: str | None = None) -> int:  # fmt: skip
         """Ask for ``n`` provisioned (READY + LOADING) replicas of ``model``.
 
         ``n`` is clamped to the deployment's ``[min_replicas, max_replicas]``
         (returned). New replicas go on GPUs of ``gpu_type`` (index or name; default:
-        the model's allowed types in order) wherever the placer puts them; a
+        the model's allowed types in order) wherever the placer puts them, on
+        ``capacity`` nodes only if given (``"on_demand"`` or ``"spot"``); a
         replica with no room counts as a placement failure. Removal cancels
         loading replicas first, then drains the READY replica with least work.
         """
@@ -790,16 +804,19 @@ class Simulator(SimulatorReads):
             if gpu_type not in names:
                 raise ValueError(f"gpu_type: {gpu_type!r} must be one of {names}")
             gpu_type = names.index(gpu_type)
+        if capacity not in (None, "on_demand", "spot"):
+            raise ValueError(f"capacity: {capacity!r} must be 'on_demand', 'spot' or None")
         counts = self.replicas_of(m)
-        return self._set_target(m, n, counts["ready"] + counts["loading"], gpu_type)
+        return self._set_target(m, n, counts["ready"] + counts["loading"], gpu_type, capacity)
 
-    def _set_target(self, m: int, n: int, have: int, gpu_type: int | None = None) -> int:
+    def _set_target(self, m: int, n: int, have: int, gpu_type: int | None = None,
+                    capacity: str | None = None) -> int:  # fmt: skip
         """:meth:`set_target_replicas` for a checked model index ``m`` with ``have`` provisioned replicas."""
         dep = self.scenario.models[m]
         n = int(min(max(int(n), dep.min_replicas), dep.max_replicas))
         self.target[m] = n
         for _ in range(n - have):
-            if not self._add_replica(m, gpu_type):
+            if not self._add_replica(m, gpu_type, capacity=capacity):
                 break
         for _ in range(have - n):
             if not self._remove_replica(m):

@@ -357,7 +357,7 @@ def test_in_a_fault_scenario_the_agent_sees_each_pools_capacity_up_and_under_not
     obs, _ = env.reset(seed=0)
     plain = AutoscaleEnv("diurnal")
     assert env.observation_space.shape[0] == plain.observation_space.shape[0] + 2 * 2  # 2 pools x 2
-    hold = np.array([env.max_step], np.int64)
+    hold = np.array([env.max_step, 0], np.int64)  # hold, added replicas where the placer says
     seen_notice = seen_down = False
     for _ in range(env.n_steps):
         obs, _, _, truncated, _ = env.step(hold)
@@ -372,3 +372,21 @@ def test_in_a_fault_scenario_the_agent_sees_each_pools_capacity_up_and_under_not
         if truncated:
             break
     assert seen_notice and seen_down
+
+
+def test_in_a_spot_scenario_the_agent_chooses_the_capacity_of_added_replicas():
+    env = AutoscaleEnv("spot", action_mode="target")
+    assert env.action_space.nvec.tolist() == [32, 3]  # 1..32 replicas, then (any, on-demand, spot)
+    env.reset(seed=1)
+    env.step(np.array([12 - 1, 2], np.int64))  # 12 replicas, the added ones on spot nodes only
+    nodes = [r.alloc.node for r in env.sim.state.live]
+    spot = env.sim.cluster.node_spot
+    assert sum(1 for n in nodes if not spot[n]) == 3 and sum(1 for n in nodes if spot[n]) == 9
+    failures = env.sim.placement_failures
+    env.step(np.array([16 - 1, 1], np.int64))  # on-demand only: its 4 GPUs hold 3 already
+    assert sum(1 for r in env.sim.state.live if not spot[r.alloc.node]) == 4
+    assert env.sim.placement_failures == failures + 1
+    policy = AutoscaleEnv.controller_policy("hpa")
+    policy.reset(seed=0)
+    action = policy.predict(None, env)
+    assert env.action_space.contains(action) and action[1] == 0  # a scaler leaves it to the placer
