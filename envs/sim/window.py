@@ -195,6 +195,17 @@ def percentile(x, n, q, scratch):
     return a + (b - a) * frac
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _model_sum(values, pi, m, n_rep, scratch):
+    """numpy's ``values[:n_rep][model == m].sum()``: the replicas of model ``m``, in id order."""
+    n = 0
+    for r in range(n_rep):
+        if pi[r, Q_MODEL] == m:
+            scratch[n] = values[r]
+            n += 1
+    return pairwise_sum(scratch, 0, n)
+
+
 @njit(cache=True, error_model="numpy")
 def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo, nominal_speed, rep_gpus, rep_usd,
                  n_rep, now, t0, t1, tick_s, done, drops, busy0, views, only, single, win, per_model):  # fmt: skip
@@ -372,18 +383,8 @@ def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo,
         row[V_DONE] = nm
         row[V_MET] = met_m
         row[V_TTFT_P99] = percentile(scratch, nm, 99.0, sel) if nm > 0 else 0.0
-        nr = 0
-        for r in range(n_rep):
-            if pi[r, Q_MODEL] == m:
-                scratch[nr] = diff[r]
-                nr += 1
-        row[V_UTIL_NUM] = pairwise_sum(scratch, 0, nr)
-        nr = 0
-        for r in range(n_rep):
-            if pi[r, Q_MODEL] == m:
-                scratch[nr] = ready_s[r]
-                nr += 1
-        row[V_UTIL_DEN] = pairwise_sum(scratch, 0, nr)
+        row[V_UTIL_NUM] = _model_sum(diff, pi, m, n_rep, scratch)
+        row[V_UTIL_DEN] = _model_sum(ready_s, pi, m, n_rep, scratch)
     return busy, tick_arr
 
 

@@ -156,7 +156,7 @@ def test_shipped_tables_load_and_quick_shrinks_them():
     full = tables.resolve_options(tables.load_table("autoscale"))
     assert "azure-conv" not in full.scenarios  # skipped without --trace
     with_trace = tables.resolve_options(tables.load_table("autoscale"), trace="t.csv")
-    assert with_trace.scenarios == ("steady", "diurnal", "bursty", "azure-conv")
+    assert with_trace.scenarios == ("steady", "diurnal", "bursty", "spot", "azure-conv")
 
 
 def test_agent_train_env_kwargs_reach_training_only():
