@@ -13,7 +13,8 @@ into place (a kill during a save leaves the previous checkpoint intact):
   running returns, and the torch, numpy and Python generators' states).
 
 :func:`latest_checkpoint` picks the newest checkpoint whose files are all present and readable,
-so a truncated or half-written newest one falls back to the one before.
+so a truncated or half-written newest one falls back to the one before. The two newest complete
+checkpoints are kept (:data:`KEEP`); older ones are removed as new ones are written.
 """
 
 from __future__ import annotations
@@ -134,7 +135,25 @@ def save(model: BaseAlgorithm, ckpt_dir: Path) -> Path:
     if hasattr(model, "replay_buffer") and getattr(model, "replay_buffer", None) is not None:
         atomic_write(sidecar(zip_path, "replay_buffer"), lambda p: model.save_replay_buffer(p))
     atomic_write(zip_path, lambda p: model.save(p))
+    prune(ckpt_dir, keep=KEEP)
     return zip_path
+
+
+#: Complete checkpoints kept per run: the newest and one before it (a fallback if the newest is
+#: damaged). Each holds the environments' simulators, tens of MB, so older ones are removed.
+KEEP = 2
+
+
+def prune(ckpt_dir: Path, keep: int = KEEP) -> None:
+    """Remove all but the ``keep`` newest checkpoints (their zips and sidecars) of ``ckpt_dir``."""
+    found = sorted(
+        ((int(m.group(1)), p) for p in ckpt_dir.glob("model_*_steps.zip") if (m := CKPT.match(p.name))),
+        reverse=True,
+    )
+    for _, old in found[keep:]:
+        for kind in ("resume", "vecnormalize", "replay_buffer"):
+            sidecar(old, kind).unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
 
 
 def restore(model: BaseAlgorithm, state: ResumeState) -> None:

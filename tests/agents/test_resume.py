@@ -52,6 +52,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, algo, extra
         with pytest.raises(Killed):
             S.train(AUTOSCALE, algo, "bursty", TOTAL, 3, tmp_path / "cut", **kw)
     assert latest_checkpoint(tmp_path / "cut")[1] == 256
+    kept = sorted(p.name for p in (tmp_path / "whole" / "checkpoints").glob("model_*_steps.zip"))
+    assert kept == ["model_576_steps.zip", "model_640_steps.zip"]  # the two newest; older ones removed
     th.manual_seed(12345)  # whatever ran in between must not matter
     np.random.seed(999)  # noqa: NPY002
     resumed = S.train(AUTOSCALE, algo, "bursty", TOTAL, 3, tmp_path / "cut", **kw)
