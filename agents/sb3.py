@@ -59,6 +59,7 @@ import envs
 from agents import EpisodeKpis
 from agents import checkpoints as C
 from agents.policies import POLICIES
+from agents.progress import PROGRESS_FILE, ProgressCallback
 from envs.sim.config import deep_merge
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
 
@@ -459,6 +460,7 @@ def train(
     remaining = int(total_timesteps) - int(model.num_timesteps)
     if remaining > 0:
         callbacks = [C.RolloutCheckpoint(run_dir / "checkpoints", checkpoint_freq), KpiLogCallback()]
+        callbacks.append(ProgressCallback(run_dir / PROGRESS_FILE, total_timesteps))  # read by the grid
         model.learn(
             remaining,
             callback=callbacks,
