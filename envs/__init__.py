@@ -28,6 +28,14 @@ ENV_IDS = {
     "InferGym/Placement-v0": "envs.placement:PlacementEnv",
 }
 
+#: Each id's native vector environment (``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")``).
+VECTOR_ENTRY_POINTS = {
+    "InferGym/Autoscale-v1": "envs.vector.autoscale:AutoscaleVecEnv",
+    "InferGym/Autoscale-v0": "envs.vector.autoscale:AutoscaleVecEnvV0",
+    "InferGym/Routing-v0": "envs.vector.routing:RoutingVecEnv",
+    "InferGym/Placement-v0": "envs.placement.vector:PlacementVecEnv",
+}
+
 
 def env_class(env_id: str) -> type[gymnasium.Env]:
     """The class registered for ``env_id``: its ``gymnasium.spec(env_id).entry_point``, imported."""
@@ -41,7 +49,12 @@ def register_envs() -> None:
     """Register every InferGym id with gymnasium (safe to call more than once)."""
     for env_id, entry_point in ENV_IDS.items():
         if env_id not in gymnasium.registry:
-            gymnasium.register(id=env_id, entry_point=entry_point, disable_env_checker=False)
+            gymnasium.register(
+                id=env_id,
+                entry_point=entry_point,
+                vector_entry_point=VECTOR_ENTRY_POINTS[env_id],
+                disable_env_checker=False,
+            )
 
 
 register_envs()

@@ -22,6 +22,7 @@ from gymnasium import spaces
 
 from baselines.routing import RouterPolicy
 from envs.common import check_action, split_kwargs, weighted_reward
+from envs.sim.batch import AUTO_TO_CENTRAL, RoutingBuffers
 from envs.sim.clock import ControlClock
 from envs.sim.config import ControllerSpec, Scenario
 from envs.sim.controllers import SCALERS
@@ -52,7 +53,7 @@ SLOT_FEATURES: tuple[tuple[str, float, float], ...] = (
 N_SLOT_FEATURES = len(SLOT_FEATURES)
 
 # Codes of ``RoutingEnv.decisions`` for requests that did not go to a replica chosen by the agent.
-NOT_DECIDED, MASKED_TO_CENTRAL, AUTO_TO_CENTRAL = -3, -2, -1
+NOT_DECIDED, MASKED_TO_CENTRAL = -3, -2  # AUTO_TO_CENTRAL = -1 (envs.sim.batch)
 
 
 #: Normalisers passed to the compiled observation (envs.sim.features.routing_observation), in its order.
@@ -284,6 +285,8 @@ class RoutingEnv(gym.Env):
         self._seen[:] = 0
         self._terms[:] = 0.0
         self.decisions = np.full(sim.n_requests + 1, NOT_DECIDED, np.int64)
+        self._buf = RoutingBuffers(self.speed_max, NORMS, self._seen, self._terms, self._obs, self._mask,
+                                   self._slot_rep, self.decisions)  # fmt: skip
         self.n_invalid = 0
         self._ended = False
         self._pending = self._run(-1)
@@ -390,21 +393,17 @@ class RoutingEnv(gym.Env):
         replicas, then the KPI window rolls). Arrivals with no READY replica in
         a slot go to the central queue without a decision.
 
-        Speed: one compiled call per step (``Simulator.route(replica, until)``
-        routes and runs to the next arrival) plus one for the observation.
+        Speed: one compiled call per step (``Simulator.route_and_observe`` routes, runs to the
+        next arrival with a choice and fills the observation), plus a few at control boundaries.
         """
+        nxt = self.sim.route_and_observe(route_to, self.clock.next_boundary_s, self._buf)
+        return nxt if nxt >= 0 else self._past_boundary()
+
+    def _past_boundary(self) -> int:
+        """The clock is at the interval's end with no decision due: run control boundaries until an
+        arrival with a choice (its id) or the horizon (-1, the final observation filled)."""
         sim, clock = self.sim, self.clock
-        until = clock.next_boundary_s
-        nxt = sim.route(route_to, until) if sim.pending_request is not None else sim.advance(until)
         while True:
-            if nxt is not None:
-                n_ready = sim.routing_observation(nxt, self.speed_max, self._seen, self._terms, self._obs, self._mask,
-                                                  self._slot_rep, NORMS)  # fmt: skip
-                if n_ready > 0:
-                    return nxt
-                self.decisions[nxt] = AUTO_TO_CENTRAL
-                nxt = sim.route(-1, clock.next_boundary_s)
-                continue
             if clock.next_boundary_s >= clock.horizon_s:
                 sim.routing_observation(-1, self.speed_max, self._seen, self._terms, self._obs, self._mask,
                                         self._slot_rep, NORMS)  # fmt: skip
@@ -412,7 +411,9 @@ class RoutingEnv(gym.Env):
                 return -1
             sim.control_step(kpis=False)  # nothing here reads the interval KPIs
             clock.passed()
-            nxt = sim.advance(clock.next_boundary_s)
+            nxt = sim.route_and_observe(-1, clock.next_boundary_s, self._buf)
+            if nxt >= 0:
+                return nxt
 
     def _potential(self) -> float:
         """The shaping potential of the current state (``Simulator.outstanding_work_s``), in seconds."""

@@ -33,6 +33,7 @@ from envs.sim.controllers import PLACERS, SCALERS
 from envs.sim.errors import ConfigError, fail
 from envs.sim.faults import FaultInjector, fail_replicas
 from envs.sim.faults import schedule as fault_schedule
+from envs.sim.batch import RoutingBuffers, route_step
 from envs.sim.features import outstanding_work_s, routing_observation
 from envs.sim.perf import RooflineParams, kv_capacity_tokens, replica_coefficients, saturation_throughput
 from envs.sim.reads import SimulatorReads
@@ -386,6 +387,28 @@ class Simulator(SimulatorReads):
                 norms,
             )  # fmt: skip
         )
+
+    def route_and_observe(self, route_to: int, until: float, buf: RoutingBuffers) -> int:
+        """One ``InferGym/Routing-v0`` step in one compiled call (:func:`envs.sim.batch.route_step`).
+
+        Sends the pending request (if any) to ``route_to`` (a READY replica of its model, or -1: the
+        caller checked it), runs to the next arrival that needs a decision and fills ``buf`` for it;
+        returns its id, or -1 when the clock reached ``until`` first. Faults due by ``until`` are
+        applied on the way, as :meth:`advance` does.
+        """
+        faults, st = self.faults, self.state
+        while True:
+            stop = until
+            if faults is not None and faults.next_time_s() <= until:
+                stop = faults.next_time_s()
+            i = route_step(*st.kernel_args(), float(stop), int(route_to), self.slo, buf.speed_max, self.n_models,
+                           self.n_classes, buf.seen, buf.terms, buf.obs, buf.mask, buf.slot_rep, buf.norms,
+                           buf.decisions)  # fmt: skip
+            if i >= 0 or faults is None or faults.next_time_s() > until:
+                self.sync_releases()
+                return int(i)
+            route_to = -1
+            faults.apply(self)
 
     def outstanding_work_s(self, cap_s: float) -> float:
         """Seconds of queued and running work over all replicas (:func:`envs.sim.features.outstanding_work_s`)."""

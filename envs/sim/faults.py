@@ -279,6 +279,9 @@ class FaultInjector:
         """Apply the next event to ``sim`` (a :class:`~envs.sim.engine.Simulator` whose clock is at its time)."""
         e = self.events[self.k]
         self.k += 1
+        # Replicas the kernel released (drained) before this instant are no longer on their node: free
+        # them first, so that a failure never counts or re-queues them and a crash's restart finds room.
+        sim.sync_releases()
         if e.kind == NOTICE:
             sim.cluster.node_noticed[e.node] = True
             return

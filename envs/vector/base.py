@@ -1,0 +1,142 @@
+"""What the native vector environments share: sub-environments, seeding, batched spaces, autoreset.
+
+A native vector env holds N single environments of its id (``envs``) and steps them together: the
+subclass's :meth:`NativeVectorEnv._step_batch` moves every sub-environment through the compiled
+core in one call and writes the batched observation; this base class checks the actions, resets
+the sub-environments whose episode ended and assembles the infos.
+
+Autoreset mode: ``SAME_STEP`` (Gymnasium 1.x, https://gymnasium.farama.org/api/vector/#gymnasium.vector.AutoresetMode
+and https://farama.org/Vector-Autoreset-Mode). When sub-env ``i`` ends in a step, that step returns
+its reset observation in ``obs[i]``, its last observation in ``infos["final_obs"][i]`` and its
+last step's info in ``infos["final_info"]`` (arrays with ``_`` masks, as
+``gymnasium.vector.SyncVectorEnv`` builds them); the reset takes no seed, so the sub-env's own
+generator continues, exactly as a single env reset without a seed. Sub-env ``i`` of a vector env
+reset with ``seed=s`` is the single env reset with ``seed=s + i``: each sub-environment's
+trajectory is bit for bit the single env's under the same actions (tested).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from envs.sim.errors import check_number, fail
+
+
+class NativeVectorEnv(VectorEnv):
+    """N sub-environments of one single-env class, stepped by a subclass through the compiled core.
+
+    Subclasses set ``env_class`` and implement ``_step_batch(actions) -> (rewards, terminated,
+    truncated, infos, step_infos)``: ``infos`` the batched infos of the step (arrays for every
+    sub-env), ``step_infos(e)`` the info dict of sub-env ``e`` as its single env would return it
+    (called only for sub-envs whose episode ended, for ``final_info``). They write the batched
+    observation into ``self._obs`` and may override ``_after_reset(e)``.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    env_class: type[gym.Env]
+
+    def __init__(self, num_envs: int, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any) -> None:
+        self.num_envs = int(check_number("num_envs", num_envs, ge=1, integer=True))
+        if render_mode is not None:
+            raise fail("render_mode", render_mode, "must be None: the vector envs do not render (use a single env)")
+        self.render_mode = None
+        first = self.env_class(scenario, **kwargs)
+        # copies of an env that has not been reset share nothing mutable and skip its set-up work
+        self.envs: list[gym.Env] = [first] + [copy.deepcopy(first) for _ in range(self.num_envs - 1)]
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(first.observation_space, self.num_envs)
+        self.action_space = batch_space(first.action_space, self.num_envs)
+        self._obs = np.zeros((self.num_envs, *first.observation_space.shape), first.observation_space.dtype)
+        space = self.action_space
+        if not isinstance(space, gym.spaces.MultiDiscrete):
+            raise TypeError(f"{type(self).__name__}: batched action space {space} is not MultiDiscrete")
+        self._act_start = space.start
+        self._act_high = space.start + space.nvec
+        self._ready = False
+
+    # ------------------------------------------------------------------ gymnasium API
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None,
+              options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+        """Reset every sub-env: sub-env ``i`` with ``seed + i`` (an int), ``seed[i]`` (a sequence) or none."""
+        if seed is None:
+            seeds: list[int | None] = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        elif isinstance(seed, Sequence) and not isinstance(seed, str) and len(seed) == self.num_envs:
+            seeds = list(seed)
+        else:
+            raise fail("seed", seed, f"must be None, an int or a sequence of {self.num_envs} seeds")
+        infos: dict[str, Any] = {}
+        for e, (env, s) in enumerate(zip(self.envs, seeds, strict=True)):
+            obs, info = env.reset(seed=s, options=options)
+            self._obs[e] = obs
+            infos = self._add_info(infos, info, e)
+            self._after_reset(e)
+        self._ready = True
+        return self._obs.copy(), infos
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if not self._ready:
+            raise RuntimeError(f"{type(self).__name__}: call reset() before step()")
+        rewards, terminated, truncated, infos, step_info = self._step_batch(self._check_actions(actions))
+        ended = np.flatnonzero(terminated | truncated)
+        for e in ended.tolist():
+            env = self.envs[e]
+            final_info = step_info(e)
+            for key in final_info:  # the top level holds the reset's info for this sub-env
+                mask = infos.get("_" + key)
+                if mask is not None:
+                    mask[e] = False
+            infos = self._add_info(infos, {"final_obs": self._obs[e].copy(), "final_info": final_info}, e)
+            obs, info = env.reset()
+            self._obs[e] = obs
+            infos = self._add_info(infos, info, e)
+            self._after_reset(e)
+        return self._obs.copy(), rewards, terminated, truncated, infos
+
+    def action_masks(self) -> np.ndarray:
+        """``(num_envs, n)`` bool: each sub-env's ``action_masks()`` (for sb3-contrib's MaskablePPO)."""
+        return np.stack([env.action_masks() for env in self.envs])
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()
+
+    # ------------------------------------------------------------------ for subclasses
+
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        """The actions as an integer array in ``action_space``, or a ValueError naming them."""
+        a = actions if isinstance(actions, np.ndarray) else np.asarray(actions)
+        space = self.action_space
+        if a.shape != space.shape or a.dtype.kind not in "iu":
+            if a.shape == space.shape and a.dtype.kind == "f" and np.array_equal(a, np.floor(a)):
+                a = a.astype(np.int64)  # integral floats, as some agents give
+            else:
+                raise fail("actions", actions, f"must be an integer array of shape {space.shape}")
+        # the bounds of the batched (Multi)Discrete space, in two reductions (space.contains costs 50 us)
+        if (a < self._act_start).any() or (a >= self._act_high).any():
+            raise fail("actions", actions, f"must lie in {space}")
+        return a
+
+    def _after_reset(self, e: int) -> None:
+        """Hook: sub-env ``e`` was reset (its simulator is new)."""
+
+    def _step_batch(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], Any]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_envs={self.num_envs}, scenario={self.envs[0].scenario.name!r})"
+
+
+def masks(n: int) -> np.ndarray:
+    """An all-True ``_key`` mask for ``n`` sub-envs."""
+    return np.ones(n, np.bool_)
