@@ -346,6 +346,14 @@ class AutoscaleEnv(gym.Env):
         return obs, {"replicas": self._replica_counts()}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        started = self._apply_action(action)
+        self.clock.advance()
+        return self._finish_step(started)
+
+    def _apply_action(self, action: Any) -> tuple[int, int, float]:
+        """The first half of a step: check ``action`` and set every model's target (placing or removing
+        replicas). Returns what :meth:`_finish_step` needs: placement failures so far, clamped
+        replicas, the interval's start time."""
         a = self._action_values(action)
         sim = self.sim
         if sim is None:
@@ -369,8 +377,13 @@ class AutoscaleEnv(gym.Env):
             if got != have or sim.target[m] != got:
                 sim.set_target_replicas(m, got, gpu_of.get(m), capacity_of[m])
         self._step += 1
-        t0 = sim.now
-        self.clock.advance()
+        return failures0, clamped, sim.now
+
+    def _finish_step(self, started: tuple[int, int, float]) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """The second half of a step, once the simulation reached the interval's end: read the
+        interval, compute the reward and the observation."""
+        failures0, clamped, t0 = started
+        sim = self.sim
         dt = sim.now - t0
         self.model_loads, kpi = sim.step_views()
         self._arrived += kpi["requests_arrived"]

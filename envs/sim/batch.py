@@ -87,7 +87,8 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
     simulations with a need.
     """
     n_need = 0
-    for e in prange(len(states)):
+    for k in prange(len(states)):
+        e = np.int64(k)  # prange's index is unsigned; the typed list takes a signed one
         needs[e] = 0
         if not fast[e]:
             continue
@@ -151,7 +152,8 @@ def advance_batch(states, active, until, codes, now, n_released):
     """:func:`envs.sim.kernel.advance` of every active simulation to ``until[e]`` (no routing decision
     pending), in parallel. ``codes[e]`` is its return code, ``now[e]`` the clock afterwards and
     ``n_released[e]`` the kernel's count of released replicas."""
-    for e in prange(len(states)):
+    for k in prange(len(states)):
+        e = np.int64(k)  # prange's index is unsigned; the typed list takes a signed one
         if not active[e]:
             continue
         s = states[e]

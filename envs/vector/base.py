@@ -55,11 +55,13 @@ class NativeVectorEnv(VectorEnv):
         self.observation_space = batch_space(first.observation_space, self.num_envs)
         self.action_space = batch_space(first.action_space, self.num_envs)
         self._obs = np.zeros((self.num_envs, *first.observation_space.shape), first.observation_space.dtype)
-        space = self.action_space
-        if not isinstance(space, gym.spaces.MultiDiscrete):
-            raise TypeError(f"{type(self).__name__}: batched action space {space} is not MultiDiscrete")
-        self._act_start = space.start
-        self._act_high = space.start + space.nvec
+        space = self.action_space  # MultiDiscrete (batched Discrete) or an integer Box (batched MultiDiscrete)
+        if isinstance(space, gym.spaces.MultiDiscrete):
+            self._act_start, self._act_high = space.start, space.start + space.nvec
+        elif isinstance(space, gym.spaces.Box) and space.dtype.kind in "iu":
+            self._act_start, self._act_high = space.low, space.high + 1
+        else:
+            raise TypeError(f"{type(self).__name__}: batched action space {space} is not discrete")
         self._ready = False
 
     # ------------------------------------------------------------------ gymnasium API
@@ -122,7 +124,7 @@ class NativeVectorEnv(VectorEnv):
                 a = a.astype(np.int64)  # integral floats, as some agents give
             else:
                 raise fail("actions", actions, f"must be an integer array of shape {space.shape}")
-        # the bounds of the batched (Multi)Discrete space, in two reductions (space.contains costs 50 us)
+        # the bounds of the batched discrete space, in two reductions (space.contains costs 50 us)
         if (a < self._act_start).any() or (a >= self._act_high).any():
             raise fail("actions", actions, f"must lie in {space}")
         return a

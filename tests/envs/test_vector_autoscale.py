@@ -1,0 +1,81 @@
+"""``InferGym/Autoscale-v1``/``-v0``'s native vector envs (envs.vector.autoscale): the single env's numbers."""
+
+from __future__ import annotations
+
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from envs.vector.autoscale import AutoscaleVecEnv, AutoscaleVecEnvV0
+from tests.envs.vector_cases import assert_matches_single
+
+FAULTS = [{"at_s": 100.0, "pool": "a100", "nodes": [0], "duration_s": 200.0}]
+
+
+def _random(rng: np.random.Generator, vec: AutoscaleVecEnv) -> np.ndarray:
+    return np.stack([rng.integers(0, s.nvec) for s in [vec.single_action_space] * vec.num_envs])
+
+
+def _same_step_info(vinfo: dict, sinfo: dict, i: int) -> None:
+    for group in ("rewards", "kpi"):
+        for key, val in sinfo[group].items():
+            got = vinfo[group][key][i]
+            assert got == val or (np.isnan(got) and np.isnan(val)), (group, key, got, val)
+    np.testing.assert_array_equal(vinfo["replicas"][i], sinfo["replicas"])
+    assert vinfo["clamped"][i] == sinfo["clamped"]
+
+
+@pytest.mark.parametrize(
+    ("env_id", "kwargs", "n_envs", "steps"),
+    [
+        ("InferGym/Autoscale-v1", {"scenario": "default", "horizon_s": 300}, 3, 50),  # 20-step episodes
+        ("InferGym/Autoscale-v1", {"scenario": "bursty", "horizon_s": 240, "action_mode": "target"}, 2, 40),
+        ("InferGym/Autoscale-v0", {"scenario": "multi-model", "horizon_s": 150}, 2, 25),
+        ("InferGym/Autoscale-v1", {"scenario": "default", "horizon_s": 450, "faults": FAULTS}, 2, 40),
+    ],
+    ids=["default", "bursty-target", "v0-multi-model", "faults"],
+)
+def test_each_sub_env_is_the_single_env_bit_for_bit(env_id: str, kwargs: dict, n_envs: int, steps: int) -> None:
+    ends = assert_matches_single(env_id, kwargs, n_envs, steps, 5, _random, _same_step_info)
+    assert ends >= n_envs
+
+
+def test_make_vec_builds_the_native_envs_with_batched_spaces() -> None:
+    for env_id, cls in (("InferGym/Autoscale-v1", AutoscaleVecEnv), ("InferGym/Autoscale-v0", AutoscaleVecEnvV0)):
+        vec = gym.make_vec(env_id, num_envs=3, vectorization_mode="vector_entry_point", horizon_s=300)
+        single = gym.make(env_id, horizon_s=300)
+        assert type(vec.unwrapped) is cls
+        assert vec.single_action_space == single.action_space
+        assert vec.observation_space.shape == (3, *single.observation_space.shape)
+        obs, _ = vec.reset(seed=0)
+        assert vec.observation_space.contains(obs)
+        obs, rew, term, trunc, info = vec.step(vec.action_space.sample())
+        assert rew.shape == (3,) and info["kpi"]["requests_arrived"].shape == (3,)
+        assert info["replicas"].shape == (3, 1, 3)
+
+
+def test_pickled_vector_env_continues_identically() -> None:
+    vec = AutoscaleVecEnv(2, horizon_s=300)
+    vec.reset(seed=2)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        vec.step(_random(rng, vec))
+    twin = pickle.loads(pickle.dumps(vec))
+    for _ in range(30):  # crosses an episode end
+        a = _random(rng, vec)
+        o1, r1, _, t1, _ = vec.step(a)
+        o2, r2, _, t2, _ = twin.step(a)
+        np.testing.assert_array_equal(o1, o2)
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_array_equal(t1, t2)
+
+
+def test_bad_actions_are_named_errors() -> None:
+    vec = AutoscaleVecEnv(2, horizon_s=300)
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match="actions"):
+        vec.step(np.full((2, 1), 99))
+    with pytest.raises(ValueError, match="actions"):
+        vec.step(np.zeros(2, np.int64))
