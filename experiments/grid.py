@@ -21,11 +21,32 @@ fault injection (``tests/experiments/grid_faults.py``) is such a hook.
 Interrupting a local grid (Ctrl-C, or SIGTERM while the grid runs in the main
 thread) stops its worker processes too; finished cells are in ``results.jsonl``
 and a train cell that was stopped resumes from its last checkpoint on the rerun.
+
+Progress (``progress=True``) is one line on stderr that moves while agents train::
+
+    grid: steps 12,288/40,000 (30%, 4,096 resumed) | 1,530 steps/s | ETA 0:18 | cells 3/10 | 0:09
+
+Steps are training environment steps summed over every train cell of the grid, on every worker:
+each training run publishes its count to ``agents/<key>/progress.json`` about once a second
+(:mod:`agents.progress`, an atomically replaced file, so local processes and Ray trials report
+the same way), and the driver sums those files. Evaluate cells, and the evaluation episodes of a
+train cell, count only in ``cells`` (done / total; a cell is done when its rows are in
+``results.jsonl``). Steps done before this call (finished cells, and what a stopped cell's file
+last said) are shown as *resumed* and are not counted as throughput: steps/s (over the last
+minute) counts only training sessions started by this call, each from the step it resumed at
+(its last checkpoint, so a resumed cell's count may step back by up to ``checkpoint_freq``
+steps when it restarts). The ETA is the remaining training steps at that rate; a grid without
+training uses its finished cells per second instead.
+On a terminal the line is redrawn in place twice a second; otherwise (a log file) a new line is
+printed every ``progress_every`` seconds (default 30), plus one at the start and one at the end.
+On a multi-node Ray cluster the steps are seen only if the run folder is on a filesystem every
+node shares (as train cells need for their agents anyway); otherwise only cells move.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -196,6 +217,11 @@ def _row(cell: Cell, key: str, ev: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(row, allow_nan=True))  # plain JSON types, columns in insertion order
 
 
+def agent_dir(run_dir: str | Path, key: str) -> Path:
+    """The run folder a train cell trains into (its model, checkpoints, tensorboard, progress.json)."""
+    return Path(run_dir) / "agents" / key
+
+
 def run_cell(cell: Cell, run_dir: Path) -> list[dict[str, Any]]:
     """Run one cell; one row per evaluated episode (see the module docstring for the columns)."""
     from experiments.evaluate import evaluate_policy, make_policy
@@ -219,7 +245,7 @@ def run_cell(cell: Cell, run_dir: Path) -> list[dict[str, Any]]:
         overrides = parse_overrides(p.get("overrides"))
         extra = [f"{k}={json.dumps(v)}" for k, v in p.items() if k not in TRAIN_PARAMS]
         overrides.update(parse_overrides(extra))
-        agent_dir = run_dir / "agents" / key
+        folder = agent_dir(run_dir, key)
         train_kw: dict[str, Any] = {}
         for name in ("n_envs", "checkpoint_freq"):
             if name in p:
@@ -230,14 +256,14 @@ def run_cell(cell: Cell, run_dir: Path) -> list[dict[str, Any]]:
             cell.scenario,
             int(p["total_timesteps"]),
             cell.seed,
-            agent_dir,
+            folder,
             overrides=overrides,
             env_kwargs=dict(cell.env_kwargs),
             progress_bar=False,
             command=f"experiments.grid cell {key}",
             **train_kw,
         )
-        agent = load_agent(agent_dir)
+        agent = load_agent(folder)
         ev_rows = evaluate_policy(
             cell.env_id,
             agent,
@@ -316,6 +342,66 @@ class _Appender:
             os.fsync(fh.fileno())
 
 
+# ----------------------------------------------------------------------------------------------- progress
+
+
+class _GridProgress:
+    """The grid's :class:`agents.progress.Snapshot`: train cells' progress files summed, and the cells
+    done, read from the new lines of ``results.jsonl`` (both backends append there, in the driver)."""
+
+    def __init__(self, cells: Sequence[Cell], done: Mapping[str, Any], run_dir: Path) -> None:
+        from agents.progress import PROGRESS_FILE, StepTally
+
+        self.path = run_dir / RESULTS_FILE
+        self.expected = {c.key: c.expected_rows for c in cells}
+        self.rows: dict[str, int] = {}
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+        self.tail = b""
+        tasks = {
+            c.key: (
+                (agent_dir(run_dir, c.key) / PROGRESS_FILE, int(dict(c.params)["total_timesteps"]))
+                if c.kind == "train"
+                else (None, 0)
+            )
+            for c in cells
+        }
+        self.tally = StepTally(tasks, done=done)
+
+    def _read_new_rows(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except OSError:
+            return
+        self.offset += len(chunk)
+        *lines, self.tail = (self.tail + chunk).split(b"\n")
+        for line in lines:
+            try:
+                key = json.loads(line).get("key")
+            except (ValueError, AttributeError):
+                continue
+            if key in self.expected:
+                self.rows[key] = self.rows.get(key, 0) + 1
+                if self.rows[key] >= self.expected[key]:
+                    self.tally.mark_done(key)
+
+    def __call__(self) -> Any:
+        self._read_new_rows()
+        return self.tally.sample()
+
+
+def _progress(
+    cells: Sequence[Cell], done: Mapping[str, Any], run_dir: Path, on: bool, every_s: float | None, label: str
+) -> Any:
+    """A context that prints the grid's progress line while the backend runs (nothing when ``on`` is False)."""
+    if not on:
+        return contextlib.nullcontext()
+    from agents.progress import ProgressLine
+
+    return ProgressLine(_GridProgress(cells, done, run_dir), label=label, every_s=every_s)
+
+
 # ----------------------------------------------------------------------------------------------- backends
 
 
@@ -348,7 +434,6 @@ def _run_local(
     run_dir: Path,
     workers: int,
     max_retries: int,
-    bar: Any,
     on_rows: Callable[[Cell, list[dict[str, Any]]], None],
     hook: Callable[[Cell], None] | None,
 ) -> None:
@@ -383,7 +468,6 @@ def _run_local(
                         queue.append(cell)
                     continue
                 on_rows(cell, rows)
-                bar.update(1)
             if broken:
                 # A dead worker breaks the whole pool: every running cell is lost; resubmit them on a new pool.
                 for cell in running.values():
@@ -422,7 +506,7 @@ def _ray_trainable(config: dict[str, Any], hook: Callable[[Cell], None] | None =
     )
 
 
-def _collector(results_path: Path, keys: Sequence[str], progress: bool) -> Any:
+def _collector(results_path: Path, keys: Sequence[str]) -> Any:
     """A Tune callback (runs in the driver) that appends a trial's rows to results.jsonl when they arrive.
 
     It holds only picklable state because Tune pickles it with the experiment and gives it back on restore.
@@ -431,11 +515,7 @@ def _collector(results_path: Path, keys: Sequence[str], progress: bool) -> Any:
 
     class _Collect(tune.Callback):
         def __init__(self) -> None:
-            self.path, self.keys, self.progress, self.done = str(results_path), set(keys), progress, set()
-            self.bar = None
-
-        def __getstate__(self) -> dict[str, Any]:
-            return {**self.__dict__, "bar": None}
+            self.path, self.keys, self.done = str(results_path), set(keys), set()
 
         def on_trial_result(
             self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -444,18 +524,6 @@ def _collector(results_path: Path, keys: Sequence[str], progress: bool) -> Any:
             if key in self.keys and key not in self.done:
                 self.done.add(key)
                 _Appender(Path(self.path))(json.loads(result["rows_json"]))
-                if self.bar is None:
-                    from tqdm.auto import tqdm
-
-                    self.bar = tqdm(
-                        total=len(self.keys), desc="grid (ray)", unit="cell", disable=not self.progress
-                    )
-                self.bar.update(1)
-
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
 
     return _Collect()
 
@@ -505,7 +573,6 @@ def _run_ray(
     workers: int,
     ray_address: str | None,
     max_retries: int,
-    progress: bool,
     hook: Callable[[Cell], None] | None,
     gpus_per_trial: float,
 ) -> None:
@@ -548,7 +615,7 @@ def _run_ray(
                     storage_path=str(storage),
                     name="grid",
                     failure_config=tune.FailureConfig(max_failures=max_retries),
-                    callbacks=[_collector(run_dir / RESULTS_FILE, list(by_key), progress)],
+                    callbacks=[_collector(run_dir / RESULTS_FILE, list(by_key))],
                     verbose=0,
                 ),
             )
@@ -575,6 +642,8 @@ def run_grid(
     max_retries: int = 1,
     progress: bool = True,
     gpus_per_trial: float = 0,
+    progress_every: float | None = None,
+    progress_label: str = "grid",
 ) -> list[dict[str, Any]]:
     """Run every cell not already in ``run_dir/results.jsonl``; all rows of ``cells`` (old + new), in cell order.
 
@@ -583,12 +652,16 @@ def run_grid(
     grid fails with an error naming the cell (cells finished before stay written).
     ``backend="ray"`` runs each cell as a Ray Tune trial (``ray_address`` of a
     running cluster, or a local Ray with ``workers`` CPUs); Tune's state lives
-    under ``run_dir/ray_results``. Repeated cells run once.
+    under ``run_dir/ray_results``. Repeated cells run once. ``progress`` prints the
+    moving progress line of the module docstring on stderr, labelled ``progress_label``,
+    every ``progress_every`` seconds when stderr is not a terminal.
     """
     check_choice("backend", backend, BACKENDS)
     check_number("workers", workers, ge=1, integer=True)
     check_number("max_retries", max_retries, ge=0, integer=True)
     check_number("gpus_per_trial", gpus_per_trial, ge=0)
+    if progress_every is not None:
+        check_number("progress_every", progress_every, gt=0)
     for c in cells:
         if not isinstance(c, Cell):
             raise fail("cells[]", c, "must be a Cell")
@@ -605,15 +678,14 @@ def run_grid(
         done[cell.key] = rows
 
     if pending:
-        from tqdm.auto import tqdm
-
         hook = CELL_HOOK
+        shown = _progress(unique, done, run_dir, progress, progress_every, progress_label)
         if backend == "local":
-            with tqdm(total=len(unique), initial=len(unique) - len(pending), desc="grid", unit="cell",
-                      disable=not progress) as bar, _sigterm_as_interrupt():  # fmt: skip
-                _run_local(pending, run_dir, workers, max_retries, bar, on_rows, hook)
+            with shown, _sigterm_as_interrupt():
+                _run_local(pending, run_dir, workers, max_retries, on_rows, hook)
         else:
-            _run_ray(pending, run_dir, workers, ray_address, max_retries, progress, hook, gpus_per_trial)
+            with shown:
+                _run_ray(pending, run_dir, workers, ray_address, max_retries, hook, gpus_per_trial)
             done = _load_done(path, unique)
             missing = [c for c in pending if c.key not in done]
             if missing:

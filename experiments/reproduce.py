@@ -12,6 +12,12 @@ over its evaluation episodes), and the table gives mean and IQM with 95% stratif
 (:mod:`experiments.stats`) plus each agent's probability of improvement over the best baseline.
 
     python -m experiments.reproduce autoscale --quick --scenarios default
+
+While the grids run, one progress line (stderr) shows the training steps done over all agents and
+workers, steps/s, an ETA and the cells done (see :mod:`experiments.grid`); it is labelled
+``calibration`` for the first grid and ``agents+eval`` for the second. A rerun shows the steps of
+finished cells and checkpoints as *resumed*. ``--progress-every`` sets the seconds between lines
+when stderr is not a terminal (a log file); ``--no-progress`` turns the line off.
 """
 
 from __future__ import annotations
@@ -467,6 +473,7 @@ def reproduce(
     figures: bool = True,
     progress: bool = True,
     command: str | None = None,
+    progress_every: float | None = None,
 ) -> dict[str, Any]:
     """Run a table end to end and write its outputs to ``out``; returns summary, improvement and paths."""
     t0 = time.perf_counter()
@@ -483,12 +490,18 @@ def reproduce(
     out, run_dir = Path(out), Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    grid_kw = dict(backend=backend, workers=workers, ray_address=ray_address, progress=progress)
+    grid_kw = dict(
+        backend=backend,
+        workers=workers,
+        ray_address=ray_address,
+        progress=progress,
+        progress_every=progress_every,
+    )
 
     calib = calibration_cells(cfg, opts)
-    rows_c = run_cells(calib, run_dir, **grid_kw) if calib else []
+    rows_c = run_cells(calib, run_dir, progress_label="calibration", **grid_kw) if calib else []
     chosen, sweep = calibrate(cfg, opts, rows_c)
-    rows_e = run_cells(evaluation_cells(cfg, opts, chosen), run_dir, **grid_kw)
+    rows_e = run_cells(evaluation_cells(cfg, opts, chosen), run_dir, progress_label="agents+eval", **grid_kw)
 
     groups = policy_runs(cfg, opts, rows_e, chosen)
     summary = summary_rows(cfg, groups)
@@ -544,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--run-dir", default=None, help="grid run folder: agents, tensorboard logs, results.jsonl "
                     "(default runs/reproduce/<table>[-quick]); rerunning resumes")  # fmt: skip
     ap.add_argument("--no-figures", action="store_true", help="skip the figures")
+    ap.add_argument("--no-progress", action="store_true", help="no progress line")
+    ap.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
+                    help="seconds between progress lines when stderr is not a terminal (default 30)")  # fmt: skip
     args = ap.parse_args(argv)
     default_out, default_run_dir = default_dirs(args.table, args.quick)
     out = Path(args.out or default_out)
@@ -563,6 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             ray_address=args.ray_address,
             figures=not args.no_figures,
+            progress=not args.no_progress,
+            progress_every=args.progress_every,
             command=shlex.join(
                 ["python", "-m", "experiments.reproduce", *(argv if argv is not None else sys.argv[1:])]
             ),

@@ -174,3 +174,34 @@ def test_sigterm_stops_the_grid_and_its_workers(tmp_path, faults):
         time.sleep(0.2)
     assert not any(_alive(p) for p in workers), "worker processes outlived the interrupted grid"
     assert not read_results(tmp_path / "run") and len(cells) == 4
+
+
+def test_grid_progress_line_counts_training_steps_and_resumed_ones_apart(tmp_path, capsys):
+    import re
+    import shutil
+
+    from experiments.grid import agent_dir
+
+    params = {"n_envs": 1, "n_steps": 32, "batch_size": 32, "n_epochs": 1, "eval_seeds": [7]}
+    params["eval_env_kwargs"] = {"horizon_s": 30.0}
+    train = Cell("train", AUTOSCALE, "default", "ppo", 0, SHORT, {**params, "total_timesteps": 128})
+    evaluate = grid_2x2()[0]
+    # a stopped run: the same agent trained to 64 steps (its folder resumes at 64)
+    half = Cell("train", AUTOSCALE, "default", "ppo", 0, SHORT, {**params, "total_timesteps": 64})
+    run_cell(half, tmp_path / "half")
+    shutil.copytree(agent_dir(tmp_path / "half", half.key), agent_dir(tmp_path / "run", train.key))
+    capsys.readouterr()
+
+    t0 = time.monotonic()
+    run_grid([train, evaluate], tmp_path / "run", workers=2, progress_every=0.25)
+    took = time.monotonic() - t0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == "" and all(ln.startswith("grid: ") for ln in lines), err
+    assert lines[0] == "grid: steps 64/128 (50%, 64 resumed) | - steps/s | ETA ? | cells 0/2 | 0:00"
+    assert re.fullmatch(r"grid: steps 128/128 \(100%, 64 resumed\) \| [\d,]+ steps/s \| ETA 0:00 \| cells 2/2 \| .*",
+                        lines[-1]), lines[-1]  # fmt: skip
+    assert len(lines) <= took / 0.25 + 3, "a line per interval off a terminal, not a redraw per poll"
+    # a second run has nothing left: no line at all
+    run_grid([train, evaluate], tmp_path / "run", workers=2, progress_every=0.25)
+    assert capsys.readouterr().err == ""

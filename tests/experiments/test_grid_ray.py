@@ -1,4 +1,5 @@
-"""The grid runner on Ray Tune: same rows as the local backend, retried trials, resume from results.jsonl."""
+"""The grid runner on Ray Tune: same rows as the local backend, retried trials, resume from results.jsonl,
+the progress line."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ from tests.experiments.grid_faults import calls
 from tests.experiments.test_grid import grid_2x2
 
 
-def test_ray_rows_equal_local_rows_and_resume_skips_finished_cells(tmp_path, local_ray, faults):
+def test_ray_rows_equal_local_rows_and_resume_skips_finished_cells(tmp_path, local_ray, faults, capsys):
     cells = grid_2x2()
     local = run_grid(cells, tmp_path / "local", workers=2, progress=False)
-    on_ray = run_grid(cells, tmp_path / "ray", backend="ray", progress=False)
+    capsys.readouterr()
+    on_ray = run_grid(cells, tmp_path / "ray", backend="ray", progress_every=600)
     assert on_ray == local
+    # the progress line counts the cells the Ray trials finished (no training: no steps); start and end only
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.rsplit(" | ", 1)[0] for ln in lines] == [
+        "grid: ETA ? | cells 0/4",
+        "grid: ETA 0:00 | cells 4/4",
+    ]
     key = lambda r: r["key"]  # noqa: E731
     assert sorted(read_results(tmp_path / "ray"), key=key) == sorted(
         read_results(tmp_path / "local"), key=key

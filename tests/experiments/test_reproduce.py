@@ -7,6 +7,8 @@ files (experiments.plot).
 from __future__ import annotations
 
 import csv
+import io
+import sys
 
 import numpy as np
 import pytest
@@ -55,9 +57,13 @@ TINY = {
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("reproduce")
-    res = reproduce.reproduce(
-        TINY, root / "out", root / "run", workers=2, progress=False, command="pytest tiny table"
-    )
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stderr", err)  # the grids' progress lines
+        res = reproduce.reproduce(
+            TINY, root / "out", root / "run", workers=2, progress_every=600, command="pytest tiny table"
+        )
+    (root / "progress.txt").write_text(err.getvalue())
     return root, res
 
 
@@ -80,6 +86,20 @@ def test_tiny_table_end_to_end_writes_table_csv_figures_readme(tiny):
     assert "pytest tiny table" in readme and "Git SHA" in readme
     # the agent was trained in the grid's run folder, with tensorboard logs
     assert list((root / "run" / "agents").glob("*/tb/run_1"))
+
+
+def test_tiny_table_shows_each_grids_progress_line_with_the_agents_training_steps(tiny):
+    root, _ = tiny
+    lines = (root / "progress.txt").read_text().splitlines()
+    # every 600 s: the first and last line of each grid. Calibration: 2 sweep values x 1 seed; then
+    # 2 evaluation episodes of hpa and 2 agents (one per training seed) of 256 steps each
+    assert [ln.split(" | ")[0] for ln in lines] == [
+        "calibration: ETA ?",
+        "calibration: ETA 0:00",
+        "agents+eval: steps 0/512 (0%)",
+        "agents+eval: steps 512/512 (100%)",
+    ]
+    assert " | cells 2/2 | " in lines[1] and " | cells 0/4 | " in lines[2] and " | cells 4/4 | " in lines[3]
 
 
 def test_table_numbers_are_the_stats_helpers_on_the_episode_returns(tiny):
