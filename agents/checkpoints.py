@@ -116,9 +116,11 @@ def capture(model: BaseAlgorithm) -> ResumeState:
 
 
 def _in_process(vec: VecEnv) -> bool:
+    from agents.vecenv import NativeVecEnv
+
     while hasattr(vec, "venv"):
         vec = vec.venv
-    return isinstance(vec, DummyVecEnv)
+    return isinstance(vec, (DummyVecEnv, NativeVecEnv))
 
 
 def save(model: BaseAlgorithm, ckpt_dir: Path) -> Path:

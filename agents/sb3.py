@@ -58,6 +58,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 import envs
 from agents import EpisodeKpis
 from agents import checkpoints as C
+from agents.vecenv import make_native_vec
 from agents.policies import POLICIES
 from agents.progress import PROGRESS_FILE, ProgressCallback
 from envs.sim.config import deep_merge
@@ -313,6 +314,12 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+#: How ``train`` steps its environments: the native vector env (one compiled call per step of all
+#: of them, :mod:`agents.vecenv`), SB3's DummyVecEnv of single envs, or SubprocVecEnv. The first two
+#: give the same numbers bit for bit; ``subproc`` runs each env in a process of its own.
+VEC_BACKENDS = ("native", "dummy", "subproc")
+
+
 def make_vec(
     env_id: str,
     scenario: Any,
@@ -320,15 +327,24 @@ def make_vec(
     seed: int,
     env_kwargs: Mapping[str, Any] | None = None,
     subproc: bool = False,
+    backend: str = "native",
 ) -> VecEnv:
-    """``n_envs`` Monitor-wrapped copies of ``gym.make(env_id, scenario=scenario, **env_kwargs)``, seeded."""
+    """``n_envs`` environments of ``gym.make(env_id, scenario=scenario, **env_kwargs)``, env ``i``
+    seeded ``seed + i``, stepped by ``backend`` (:data:`VEC_BACKENDS`; ``subproc=True`` means
+    ``"subproc"``). The SB3 backends wrap each env in ``Monitor``; the native one writes the same
+    ``episode`` infos itself."""
     check_choice("env_id", env_id, envs.ENV_IDS)
+    check_choice("backend", backend, VEC_BACKENDS)
+    if subproc:
+        backend = "subproc"
+    if backend == "native":
+        return make_native_vec(env_id, scenario, n_envs, seed, dict(env_kwargs or {}))
     return make_vec_env(
         env_id,
         n_envs=n_envs,
         seed=seed,
         env_kwargs={"scenario": scenario, **(env_kwargs or {})},
-        vec_env_cls=SubprocVecEnv if subproc else DummyVecEnv,
+        vec_env_cls=SubprocVecEnv if backend == "subproc" else DummyVecEnv,
     )
 
 
@@ -363,12 +379,15 @@ def train(
     subproc: bool = False,
     torch_threads: int = 1,
     command: str | None = None,
+    backend: str = "native",
 ) -> BaseAlgorithm:
     """Train (or resume) ``algo`` on ``env_id`` until ``total_timesteps`` steps; return the model.
 
     ``checkpoint_freq`` is in environment steps (summed over the ``n_envs``
     copies). ``progress_bar=None`` shows SB3's bar when tqdm and rich are
-    installed. ``command`` is recorded in run.json (default: this process's argv).
+    installed. ``command`` is recorded in run.json (default: this process's argv). ``backend``
+    steps the environments (:data:`VEC_BACKENDS`: the native vector env by default; ``dummy`` gives
+    the same numbers slower; ``subproc=True`` is ``backend="subproc"``).
     """
     check_number("total_timesteps", total_timesteps, gt=0, integer=True)
     check_number("seed", seed, ge=0, integer=True)
@@ -412,7 +431,7 @@ def train(
     else:
         # No saved environments (a new run, or one whose envs ran in subprocesses): a resumed run
         # must not replay the first episodes, so it re-seeds from the steps already done.
-        vec = make_vec(env_id, scenario, n_envs, seed + done_steps, env_kwargs, subproc)
+        vec = make_vec(env_id, scenario, n_envs, seed + done_steps, env_kwargs, subproc, backend)
         if hp.get("frame_stack", 1) > 1:
             vec = VecFrameStack(vec, hp["frame_stack"])
     _check_algo_fits(algo, vec, env_id)
