@@ -22,17 +22,24 @@ costs one argument per kind, not one per array and simulation. A simulation that
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import config, njit, prange
 from numba.typed import List
 
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
 from envs.sim.features import outstanding_work_s, routing_observation
 from envs.sim.kernel import STOP_ROUTE, advance
 from envs.sim.layout import G_NOW, I_NRELEASED, I_PENDING
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # numba's default OpenMP layer shares libgomp with torch: after a parallel step, torch's own
+    # parallel kernels ran with numba's thread count and spun against it (a 20 us tanh took 2.6 ms
+    # while training here). The work-queue layer has its own threads, idle when not in use.
+    config.THREADING_LAYER = "workqueue"
 
 #: ``decisions`` code of an arrival that had no READY replica in a slot (sent to the central queue).
 AUTO_TO_CENTRAL = -1
