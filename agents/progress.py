@@ -134,7 +134,8 @@ class Snapshot:
     steps_new: int  # steps taken by training sessions that started after the tally
     cells_done: int
     cells_total: int
-    steps_per_s: float | None  # over the last ``window_s`` (None before the first new steps)
+    steps_per_s: float | None  # over the last ``window_s`` (None before the first new steps; the
+    # last one measured once every budget is done)
     eta_s: float | None
 
 
@@ -173,6 +174,7 @@ class StepTally:
         self._cells_done0 = len(self.done)
         self._t0 = clock()
         self._samples: deque[tuple[float, int]] = deque([(self._t0, 0)])
+        self._final_rate: float | None = None
 
     def _unfinished(self) -> list[str]:
         return [k for k, (p, _) in self.tasks.items() if p is not None and k not in self.done]
@@ -209,6 +211,12 @@ class StepTally:
             self._samples.popleft()  # keep one sample at least window_s old
         t_old, new_old = self._samples[0]
         rate = (new - new_old) / (now - t_old) if new and now - t_old > 0 else None
+        if total > done:
+            self._final_rate = None
+        elif self._final_rate is None:
+            self._final_rate = rate  # training is over: keep its last rate rather than show it decay
+        else:
+            rate = self._final_rate
         cells_new = len(self.done) - self._cells_done0
         cells_left = len(self.tasks) - len(self.done)
         eta = None

@@ -94,9 +94,11 @@ def test_tally_sums_the_cells_files_and_counts_resumed_steps_apart_from_throughp
     s = tally.sample()
     assert s.steps_new == 368 and s.steps_per_s == pytest.approx((368 - 218) / 40)
     assert s.eta_s == pytest.approx(1 / (2 / 60)), "training done: 1 cell left at the 2 cells per 60 s so far"
+    clock.t += 30  # evaluating: no steps, and the rate stays the training's last one
     tally.mark_done("b")
     s = tally.sample()
     assert (s.steps_done, s.cells_done, s.eta_s) == (350, 4, 0.0)
+    assert s.steps_per_s == pytest.approx((368 - 218) / 40)
     assert "steps 350/350 (100%, 90 resumed)" in P.format_line(s)
 
 
