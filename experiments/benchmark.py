@@ -262,6 +262,74 @@ def env_steps_per_s(env_id: str, steps: int, seed: int = 0, **env_kwargs) -> flo
     return steps / (time.perf_counter() - t0)
 
 
+def vector_vs_single(env_id: str, n_envs: int, steps: int, seed: int = 0, **env_kwargs) -> dict[str, float]:
+    """Env-steps/s of ``env_id``'s native vector env with ``n_envs`` sub-envs and of ``n_envs`` single
+    envs stepped one after another, on the same work: the same seeds and the same actions (drawn up
+    front: random valid slots where there are masks, uniform components otherwise), so both runs
+    simulate the same trajectories; ``steps`` vector steps each, after a warm-up run of both."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the ids)
+
+    kwargs = {"scenario": "default", **env_kwargs}
+    vec = gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
+    singles = [gym.make(env_id, **kwargs).unwrapped for _ in range(n_envs)]
+    space = vec.single_action_space
+    rng = np.random.default_rng(seed)
+    masked = isinstance(space, gym.spaces.Discrete)
+    draws = rng.random((steps, n_envs, space.n)) if masked else rng.integers(0, space.nvec, (steps, n_envs, *space.shape))
+
+    def run_vector(k: int) -> float:
+        vec.reset(seed=seed)
+        base = vec.unwrapped
+        t0 = time.perf_counter()
+        for t in range(k):
+            a = np.argmax(draws[t] * base.action_masks(), axis=1) if masked else draws[t]
+            vec.step(a)
+        return time.perf_counter() - t0
+
+    def run_single(k: int) -> float:
+        for i, env in enumerate(singles):
+            env.reset(seed=seed + i)
+        t0 = time.perf_counter()
+        for t in range(k):
+            for i, env in enumerate(singles):
+                a = int(np.argmax(draws[t, i] * env.action_masks())) if masked else draws[t, i]
+                if env.step(a)[3]:
+                    env.reset()
+        return time.perf_counter() - t0
+
+    warm = max(1, steps // 10)
+    run_vector(warm)
+    run_single(warm)
+    v, s = run_vector(steps), run_single(steps)
+    vec.close()
+    return {"vector": steps * n_envs / v, "single": steps * n_envs / s, "ratio": s / v}
+
+
+def training_steps_per_s(backend: str, n_envs: int, steps: int, scenario: str = "bursty", **hp) -> float:
+    """PPO on ``Autoscale-v1``/``scenario`` end to end (rollouts and updates, VecNormalize, the table's
+    frame stack of 12 and target actions), env-steps/s over ``steps`` steps after one warm-up rollout."""
+    import torch as th
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+
+    from agents.sb3 import _model_kwargs, load_hyperparams, make_vec
+
+    params = load_hyperparams("ppo", "InferGym/Autoscale-v1", [f"{k}={v}" for k, v in hp.items()])
+    th.set_num_threads(1)
+    vec = make_vec("InferGym/Autoscale-v1", scenario, n_envs, 0, {"action_mode": "target"}, backend=backend)
+    vec = VecNormalize(VecFrameStack(vec, 12), **params["vecnormalize"])
+    model = PPO(env=vec, seed=0, verbose=0, **_model_kwargs(params))
+    rollout = params["n_steps"] * n_envs
+    model.learn(rollout)  # warm-up: compiled kernels, the first episode's set-up
+    t0 = time.perf_counter()
+    model.learn(max(rollout, steps), reset_num_timesteps=False)
+    out = (model.num_timesteps - rollout) / (time.perf_counter() - t0)
+    vec.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -354,6 +422,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         sps = max(env_steps_per_s(env_id, n, **kwargs) for _ in range(args.repeats))
         result[f"{key}_steps_per_s"] = round(sps)
         print(f"{env_id + label:<36} {sps:>12,.0f}")
+    print()
+    n_vec = 32
+    print(f"{'native vector env, ' + str(n_vec) + ' sub-envs':<36} {'env-steps/s':>12} {'single envs':>12} {'ratio':>6}"
+          "   (same seeds and actions)")  # fmt: skip
+    for key, env_id, kwargs, label in (
+        ("autoscale", "InferGym/Autoscale-v1", {}, ""),
+        ("routing", "InferGym/Routing-v0", {}, ""),
+        ("placement", "InferGym/Placement-v0", {"source": "jobs"}, " (jobs)"),
+    ):
+        steps = max(10, args.env_steps // (20 if key == "autoscale" else 2))
+        try:
+            r = max((vector_vs_single(env_id, n_vec, steps, **kwargs) for _ in range(args.repeats)),
+                    key=lambda x: x["ratio"])  # fmt: skip
+        except Exception as exc:  # noqa: BLE001  (a vector env not built yet must not hide the other numbers)
+            print(f"{env_id + label:<36} not available: {exc}")
+            continue
+        result[f"{key}_vector{n_vec}_steps_per_s"] = round(r["vector"])
+        result[f"{key}_single{n_vec}_steps_per_s"] = round(r["single"])
+        result[f"{key}_vector{n_vec}_vs_single"] = round(r["ratio"], 2)
+        print(f"{env_id + label:<36} {r['vector']:>12,.0f} {r['single']:>12,.0f} {r['ratio']:>6.2f}")
+    print()
+    print(f"{'PPO training, Autoscale-v1 bursty':<36} {'env-steps/s':>12}")
+    t_steps = 4_096 if args.quick else 40_960
+    for label, backend, n_envs, hp in (
+        ("DummyVecEnv, 2 envs (round 1)", "dummy", 2, {}),
+        ("native, 16 envs", "native", 16, {"n_steps": 128, "batch_size": 512}),
+    ):
+        tps = training_steps_per_s(backend, n_envs, t_steps, **hp)
+        result[f"ppo_train_{backend}_{n_envs}_steps_per_s"] = round(tps)
+        print(f"{label:<36} {tps:>12,.0f}")
     result["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
     print()
     print(json.dumps(result))

@@ -276,9 +276,16 @@ def run_cell(cell: Cell, run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _run_cell_dict(
-    cell_dict: Mapping[str, Any], run_dir: str, hook: Callable[[Cell], None] | None
+    cell_dict: Mapping[str, Any], run_dir: str, hook: Callable[[Cell], None] | None, workers: int = 1
 ) -> list[dict[str, Any]]:
-    """Worker entry point (local pool and Ray trial): the :data:`CELL_HOOK` if any, then :func:`run_cell`."""
+    """Worker entry point (local pool and Ray trial): the :data:`CELL_HOOK` if any, then :func:`run_cell`.
+
+    With ``workers`` processes sharing the machine, the compiled vector envs use ``cores / workers``
+    threads each, so the workers do not fight over cores (``docs/vector-envs.md``).
+    """
+    import numba
+
+    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, (os.cpu_count() or 1) // max(1, workers))))
     cell = Cell.from_dict(cell_dict)
     if hook is not None:
         hook(cell)
@@ -448,7 +455,8 @@ def _run_local(
             while queue and fatal is None:
                 cell = queue.pop(0)
                 attempts[cell.key] += 1
-                running[pool.submit(_run_cell_dict, cell.to_dict(), str(run_dir), hook)] = cell
+                n_workers = min(workers, len(pending))
+                running[pool.submit(_run_cell_dict, cell.to_dict(), str(run_dir), hook, n_workers)] = cell
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             broken = False
             for fut in finished:
@@ -500,7 +508,8 @@ def _run_local(
 def _ray_trainable(config: dict[str, Any], hook: Callable[[Cell], None] | None = None) -> None:
     from ray import tune
 
-    rows = _run_cell_dict(config["cell"], config["run_dir"], hook)
+    # a trial holds one CPU (see run_grid_ray): its vector envs run on one thread
+    rows = _run_cell_dict(config["cell"], config["run_dir"], hook, workers=os.cpu_count() or 1)
     tune.report(
         {"rows_json": json.dumps(rows), "n_rows": len(rows), "cell_key": rows[0]["key"] if rows else ""}
     )
