@@ -138,6 +138,8 @@ class PlacementEnv(gym.Env):
     ``max_jobs`` (jobs); an argument of the other source is an error. Any other keyword is a
     scenario key (``horizon_s``, ``reward``, ...) merged into the scenario; unknown keywords raise
     ConfigError. ``render_mode="rgb_array"``: an occupancy heat map and fragmentation over time.
+    ``gymnasium.make_vec("InferGym/Placement-v0", num_envs=N, vectorization_mode="vector_entry_point",
+    ...)`` steps N of them together (:class:`~envs.placement.vector.PlacementVecEnv`).
 
     ## Version History
 
@@ -192,10 +194,14 @@ class PlacementEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(n_nodes)
         self._fgd = FgdTracker()
         self.episode_index = -1
+        self._clear_episode()
+
+    def _clear_episode(self) -> None:
+        """No episode yet: ``step()`` asks for ``reset()``."""
         self.sim: Simulator | None = None
         self.cluster: ClusterState | None = None
         self.pending_demand: Demand | None = None
-        self._ended = True  # no episode yet: step() asks for reset()
+        self._ended = True
 
     # ------------------------------------------------------------------ what a source supplies
 
