@@ -167,6 +167,7 @@ class Simulator(SimulatorReads):
             for m in models:
                 self.cluster.touch_cache(node, m, 0.0)
         self._node_price = price
+        self._demands: dict[tuple[int, int], Demand] = {}  # (model, GPU type) -> one replica's demand
         self.cluster.node_spot[:] = [pool.spot is not None for pool in sc.nodes for _ in range(pool.count)]
         # per (model, gpu type): kernel coefficients, KV capacity, speed; None where the model does not fit
         self._rep_params: dict[tuple[int, int], tuple[np.ndarray, int, float] | None] = {}
@@ -497,7 +498,9 @@ class Simulator(SimulatorReads):
         for g in types:
             if self._rep_params.get((m, g)) is None:
                 continue
-            d = Demand(num_gpu=dep.tensor_parallel, gpu_type=g, model=m)
+            d = self._demands.get((m, g))
+            if d is None:  # Demand validates its fields: build each (model, GPU type) once
+                d = self._demands[m, g] = Demand(num_gpu=dep.tensor_parallel, gpu_type=g, model=m)
             if node is None:
                 chosen = self.placer.select(self.cluster, d, self.rng)
                 if chosen >= 0 and self.cluster.excluding and not self.cluster.fits(chosen, d):
