@@ -79,7 +79,8 @@ N_JINT = 8
 # jf[e, j, :] (float64)
 JF_CREATE, JF_DELETE, JF_HEAP = 0, 1, 2
 N_JF = 3
-# kint[e, k, :] (int64): an FGD task type and how many jobs of it were offered
+# kint[e, :, k] (int64, one row per field: the loop over types reads each field contiguously): an FGD
+# task type and how many jobs of it were offered
 K_NUM, K_THRESHOLD, K_CPU, K_MEM, K_TYPESET, K_COUNT = range(6)
 K_MILLI_KEY = K_COUNT  # while encoding an episode: the type's gpu_milli (counts start at 0 in start_row)
 N_KINT = 6
@@ -88,9 +89,10 @@ W_TERMS = 0  # 4 weights, in REWARD_TERMS order
 W_SHAPING = 4
 W_COMPENSATED = 5  # 1.0: sum the reward terms as CPython >= 3.12's sum() does
 N_W = 6
-# outputs: terms[4, e], kpi[10, e], out[4, e]
-O_REWARD, O_TRUNCATED, O_SHAPING, O_HAS_SHAPING = 0, 1, 2, 3
-N_OUT = 4
+# res[:, c] (float64): what a step gives, per stepped row c
+R_REWARD, R_TRUNCATED, R_SHAPING, R_HAS_SHAPING = 0, 1, 2, 3  # truncated: 1.0 (-1.0: the row had ended)
+R_TERMS = 4  # the 4 cost terms, in REWARD_TERMS order
+R_KPI = 8  # the KPIs, in KPI_KEYS order
 N_TERMS = 4
 KPI_KEYS = (
     "time_s",
@@ -105,6 +107,7 @@ KPI_KEYS = (
     "live_allocations",
 )
 N_KPI = len(KPI_KEYS)
+N_RES = R_KPI + N_KPI
 N_NODE_BASE = 7  # = envs.placement.params.N_NODE_BASE
 N_ITEM_BASE = 5  # = envs.placement.params.N_ITEM_BASE
 
@@ -275,30 +278,14 @@ def _set_mask(e, j, n32, n64, jint, tsok, mask, si):
 
 
 @njit(cache=True, _nrt=False)
-def _fgd_of(e, n, k, n64, tsok, kint, fge, fsm):
-    """F_n(k): the free milli-GPU of node n that task type k cannot use (``refresh_fragments``), from
-    what the node's fragments were last computed from."""
-    total = n64[e, N64_FGD_TOTAL, n]
-    num = kint[e, k, K_NUM]
-    if (
-        num > 0
-        and n64[e, N64_FGD_CPU, n] >= kint[e, k, K_CPU]
-        and n64[e, N64_FGD_MEM, n] >= kint[e, k, K_MEM]
-        and tsok[e, kint[e, k, K_TYPESET], n64[e, N64_TYPE, n]]
-    ):
-        u = kint[e, k, K_THRESHOLD]
-        if fge[e, n, u] >= num:
-            return fsm[e, n, u]
-    return total
-
-
-@njit(cache=True, _nrt=False)
 def _fgd_refresh(e, free, n64, tsok, kint, fthr, fge, fsm, work, si):
     """Recompute the fragments of the nodes whose version moved: per threshold t (ascending), the
     node's GPUs with at least t free and the free milli on the others; then the node's sum over the
     offered task types of count x fragment, and the row's total (si[e, S_FGD])."""
     n_thr = si[e, S_U]
     n_active = si[e, S_ACTIVE]
+    num, threshold, need_cpu = kint[e, K_NUM], kint[e, K_THRESHOLD], kint[e, K_CPU]
+    need_mem, typeset, count = kint[e, K_MEM], kint[e, K_TYPESET], kint[e, K_COUNT]
     for n in range(free.shape[1]):
         version = n64[e, N64_VERSION, n]
         if version == n64[e, N64_FGD_SEEN, n]:
@@ -334,49 +321,38 @@ def _fgd_refresh(e, free, n64, tsok, kint, fthr, fge, fsm, work, si):
         total = n64[e, N64_TOTAL, n]
         cpu = n64[e, N64_CPU, n]
         mem = n64[e, N64_MEM, n]
-        node_type = n64[e, N64_TYPE, n]
+        allowed = tsok[e, :, n64[e, N64_TYPE, n]]
+        at_least, stranded = fge[e, n], fsm[e, n]
         weighted = 0
-        for k in range(n_active):  # = sum of count x _fgd_of(n, k), written out (a call per type costs more)
-            f = total
-            num = kint[e, k, K_NUM]
-            if (
-                num > 0
-                and cpu >= kint[e, k, K_CPU]
-                and mem >= kint[e, k, K_MEM]
-                and tsok[e, kint[e, k, K_TYPESET], node_type]
-            ):
-                u = kint[e, k, K_THRESHOLD]
-                if fge[e, n, u] >= num:
-                    f = fsm[e, n, u]
-            weighted += kint[e, k, K_COUNT] * f
+        for k in range(n_active):  # sum of count x F_n(k), without branches (about twice as fast)
+            u = threshold[k]
+            fits = (num[k] > 0) & (cpu >= need_cpu[k]) & (mem >= need_mem[k]) & allowed[typeset[k]]
+            fits &= at_least[u] >= num[k]
+            weighted += count[k] * (stranded[u] if fits else total)
         si[e, S_FGD] += weighted - n64[e, N64_FGD_SUM, n]
         n64[e, N64_FGD_SUM, n] = weighted
 
 
 @njit(cache=True, _nrt=False)
 def _fgd_see(e, k, n64, tsok, kint, fge, fsm, si):
-    """One more offered job of task type k (FgdTracker.see): every node's sum gains its F_n(k)
-    (``_fgd_of``, written out)."""
-    if kint[e, k, K_COUNT] == 0:  # types are numbered by first appearance: k is the next one
+    """One more offered job of task type k (FgdTracker.see): every node's sum gains its F_n(k), from
+    what the node's fragments were last computed from (the N64_FGD_* rows, fge, fsm)."""
+    if kint[e, K_COUNT, k] == 0:  # types are numbered by first appearance: k is the next one
         si[e, S_ACTIVE] += 1
-    kint[e, k, K_COUNT] += 1
-    num = kint[e, k, K_NUM]
-    cpu = kint[e, k, K_CPU]
-    mem = kint[e, k, K_MEM]
-    ts = kint[e, k, K_TYPESET]
-    u = kint[e, k, K_THRESHOLD]
+    kint[e, K_COUNT, k] += 1
+    num = kint[e, K_NUM, k]
+    cpu = kint[e, K_CPU, k]
+    mem = kint[e, K_MEM, k]
+    allowed = tsok[e, kint[e, K_TYPESET, k]]
+    u = kint[e, K_THRESHOLD, k]
+    total, free_cpu, free_mem = n64[e, N64_FGD_TOTAL], n64[e, N64_FGD_CPU], n64[e, N64_FGD_MEM]
+    node_type, sums = n64[e, N64_TYPE], n64[e, N64_FGD_SUM]
     added = 0
     for n in range(n64.shape[2]):
-        f = n64[e, N64_FGD_TOTAL, n]
-        if (
-            num > 0
-            and n64[e, N64_FGD_CPU, n] >= cpu
-            and n64[e, N64_FGD_MEM, n] >= mem
-            and tsok[e, ts, n64[e, N64_TYPE, n]]
-            and fge[e, n, u] >= num
-        ):
-            f = fsm[e, n, u]
-        n64[e, N64_FGD_SUM, n] += f
+        fits = (num > 0) & (free_cpu[n] >= cpu) & (free_mem[n] >= mem) & allowed[node_type[n]]
+        fits &= fge[e, n, u] >= num
+        f = fsm[e, n, u] if fits else total[n]
+        sums[n] += f
         added += f
     si[e, S_FGD] += added
 
@@ -463,28 +439,28 @@ def _python_sum(x0, x1, x2, x3, compensated):
 
 
 @njit(cache=True, _nrt=False)
-def _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, kpi, c):
-    """The KPIs of row e's state into kpi[:, c]; returns (fragmented GPUs, GPUs in use)."""
+def _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, res, c):
+    """The KPIs of row e's state into res[R_KPI:, c]; returns (fragmented GPUs, GPUs in use)."""
     idle = si[e, S_IDLE]
     frag_gpus = (si[e, S_FREE] - GPU_MILLI * idle) / GPU_MILLI
     in_use = si[e, S_TOTAL] - idle
-    kpi[0, c] = sf[e, F_NOW]
-    kpi[1, c] = float(si[e, S_ITEMS])
-    kpi[2, c] = float(si[e, S_PLACED])
-    kpi[3, c] = float(si[e, S_FAILURES])
-    kpi[4, c] = float(si[e, S_INVALID])
-    kpi[5, c] = frag_gpus
-    kpi[6, c] = _fgd_value(e, free, n64, tsok, kint, fthr, fge, fsm, work, si)
-    kpi[7, c] = float(in_use)
-    kpi[8, c] = float(si[e, S_USED])
-    kpi[9, c] = float(si[e, S_LIVE])
+    res[R_KPI + 0, c] = sf[e, F_NOW]
+    res[R_KPI + 1, c] = float(si[e, S_ITEMS])
+    res[R_KPI + 2, c] = float(si[e, S_PLACED])
+    res[R_KPI + 3, c] = float(si[e, S_FAILURES])
+    res[R_KPI + 4, c] = float(si[e, S_INVALID])
+    res[R_KPI + 5, c] = frag_gpus
+    res[R_KPI + 6, c] = _fgd_value(e, free, n64, tsok, kint, fthr, fge, fsm, work, si)
+    res[R_KPI + 7, c] = float(in_use)
+    res[R_KPI + 8, c] = float(si[e, S_USED])
+    res[R_KPI + 9, c] = float(si[e, S_LIVE])
     return frag_gpus, in_use
 
 
 @njit(cache=True, _nrt=False)
-def _potential(e, w, kpi, c, si):
-    """PlacementEnv._potential of row e from its KPIs in kpi[:, c]."""
-    level = w[W_TERMS + 2] * (kpi[6, c] / GPU_MILLI) + w[W_TERMS + 3] * kpi[7, c]
+def _potential(e, w, res, c, si):
+    """PlacementEnv._potential of row e from its KPIs in res[R_KPI:, c]."""
+    level = w[W_TERMS + 2] * (res[R_KPI + 6, c] / GPU_MILLI) + w[W_TERMS + 3] * res[R_KPI + 7, c]
     return w[W_SHAPING] * level / max(si[e, S_TOTAL], 1)
 
 
@@ -499,9 +475,9 @@ def _record(e, hist, si, sf, frag_gpus, in_use):
 
 
 @njit(cache=True, _nrt=False)
-def kpi_row(free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, e, kpi):
-    """The KPIs of row e's state now, into kpi[:, 0]."""
-    _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, kpi, 0)
+def kpi_row(free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, e, res):
+    """The KPIs of row e's state now, into res[R_KPI:, 0]."""
+    _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, res, 0)
 
 
 @njit(cache=True, _nrt=False)
@@ -514,10 +490,10 @@ def observe_row(n32, n64, inv, jint, jitem, obs, si, e):
 
 @njit(cache=True, _nrt=False)
 def start_row(free, n32, n64, inv, obs, mask, jint, jf, jitem, tsok, agpus, kint, fthr, fge, fsm, work, si,
-              sf, hist, w, e, kpi, out):  # fmt: skip
+              sf, hist, w, e, res):  # fmt: skip
     """Begin row e's episode, whose jobs, node capacities, types and normalisers are loaded: an empty
-    cluster, the first job waiting; the first observation, KPIs (kpi[:, 0]) and potential
-    (out[O_SHAPING, 0])."""
+    cluster, the first job waiting; the first observation, its KPIs (res[R_KPI:, 0]) and shaping
+    potential (res[R_SHAPING, 0])."""
     n_types = tsok.shape[2] - 1
     for n in range(free.shape[1]):
         gpus = n64[e, N64_GPUS, n]
@@ -536,7 +512,7 @@ def start_row(free, n32, n64, inv, obs, mask, jint, jf, jitem, tsok, agpus, kint
     total = 0
     for n in range(free.shape[1]):
         total += n64[e, N64_GPUS, n]
-    kint[e, :, K_COUNT] = 0
+    kint[e, K_COUNT, :] = 0
     for key in (S_JOB, S_PLACED, S_FAILURES, S_INVALID, S_ITEMS, S_LIVE, S_USED, S_HEAP, S_ANY, S_HIST, S_ENDED,
                 S_ACTIVE, S_FGD):  # fmt: skip
         si[e, key] = 0
@@ -553,23 +529,23 @@ def start_row(free, n32, n64, inv, obs, mask, jint, jf, jitem, tsok, agpus, kint
     sf[e, F_NOW] = jf[e, 0, JF_CREATE] if si[e, S_N] > 0 else 0.0
     _fgd_refresh(e, free, n64, tsok, kint, fthr, fge, fsm, work, si)  # every node, nothing offered yet
     _next_job(e, 0, free, n32, n64, jint, jf, agpus, tsok, kint, fge, fsm, mask, si, sf)
-    frag_gpus, in_use = _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, kpi, 0)
+    frag_gpus, in_use = _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, res, 0)
     _record(e, hist, si, sf, frag_gpus, in_use)
-    sf[e, F_PHI] = _potential(e, w, kpi, 0, si) if w[W_SHAPING] > 0.0 else 0.0
-    out[O_SHAPING, 0] = sf[e, F_PHI]
+    sf[e, F_PHI] = _potential(e, w, res, 0, si) if w[W_SHAPING] > 0.0 else 0.0
+    res[R_SHAPING, 0] = sf[e, F_PHI]
     _fill_obs(e, n32, n64, inv, jint, jitem, obs, si, n_types)
 
 
 @njit(cache=True, _nrt=False)
 def step_rows(free, n32, n64, inv, obs, mask, jint, jf, jitem, tsok, agpus, kint, fthr, fge, fsm, work, si,
-              sf, hist, w, lo, hi, actions, terms, kpi, out):  # fmt: skip
+              sf, hist, w, lo, hi, actions, res):  # fmt: skip
     """One step of rows lo .. hi - 1: row e places its waiting job on node actions[e - lo].
 
-    Writes the cost terms into terms[:, e - lo] (REWARD_TERMS order), the KPIs into kpi[:, e - lo]
-    (KPI_KEYS order), and out[:, e - lo]: the reward, truncated (1.0) or not, the shaping term and
-    whether the step has one (not the step of an episode that had no job at all). A row whose
-    episode ended is left alone (out[O_TRUNCATED] = -1). Returns -1, or the first row whose
-    action is not a node, and then steps nothing.
+    Writes into res[:, e - lo] the reward, truncated (1.0) or not, the shaping term and whether
+    the step has one (not the step of an episode that had no job at all), the cost terms
+    (REWARD_TERMS order) and the KPIs (KPI_KEYS order). A row whose episode ended is left alone
+    (res[R_TRUNCATED] = -1). Returns -1, or the first row whose action is not a node, and then
+    steps nothing.
     """
     n_types = tsok.shape[2] - 1
     for e in range(lo, hi):
@@ -577,22 +553,22 @@ def step_rows(free, n32, n64, inv, obs, mask, jint, jf, jitem, tsok, agpus, kint
             return e
     for e in range(lo, hi):
         c = e - lo
-        for q in range(terms.shape[0]):
-            terms[q, c] = 0.0
+        for q in range(N_TERMS):
+            res[R_TERMS + q, c] = 0.0
         if si[e, S_ENDED] != 0:
-            out[O_REWARD, c] = 0.0
-            out[O_TRUNCATED, c] = -1.0
-            out[O_SHAPING, c] = 0.0
-            out[O_HAS_SHAPING, c] = 0.0
+            res[R_REWARD, c] = 0.0
+            res[R_TRUNCATED, c] = -1.0
+            res[R_SHAPING, c] = 0.0
+            res[R_HAS_SHAPING, c] = 0.0
             continue
         j = si[e, S_JOB]
         if j >= si[e, S_N]:  # no job at all in this episode: the step ends it, costs nothing
             si[e, S_ENDED] = 1
-            _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, kpi, c)
-            out[O_REWARD, c] = 0.0
-            out[O_TRUNCATED, c] = 1.0
-            out[O_SHAPING, c] = 0.0
-            out[O_HAS_SHAPING, c] = 0.0
+            _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, res, c)
+            res[R_REWARD, c] = 0.0
+            res[R_TRUNCATED, c] = 1.0
+            res[R_SHAPING, c] = 0.0
+            res[R_HAS_SHAPING, c] = 0.0
             _fill_obs(e, n32, n64, inv, jint, jitem, obs, si, n_types)
             continue
         node = actions[c]
@@ -603,39 +579,39 @@ def step_rows(free, n32, n64, inv, obs, mask, jint, jf, jitem, tsok, agpus, kint
             si[e, S_PLACED] += 1
         else:
             si[e, S_FAILURES] += 1
-            terms[0, c] = 1.0
+            res[R_TERMS + 0, c] = 1.0
             if si[e, S_ANY] != 0:
                 si[e, S_INVALID] += 1
-                terms[1, c] = 1.0
+                res[R_TERMS + 1, c] = 1.0
         # the level costs right after the placement, before the clock moves on
         idle = si[e, S_IDLE]
         total_gpus = max(si[e, S_TOTAL], 1)
-        terms[2, c] = ((si[e, S_FREE] - GPU_MILLI * idle) / GPU_MILLI) / total_gpus
-        terms[3, c] = (si[e, S_TOTAL] - idle) / total_gpus
+        res[R_TERMS + 2, c] = ((si[e, S_FREE] - GPU_MILLI * idle) / GPU_MILLI) / total_gpus
+        res[R_TERMS + 3, c] = (si[e, S_TOTAL] - idle) / total_gpus
         _next_job(e, j + 1, free, n32, n64, jint, jf, agpus, tsok, kint, fge, fsm, mask, si, sf)
-        frag_gpus, in_use = _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, kpi, c)
+        frag_gpus, in_use = _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, res, c)
         _record(e, hist, si, sf, frag_gpus, in_use)
         truncated = si[e, S_JOB] >= si[e, S_N]
         si[e, S_ENDED] = 1 if truncated else 0
         reward = -_python_sum(
-            w[W_TERMS] * terms[0, c],
-            w[W_TERMS + 1] * terms[1, c],
-            w[W_TERMS + 2] * terms[2, c],
-            w[W_TERMS + 3] * terms[3, c],
+            w[W_TERMS] * res[R_TERMS + 0, c],
+            w[W_TERMS + 1] * res[R_TERMS + 1, c],
+            w[W_TERMS + 2] * res[R_TERMS + 2, c],
+            w[W_TERMS + 3] * res[R_TERMS + 3, c],
             w[W_COMPENSATED] != 0.0,
         )
         if w[W_SHAPING] > 0.0:
-            phi = 0.0 if truncated else _potential(e, w, kpi, c, si)
+            phi = 0.0 if truncated else _potential(e, w, res, c, si)
             shaped = sf[e, F_PHI] - phi
             sf[e, F_PHI] = phi
             reward += shaped
-            out[O_SHAPING, c] = shaped
-            out[O_HAS_SHAPING, c] = 1.0
+            res[R_SHAPING, c] = shaped
+            res[R_HAS_SHAPING, c] = 1.0
         else:
-            out[O_SHAPING, c] = 0.0
-            out[O_HAS_SHAPING, c] = 0.0
-        out[O_REWARD, c] = reward
-        out[O_TRUNCATED, c] = 1.0 if truncated else 0.0
+            res[R_SHAPING, c] = 0.0
+            res[R_HAS_SHAPING, c] = 0.0
+        res[R_REWARD, c] = reward
+        res[R_TRUNCATED, c] = 1.0 if truncated else 0.0
         _fill_obs(e, n32, n64, inv, jint, jitem, obs, si, n_types)
     return -1
 
@@ -832,6 +808,7 @@ class JobEpisode:
         self.kint, self.fthr = kint[:k].copy(), fthr[:u][order]
         gpu = self.kint[:, K_NUM] > 0
         self.kint[gpu, K_THRESHOLD] = rank[self.kint[gpu, K_THRESHOLD]]
+        self.kint[~gpu, K_THRESHOLD] = 0  # unused for CPU-only types, but read (as an index)
         self.kint[:, K_COUNT] = 0
         self.jtime = np.empty((n, 2))
         self.jtime[:, 0] = creation
@@ -886,16 +863,19 @@ class JobBatch:
     def _alloc_fgd(self, k_cap: int, u_cap: int) -> None:
         """(Re)allocate the FGD arrays for ``k_cap`` task types and ``u_cap`` thresholds, keeping rows."""
         e, n = self.rows, self.n_nodes
-        kint = np.zeros((e, k_cap, N_KINT), np.int64)
+        kint = np.zeros((e, N_KINT, k_cap), np.int64)
         fthr = np.zeros((e, u_cap), np.int64)
         fge = np.zeros((e, n, u_cap), np.int64)
         fsm = np.zeros((e, n, u_cap), np.int64)
         if getattr(self, "kint", None) is not None:
-            k0, u0 = self.kint.shape[1], self.fthr.shape[1]
-            kint[:, :k0], fthr[:, :u0] = self.kint, self.fthr
+            k0, u0 = self.kint.shape[2], self.fthr.shape[1]
+            kint[:, :, :k0], fthr[:, :u0] = self.kint, self.fthr
             fge[:, :, :u0], fsm[:, :, :u0] = self.fge, self.fsm
         self.kint, self.fthr, self.fge, self.fsm = kint, fthr, fge, fsm
         self._args = None
+        self.generation = (
+            getattr(self, "generation", 0) + 1
+        )  # callers holding the arrays rebuild their tuples
 
     @property
     def args(self) -> tuple[np.ndarray, ...]:
@@ -906,13 +886,13 @@ class JobBatch:
                           self.si, self.sf, self.hist, self.w)  # fmt: skip
         return self._args
 
-    def load(self, e: int, ep: JobEpisode, kpi: np.ndarray, out: np.ndarray) -> None:
-        """Start episode ``ep`` in row ``e``: its KPIs go to ``kpi[:, 0]``, its shaping potential to
-        ``out[O_SHAPING, 0]``, its first observation and mask to ``obs[e]`` and ``mask[e]``."""
+    def load(self, e: int, ep: JobEpisode, res: np.ndarray) -> None:
+        """Start episode ``ep`` in row ``e``: its KPIs go to ``res[R_KPI:, 0]``, its shaping potential
+        to ``res[R_SHAPING, 0]``, its first observation and mask to ``obs[e]`` and ``mask[e]``."""
         n = len(ep.jint)
         k, u = len(ep.kint), len(ep.fthr)
-        if k > self.kint.shape[1] or u > self.fthr.shape[1]:
-            self._alloc_fgd(max(k, 2 * self.kint.shape[1]), max(u, 2 * self.fthr.shape[1]))
+        if k > self.kint.shape[2] or u > self.fthr.shape[1]:
+            self._alloc_fgd(max(k, 2 * self.kint.shape[2]), max(u, 2 * self.fthr.shape[1]))
         n64 = self.n64[e]
         n_types = self.tsok.shape[2] - 1
         n64[N64_TYPE] = np.where(ep.node_type >= 0, ep.node_type, n_types)
@@ -932,24 +912,22 @@ class JobBatch:
         self.jf[e, :n, :2] = ep.jtime
         self.jitem[e, :n] = ep.jitem
         self.tsok[e, : len(ep.tsok)] = ep.tsok
-        self.kint[e, :k] = ep.kint
+        self.kint[e, :, :k] = ep.kint.T
         self.fthr[e, :u] = ep.fthr
         si = self.si[e]
         si[S_N], si[S_K], si[S_U] = n, k, u
         si[S_G] = int(ep.node_gpus.max()) if len(ep.node_gpus) else 0
-        start_row(*self.args, e, kpi, out)
+        start_row(*self.args, e, res)
 
-    def step(
-        self, lo: int, hi: int, actions: np.ndarray, terms: np.ndarray, kpi: np.ndarray, out: np.ndarray
-    ) -> int:
+    def step(self, lo: int, hi: int, actions: np.ndarray, res: np.ndarray) -> int:
         """One step of rows ``lo`` .. ``hi - 1`` (see :func:`step_rows`): -1, or the first row whose
         action is out of range (nothing was stepped then)."""
-        return step_rows(*self.args, lo, hi, actions, terms, kpi, out)
+        return step_rows(*self.args, lo, hi, actions, res)
 
-    def kpi(self, e: int, kpi: np.ndarray) -> None:
-        """Row ``e``'s KPIs now into ``kpi[:, 0]``."""
+    def kpi(self, e: int, res: np.ndarray) -> None:
+        """Row ``e``'s KPIs now into ``res[R_KPI:, 0]``."""
         kpi_row(self.free, self.n64, self.tsok, self.kint, self.fthr, self.fge, self.fsm, self.work, self.si, self.sf,
-                e, kpi)  # fmt: skip
+                e, res)  # fmt: skip
 
     def cluster_view(self, e: int, type_names: tuple[str, ...], ep: JobEpisode) -> Any:
         """A ``ClusterState`` of row ``e``'s episode whose free-resource arrays are the row's own (it

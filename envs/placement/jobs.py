@@ -18,9 +18,13 @@ from envs.placement import fast
 from envs.placement.base import PlacementEnv
 from envs.placement.fast import (
     KPI_KEYS,
-    N_KPI,
-    N_OUT,
-    N_TERMS,
+    N_RES,
+    R_HAS_SHAPING,
+    R_KPI,
+    R_REWARD,
+    R_SHAPING,
+    R_TERMS,
+    R_TRUNCATED,
     S_ENDED,
     S_FAILURES,
     S_FREE,
@@ -255,19 +259,17 @@ class JobPlacementEnv(PlacementEnv):
         self._outputs()
 
     def _outputs(self) -> None:
-        """The step's output arrays (one column) and views of this row (a view costs a call to make)."""
+        """The step's action and result arrays (one column) and views of this row."""
         self._act = np.zeros(1, np.int64)
-        self._terms, self._kpis, self._out = (
-            np.zeros((N_TERMS, 1)),
-            np.zeros((N_KPI, 1)),
-            np.zeros((N_OUT, 1)),
-        )
+        self._res = np.zeros((N_RES, 1))
         self._views()
 
     def _views(self) -> None:
+        # views and the compiled step's argument tuple, made once (each costs a call to make)
         b, r = self._batch, self._row
-        self._obs_row, self._si_row, self._sf_row = b.obs[r], b.si[r], b.sf[r]
-        self._terms_row, self._kpi_row, self._out_row = self._terms[:, 0], self._kpis[:, 0], self._out[:, 0]
+        self._obs_row, self._si_row, self._sf_row, self._res_col = b.obs[r], b.si[r], b.sf[r], self._res[:, 0]
+        self._step_args = (*b.args, r, r + 1, self._act, self._res)
+        self._generation = b.generation
 
     def draw_episode(self, rng: np.random.Generator) -> JobEpisode:
         """The next episode: the trace's jobs, or a synthetic trace drawn from ``rng``."""
@@ -296,8 +298,8 @@ class JobPlacementEnv(PlacementEnv):
                 setattr(c, key, getattr(c, key).copy())
             self._cluster = None
         self._episode = self.draw_episode(self.np_random)
-        self._batch.load(self._row, self._episode, self._kpis, self._out)
-        return self._obs_row.copy(), {"kpi": dict(zip(KPI_KEYS, self._kpi_row.tolist(), strict=True))}
+        self._batch.load(self._row, self._episode, self._res)
+        return self._obs_row.copy(), {"kpi": dict(zip(KPI_KEYS, self._res_col[R_KPI:].tolist(), strict=True))}
 
     def step(self, action: Any):
         if type(action) is int and 0 <= action < self.n_nodes:
@@ -307,15 +309,17 @@ class JobPlacementEnv(PlacementEnv):
         if self._batch is None or self._si_row[S_ENDED]:
             raise RuntimeError(f"{ENV_NAME}: the episode ended (or never started); call reset()")
         self._act[0] = node
-        self._batch.step(self._row, self._row + 1, self._act, self._terms, self._kpis, self._out)
-        reward, truncated, shaped, has_shaping = self._out_row.tolist()
+        if self._generation != self._batch.generation:  # the batch grew its arrays (for a new episode)
+            self._views()
+        fast.step_rows(*self._step_args)
+        res = self._res_col.tolist()
         info = {
-            "rewards": dict(zip(self.REWARD_TERMS, self._terms_row.tolist(), strict=True)),
-            "kpi": dict(zip(KPI_KEYS, self._kpi_row.tolist(), strict=True)),
+            "rewards": dict(zip(self.REWARD_TERMS, res[R_TERMS:R_KPI], strict=True)),
+            "kpi": dict(zip(KPI_KEYS, res[R_KPI:], strict=True)),
         }
-        if has_shaping:
-            info["shaping"] = shaped
-        return self._obs_row.copy(), reward, False, truncated == 1.0, info
+        if res[R_HAS_SHAPING]:
+            info["shaping"] = res[R_SHAPING]
+        return self._obs_row.copy(), res[R_REWARD], False, res[R_TRUNCATED] == 1.0, info
 
     def action_masks(self) -> np.ndarray:
         """bool[n_nodes]: the nodes that can take the waiting job now (all True when none waits)."""
@@ -387,11 +391,11 @@ class JobPlacementEnv(PlacementEnv):
         return (si[S_FREE].item() - GPU_MILLI * idle) / GPU_MILLI, si[S_TOTAL].item() - idle
 
     def _kpi(self, frag: float, in_use: int) -> dict[str, float]:
-        kpi = np.zeros((N_KPI, 1))
-        self._batch.kpi(self._row, kpi)
-        out = dict(zip(KPI_KEYS, kpi[:, 0].tolist(), strict=True))
-        out["fragmented_gpus"], out["gpus_in_use"] = float(frag), float(in_use)
-        return out
+        res = np.zeros((N_RES, 1))
+        self._batch.kpi(self._row, res)
+        kpi = dict(zip(KPI_KEYS, res[R_KPI:, 0].tolist(), strict=True))
+        kpi["fragmented_gpus"], kpi["gpus_in_use"] = float(frag), float(in_use)
+        return kpi
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
@@ -406,7 +410,7 @@ class JobPlacementEnv(PlacementEnv):
         state = self.__dict__.copy()
         # views of the batch's arrays: rebuilt after unpickling (the cluster on first use)
         state["_cluster"] = None
-        for key in ("_obs_row", "_si_row", "_sf_row", "_terms_row", "_kpi_row", "_out_row"):
+        for key in ("_obs_row", "_si_row", "_sf_row", "_res_col", "_step_args", "_generation"):
             state.pop(key, None)
         return state
 

@@ -12,13 +12,14 @@ import numpy as np
 from envs.placement.base import PlacementEnv
 from envs.placement.fast import (
     KPI_KEYS,
-    N_KPI,
-    N_OUT,
+    N_RES,
     N_TERMS,
-    O_HAS_SHAPING,
-    O_REWARD,
-    O_SHAPING,
-    O_TRUNCATED,
+    R_HAS_SHAPING,
+    R_KPI,
+    R_REWARD,
+    R_SHAPING,
+    R_TERMS,
+    R_TRUNCATED,
 )
 from envs.sim.errors import fail
 from envs.vector.base import NativeVectorEnv
@@ -114,6 +115,9 @@ class PlacementVecEnv(NativeVectorEnv):
         self.reward_terms: tuple[str, ...] = first.REWARD_TERMS
         self._term_mask_keys = tuple("_" + key for key in self.reward_terms)
         self._n_nodes: int = first.n_nodes
+        self._all_rows = set(range(self.num_envs))
+        self._all_true = np.ones(self.num_envs, np.bool_)
+        self._shaping = first.params.shaping > 0.0
         if self.source == "jobs":
             self._batch = first.new_batch(self.num_envs)
             for e, env in enumerate(self.envs):
@@ -128,40 +132,41 @@ class PlacementVecEnv(NativeVectorEnv):
         if self.source != "jobs":
             return self._step_envs(actions)
         n = self.num_envs
-        a = np.ascontiguousarray(actions, dtype=np.int64)
-        terms, kpi, out = np.empty((N_TERMS, n)), np.empty((N_KPI, n)), np.empty((N_OUT, n))
-        if self._batch.step(0, n, a, terms, kpi, out) >= 0:  # the compiled step checks the range first
+        a = actions if actions.dtype == np.int64 and actions.flags.c_contiguous else actions.astype(np.int64)
+        res = np.empty((N_RES, n))
+        if self._batch.step(0, n, a, res) >= 0:  # the compiled step checks the range first
             raise fail("actions", actions, f"must lie in [0, {self._n_nodes}) (the nodes)")
-        rewards = out[O_REWARD]
-        truncated = out[O_TRUNCATED] == 1.0
-        shaped = out[O_HAS_SHAPING] != 0.0
-        infos: dict[str, Any] = {}
+        rewards, terms, kpi = res[R_REWARD], res[R_TERMS : R_TERMS + N_TERMS], res[R_KPI:]
+        truncated = res[R_TRUNCATED] == 1.0
+        live = np.ones(n, np.bool_)
+        step_infos: dict[int, dict[str, Any]] = {}
         if truncated.any():
             # as SyncVectorEnv: an ended sub-env's step costs are in final_info only
-            step_infos = {e: self._row_info(e, terms, kpi, out) for e in np.flatnonzero(truncated).tolist()}
+            for e in np.flatnonzero(truncated).tolist():
+                step_infos[e] = self._row_info(res[:, e].tolist())
             terms[:, truncated] = 0.0
-            out[O_SHAPING, truncated] = 0.0
-            shaped &= ~truncated
-        else:
-            step_infos = {}
-        live = ~truncated
-        if live.any():
+            res[R_SHAPING, truncated] = 0.0
+            live[truncated] = False
+        infos: dict[str, Any] = {}
+        if step_infos.keys() != self._all_rows:
             infos["rewards"] = self._masked(self.reward_terms, self._term_mask_keys, terms, live)
             infos["_rewards"] = live
-        infos["kpi"] = self._masked(KPI_KEYS, _KPI_MASK_KEYS, kpi, np.ones(n, np.bool_))
-        infos["_kpi"] = np.ones(n, np.bool_)
-        if shaped.any():
-            infos["shaping"], infos["_shaping"] = out[O_SHAPING], shaped
+        infos["kpi"] = self._masked(KPI_KEYS, _KPI_MASK_KEYS, kpi, self._all_true)
+        infos["_kpi"] = self._all_true.copy()
+        if self._shaping:
+            shaped = (res[R_HAS_SHAPING] != 0.0) & live
+            if shaped.any():
+                infos["shaping"], infos["_shaping"] = res[R_SHAPING], shaped
         return rewards, np.zeros(n, np.bool_), truncated, infos, step_infos.__getitem__
 
-    def _row_info(self, e: int, terms: np.ndarray, kpi: np.ndarray, out: np.ndarray) -> dict[str, Any]:
-        """Sub-env ``e``'s info of this step, as its single env returns it."""
+    def _row_info(self, res: list[float]) -> dict[str, Any]:
+        """A sub-env's info of this step from its column of results, as its single env returns it."""
         info: dict[str, Any] = {
-            "rewards": dict(zip(self.reward_terms, terms[:, e].tolist(), strict=True)),
-            "kpi": dict(zip(KPI_KEYS, kpi[:, e].tolist(), strict=True)),
+            "rewards": dict(zip(self.reward_terms, res[R_TERMS : R_TERMS + N_TERMS], strict=True)),
+            "kpi": dict(zip(KPI_KEYS, res[R_KPI:], strict=True)),
         }
-        if out[O_HAS_SHAPING, e]:
-            info["shaping"] = out[O_SHAPING, e].item()
+        if res[R_HAS_SHAPING]:
+            info["shaping"] = res[R_SHAPING]
         return info
 
     @staticmethod

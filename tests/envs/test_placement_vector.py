@@ -499,6 +499,24 @@ def test_good_action_forms_and_step_before_reset():
         PlacementVecEnv(2, bogus=1, **SMALL)
 
 
+def test_a_sub_env_is_a_single_env_on_its_row_of_the_shared_batch():
+    vec = PlacementVecEnv(3, **SMALL)
+    vec.reset(seed=4)
+    single = PlacementEnv(**SMALL)
+    single.reset(seed=5)
+    sub = vec.envs[1]
+    rng = np.random.default_rng(6)
+    for _ in range(60):  # stepped on its own (its row only), across episode ends and array growth
+        node = int(choose(sub.action_masks()[None], rng)[0])
+        a, b = sub.step(node), single.step(node)
+        assert a[0].tobytes() == b[0].tobytes() and a[1:4] == b[1:4] and a[4] == b[4]
+        assert sub.pending_demand == single.pending_demand and sub.now_s == single.now_s
+        if a[3]:
+            assert sub.reset()[0].tobytes() == single.reset()[0].tobytes()
+    assert np.array_equal(sub.cluster.gpu_free_milli, single.cluster.gpu_free_milli)
+    assert vec.envs[0]._si_row[0] == 0 and vec.envs[2]._si_row[0] == 0  # the other rows did not move
+
+
 def test_pickle_round_trips_mid_episode_and_continues_identically():
     vec = PlacementVecEnv(4, **SHAPED)
     vec.reset(seed=3)
