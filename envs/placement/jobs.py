@@ -23,7 +23,6 @@ from envs.placement.fast import (
     R_KPI,
     R_REWARD,
     R_SHAPING,
-    R_TERMS,
     R_TRUNCATED,
     S_ENDED,
     S_FAILURES,
@@ -66,6 +65,20 @@ _SHAPE_MEM = np.array([s[3] for s in SYNTHETIC_NODE_SHAPES], np.int64)
 _SHAPE_TYPE = np.array(
     [SYNTHETIC_GPU_TYPES.index(s[0]) if s[0] else -1 for s in SYNTHETIC_NODE_SHAPES], np.int64
 )
+
+
+def _step_terms(r: list[float]) -> dict[str, float]:
+    """``info["rewards"]`` from a column of the compiled step's results (a dict display: the fastest
+    way to build a dict in CPython, measurably faster than ``dict(zip(...))`` at every step)."""
+    return {"placement_failures": r[4], "invalid_actions": r[5], "fragmented_gpus": r[6], "gpus_in_use": r[7]}
+
+
+def _step_kpis(r: list[float]) -> dict[str, float]:
+    """``info["kpi"]`` from a column of the compiled step's results (``KPI_KEYS`` from ``R_KPI`` on;
+    the tests compare keys, order and values with the Python implementation's)."""
+    return {"time_s": r[8], "items": r[9], "placed": r[10], "failures": r[11], "invalid_actions": r[12],
+            "fragmented_gpus": r[13], "fgd_fragmentation_milli": r[14], "gpus_in_use": r[15], "nodes_in_use": r[16],
+            "live_allocations": r[17]}  # fmt: skip
 
 
 def _typeset_table(typesets: list[tuple[int, ...]], n_types: int) -> np.ndarray:
@@ -313,10 +326,7 @@ class JobPlacementEnv(PlacementEnv):
             self._views()
         fast.step_rows(*self._step_args)
         res = self._res_col.tolist()
-        info = {
-            "rewards": dict(zip(self.REWARD_TERMS, res[R_TERMS:R_KPI], strict=True)),
-            "kpi": dict(zip(KPI_KEYS, res[R_KPI:], strict=True)),
-        }
+        info = {"rewards": _step_terms(res), "kpi": _step_kpis(res)}
         if res[R_HAS_SHAPING]:
             info["shaping"] = res[R_SHAPING]
         return self._obs_row.copy(), res[R_REWARD], False, res[R_TRUNCATED] == 1.0, info
