@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 from envs.autoscale import AutoscaleEnv, AutoscaleEnvV0
 from envs.sim.batch import StateList, advance_batch
+from envs.sim.kernel import advance
 from envs.sim.routing import Rule
 from envs.vector.base import NativeVectorEnv
 
@@ -26,7 +28,10 @@ class AutoscaleVecEnv(NativeVectorEnv):
     A step is one control interval of every sub-env, in three parts: each sub-env applies its
     action in Python (replica targets, placement: the single env's code); one call into compiled
     code (:func:`envs.sim.batch.advance_batch`) runs every simulation to its interval's end, the
-    simulations spread over all cores with ``numba.prange`` (they share no memory); each sub-env
+    simulations spread over all cores with ``numba.prange`` (they share no memory; with one numba
+    thread, ``numba.set_num_threads(1)`` as in the grid's workers, the simulations' compiled loops
+    are called one after another instead, the same computation without a parallel build to compile
+    on first use); each sub-env
     then reads its interval (a compiled read) and builds its observation and reward. The
     simulation is most of a step's cost, so the vector env's rate grows with the cores. A sub-env
     with a fault due within the interval, or a Python router, advances in Python instead (same
@@ -80,7 +85,11 @@ class AutoscaleVecEnv(NativeVectorEnv):
                 and until >= sim.now
             )
         if fast.any():
-            advance_batch(self._states.items, fast, self._until, self._codes, self._now, self._n_released)
+            if numba.get_num_threads() > 1:
+                advance_batch(self._states.items, fast, self._until, self._codes, self._now, self._n_released)
+            else:  # one thread: the loops one after another (the same calls, and no parallel build to compile)
+                for e in np.flatnonzero(fast).tolist():
+                    advance(*self.envs[e].sim.state.kernel_args(), float(self._until[e]), -1)
         results = []
         for e, env in enumerate(self.envs):
             if fast[e]:
@@ -121,14 +130,17 @@ class AutoscaleVecEnvV0(AutoscaleVecEnv):
 def _batch_infos(infos: list[dict[str, Any]]) -> dict[str, Any]:
     """The sub-envs' step infos (same keys) in Gymnasium's batched layout: arrays with ``_key`` masks."""
     n = len(infos)
-    all_ = np.ones(n, np.bool_)
+
+    def ones() -> np.ndarray:  # one mask per key: an autoreset clears an ended sub-env's entries
+        return np.ones(n, np.bool_)
+
     first = infos[0]
     out: dict[str, Any] = {}
     for group in ("rewards", "kpi"):
         keys = first[group].keys()
         d: dict[str, Any] = {k: np.array([i[group][k] for i in infos], np.float64) for k in keys}
-        d.update({"_" + k: all_ for k in keys})
-        out[group], out["_" + group] = d, all_
-    out["replicas"], out["_replicas"] = np.stack([i["replicas"] for i in infos]), all_
-    out["clamped"], out["_clamped"] = np.array([i["clamped"] for i in infos], np.int64), all_
+        d.update({"_" + k: ones() for k in keys})
+        out[group], out["_" + group] = d, ones()
+    out["replicas"], out["_replicas"] = np.stack([i["replicas"] for i in infos]), ones()
+    out["clamped"], out["_clamped"] = np.array([i["clamped"] for i in infos], np.int64), ones()
     return out

@@ -178,22 +178,24 @@ class RoutingVecEnv(NativeVectorEnv):
                 if shaping > 0.0:
                     out[OUT_SHAPING, e] = info["shaping"]
                 self._pull(e)
-        all_ = np.ones(n, np.bool_)
+        def ones() -> np.ndarray:  # one mask per key: an autoreset clears an ended sub-env's entries
+            return np.ones(n, np.bool_)
+
         infos: dict[str, Any] = {
             "rewards": {"slo_violations": out[OUT_SLO], "drops": out[OUT_DROPS], "latency": out[OUT_LATENCY],
-                        "invalid_actions": out[OUT_INVALID], **{"_" + k: all_ for k in _TERM_KEYS}},
-            "_rewards": all_,
+                        "invalid_actions": out[OUT_INVALID], **{"_" + k: ones() for k in _TERM_KEYS}},
+            "_rewards": ones(),
             "kpi": {"time_s": out[OUT_NOW], "requests_completed": out[OUT_COMPLETED],
                     "requests_dropped": out[OUT_DROPS], "slo_violations": out[OUT_SLO], "e2e_sum_s": out[OUT_E2E],
-                    **{"_" + k: all_ for k in _KPI_KEYS}},
-            "_kpi": all_,
+                    **{"_" + k: ones() for k in _KPI_KEYS}},
+            "_kpi": ones(),
             "replica": out[OUT_REPLICA].astype(np.int64),
-            "_replica": all_,
+            "_replica": ones(),
             "request": out[OUT_REQUEST].astype(np.int64),
-            "_request": all_,
+            "_request": ones(),
         }  # fmt: skip
         if shaping > 0.0:
-            infos["shaping"], infos["_shaping"] = out[OUT_SHAPING], all_
+            infos["shaping"], infos["_shaping"] = out[OUT_SHAPING], ones()
 
         def step_info(e: int) -> dict[str, Any]:
             if e in slow_infos:

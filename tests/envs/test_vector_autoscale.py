@@ -79,3 +79,15 @@ def test_bad_actions_are_named_errors() -> None:
         vec.step(np.full((2, 1), 99))
     with pytest.raises(ValueError, match="actions"):
         vec.step(np.zeros(2, np.int64))
+
+
+def test_one_thread_steps_the_simulations_in_turn_with_the_same_numbers() -> None:
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        ends = assert_matches_single("InferGym/Autoscale-v1", {"horizon_s": 300}, 2, 30, 9, _random, _same_step_info)
+    finally:
+        numba.set_num_threads(before)
+    assert ends >= 2

@@ -55,7 +55,11 @@ def assert_matches_single(env_id: str, kwargs: dict[str, Any], n_envs: int, step
                 for key, val in inf.get("episode_kpi", {}).items():
                     got = info["final_info"]["episode_kpi"][key][i]
                     assert got == val or (np.isnan(got) and np.isnan(val)), (key, got, val)
-                o, _ = env.reset()
+                o, reset_info = env.reset()
+                for key in set(inf) - set(reset_info):  # the top level holds the reset's info only
+                    assert key not in info or not info["_" + key][i], (t, i, key)
+                for key in reset_info:
+                    assert info["_" + key][i], (t, i, key)
             np.testing.assert_array_equal(obs[i], o, err_msg=f"obs step {t} env {i}")
     vec.close()
     return ends
