@@ -184,18 +184,25 @@ def test_sub_envs_follow_the_single_env_with_seed_plus_i_bit_for_bit(config):
     assert ends >= 10, "the test should cross many episode ends"
 
 
-def test_infos_and_final_obs_are_those_of_sync_vector_env_in_same_step_mode():
-    kw = {**SMALL, "n_jobs": 12, "shaping": 3.0}
-    n = 4
+def _reset_pair(kw: dict, n: int, seed: int) -> tuple[PlacementVecEnv, SyncVectorEnv]:
+    """A native vector env and gymnasium's SyncVectorEnv (SAME_STEP) of the same single envs, reset
+    with ``seed``; their first observations and infos must already agree."""
     vec = PlacementVecEnv(n, **kw)
     sync = SyncVectorEnv(
         [lambda: PlacementEnv(**kw) for _ in range(n)], autoreset_mode=AutoresetMode.SAME_STEP
     )
-    assert vec.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
-    o1, i1 = vec.reset(seed=5)
-    o2, i2 = sync.reset(seed=5)
+    o1, i1 = vec.reset(seed=seed)
+    o2, i2 = sync.reset(seed=seed)
     assert o1.tobytes() == o2.tobytes()
     same_infos(i1, i2)
+    return vec, sync
+
+
+def test_infos_and_final_obs_are_those_of_sync_vector_env_in_same_step_mode():
+    kw = {**SMALL, "n_jobs": 12, "shaping": 3.0}
+    n = 4
+    vec, sync = _reset_pair(kw, n, seed=5)
+    assert vec.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     rng = np.random.default_rng(1)
     ended = 0
     for _ in range(120):
@@ -556,14 +563,7 @@ def test_llm_source_steps_its_single_envs_as_sync_vector_env_does():
     # bursty, 300 s: episodes of 35 to 45 placements, so sub-envs end in different steps
     kw = {"scenario": "bursty", "horizon_s": 300.0, "shaping": 1.0}
     n = 4
-    vec = PlacementVecEnv(n, **kw)
-    sync = SyncVectorEnv(
-        [lambda: PlacementEnv(**kw) for _ in range(n)], autoreset_mode=AutoresetMode.SAME_STEP
-    )
-    o1, i1 = vec.reset(seed=0)
-    o2, i2 = sync.reset(seed=0)
-    assert o1.tobytes() == o2.tobytes()
-    same_infos(i1, i2)
+    vec, sync = _reset_pair(kw, n, seed=0)
     rng = np.random.default_rng(0)
     partial = 0
     for _ in range(60):
