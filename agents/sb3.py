@@ -58,9 +58,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 import envs
 from agents import EpisodeKpis
 from agents import checkpoints as C
-from agents.vecenv import make_native_vec
 from agents.policies import POLICIES
 from agents.progress import PROGRESS_FILE, ProgressCallback
+from agents.vecenv import make_native_vec
 from envs.sim.config import deep_merge
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
 

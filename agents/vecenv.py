@@ -35,7 +35,9 @@ class NativeVecEnv(VecEnv):
         if not isinstance(vector_env, NativeVectorEnv):
             raise TypeError(f"vector_env: {vector_env!r} must be an InferGym native vector env")
         self.vector_env = vector_env
-        super().__init__(vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space)
+        super().__init__(
+            vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space
+        )
         self._actions: np.ndarray | None = None
         self._ep_return = np.zeros(self.num_envs)
         self._ep_length = np.zeros(self.num_envs, np.int64)
@@ -68,7 +70,9 @@ class NativeVecEnv(VecEnv):
         kpi = infos.get("kpi")
         keys = [k for k in kpi if not k.startswith("_")] if kpi is not None else []
         cols = [kpi[k].tolist() for k in keys] if kpi is not None else []
-        out: list[dict[str, Any]] = [{"kpi": dict(zip(keys, vals, strict=True))} for vals in zip(*cols, strict=True)]
+        out: list[dict[str, Any]] = [
+            {"kpi": dict(zip(keys, vals, strict=True))} for vals in zip(*cols, strict=True)
+        ]
         if not keys:
             out = [{} for _ in range(self.num_envs)]
         if dones.any():
@@ -103,7 +107,9 @@ class NativeVecEnv(VecEnv):
         for i in self._get_indices(indices):
             setattr(self.vector_env.envs[i], attr_name, value)
 
-    def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any
+    ) -> list[Any]:
         idx = list(self._get_indices(indices))
         if method_name == "action_masks" and not method_args and not method_kwargs:
             masks = self.vector_env.action_masks()  # one batched call (MaskablePPO asks every step)
@@ -141,10 +147,16 @@ def _unbatch(batched: dict[str, Any], e: int) -> dict[str, Any]:
     return out
 
 
-def make_native_vec(env_id: str, scenario: Any, n_envs: int, seed: int, env_kwargs: dict[str, Any] | None = None) -> NativeVecEnv:
+def make_native_vec(
+    env_id: str, scenario: Any, n_envs: int, seed: int, env_kwargs: dict[str, Any] | None = None
+) -> NativeVecEnv:
     """``n_envs`` sub-envs of ``env_id``'s native vector env, seeded ``seed + i`` at the first reset."""
     vector_env = gym.make_vec(
-        env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", scenario=scenario, **(env_kwargs or {})
+        env_id,
+        num_envs=n_envs,
+        vectorization_mode="vector_entry_point",
+        scenario=scenario,
+        **(env_kwargs or {}),
     )
     vec = NativeVecEnv(vector_env.unwrapped)
     vec.seed(seed)

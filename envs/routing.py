@@ -22,7 +22,7 @@ from gymnasium import spaces
 
 from baselines.routing import RouterPolicy
 from envs.common import check_action, split_kwargs, weighted_reward
-from envs.sim.batch import AUTO_TO_CENTRAL, RoutingBuffers
+from envs.sim.batch import AUTO_TO_CENTRAL, MASKED_TO_CENTRAL, RoutingBuffers
 from envs.sim.clock import ControlClock
 from envs.sim.config import ControllerSpec, Scenario
 from envs.sim.controllers import SCALERS
@@ -53,7 +53,7 @@ SLOT_FEATURES: tuple[tuple[str, float, float], ...] = (
 N_SLOT_FEATURES = len(SLOT_FEATURES)
 
 # Codes of ``RoutingEnv.decisions`` for requests that did not go to a replica chosen by the agent.
-NOT_DECIDED, MASKED_TO_CENTRAL = -3, -2  # AUTO_TO_CENTRAL = -1 (envs.sim.batch)
+NOT_DECIDED = -3  # AUTO_TO_CENTRAL = -1 and MASKED_TO_CENTRAL = -2: envs.sim.batch
 
 
 #: Normalisers passed to the compiled observation (envs.sim.features.routing_observation), in its order.

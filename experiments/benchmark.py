@@ -277,7 +277,11 @@ def vector_vs_single(env_id: str, n_envs: int, steps: int, seed: int = 0, **env_
     space = vec.single_action_space
     rng = np.random.default_rng(seed)
     masked = isinstance(space, gym.spaces.Discrete)
-    draws = rng.random((steps, n_envs, space.n)) if masked else rng.integers(0, space.nvec, (steps, n_envs, *space.shape))
+    draws = (
+        rng.random((steps, n_envs, space.n))
+        if masked
+        else rng.integers(0, space.nvec, (steps, n_envs, *space.shape))
+    )
 
     def run_vector(k: int) -> float:
         vec.reset(seed=seed)

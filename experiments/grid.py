@@ -285,7 +285,9 @@ def _run_cell_dict(
     """
     import numba
 
-    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, (os.cpu_count() or 1) // max(1, workers))))
+    numba.set_num_threads(
+        max(1, min(numba.config.NUMBA_NUM_THREADS, (os.cpu_count() or 1) // max(1, workers)))
+    )
     cell = Cell.from_dict(cell_dict)
     if hook is not None:
         hook(cell)

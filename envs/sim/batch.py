@@ -41,8 +41,9 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     # while training here). The work-queue layer has its own threads, idle when not in use.
     config.THREADING_LAYER = "workqueue"
 
-#: ``decisions`` code of an arrival that had no READY replica in a slot (sent to the central queue).
-AUTO_TO_CENTRAL = -1
+#: ``decisions`` codes: an arrival that had no READY replica in a slot, and a masked action (both
+#: sent to the central queue).
+AUTO_TO_CENTRAL, MASKED_TO_CENTRAL = -1, -2
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
@@ -109,7 +110,7 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
             inv = 0.0
         else:
             r = -1
-            dec[i] = -2
+            dec[i] = MASKED_TO_CENTRAL
             inv = 1.0
         p = route_step(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13],
                        s[14], s[15], s[16], s[17], s[18], s[19], s[20], s[21], until[e], r, slo, speed_max,
@@ -224,5 +225,15 @@ def int_list(arrays: Sequence[np.ndarray]) -> List:
     return out
 
 
-__all__ = ["AUTO_TO_CENTRAL", "N_OUT", "RoutingBuffers", "StateList", "advance_batch", "int_list", "route_batch",
-           "route_batch_parallel", "route_step"]
+__all__ = [
+    "AUTO_TO_CENTRAL",
+    "MASKED_TO_CENTRAL",
+    "N_OUT",
+    "RoutingBuffers",
+    "StateList",
+    "advance_batch",
+    "int_list",
+    "route_batch",
+    "route_batch_parallel",
+    "route_step",
+]

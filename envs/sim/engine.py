@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from envs.sim import kernel as K
+from envs.sim.batch import RoutingBuffers, route_step
 from envs.sim.clock import ControlClock
 from envs.sim.cluster import Allocation, ClusterState, Demand
 from envs.sim.config import Scenario, load_scenario
@@ -33,7 +34,6 @@ from envs.sim.controllers import PLACERS, SCALERS
 from envs.sim.errors import ConfigError, fail
 from envs.sim.faults import FaultInjector, fail_replicas
 from envs.sim.faults import schedule as fault_schedule
-from envs.sim.batch import RoutingBuffers, route_step
 from envs.sim.features import outstanding_work_s, routing_observation
 from envs.sim.perf import RooflineParams, kv_capacity_tokens, replica_coefficients, saturation_throughput
 from envs.sim.reads import SimulatorReads

@@ -19,7 +19,16 @@ from numba.core import caching
 
 _HERE = Path(__file__).resolve().parent
 #: The files whose compiled functions share one cache key.
-CORE_FILES = ("layout.py", "kernel.py", "routing.py", "features.py", "window.py", "faults.py", "batch.py", "jitcache.py")
+CORE_FILES = (
+    "layout.py",
+    "kernel.py",
+    "routing.py",
+    "features.py",
+    "window.py",
+    "faults.py",
+    "batch.py",
+    "jitcache.py",
+)
 
 
 def core_fingerprint() -> str:

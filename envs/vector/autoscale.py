@@ -49,7 +49,9 @@ class AutoscaleVecEnv(NativeVectorEnv):
 
     env_class: type[AutoscaleEnv] = AutoscaleEnv
 
-    def __init__(self, num_envs: int, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, num_envs: int, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(num_envs, scenario, render_mode, **kwargs)
         n = self.num_envs
         self._states: StateList | None = None
@@ -68,7 +70,9 @@ class AutoscaleVecEnv(NativeVectorEnv):
         if self._states is not None:
             self._states.sync(e, self.envs[e].sim)
 
-    def _step_batch(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], Any]:
+    def _step_batch(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], Any]:
         n = self.num_envs
         fast = np.zeros(n, np.bool_)
         started = []

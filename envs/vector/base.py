@@ -42,10 +42,14 @@ class NativeVectorEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
     env_class: type[gym.Env]
 
-    def __init__(self, num_envs: int, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, num_envs: int, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any
+    ) -> None:
         self.num_envs = int(check_number("num_envs", num_envs, ge=1, integer=True))
         if render_mode is not None:
-            raise fail("render_mode", render_mode, "must be None: the vector envs do not render (use a single env)")
+            raise fail(
+                "render_mode", render_mode, "must be None: the vector envs do not render (use a single env)"
+            )
         self.render_mode = None
         first = self.env_class(scenario, **kwargs)
         # copies of an env that has not been reset share nothing mutable and skip its set-up work
@@ -55,7 +59,9 @@ class NativeVectorEnv(VectorEnv):
         self.observation_space = batch_space(first.observation_space, self.num_envs)
         self.action_space = batch_space(first.action_space, self.num_envs)
         self._obs = np.zeros((self.num_envs, *first.observation_space.shape), first.observation_space.dtype)
-        space = self.action_space  # MultiDiscrete (batched Discrete) or an integer Box (batched MultiDiscrete)
+        space = (
+            self.action_space
+        )  # MultiDiscrete (batched Discrete) or an integer Box (batched MultiDiscrete)
         if isinstance(space, gym.spaces.MultiDiscrete):
             self._act_start, self._act_high = space.start, space.start + space.nvec
         elif isinstance(space, gym.spaces.Box) and space.dtype.kind in "iu":
@@ -132,7 +138,9 @@ class NativeVectorEnv(VectorEnv):
     def _after_reset(self, e: int) -> None:
         """Hook: sub-env ``e`` was reset (its simulator is new)."""
 
-    def _step_batch(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], Any]:
+    def _step_batch(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], Any]:
         raise NotImplementedError
 
     def __repr__(self) -> str:

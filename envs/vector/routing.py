@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.routing import LATENCY_UNIT_S, MASKED_TO_CENTRAL, NORMS, SHAPING_CAP_S, RoutingEnv
+from envs.routing import LATENCY_UNIT_S, NORMS, SHAPING_CAP_S, RoutingEnv
 from envs.sim.batch import (
     N_OUT,
     NEED_BOUNDARY,
@@ -32,7 +32,17 @@ from envs.vector.base import NativeVectorEnv
 _TERM_KEYS = ("slo_violations", "drops", "latency", "invalid_actions")
 _KPI_KEYS = ("time_s", "requests_completed", "requests_dropped", "slo_violations", "e2e_sum_s")
 #: Rows of ``out`` filled from a single env's info, in :func:`_info_values` order.
-_ROWS = (OUT_SLO, OUT_DROPS, OUT_LATENCY, OUT_INVALID, OUT_NOW, OUT_COMPLETED, OUT_E2E, OUT_REPLICA, OUT_REQUEST)
+_ROWS = (
+    OUT_SLO,
+    OUT_DROPS,
+    OUT_LATENCY,
+    OUT_INVALID,
+    OUT_NOW,
+    OUT_COMPLETED,
+    OUT_E2E,
+    OUT_REPLICA,
+    OUT_REQUEST,
+)
 #: From this many sub-envs on, the compiled step runs them on all cores (below, threads cost more).
 PARALLEL_FROM = 16
 
@@ -75,7 +85,9 @@ class RoutingVecEnv(NativeVectorEnv):
 
     env_class = RoutingEnv
 
-    def __init__(self, num_envs: int, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, num_envs: int, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(num_envs, scenario, render_mode, **kwargs)
         n, first = self.num_envs, self.envs[0]
         s = first.max_slots
@@ -143,7 +155,9 @@ class RoutingVecEnv(NativeVectorEnv):
 
     # ------------------------------------------------------------------ the step
 
-    def _step_batch(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], Any]:
+    def _step_batch(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], Any]:
         n, env0 = self.num_envs, self.envs[0]
         out = np.zeros((N_OUT, n))
         needs = self._needs
@@ -178,6 +192,7 @@ class RoutingVecEnv(NativeVectorEnv):
                 if shaping > 0.0:
                     out[OUT_SHAPING, e] = info["shaping"]
                 self._pull(e)
+
         def ones() -> np.ndarray:  # one mask per key: an autoreset clears an ended sub-env's entries
             return np.ones(n, np.bool_)
 
@@ -270,7 +285,11 @@ class RoutingVecEnv(NativeVectorEnv):
             if env.sim is not None:
                 buf = env._buf
                 buf.obs, buf.mask, buf.slot_rep, buf.terms, buf.seen = (
-                    env._obs, env._mask, env._slot_rep, env._terms, env._seen
+                    env._obs,
+                    env._mask,
+                    env._slot_rep,
+                    env._terms,
+                    env._seen,
                 )
         if self._ready:
             self._states = StateList([env.sim for env in self.envs])

@@ -51,14 +51,28 @@ def test_native_backend_steps_like_dummy_vec_env(env_id: str, kwargs: dict, step
 
 @pytest.mark.parametrize(
     ("env_id", "algo", "kwargs"),
-    [("InferGym/Autoscale-v1", "ppo", {"horizon_s": 300}), ("InferGym/Routing-v0", "maskable_ppo", {"horizon_s": 20})],
+    [
+        ("InferGym/Autoscale-v1", "ppo", {"horizon_s": 300}),
+        ("InferGym/Routing-v0", "maskable_ppo", {"horizon_s": 20}),
+    ],
 )
 def test_training_on_the_native_backend_equals_dummy(tmp_path, env_id: str, algo: str, kwargs: dict) -> None:
     models = []
     for backend in ("native", "dummy"):
         models.append(
-            train(env_id, algo, "default", 256, 3, tmp_path / backend, n_envs=2, env_kwargs=kwargs,
-                  overrides=["n_steps=64", "batch_size=64"], progress_bar=False, backend=backend)  # fmt: skip
+            train(
+                env_id,
+                algo,
+                "default",
+                256,
+                3,
+                tmp_path / backend,
+                n_envs=2,
+                env_kwargs=kwargs,
+                overrides=["n_steps=64", "batch_size=64"],
+                progress_bar=False,
+                backend=backend,
+            )  # fmt: skip
         )
     a, b = (m.policy.state_dict() for m in models)
     for key in a:

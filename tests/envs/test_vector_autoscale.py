@@ -37,13 +37,18 @@ def _same_step_info(vinfo: dict, sinfo: dict, i: int) -> None:
     ],
     ids=["default", "bursty-target", "v0-multi-model", "faults"],
 )
-def test_each_sub_env_is_the_single_env_bit_for_bit(env_id: str, kwargs: dict, n_envs: int, steps: int) -> None:
+def test_each_sub_env_is_the_single_env_bit_for_bit(
+    env_id: str, kwargs: dict, n_envs: int, steps: int
+) -> None:
     ends = assert_matches_single(env_id, kwargs, n_envs, steps, 5, _random, _same_step_info)
     assert ends >= n_envs
 
 
 def test_make_vec_builds_the_native_envs_with_batched_spaces() -> None:
-    for env_id, cls in (("InferGym/Autoscale-v1", AutoscaleVecEnv), ("InferGym/Autoscale-v0", AutoscaleVecEnvV0)):
+    for env_id, cls in (
+        ("InferGym/Autoscale-v1", AutoscaleVecEnv),
+        ("InferGym/Autoscale-v0", AutoscaleVecEnvV0),
+    ):
         vec = gym.make_vec(env_id, num_envs=3, vectorization_mode="vector_entry_point", horizon_s=300)
         single = gym.make(env_id, horizon_s=300)
         assert type(vec.unwrapped) is cls
@@ -87,7 +92,9 @@ def test_one_thread_steps_the_simulations_in_turn_with_the_same_numbers() -> Non
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        ends = assert_matches_single("InferGym/Autoscale-v1", {"horizon_s": 300}, 2, 30, 9, _random, _same_step_info)
+        ends = assert_matches_single(
+            "InferGym/Autoscale-v1", {"horizon_s": 300}, 2, 30, 9, _random, _same_step_info
+        )
     finally:
         numba.set_num_threads(before)
     assert ends >= 2
