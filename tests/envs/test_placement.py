@@ -28,21 +28,29 @@ SMALL_JOBS = {"source": "jobs", "n_nodes": 12, "n_jobs": 300}
 
 
 def write_trace(
-    tmp_path: Path, nodes: list[tuple], jobs: list[tuple], types: tuple[str, ...] = ("A", "B")
+    tmp_path: Path,
+    nodes: list[tuple],
+    jobs: list[tuple],
+    types: tuple[str, ...] = ("A", "B"),
+    node_cpu_milli: list[int] | None = None,
+    node_memory_mib: list[int] | None = None,
+    cpu_milli: list[int] | None = None,
+    memory_mib: list[int] | None = None,
 ) -> dict:
     """Write a hand-made trace; nodes are (type index or -1, GPUs), jobs (num_gpu, gpu_milli, allowed
-    types, creation_s, deletion_s). Returns the env kwargs that read it."""
+    types, creation_s, deletion_s); CPU and memory default to ample nodes and small jobs. Returns the
+    env kwargs that read it."""
     inf = math.inf
     trace = JobTrace(
         gpu_type_names=types,
         node_names=tuple(f"n{i}" for i in range(len(nodes))),
-        node_cpu_milli=[64000] * len(nodes),
-        node_memory_mib=[262144] * len(nodes),
+        node_cpu_milli=node_cpu_milli if node_cpu_milli is not None else [64000] * len(nodes),
+        node_memory_mib=node_memory_mib if node_memory_mib is not None else [262144] * len(nodes),
         node_gpus=[g for _, g in nodes],
         node_gpu_type=[t for t, _ in nodes],
         job_names=tuple(f"j{i}" for i in range(len(jobs))),
-        cpu_milli=[1000] * len(jobs),
-        memory_mib=[1024] * len(jobs),
+        cpu_milli=cpu_milli if cpu_milli is not None else [1000] * len(jobs),
+        memory_mib=memory_mib if memory_mib is not None else [1024] * len(jobs),
         num_gpu=[j[0] for j in jobs],
         gpu_milli=[j[1] for j in jobs],
         job_gpu_types=tuple(j[2] for j in jobs),

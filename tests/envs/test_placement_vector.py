@@ -27,7 +27,8 @@ from envs.placement.items import ItemEncoder
 from envs.placement.jobs import synthetic_episode
 from envs.placement.vector import PlacementVecEnv
 from envs.sim.cluster import GPU_MILLI, ClusterState
-from envs.sim.jobtrace import JobTrace, read_alibaba_trace, synthetic_job_trace, write_alibaba_trace
+from envs.sim.jobtrace import JobTrace, read_alibaba_trace, synthetic_job_trace
+from tests.envs.test_placement import write_trace
 
 ENV_ID = "InferGym/Placement-v0"
 # episodes of 25 jobs: several hundred steps cross many episode ends
@@ -54,28 +55,12 @@ def hand_trace(tmp_path: Path) -> dict:
         t += float(rng.integers(0, 3))
         end = None if rng.random() < 0.05 else t + float(rng.integers(0, 20))
         jobs.append((num, milli, types, t, end))
-    trace = JobTrace(
-        gpu_type_names=("A", "B"),
-        node_names=tuple(f"n{i}" for i in range(len(nodes))),
-        node_cpu_milli=[16000, 32000, 64000, 96000],
-        node_memory_mib=[65536, 131072, 262144, 393216],
-        node_gpus=[g for _, g in nodes],
-        node_gpu_type=[k for k, _ in nodes],
-        job_names=tuple(f"j{i}" for i in range(len(jobs))),
+    return write_trace(
+        tmp_path, nodes, jobs,
+        node_cpu_milli=[16000, 32000, 64000, 96000], node_memory_mib=[65536, 131072, 262144, 393216],
         cpu_milli=[int(x) * 1000 for x in rng.integers(0, 20, len(jobs))],
         memory_mib=[int(x) * 1024 for x in rng.integers(0, 64, len(jobs))],
-        num_gpu=[j[0] for j in jobs],
-        gpu_milli=[j[1] for j in jobs],
-        job_gpu_types=tuple(j[2] for j in jobs),
-        qos=("LS",) * len(jobs),
-        pod_phase=("Succeeded",) * len(jobs),
-        creation_s=[j[3] for j in jobs],
-        deletion_s=[math.inf if j[4] is None else j[4] for j in jobs],
-        scheduled_s=[j[3] for j in jobs],
-    )
-    pods, nodes_csv = tmp_path / "pods.csv", tmp_path / "nodes.csv"
-    write_alibaba_trace(trace, pods, nodes_csv)
-    return {"source": "jobs", "pods_path": str(pods), "nodes_path": str(nodes_csv)}
+    )  # fmt: skip
 
 
 @pytest.fixture(params=["small", "shaped", "file", "max_jobs"])
