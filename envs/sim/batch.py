@@ -48,7 +48,7 @@ AUTO_TO_CENTRAL, MASKED_TO_CENTRAL = -1, -2
 
 @njit(cache=True, error_model="numpy", _nrt=False)
 def route_step(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_done, log_drop,
-               tick_inflight, tick_queued, until, route_to, slo, speed_max, n_models, n_classes, seen, terms, obs,
+               tick_inflight, tick_queued, pc, kc, until, route_to, slo, speed_max, n_models, n_classes, seen, terms, obs,
                mask, slot_rep, norms, decisions):  # fmt: skip
     """Route the pending request (if any) to ``route_to`` and run to the next decision or to ``until``.
 
@@ -61,7 +61,7 @@ def route_step(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, h
     """
     while True:
         code = advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_done,
-                       log_drop, tick_inflight, tick_queued, until, route_to)  # fmt: skip
+                       log_drop, tick_inflight, tick_queued, pc, kc, until, route_to)  # fmt: skip
         if code != STOP_ROUTE:
             return -1
         i = gi[I_PENDING]
@@ -113,7 +113,7 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
             dec[i] = MASKED_TO_CENTRAL
             inv = 1.0
         p = route_step(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13],
-                       s[14], s[15], s[16], s[17], s[18], s[19], s[20], s[21], until[e], r, slo, speed_max,
+                       s[14], s[15], s[16], s[17], s[18], s[19], s[20], s[21], s[22], s[23], until[e], r, slo, speed_max,
                        n_models, n_classes, seen[e], terms[e], obs[e], mask[e], slot_rep[e], norms, dec)  # fmt: skip
         pending[e] = p
         out[OUT_NOW, e] = s[16][G_NOW]
@@ -166,7 +166,7 @@ def advance_batch(states, active, until, codes, now, n_released):
             continue
         s = states[e]
         codes[e] = advance(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13],
-                           s[14], s[15], s[16], s[17], s[18], s[19], s[20], s[21], until[e], -1)  # fmt: skip
+                           s[14], s[15], s[16], s[17], s[18], s[19], s[20], s[21], s[22], s[23], until[e], -1)  # fmt: skip
         now[e] = s[16][G_NOW]
         n_released[e] = s[17][I_NRELEASED]
 

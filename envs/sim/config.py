@@ -25,6 +25,7 @@ import yaml
 from envs.sim.controllers import PLACERS, SCALERS
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
 from envs.sim.hardware import GpuType, ModelSpec, gpu_from_config, model_from_config
+from envs.sim.prefixes import SESSION_KEYS, session_mean_rate, session_params
 from envs.sim.routing import ROUTERS
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
@@ -197,6 +198,10 @@ class RequestClass:
         return cls(str(raw["name"]), share, prio, Slo.from_config(raw.get("slo", {}), f"{path}.slo"), timeout)
 
 
+#: How a replica holds KV memory (``models[].kv_policy``; see :mod:`envs.sim.kernel`).
+KV_POLICIES = ("reserve", "paged")
+
+
 @dataclass(frozen=True)
 class ModelDeployment:
     """One model served by the cluster, with its replica limits and engine settings."""
@@ -211,6 +216,12 @@ class ModelDeployment:
     max_batch: int
     kv_memory_fraction: float
     replica_crash_per_hour: float = 0.0  #: crashes of one READY replica per hour (Poisson); 0: never
+    kv_policy: str = "reserve"  #: ``reserve`` (KV for prompt + output at admission) or ``paged``
+    kv_block_tokens: int = 16  #: tokens per KV block (paged; vLLM's default block size)
+    max_batched_tokens: int | None = None  #: tokens per iteration (paged); None: vLLM's default per GPU
+    chunked_prefill: bool = True  #: split long prompts over iterations (paged)
+    prefix_caching: bool = True  #: reuse cached prompt blocks (paged)
+    max_model_len: int | None = None  #: longest prompt + output (paged); None: the model's max_context
 
     @classmethod
     def from_config(
@@ -218,7 +229,8 @@ class ModelDeployment:
     ) -> ModelDeployment:
         allowed = {
             "name", "spec", "replicas", "min_replicas", "max_replicas", "gpu_types",
-            "tensor_parallel", "max_batch", "kv_memory_fraction", "replica_crash_per_hour",
+            "tensor_parallel", "max_batch", "kv_memory_fraction", "replica_crash_per_hour", "kv_policy",
+            "kv_block_tokens", "max_batched_tokens", "chunked_prefill", "prefix_caching", "max_model_len",
         }  # fmt: skip
         check_keys(path, raw, allowed, required={"name"})
         name = raw["name"]
@@ -270,7 +282,38 @@ class ModelDeployment:
         crash = float(
             check_number(f"{path}.replica_crash_per_hour", raw.get("replica_crash_per_hour", 0.0), ge=0)
         )
-        return cls(name, spec, replicas, lo, hi, tuple(dict.fromkeys(gpu_types)), tp, max_batch, frac, crash)
+        policy = check_choice(f"{path}.kv_policy", raw.get("kv_policy", "reserve"), KV_POLICIES)
+        block = int(
+            check_number(
+                f"{path}.kv_block_tokens", raw.get("kv_block_tokens", 16), ge=1, le=4096, integer=True
+            )
+        )
+        budget = raw.get("max_batched_tokens")
+        if budget is not None:
+            budget = int(check_number(f"{path}.max_batched_tokens", budget, ge=1, le=1 << 22, integer=True))
+        flags = {}
+        for key in ("chunked_prefill", "prefix_caching"):
+            flags[key] = raw.get(key, True)
+            if not isinstance(flags[key], bool):
+                raise fail(f"{path}.{key}", flags[key], "must be true or false")
+        max_len = raw.get("max_model_len")
+        if max_len is not None:
+            max_len = int(
+                check_number(f"{path}.max_model_len", max_len, ge=1, le=spec.max_context, integer=True)
+            )
+        if policy == "reserve":
+            # reserve is the engine without blocks, chunks or a prefix cache: those settings cannot apply
+            for key in ("kv_block_tokens", "max_batched_tokens", "max_model_len"):
+                if raw.get(key) is not None:
+                    raise fail(f"{path}.{key}", raw[key], "is only used with kv_policy: paged")
+            for key in ("chunked_prefill", "prefix_caching"):
+                if raw.get(key) is True:
+                    raise fail(f"{path}.{key}", True, "needs kv_policy: paged (reserve has neither)")
+                flags[key] = False
+        elif service_kind != "roofline":
+            raise fail(f"{path}.kv_policy", policy, f"needs service.kind roofline (got {service_kind})")
+        return cls(name, spec, replicas, lo, hi, tuple(dict.fromkeys(gpu_types)), tp, max_batch, frac, crash,
+                   policy, block, budget, flags["chunked_prefill"], flags["prefix_caching"], max_len)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -317,10 +360,14 @@ ARRIVAL_KEYS = {
     "mmpp": {"rates_per_s", "mean_dwell_s", "dwell_shape"},
     "onoff": {"on_rate_per_s", "off_rate_per_s", "mean_on_s", "mean_off_s", "dwell_shape"},
     "diurnal": {"mean_rate_per_s", "amplitude", "period_s", "phase_s"},
-    "trace": {"path", "start_s", "duration_s", "time_scale", "variation", "max_offset_s"},
+    "trace": {"path", "format", "start_s", "duration_s", "time_scale", "variation", "max_offset_s"},
+    "sessions": set(SESSION_KEYS),
 }
 #: How a trace replay differs between seeds (``workload.arrival.variation``; see docs/scenarios.md).
 TRACE_VARIATIONS = ("none", "bootstrap_sizes", "offset")
+#: Trace file formats (``workload.arrival.format``) and the one a file extension implies.
+TRACE_FORMATS = ("azure", "mooncake")
+TRACE_FORMAT_OF_SUFFIX = {".csv": "azure", ".jsonl": "mooncake"}
 
 
 @dataclass(frozen=True)
@@ -371,6 +418,8 @@ class ArrivalSpec:
             p["amplitude"] = float(check_number(f"{path}.amplitude", p.get("amplitude", 0.5), ge=0, le=1))
             p["period_s"] = float(check_number(f"{path}.period_s", p.get("period_s", 86400.0), gt=0))
             p["phase_s"] = float(check_number(f"{path}.phase_s", p.get("phase_s", 0.0)))
+        elif kind == "sessions":
+            p = session_params(p, path)
         else:  # trace
             tpath = p.get("path")
             if not isinstance(tpath, (str, Path)) or not str(tpath):
@@ -379,9 +428,20 @@ class ArrivalSpec:
                     tpath,
                     "must be the path of an Azure LLM inference trace CSV "
                     "(TIMESTAMP,ContextTokens,GeneratedTokens), e.g. AzureLLMInferenceTrace_conv.csv "
-                    "from the Azure Public Dataset",
+                    "from the Azure Public Dataset, or of a Mooncake trace JSONL (timestamp, input_length, "
+                    "output_length, hash_ids), e.g. conversation_trace.jsonl from kvcache-ai/Mooncake "
+                    "FAST25-release/traces",
                 )
             p["path"] = str(tpath)
+            fmt = p.get("format")
+            if fmt is None:
+                fmt = TRACE_FORMAT_OF_SUFFIX.get(Path(p["path"]).suffix.lower())
+                if fmt is None:
+                    raise ConfigError(
+                        f"{path}.format: required for {p['path']!r}, whose extension is neither .csv "
+                        f"(format azure) nor .jsonl (format mooncake); one of {list(TRACE_FORMATS)}"
+                    )
+            p["format"] = check_choice(f"{path}.format", fmt, TRACE_FORMATS)
             p["start_s"] = float(check_number(f"{path}.start_s", p.get("start_s", 0.0), ge=0))
             dur = p.get("duration_s")
             p["duration_s"] = None if dur is None else float(check_number(f"{path}.duration_s", dur, gt=0))
@@ -397,7 +457,11 @@ class ArrivalSpec:
 
     @property
     def mean_rate_per_s(self) -> float | None:
-        """Long-run mean arrival rate of a synthetic process (None for traces)."""
+        """Long-run mean arrival rate of a synthetic process (None for traces).
+
+        For ``sessions``: ``session_rate_per_s * turns_mean``, approximate (an upper bound that
+        ignores sessions ended early by ``max_context_tokens`` or the horizon).
+        """
         p = self.params
         if self.kind == "poisson":
             return p["rate_per_s"]
@@ -410,6 +474,8 @@ class ArrivalSpec:
             return (p["on_rate_per_s"] * on + p["off_rate_per_s"] * off) / (on + off)
         if self.kind == "diurnal":
             return p["mean_rate_per_s"]
+        if self.kind == "sessions":
+            return session_mean_rate(p)
         return None
 
 

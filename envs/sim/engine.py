@@ -29,12 +29,13 @@ from envs.sim import kernel as K
 from envs.sim.batch import RoutingBuffers, route_step
 from envs.sim.clock import ControlClock
 from envs.sim.cluster import Allocation, ClusterState, Demand
-from envs.sim.config import Scenario, load_scenario
+from envs.sim.config import ModelDeployment, Scenario, load_scenario
 from envs.sim.controllers import PLACERS, SCALERS
 from envs.sim.errors import ConfigError, fail
 from envs.sim.faults import FaultInjector, fail_replicas
 from envs.sim.faults import schedule as fault_schedule
 from envs.sim.features import outstanding_work_s, routing_observation
+from envs.sim.hardware import GpuType, default_max_batched_tokens
 from envs.sim.perf import RooflineParams, kv_capacity_tokens, replica_coefficients, saturation_throughput
 from envs.sim.reads import SimulatorReads
 from envs.sim.requests import N_SESSIONS, build_requests  # noqa: F401  (N_SESSIONS: public name)
@@ -78,6 +79,8 @@ class Simulator(SimulatorReads):
         self.n_models = len(sc.models)
         self.n_classes = len(sc.workload.classes)
         self.per_request = sc.service.kind != "roofline"
+        #: some model runs the paged engine (its KPIs: preemptions, prefix_hit_rate, ...)
+        self.paged = any(d.kv_policy == "paged" for d in sc.models)
         self.router = ROUTERS.build(
             router if router is not None else sc.routing, "router" if router is not None else "routing"
         )
@@ -94,7 +97,7 @@ class Simulator(SimulatorReads):
         self._scalers_read_load = any(getattr(s, "reads_load", True) for s in self.scalers)
         self._roofline = self._roofline_params()
         self._build_cluster()
-        rf, ri, self.slo = build_requests(sc, self.rng, self.per_request)
+        rf, ri, self.slo, self.prefix = build_requests(sc, self.rng, self.per_request)
         self.n_requests = len(rf) - 1
         self._build_state(rf, ri)
         self.placement_failures = 0
@@ -201,11 +204,27 @@ class Simulator(SimulatorReads):
         sc = self.scenario
         n = self.n_requests
         n_ticks = int(math.ceil(sc.horizon_s / sc.tick_s)) + 2
+        prefix = self.prefix
+        has_ids = len(prefix.ids) > 0
+        entries = 0
+        for m, dep in enumerate(sc.models):
+            if dep.kv_policy != "paged" or not dep.prefix_caching or not has_ids:
+                continue
+            if prefix.block_tokens % dep.kv_block_tokens:
+                raise fail(f"models[{m}].kv_block_tokens", dep.kv_block_tokens,
+                           f"must divide the workload's hashed block ({prefix.block_tokens} tokens) for prefix caching")  # fmt: skip
+            per_entry = prefix.block_tokens // dep.kv_block_tokens
+            for (mm, _), v in self._rep_params.items():
+                if mm == m and v is not None:
+                    entries = max(entries, v[1] // dep.kv_block_tokens // per_entry)
         self.state = st = EngineState.allocate(
             rf, ri, n_models=self.n_models, n_lists=self.n_classes,
             max_batch=1 if self.per_request else max(d.max_batch for d in sc.models),
             n_ticks=n_ticks, initial_replicas=sum(d.replicas for d in sc.models),
+            prefix_ptr=prefix.ptr if has_ids else None, prefix_ids=prefix.ids if has_ids else None,
+            cache_entries=entries,
         )  # fmt: skip
+        st.gi[K.I_HB] = prefix.block_tokens if has_ids else 0
         st.gf[K.G_TICK_S] = sc.tick_s
         st.gf[K.G_AFFINITY_EPS] = self.router_spec.load_bound_eps
         gi = st.gi
@@ -259,7 +278,7 @@ class Simulator(SimulatorReads):
                 self._schedule_remote_loads(t)
         reps = np.array([rec.rid for rec in recs], np.int64)
         n_requeued, n_dropped = fail_replicas(
-            *st.kernel_args()[:18], st.log_drop, reps, float(t), bool(requeue)
+            *st.kernel_args()[:18], st.log_drop, st.pc, st.kc, reps, float(t), bool(requeue)
         )
         for rec in recs:
             rec.freed = True
@@ -569,6 +588,8 @@ class Simulator(SimulatorReads):
         pi[r, K.Q_MAXB] = 1 if self.per_request else dep.max_batch
         pi[r, K.Q_KVCAP] = kv_cap
         pi[r, K.Q_HASH] = int(hash64(np.uint64(r + 1)) >> np.uint64(1))
+        if dep.kv_policy == "paged":
+            self._set_paged(r, dep, kv_cap, self.gpu_types[g])
         self.state.mrep[m, self.state.mn[m]] = r
         self.state.mn[m] += 1
         gpu = self.gpu_types[g]
@@ -598,6 +619,26 @@ class Simulator(SimulatorReads):
             self._loading_remote.append(rep)
             self._schedule_remote_loads(now)
         return True
+
+    def _set_paged(self, r: int, dep: ModelDeployment, kv_cap: int, gpu: GpuType) -> None:
+        """Replica ``r``'s paged-engine settings (see :mod:`envs.sim.kernel` and :mod:`envs.sim.kvcache`)."""
+        pi, st = self.state.pi, self.state
+        bt = dep.kv_block_tokens
+        max_len = dep.max_model_len if dep.max_model_len is not None else dep.spec.max_context
+        budget = (
+            dep.max_batched_tokens if dep.max_batched_tokens is not None else default_max_batched_tokens(gpu)
+        )
+        cache = dep.prefix_caching and st.kc.shape[2] > 0
+        pi[r, K.Q_PAGED] = 1
+        pi[r, K.Q_BT] = bt
+        pi[r, K.Q_BLKCAP] = kv_cap // bt
+        pi[r, K.Q_MAXLEN] = max_len
+        pi[r, K.Q_CHUNKED] = int(dep.chunked_prefill)
+        # without chunking a prompt is never split, so the budget holds the longest (vLLM V0's rule)
+        pi[r, K.Q_BUDGET] = budget if dep.chunked_prefill else max(budget, max_len)
+        pi[r, K.Q_CACHE] = int(cache)
+        pi[r, K.Q_EB] = self.prefix.block_tokens // bt if cache else 1
+        pi[r, K.Q_LRUH] = pi[r, K.Q_LRUT] = -1
 
     def _push_ready(self, r: int, t: float) -> None:
         self.state.pi[r, K.Q_VERSION] += 1  # invalidates an earlier READY estimate

@@ -35,6 +35,7 @@ from numba import njit
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
 from envs.sim.kernel import _drop, dispatch
 from envs.sim.layout import (
+    DROP_FAULT,
     I_NMODELS,
     I_ROUTER,
     M_QUEUED,
@@ -50,11 +51,17 @@ from envs.sim.layout import (
     Q_STATE,
     Q_VERSION,
     R_ADMIT,
+    R_BLOCKS,
+    R_COMPUTED,
     R_DEADLINE,
     R_FIRST,
+    R_GEN,
+    R_HELD,
     R_MODEL,
     R_NEXT,
+    R_REASON,
     R_REPLICA,
+    R_SCHED,
     R_STATE,
     REP_READY,
     REP_RELEASED,
@@ -166,7 +173,30 @@ def schedule(
 
 @njit(cache=True, error_model="numpy")
 def fail_replicas(
-    rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_drop, reps, t, requeue
+    rf,
+    ri,
+    pf,
+    pi,
+    run,
+    pfl,
+    qh,
+    qt,
+    qn,
+    mi,
+    mrep,
+    mn,
+    ht,
+    hk,
+    hr,
+    hv,
+    gf,
+    gi,
+    log_drop,
+    pc,
+    kc,
+    reps,
+    t,
+    requeue,
 ):
     """Lose replicas ``reps`` at time ``t`` with their work; returns (requests re-queued, dropped).
 
@@ -224,15 +254,45 @@ def fail_replicas(
         ri[i, R_REPLICA] = -1  # dispatch sets it again unless the request waits in a central queue
         rf[i, R_ADMIT] = np.nan
         rf[i, R_FIRST] = np.nan
+        # paged engine: its KV and output are gone with the replica (the cache is not touched: it is lost)
+        ri[i, R_COMPUTED] = 0
+        ri[i, R_GEN] = 0
+        ri[i, R_HELD] = 0
+        ri[i, R_BLOCKS] = 0
+        ri[i, R_SCHED] = 0
         if requeue and rf[i, R_DEADLINE] > t:
             mi[m, M_QUEUED] -= 1  # dispatch counts it again
             dest = -1 if gi[I_ROUTER] == RULE_EXTERNAL else route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i)
             dispatch(
-                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, i, dest, t
+                rf,
+                ri,
+                pf,
+                pi,
+                run,
+                pfl,
+                qh,
+                qt,
+                qn,
+                mi,
+                mrep,
+                mn,
+                ht,
+                hk,
+                hr,
+                hv,
+                gi,
+                log_drop,
+                pc,
+                kc,
+                i,
+                dest,
+                t,
             )
             n_requeued += 1
         else:
             _drop(rf, ri, mi, log_drop, gi, i, t)
+            if rf[i, R_DEADLINE] > t:
+                ri[i, R_REASON] = DROP_FAULT
             n_dropped += 1
     return n_requeued, n_dropped
 

@@ -98,6 +98,9 @@ class ModelSpec:
         gpus_per_replica: tensor-parallel degree of one serving replica; must divide ``n_heads``.
         load_time_s: cold-start time of a replica in seconds; ``None`` lets the
             engine derive it from weight bytes and storage bandwidth.
+        max_context: the longest sequence (prompt + output tokens) the model was trained for,
+            ``max_position_embeddings`` in its ``config.json``; a replica's ``max_model_len``
+            defaults to it (as vLLM's does).
     """
 
     name: str
@@ -111,6 +114,7 @@ class ModelSpec:
     bytes_per_param: int = 2
     gpus_per_replica: int = 1
     load_time_s: float | None = None
+    max_context: int = 4096
 
     def __post_init__(self) -> None:
         _check_name("name", self.name)
@@ -124,6 +128,7 @@ class ModelSpec:
             "vocab_size",
             "bytes_per_param",
             "gpus_per_replica",
+            "max_context",
         ):
             _set(self, field, check_number(field, getattr(self, field), gt=0, integer=True))
         if self.n_heads % self.n_kv_heads:
@@ -167,28 +172,65 @@ GPU_PRESETS: dict[str, GpuType] = {
     "l4": GpuType("l4", 24.0, 121.0, 300.0, 0.8048),
 }
 
+
+def default_max_batched_tokens(gpu: GpuType) -> int:
+    """vLLM's default token budget per iteration for an OpenAI-compatible server on ``gpu``.
+
+    ``EngineArgs.get_batch_defaults`` (``vllm/engine/arg_utils.py``): 8192 on GPUs of at least
+    70 GiB that are not A100s (H100, H200, MI300X), else 2048 (A100 included: larger budgets
+    lowered its throughput, vLLM PR #17885).
+    """
+    return 8192 if gpu.memory_gb * 1e9 >= 70 * 2**30 and "a100" not in gpu.name.lower() else 2048
+
+
 MODEL_PRESETS: dict[str, ModelSpec] = {
     # Shapes from the Hugging Face config.json of each model; parameter counts are the exact
     # totals of the released bf16 checkpoints (embeddings and untied LM head included).
     # meta-llama/Llama-2-7b-hf
-    "llama-2-7b": ModelSpec("llama-2-7b", 6_738_415_616, 32, 4096, 32, 32, 11008, 32000),
+    "llama-2-7b": ModelSpec("llama-2-7b", 6_738_415_616, 32, 4096, 32, 32, 11008, 32000, max_context=4096),
     # meta-llama/Llama-2-13b-hf
-    "llama-2-13b": ModelSpec("llama-2-13b", 13_015_864_320, 40, 5120, 40, 40, 13824, 32000),
+    "llama-2-13b": ModelSpec("llama-2-13b", 13_015_864_320, 40, 5120, 40, 40, 13824, 32000, max_context=4096),
     # meta-llama/Meta-Llama-3-8B
-    "llama-3-8b": ModelSpec("llama-3-8b", 8_030_261_248, 32, 4096, 32, 8, 14336, 128256),
+    "llama-3-8b": ModelSpec("llama-3-8b", 8_030_261_248, 32, 4096, 32, 8, 14336, 128256, max_context=8192),
     # meta-llama/Llama-2-70b-hf: 138 GB of bf16 weights; 4 x 80 GB leaves ~150 GB for KV at 90%
     # memory use (2 x 80 GB would leave ~6 GB, too little to batch).
     "llama-2-70b": ModelSpec(
-        "llama-2-70b", 68_976_648_192, 80, 8192, 64, 8, 28672, 32000, gpus_per_replica=4
+        "llama-2-70b", 68_976_648_192, 80, 8192, 64, 8, 28672, 32000, gpus_per_replica=4, max_context=4096
     ),
     # meta-llama/Meta-Llama-3-70B
     "llama-3-70b": ModelSpec(
-        "llama-3-70b", 70_553_706_496, 80, 8192, 64, 8, 28672, 128256, gpus_per_replica=4
+        "llama-3-70b", 70_553_706_496, 80, 8192, 64, 8, 28672, 128256, gpus_per_replica=4, max_context=8192
+    ),
+    # meta-llama/Llama-3.1-8B and Llama-3.1-70B: the Llama 3 shapes with a 131,072-token context
+    # (config.json max_position_embeddings 131072, RoPE scaling "llama3")
+    "llama-3.1-8b": ModelSpec(
+        "llama-3.1-8b", 8_030_261_248, 32, 4096, 32, 8, 14336, 128256, max_context=131_072
+    ),
+    "llama-3.1-70b": ModelSpec(
+        "llama-3.1-70b",
+        70_553_706_496,
+        80,
+        8192,
+        64,
+        8,
+        28672,
+        128256,
+        gpus_per_replica=4,
+        max_context=131_072,
     ),
     # codellama/CodeLlama-34b-hf (67.5 GB of bf16 weights); tensor-parallel 2 on A100-80GB, the
     # setup Vidur (Agrawal et al., MLSys 2024) simulates
     "codellama-34b": ModelSpec(
-        "codellama-34b", 33_743_970_304, 48, 8192, 64, 8, 22016, 32000, gpus_per_replica=2
+        "codellama-34b",
+        33_743_970_304,
+        48,
+        8192,
+        64,
+        8,
+        22016,
+        32000,
+        gpus_per_replica=2,
+        max_context=16_384,
     ),
 }
 

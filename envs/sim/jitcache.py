@@ -22,6 +22,7 @@ _HERE = Path(__file__).resolve().parent
 CORE_FILES = (
     "layout.py",
     "kernel.py",
+    "kvcache.py",
     "routing.py",
     "features.py",
     "window.py",

@@ -39,6 +39,7 @@ import numpy as np
 from numba import njit
 
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
+from envs.sim.kvcache import allocate, available_blocks, cdiv, hold, match, publish, release, sync_kv_tokens
 from envs.sim.layout import *  # noqa: F403  (the state's field names, defined once there)
 from envs.sim.routing import RULE_EXTERNAL, route
 
@@ -181,7 +182,8 @@ def purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, now):
             continue
         for lst in range(nl):
             i = qh[q, lst]
-            while i >= 0 and rf[i, R_DEADLINE] <= now:
+            # a request preempted after admission (paged engine) has started: it never times out
+            while i >= 0 and rf[i, R_DEADLINE] <= now and np.isnan(rf[i, R_ADMIT]):
                 nxt = ri[i, R_NEXT]
                 qh[q, lst] = nxt
                 if nxt < 0:
@@ -249,9 +251,13 @@ def _release(pf, pi, mrep, mn, r, t):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t):
+def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r,
+                    t):  # fmt: skip
     """Admit what fits and start the next iteration of replica ``r`` if there is work."""
     if pi[r, Q_BUSY] != 0:
+        return
+    if pi[r, Q_PAGED] != 0:
+        _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t)
         return
     state = pi[r, Q_STATE]
     if state != REP_READY and state != REP_DRAINING:
@@ -300,6 +306,8 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
         qn[bq] -= 1
         if expired or need > pi[r, Q_KVCAP]:
             _drop(rf, ri, mi, log_drop, gi, i, t)
+            if not expired:
+                ri[i, R_REASON] = DROP_KV
             continue
         mi[m, M_QUEUED] -= 1
         mi[m, M_RUNNING] += 1
@@ -386,7 +394,10 @@ def split_decode_run(pf, pi, ht, hk, hr, hv, gi, r, t):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, r, t):
+def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t):
+    if pi[r, Q_PAGED] != 0:
+        _end_paged(rf, ri, pf, pi, run, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t)
+        return
     pi[r, Q_BUSY] = 0
     pf[r, P_BUSY_S] += pf[r, P_ITER_DUR]
     n_pf = pi[r, Q_NPF]
@@ -425,11 +436,283 @@ def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, r, 
         gi[I_NRELEASED] += 1  # the engine frees the replica's GPUs (Simulator.sync_releases)
 
 
+# ----------------------------------------------------------------------------- paged engine
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _enqueue_front(ri, qh, qt, qn, q, i):
+    lst = ri[i, R_LIST]
+    ri[i, R_NEXT] = qh[q, lst]
+    if qh[q, lst] < 0:
+        qt[q, lst] = i
+    qh[q, lst] = i
+    qn[q] += 1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _preempt(rf, ri, pi, run, qh, qt, qn, mi, gi, pc, kc, r):
+    """Preempt replica ``r``'s most recently admitted request (vLLM V1 ``Scheduler.schedule``:
+    ``self.running.pop()``, recompute mode): its blocks are freed (its prompt's cached entries stay
+    cached), it forgets its computed tokens and goes back to the head of the replica's queue; the
+    tokens generated so far are kept and recomputed with the prompt when it is admitted again."""
+    n = pi[r, Q_NRUN] - 1
+    i = run[r, n]
+    pi[r, Q_NRUN] = n
+    release(ri, pi, pc, kc, r, i)
+    ri[i, R_COMPUTED] = 0
+    ri[i, R_SCHED] = 0
+    ri[i, R_NPREEMPT] += 1
+    pi[r, Q_PREEMPT] += 1
+    ri[i, R_STATE] = REQ_QUEUED
+    m = ri[i, R_MODEL]
+    mi[m, M_RUNNING] -= 1
+    mi[m, M_QUEUED] += 1
+    _enqueue_front(ri, qh, qt, qn, gi[I_NMODELS] + r, i)
+    return i
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _decode_run_blocks(ri, run, gi, r, n, bt, steps):
+    """Blocks replica ``r``'s ``n`` running (decoding) requests need beyond theirs after ``steps`` more tokens."""
+    hb = gi[I_HB]
+    total = 0
+    for k in range(n):
+        i = run[r, k]
+        total += cdiv(ri[i, R_COMPUTED] + steps - ri[i, R_HELD] * hb, bt) - ri[i, R_BLOCKS]
+    return total
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t):
+    """Schedule replica ``r``'s next iteration as vLLM V1's scheduler does (``vllm/v1/core/sched/
+    scheduler.py``, ``Scheduler.schedule``): a token budget (``Q_BUDGET``, ``max_num_batched_tokens``)
+    goes first to the running requests in admission order (one token each when decoding, the next
+    chunk of a prompt being prefilled), allocating their KV blocks and preempting the most recently
+    admitted request while a block is missing; then, if nothing was preempted, to waiting requests
+    (same order as the reserve engine), each starting after its longest cached prefix, while the
+    budget, the batch limit and the blocks last. Without chunked prefill a prompt that does not fit
+    the remaining budget waits (the budget is then at least ``max_model_len``, vLLM's rule).
+    """
+    state = pi[r, Q_STATE]
+    if state != REP_READY and state != REP_DRAINING:
+        return
+    m = pi[r, Q_MODEL]
+    own = gi[I_NMODELS] + r
+    hb = gi[I_HB]
+    bt = pi[r, Q_BT]
+    budget = pi[r, Q_BUDGET]
+    tokens = 0
+    kv_read = 0
+    decoding = True  # every running request computes exactly one token (a decode step)
+    preempted = False
+    k = 0
+    while k < pi[r, Q_NRUN]:
+        i = run[r, k]
+        if budget <= 0:
+            decoding = False  # left out of this iteration (its tokens wait for the budget)
+            k += 1
+            continue
+        c = ri[i, R_COMPUTED]
+        new = ri[i, R_PROMPT] + ri[i, R_GEN] - c
+        if new > budget:
+            new = budget
+        need = cdiv(c + new - ri[i, R_HELD] * hb, bt) - ri[i, R_BLOCKS]
+        ok = allocate(kc, pi, r, need)
+        while not ok:
+            victim = _preempt(rf, ri, pi, run, qh, qt, qn, mi, gi, pc, kc, r)
+            preempted = True
+            if victim == i:
+                break
+            ok = allocate(kc, pi, r, need)
+        if not ok:
+            break
+        if need > 0:
+            ri[i, R_BLOCKS] += need
+        ri[i, R_SCHED] = new
+        budget -= new
+        tokens += new
+        if new == 1 and ri[i, R_PROMPT] + ri[i, R_GEN] - c == 1:
+            kv_read += c + 1  # a decode step attends over its context and its own token (as reserve counts)
+        else:
+            kv_read += c  # a prefill chunk reads the KV of the tokens before it
+            decoding = False
+        k += 1
+    admitted = 0
+    if not preempted:
+        n_lists = gi[I_NLISTS]
+        by_priority = gi[I_PRIORITY] != 0
+        maxb = pi[r, Q_MAXB]
+        while budget > 0 and pi[r, Q_NRUN] < maxb:
+            bq, bl, bi = -1, -1, -1
+            for lst in range(n_lists):
+                for src in range(2):
+                    q = own if src == 0 else m
+                    if src == 1 and state != REP_READY:
+                        break
+                    h = qh[q, lst]
+                    if h < 0:
+                        continue
+                    if bi < 0:
+                        bq, bl, bi = q, lst, h
+                        continue
+                    ph, pb = (ri[h, R_PRIO], ri[bi, R_PRIO]) if by_priority else (0, 0)
+                    if ph < pb or (ph == pb and rf[h, R_ARR] < rf[bi, R_ARR]):
+                        bq, bl, bi = q, lst, h
+            if bi < 0:
+                break
+            i = bi
+            started = not np.isnan(rf[i, R_ADMIT])  # preempted earlier: never times out
+            reason = -1
+            hit = idle = new = need = total = 0
+            if not started and rf[i, R_DEADLINE] <= t:
+                reason = DROP_TIMEOUT
+            elif ri[i, R_PROMPT] + ri[i, R_OUTPUT] > pi[r, Q_MAXLEN]:
+                reason = DROP_CONTEXT  # vLLM rejects prompt + max_tokens > max_model_len
+            elif cdiv(ri[i, R_PROMPT] + ri[i, R_OUTPUT], bt) > pi[r, Q_BLKCAP]:
+                reason = DROP_KV  # could not finish even alone on this replica
+            if reason < 0:
+                total = ri[i, R_PROMPT] + ri[i, R_GEN]
+                hit, idle = match(ri, pi, pc, kc, gi, r, i, total)
+                new = total - hit * hb
+                if new > budget:
+                    if pi[r, Q_CHUNKED] == 0:
+                        break
+                    new = budget
+                need = cdiv(new, bt)
+                if need > available_blocks(pi, r) - idle * pi[r, Q_EB]:
+                    break  # head-of-line: wait for blocks to free up
+            nxt = ri[i, R_NEXT]
+            qh[bq, bl] = nxt
+            if nxt < 0:
+                qt[bq, bl] = -1
+            qn[bq] -= 1
+            if reason >= 0:
+                _drop(rf, ri, mi, log_drop, gi, i, t)
+                ri[i, R_REASON] = reason
+                continue
+            hold(ri, pi, pc, kc, r, i, hit)
+            allocate(kc, pi, r, need)
+            ri[i, R_BLOCKS] = need
+            ri[i, R_COMPUTED] = hit * hb
+            ri[i, R_SCHED] = new
+            if started:
+                pi[r, Q_RECOMP] += total - hit * hb
+            else:
+                rf[i, R_ADMIT] = t
+                ri[i, R_HIT] = hit * hb
+                pi[r, Q_HITTOK] += hit * hb
+                pi[r, Q_PROMPTTOK] += ri[i, R_PROMPT]
+            mi[m, M_QUEUED] -= 1
+            mi[m, M_RUNNING] += 1
+            ri[i, R_STATE] = REQ_RUNNING
+            ri[i, R_REPLICA] = r
+            run[r, pi[r, Q_NRUN]] = i
+            pi[r, Q_NRUN] += 1
+            budget -= new
+            tokens += new
+            kv_read += hit * hb
+            admitted += 1
+    sync_kv_tokens(pi, r)
+    if tokens == 0:
+        return
+    n_dec = tokens
+    end = t + _iteration_s(pf, r, tokens, kv_read)
+    n_iter = 1
+    if decoding and admitted == 0 and not preempted and _queues_empty(qh, gi, m, own, state == REP_READY):
+        # Decode-only with nothing waiting: every iteration up to the next completion, or up to the
+        # last one whose blocks are available, is known now; one event covers them (their blocks
+        # are allocated when it ends). An arrival for the replica splits the run.
+        n = pi[r, Q_NRUN]
+        steps = ri[run[r, 0], R_OUTPUT] - ri[run[r, 0], R_GEN]
+        for k in range(1, n):
+            i = run[r, k]
+            steps = min(steps, ri[i, R_OUTPUT] - ri[i, R_GEN])
+        avail = available_blocks(pi, r)
+        if steps > 1 and _decode_run_blocks(ri, run, gi, r, n, bt, steps) > avail:
+            lo, hi = 1, steps  # the last step count whose blocks fit: lo fits, hi does not
+            while hi - lo > 1:
+                mid = (lo + hi) >> 1
+                if _decode_run_blocks(ri, run, gi, r, n, bt, mid) <= avail:
+                    lo = mid
+                else:
+                    hi = mid
+            steps = lo
+        n_iter = steps
+        kv = kv_read
+        for _ in range(n_iter - 1):
+            kv += n_dec
+            end = end + _iteration_s(pf, r, n_dec, kv)
+    pi[r, Q_SEG] = n_iter
+    pi[r, Q_NDEC] = n_dec
+    pi[r, Q_KVSUM] = kv_read
+    pi[r, Q_BUSY] = 1
+    pf[r, P_ITER_START] = t
+    pf[r, P_ITER_DUR] = end - t
+    heap_push(ht, hk, hr, hv, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _end_paged(rf, ri, pf, pi, run, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t):
+    """End replica ``r``'s iteration (or decode run): computed tokens, blocks, published prompt blocks,
+    first tokens (the iteration that completes a prefill emits one), completions."""
+    pi[r, Q_BUSY] = 0
+    pf[r, P_BUSY_S] += pf[r, P_ITER_DUR]
+    n_iter = pi[r, Q_SEG]
+    pi[r, Q_SEG] = 1
+    pi[r, Q_ITER] += n_iter
+    hb = gi[I_HB]
+    bt = pi[r, Q_BT]
+    w = 0
+    for k in range(pi[r, Q_NRUN]):
+        i = run[r, k]
+        s = ri[i, R_SCHED]
+        if s == 0:
+            run[r, w] = i
+            w += 1
+            continue
+        ri[i, R_SCHED] = 0
+        c = ri[i, R_COMPUTED] + s + (n_iter - 1)
+        ri[i, R_COMPUTED] = c
+        need = cdiv(c - ri[i, R_HELD] * hb, bt) - ri[i, R_BLOCKS]
+        if need > 0:  # a decode run's later steps (checked to fit when it started)
+            allocate(kc, pi, r, need)
+            ri[i, R_BLOCKS] += need
+        if ri[i, R_HELD] * hb < ri[i, R_PROMPT]:
+            publish(ri, pi, pc, kc, gi, r, i)
+        if c >= ri[i, R_PROMPT] + ri[i, R_GEN]:
+            if np.isnan(rf[i, R_FIRST]):
+                rf[i, R_FIRST] = t
+            ri[i, R_GEN] += n_iter
+            pi[r, Q_TOKENS] += n_iter
+            if ri[i, R_GEN] >= ri[i, R_OUTPUT]:
+                release(ri, pi, pc, kc, r, i)
+                ri[i, R_STATE] = REQ_DONE
+                rf[i, R_DONE] = t
+                m = ri[i, R_MODEL]
+                mi[m, M_INFLIGHT] -= 1
+                mi[m, M_RUNNING] -= 1
+                log_done[gi[I_NDONE]] = i
+                gi[I_NDONE] += 1
+                lat = t - rf[i, R_ARR]
+                ew = pf[r, P_EWMA]
+                pf[r, P_EWMA] = lat if ew < 0 else ew + EWMA_WEIGHT * (lat - ew)
+                continue
+        run[r, w] = i
+        w += 1
+    pi[r, Q_NRUN] = w
+    sync_kv_tokens(pi, r)
+    if pi[r, Q_STATE] == REP_DRAINING and w == 0 and qn[gi[I_NMODELS] + r] == 0:
+        _release(pf, pi, mrep, mn, r, t)
+        gi[I_NRELEASED] += 1
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, i, r, t):
+def dispatch(
+    rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i, r, t
+):
     """Put arrived request ``i`` in replica ``r``'s queue (or the central queue if r < 0) and wake a server."""
     m = ri[i, R_MODEL]
     ri[i, R_STATE] = REQ_QUEUED
@@ -439,7 +722,7 @@ def dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv,
         _enqueue(ri, qh, qt, qn, gi[I_NMODELS] + r, i)
         split_decode_run(pf, pi, ht, hk, hr, hv, gi, r, t)
         start_iteration(
-            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t
+            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t
         )
         return
     _enqueue(ri, qh, qt, qn, m, i)
@@ -466,7 +749,7 @@ def dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv,
                 best = c
     if best >= 0:
         start_iteration(
-            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, best, t
+            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, best, t
         )
 
 
@@ -475,7 +758,7 @@ def dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv,
 
 @njit(cache=True, error_model="numpy", _nrt=False)
 def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi,
-            log_done, log_drop, tick_inflight, tick_queued, until, route_to):  # fmt: skip
+            log_done, log_drop, tick_inflight, tick_queued, pc, kc, until, route_to):  # fmt: skip
     """Run every event with time <= ``until``.
 
     Returns ``STOP_UNTIL`` when the clock reached ``until``, or ``STOP_ROUTE``
@@ -491,7 +774,29 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
         gi[I_NEXT_ARR] += 1
         t = rf[i, R_ARR]
         dispatch(
-            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, i, route_to, t
+            rf,
+            ri,
+            pf,
+            pi,
+            run,
+            pfl,
+            qh,
+            qt,
+            qn,
+            mi,
+            mrep,
+            mn,
+            ht,
+            hk,
+            hr,
+            hv,
+            gi,
+            log_drop,
+            pc,
+            kc,
+            i,
+            route_to,
+            t,
         )
     while True:
         na = gi[I_NEXT_ARR]
@@ -509,12 +814,33 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
                 continue  # cancelled (replica released or load cancelled)
             ev = hk[k] >> 48
             if ev == EV_ITER_END:
-                _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, r, t_heap)
+                _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t_heap)
             else:
                 pi[r, Q_STATE] = REP_READY
                 pf[r, P_READY] = t_heap
             start_iteration(
-                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, r, t_heap
+                rf,
+                ri,
+                pf,
+                pi,
+                run,
+                pfl,
+                qh,
+                qt,
+                qn,
+                mi,
+                mrep,
+                mn,
+                ht,
+                hk,
+                hr,
+                hv,
+                gi,
+                log_drop,
+                pc,
+                kc,
+                r,
+                t_heap,
             )
         elif t_arr <= t_tick:
             m = ri[na, R_MODEL]
@@ -525,7 +851,29 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
             gi[I_NEXT_ARR] = na + 1
             r = route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, na)
             dispatch(
-                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, na, r, t_arr
+                rf,
+                ri,
+                pf,
+                pi,
+                run,
+                pfl,
+                qh,
+                qt,
+                qn,
+                mi,
+                mrep,
+                mn,
+                ht,
+                hk,
+                hr,
+                hv,
+                gi,
+                log_drop,
+                pc,
+                kc,
+                na,
+                r,
+                t_arr,
             )
         else:
             purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, t_tick)

@@ -45,9 +45,17 @@ N_RF = 8
 R_PROMPT, R_OUTPUT, R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_FINISH, R_CLASS, R_SESSION, R_PRIO = range(
     11
 )
-N_RI = 11
+# paged engine (kv_policy: paged): tokens whose KV is computed, output tokens generated, leading
+# prefix-cache entries referenced, private KV blocks held, tokens scheduled in the running
+# iteration, cached prompt tokens at first admission, times preempted, drop reason (DROP_*)
+R_COMPUTED, R_GEN, R_HELD, R_BLOCKS, R_SCHED, R_HIT, R_NPREEMPT, R_REASON = range(11, 19)
+N_RI = 19
 # request states
 REQ_FUTURE, REQ_QUEUED, REQ_RUNNING, REQ_DONE, REQ_DROPPED = range(5)
+# why a request was dropped (R_REASON): its class timeout while queued, longer than the replica's
+# max_model_len, more KV than the replica can ever hold, lost to a fault (fault_policy: drop)
+DROP_TIMEOUT, DROP_CONTEXT, DROP_KV, DROP_FAULT = range(4)
+DROP_REASON_NAMES = ("timeout", "context_length", "kv_capacity", "failure")
 
 # replica float columns
 P_CTOK, P_WREAD, P_KVTOK, P_OVH, P_BUSY_S, P_ITER_START, P_ITER_DUR, P_ALLOC, P_READY, P_RELEASE = range(10)
@@ -56,7 +64,14 @@ N_PF = 14
 # replica int columns
 Q_STATE, Q_MODEL, Q_MAXB, Q_KVCAP, Q_KVRES, Q_KVSUM, Q_NRUN, Q_ITER, Q_SEG, Q_BUSY = range(10)
 Q_NPF, Q_VERSION, Q_PFTOK, Q_NDEC, Q_HASH, Q_TOKENS = 10, 11, 12, 13, 14, 15
-N_PI = 16
+# paged engine: policy flag, block tokens, token budget per iteration, prefix caching flag,
+# max_model_len, KV blocks (capacity / private in use), prefix-cache entries (live, unreferenced
+# on the LRU list, LRU head / tail, never-used cursor, free-stack size), blocks per entry, and
+# counters (preemptions, cached / total prompt tokens at first admission, recomputed tokens), and
+# the chunked-prefill flag
+(Q_PAGED, Q_BT, Q_BUDGET, Q_CACHE, Q_MAXLEN, Q_BLKCAP, Q_BLKPRIV, Q_ENTRIES, Q_LRUN, Q_LRUH, Q_LRUT,
+ Q_CNEW, Q_CFREE, Q_EB, Q_PREEMPT, Q_HITTOK, Q_PROMPTTOK, Q_RECOMP, Q_CHUNKED) = range(16, 35)  # fmt: skip
+N_PI = 35
 # replica states
 REP_FREE, REP_LOADING, REP_READY, REP_DRAINING, REP_RELEASED = range(5)
 REPLICA_STATE_NAMES = ("free", "loading", "ready", "draining", "released")
@@ -70,8 +85,13 @@ N_MI = 4
 G_NOW, G_TICK_S, G_AFFINITY_EPS = range(3)
 N_GF = 3
 (I_NEXT_ARR, I_NREQ, I_HEAP_N, I_SEQ, I_NDONE, I_NDROP, I_PENDING, I_ROUTER, I_SVC_KIND, I_NLISTS,
- I_NTICK, I_NMODELS, I_TICK_CAP, I_PRIORITY, I_SCORE_FN, I_NRELEASED) = range(16)  # fmt: skip
-N_GI = 16
+ I_NTICK, I_NMODELS, I_TICK_CAP, I_PRIORITY, I_SCORE_FN, I_NRELEASED, I_HB) = range(17)  # fmt: skip
+N_GI = 17
+
+# prefix-cache arrays (EngineState.kc[replica, KC_*, :]): open-addressing hash table of entry
+# indices, then per entry its block hash, reference count, LRU links and the free-entry stack
+KC_SLOT, KC_KEY, KC_REF, KC_PREV, KC_NEXT, KC_FREE = range(6)
+N_KC = 6
 
 # service kinds
 SVC_PER_REQUEST, SVC_ROOFLINE = 0, 1

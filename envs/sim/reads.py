@@ -22,6 +22,7 @@ from envs.sim.view import ModelLoad, ReplicaView, RequestTable, RequestView
 from envs.sim.window import KpiWindow, window_stats
 
 _NO_IDS = np.zeros(0, np.int64)
+_NO_COUNTERS = np.zeros(len(WS.SERVING_COUNTERS), np.int64)
 _NO_BUSY = np.zeros(0)
 
 
@@ -89,6 +90,9 @@ class SimulatorReads:
             kv_capacity_tokens=int(pi[K.Q_KVCAP]), kv_reserved_tokens=int(pi[K.Q_KVRES]),
             speed_rps=float(pf[K.P_SPEED]), latency_ewma_s=float(pf[K.P_EWMA]),
             allocated_at_s=float(pf[K.P_ALLOC]), ready_at_s=float(pf[K.P_READY]),
+            kv_blocks_free=int(pi[K.Q_BLKCAP] - pi[K.Q_BLKPRIV] - (pi[K.Q_ENTRIES] - pi[K.Q_LRUN]) * pi[K.Q_EB]),
+            prefix_cache_entries=int(pi[K.Q_ENTRIES]), preemptions=int(pi[K.Q_PREEMPT]),
+            prefix_hit_rate=float(pi[K.Q_HITTOK] / pi[K.Q_PROMPTTOK]) if pi[K.Q_PROMPTTOK] > 0 else 0.0,
         )  # fmt: skip
 
     def replica_views(self, model: int | None = None, *, ready_only: bool = False) -> tuple[ReplicaView, ...]:
@@ -174,9 +178,28 @@ class SimulatorReads:
             out["requests_arrived"] - out["requests_completed"] - out["requests_dropped"]
         )
         out["placement_failures"] = float(self.placement_failures)
+        if self.paged:
+            out.update(self._serving_kpis(_NO_COUNTERS, self.state.log_drop[:nx]))
         if self.faults is not None:
             out.update(self.faults.kpis(self))
         return out
+
+    def serving_counters(self) -> np.ndarray:
+        """The paged engine's counters summed over every replica so far (``window.SERVING_COUNTERS``)."""
+        return self.state.pi[: self.n_replicas][:, list(WS.SERVING_COUNTERS)].sum(axis=0)
+
+    def _serving_kpis(self, since: np.ndarray, drops: np.ndarray) -> dict[str, float]:
+        """Paged-engine KPIs from the counters ``since`` (a window's start) to now; ``drops``: the
+        window's dropped request ids (for the rejections)."""
+        c = self.serving_counters() - since
+        reasons = self.state.ri[drops, K.R_REASON]
+        rejected = np.count_nonzero((reasons == K.DROP_CONTEXT) | (reasons == K.DROP_KV))
+        return {
+            "preemptions": float(c[0]),
+            "prefix_hit_rate": float(c[1] / c[2]) if c[2] > 0 else 0.0,
+            "recomputed_tokens": float(c[3]),
+            "requests_rejected": float(rejected),
+        }
 
     def interval_kpis(self) -> dict[str, float]:
         """KPIs of the default window (since the previous call, or the start, up to now); moves it on."""
@@ -206,9 +229,13 @@ class SimulatorReads:
         drops = self.state.log_drop[window.dropped : nx]
         busy, tick_arr = self._stats(t0, t1, done, drops, window.busy0, views)
         out = self._window_kpis(nx - window.dropped, na - window.arrived, self._unfinished_at_horizon())
+        if self.paged:
+            out.update(self._serving_kpis(window.serving0, drops))
         loads = self._model_views(t0, tick_arr) if views else None
         if move:
             window.t0, window.done, window.dropped, window.arrived, window.busy0 = t1, nd, nx, na, busy
+            if self.paged:
+                window.serving0 = self.serving_counters()
         return loads, out
 
     def _unfinished_at_horizon(self) -> int:

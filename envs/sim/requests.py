@@ -1,8 +1,9 @@
 """The requests of one simulation, drawn up front: arrival times, sizes, models, classes, deadlines.
 
 :func:`build_requests` turns a scenario's workload and a generator into the request rows of
-:class:`~envs.sim.state.EngineState` (columns of :mod:`envs.sim.layout`), replaying a trace
-(:mod:`envs.sim.workload`) or drawing a synthetic process. Trace files are parsed once per content.
+:class:`~envs.sim.state.EngineState` (columns of :mod:`envs.sim.layout`) and their prompt prefixes
+(:class:`~envs.sim.prefixes.PrefixBlocks`), replaying a trace (:mod:`envs.sim.workload`,
+:mod:`envs.sim.prefixes`) or drawing a synthetic process. Trace files are parsed once per content.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from envs.sim import layout as K
+from envs.sim import prefixes as P
 from envs.sim import workload as W
 from envs.sim.config import Scenario
 from envs.sim.errors import ConfigError, fail
@@ -24,22 +26,27 @@ from envs.sim.errors import ConfigError, fail
 N_SESSIONS = 1024  # affinity keys: requests draw a session id uniformly from this many sessions
 
 
-def _cached_trace(path: str, start_s: float, duration_s: float | None, time_scale: float) -> W.Trace:
-    """The trace at ``path``, parsed once per content: the cache key holds the file's size and
-    modification time, so a file changed on disk is read again."""
+def _cached_trace(
+    path: str, fmt: str, start_s: float, duration_s: float | None, time_scale: float
+) -> W.Trace:
+    """The trace at ``path`` in format ``fmt`` (``azure`` or ``mooncake``), parsed once per content:
+    the cache key holds the format and the file's size and modification time, so a file changed on
+    disk is read again."""
     st = os.stat(path)
-    return _read_trace(path, st.st_size, st.st_mtime_ns, start_s, duration_s, time_scale)
+    return _read_trace(path, fmt, st.st_size, st.st_mtime_ns, start_s, duration_s, time_scale)
 
 
 @functools.lru_cache(maxsize=8)
-def _read_trace(path: str, _size: int, _mtime_ns: int, start_s: float, duration_s: float | None,
+def _read_trace(path: str, fmt: str, _size: int, _mtime_ns: int, start_s: float, duration_s: float | None,
                 time_scale: float) -> W.Trace:  # fmt: skip
-    return W.read_azure_trace(path, start_s=start_s, duration_s=duration_s, time_scale=time_scale)
+    reader = P.read_mooncake_trace if fmt == "mooncake" else W.read_azure_trace
+    return reader(path, start_s=start_s, duration_s=duration_s, time_scale=time_scale)
 
 
 def _trace_variation(tr: W.Trace, p: Mapping[str, Any], horizon_s: float,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """The replayed rows (arrival times re-based to 0, prompt and output tokens) of one seed.
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The replayed requests of one seed: arrival times re-based to 0, and for each the trace row
+    whose sizes (prompt, output tokens and prompt prefix) it takes.
 
     ``none``: the trace's first ``horizon_s`` seconds, the same for every seed. ``bootstrap_sizes``:
     the same arrival times, each with a (prompt, output) pair drawn with replacement from those
@@ -47,7 +54,7 @@ def _trace_variation(tr: W.Trace, p: Mapping[str, Any], horizon_s: float,
     ``[u, u + horizon_s)`` with ``u`` uniform in ``[0, max_offset_s]`` (default: the trace's span
     beyond the horizon), re-based to 0.
     """
-    t, prompt, output = tr.arrival_s, tr.prompt_tokens, tr.output_tokens
+    t = tr.arrival_s
     variation = p.get("variation", "none")
     if variation == "offset":
         room = float(t[-1]) - horizon_s if len(t) else 0.0
@@ -56,27 +63,32 @@ def _trace_variation(tr: W.Trace, p: Mapping[str, Any], horizon_s: float,
             raise fail("workload.arrival.variation", "offset",
                        f"needs a trace longer than horizon_s ({horizon_s} s; it spans {float(t[-1]):.6g} s)")  # fmt: skip
         u = float(rng.uniform(0.0, span))
-        keep = (t >= u) & (t < u + horizon_s)
-        return t[keep] - u, prompt[keep], output[keep]
-    keep = t < horizon_s
-    t, prompt, output = t[keep], prompt[keep], output[keep]
+        rows = np.flatnonzero((t >= u) & (t < u + horizon_s))
+        return t[rows] - u, rows
+    rows = np.flatnonzero(t < horizon_s)
+    t = t[rows]
     if variation == "bootstrap_sizes" and len(t):
-        pick = rng.integers(0, len(t), size=len(t))
-        prompt, output = prompt[pick], output[pick]
-    return t, prompt, output
+        rows = rows[rng.integers(0, len(t), size=len(t))]
+    return t, rows
 
 
 def build_requests(
     sc: Scenario, rng: np.random.Generator, per_request: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(rf, ri, slo)``: the request rows (one per request plus a sentinel row) and the classes'
-    (ttft, tpot, e2e) targets, ``inf`` where unset. ``per_request``: validation service models
-    (one output token each)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, P.PrefixBlocks]:
+    """``(rf, ri, slo, prefix)``: the request rows (one per request plus a sentinel row), the
+    classes' (ttft, tpot, e2e) targets, ``inf`` where unset, and the requests' prompt block hashes
+    (one entry per request, in row order). ``per_request``: validation service models (one output
+    token each).
+
+    ``prefix`` comes from a ``sessions`` workload or a trace with prefixes (Mooncake) replayed with
+    ``sizes.kind: trace`` (a request of ``bootstrap_sizes`` takes the prefix of the row it takes
+    its sizes from); otherwise (synthetic sizes, Azure traces) it is empty: no request shares a
+    prefix with another."""
     wl = sc.workload
     arr = wl.arrival
     h = sc.horizon_s
     p = arr.params
-    prompt = output = None
+    prompt = output = prefix = None
     if arr.kind == "poisson":
         t = W.poisson_arrivals(rng, p["rate_per_s"], h)
     elif arr.kind == "mmpp":
@@ -92,17 +104,21 @@ def build_requests(
         )
     elif arr.kind == "diurnal":
         t = W.diurnal_arrivals(rng, p["mean_rate_per_s"], p["amplitude"], p["period_s"], h, p["phase_s"])
+    elif arr.kind == "sessions":
+        t, prompt, output, prefix = P.session_requests(rng, p, wl.sizes, h)
     else:
         if not Path(p["path"]).is_file():
             raise fail("workload.arrival.path", p["path"], "is not an existing file")
         try:
-            tr = _cached_trace(p["path"], p["start_s"], p["duration_s"], p["time_scale"])
+            tr = _cached_trace(p["path"], p["format"], p["start_s"], p["duration_s"], p["time_scale"])
         except ConfigError as exc:
             raise ConfigError(f"workload.arrival: {exc}") from None
-        t, prompt_tr, output_tr = _trace_variation(tr, p, h, rng)
+        t, rows = _trace_variation(tr, p, h, rng)
         if wl.sizes.kind == "trace":
-            prompt = np.maximum(prompt_tr, 1)
-            output = np.maximum(output_tr, 1)
+            prompt = np.maximum(tr.prompt_tokens[rows], 1)
+            output = np.maximum(tr.output_tokens[rows], 1)
+            if tr.prefix is not None:
+                prefix = tr.prefix.select(rows)
     n = len(t)
     if prompt is None:
         sz = wl.sizes
@@ -151,4 +167,6 @@ def build_requests(
             for c in wl.classes
         ]
     )
-    return rf, ri, slo
+    if prefix is None:
+        prefix = P.PrefixBlocks.empty(n)
+    return rf, ri, slo, prefix

@@ -60,6 +60,10 @@ class EngineState:
     Event heap: ``ht`` time, ``hk`` (priority << 48 | sequence), ``hr`` replica, ``hv`` its version.
     Scalars: ``gf`` floats, ``gi`` ints. Metrics ticks: ``tick_inflight`` / ``tick_queued`` per
     tick and model.
+    Prefixes (paged engine): ``pc`` the requests' prompt block hashes, request ``i``'s are
+    ``pc[pc[i]:pc[i + 1]]`` (block ``k`` covers prompt tokens ``[k * hb, (k + 1) * hb)``, ``hb =
+    gi[I_HB]``); ``kc`` each replica's prefix cache (rows ``KC_*``: hash table, then per entry its
+    hash, references, LRU links, free stack), zero columns when no request has a prefix.
     """
 
     rf: np.ndarray
@@ -86,6 +90,8 @@ class EngineState:
     tick_queued: np.ndarray
     rep_gpus: np.ndarray
     rep_usd_per_s: np.ndarray
+    pc: np.ndarray
+    kc: np.ndarray
     n_models: int
     n_replicas: int = 0
     records: list[ReplicaRecord] = field(default_factory=list)
@@ -93,9 +99,23 @@ class EngineState:
 
     @classmethod
     def allocate(cls, rf: np.ndarray, ri: np.ndarray, *, n_models: int, n_lists: int, max_batch: int,
-                 n_ticks: int, initial_replicas: int) -> EngineState:  # fmt: skip
-        """A state for the requests ``rf``/``ri`` (rows built by the engine, sentinel included)."""
+                 n_ticks: int, initial_replicas: int, prefix_ptr: np.ndarray | None = None,
+                 prefix_ids: np.ndarray | None = None, cache_entries: int = 0) -> EngineState:  # fmt: skip
+        """A state for the requests ``rf``/``ri`` (rows built by the engine, sentinel included).
+
+        ``prefix_ptr`` / ``prefix_ids``: the requests' prompt block hashes in CSR form (none: no
+        request has a prefix); ``cache_entries``: the most prefix-cache entries a replica can hold
+        (0: no prefix cache), which sizes each replica's hash table.
+        """
         n = len(rf) - 1
+        if prefix_ptr is None:
+            pc = np.full(n + 2, n + 2, np.int64)
+        else:
+            pc = np.empty(n + 2 + len(prefix_ids), np.int64)
+            pc[: n + 1] = np.asarray(prefix_ptr, np.int64) + (n + 2)
+            pc[n + 1] = pc[n]  # the sentinel row has no blocks
+            pc[n + 2 :] = prefix_ids
+        width = 0 if cache_entries <= 0 else 1 << int(2 * cache_entries - 1).bit_length()
         cap = max(MIN_REPLICA_ROWS, 2 * initial_replicas)
         hcap = _heap_rows(cap)
         return cls(
@@ -123,6 +143,8 @@ class EngineState:
             tick_queued=np.zeros((n_ticks, n_models), np.int64),
             rep_gpus=np.zeros(cap),
             rep_usd_per_s=np.zeros(cap),
+            pc=pc,
+            kc=np.full((cap, L.N_KC, width), -1, np.int64),
             n_models=n_models,
         )
 
@@ -163,6 +185,7 @@ class EngineState:
         self.qn = grown(self.qn, 0)
         self.mrep = grown(self.mrep, 1)
         self.rep_gpus, self.rep_usd_per_s = grown(self.rep_gpus, 0), grown(self.rep_usd_per_s, 0)
+        self.kc = grown(self.kc, 0, -1)
         hcap = _heap_rows(new)
         for name in ("ht", "hk", "hr", "hv"):
             arr = getattr(self, name)
@@ -174,7 +197,7 @@ class EngineState:
         """The arrays :func:`envs.sim.kernel.advance` takes, in its order (before ``until, route_to``)."""
         return (self.rf, self.ri, self.pf, self.pi, self.run, self.pfl, self.qh, self.qt, self.qn, self.mi,
                 self.mrep, self.mn, self.ht, self.hk, self.hr, self.hv, self.gf, self.gi, self.log_done,
-                self.log_drop, self.tick_inflight, self.tick_queued)  # fmt: skip
+                self.log_drop, self.tick_inflight, self.tick_queued, self.pc, self.kc)  # fmt: skip
 
     def nbytes(self) -> int:
         """Bytes held by the arrays (what the state costs in memory)."""

@@ -76,11 +76,18 @@ class ReplicaView:
     running: int  #: requests in its running batch
     max_batch: int
     kv_capacity_tokens: int
-    kv_reserved_tokens: int
+    kv_reserved_tokens: int  #: reserve: prompt + output of its running requests; paged: KV held by them
     speed_rps: float  #: capacity: saturation throughput of its GPU type (requests/s)
     latency_ewma_s: float  #: EWMA of its completed requests' end-to-end latency; -1 before the first
     allocated_at_s: float
     ready_at_s: float  #: inf while loading
+    #: paged engine (``models[].kv_policy: paged``; 0 otherwise): KV blocks free or held only by
+    #: the prefix cache (evictable), cached prefix entries, preemptions so far, and the fraction
+    #: of the prompt tokens it admitted that came from its prefix cache
+    kv_blocks_free: int = 0
+    prefix_cache_entries: int = 0
+    preemptions: int = 0
+    prefix_hit_rate: float = 0.0
 
     @property
     def in_flight(self) -> int:

@@ -37,9 +37,13 @@ from envs.sim.layout import (
     P_RELEASE,
     P_SPEED,
     Q_BUSY,
+    Q_HITTOK,
     Q_KVCAP,
     Q_KVRES,
     Q_MODEL,
+    Q_PREEMPT,
+    Q_PROMPTTOK,
+    Q_RECOMP,
     Q_STATE,
     R_ADMIT,
     R_ARR,
@@ -388,6 +392,11 @@ def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo,
     return busy, tick_arr
 
 
+#: The paged engine's per-replica counters summed into the serving KPIs (Simulator.serving_kpis):
+#: preemptions, prompt tokens served from the prefix cache, prompt tokens admitted, recomputed tokens.
+SERVING_COUNTERS = (Q_PREEMPT, Q_HITTOK, Q_PROMPTTOK, Q_RECOMP)
+
+
 class KpiWindow:
     """A reader's position in the KPI stream: the window it reads next starts here.
 
@@ -396,7 +405,7 @@ class KpiWindow:
     ``t0``. :meth:`envs.sim.engine.Simulator.read_window` reads from it and moves it on.
     """
 
-    __slots__ = ("arrived", "busy0", "done", "dropped", "t0")
+    __slots__ = ("arrived", "busy0", "done", "dropped", "serving0", "t0")
 
     def __init__(self) -> None:
         self.t0 = 0.0
@@ -404,6 +413,7 @@ class KpiWindow:
         self.dropped = 0
         self.arrived = 0
         self.busy0 = np.zeros(0)
+        self.serving0 = np.zeros(len(SERVING_COUNTERS), np.int64)  #: the paged engine's counters at t0
 
     def __repr__(self) -> str:
         return f"KpiWindow(t0={self.t0!r}, done={self.done}, dropped={self.dropped}, arrived={self.arrived})"

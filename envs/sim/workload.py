@@ -5,7 +5,8 @@ Everything here is a pure numpy function of its arguments and a ``numpy.random.G
 milliseconds. Generators return sorted ``float64`` arrival times in seconds; lengths are
 ``int64`` token counts. ``read_azure_trace`` replays the public Azure LLM inference trace
 format (``TIMESTAMP,ContextTokens,GeneratedTokens``) from any path, so the same engine runs
-on synthetic and real load.
+on synthetic and real load. Workloads with prompt prefixes (the Mooncake trace format, multi-turn
+sessions) are in :mod:`envs.sim.prefixes`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from envs.sim.errors import ConfigError, check_number, fail
+
+if TYPE_CHECKING:
+    from envs.sim.prefixes import PrefixBlocks
 
 # A simulated request costs about 250 bytes (its state rows, logs and the draws that make it): this many
 # take about 5 GB, what a simulation may hold on a machine of a few GiB. Beyond it a horizon is
@@ -281,13 +285,16 @@ class Trace:
     """A replayable request stream: one row per request, sorted by arrival.
 
     ``arrival_s`` is in seconds since the first kept row (so ``arrival_s[0] == 0``), after any
-    offset and time scaling; the arrays are read-only.
+    offset and time scaling; the arrays are read-only. ``prefix``: the rows' prompt block hashes
+    (:class:`~envs.sim.prefixes.PrefixBlocks`, one entry per row), or None for a format without
+    them (Azure).
     """
 
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     source: str
+    prefix: PrefixBlocks | None = None
 
     def __post_init__(self) -> None:
         arrival = np.array(self.arrival_s, dtype=np.float64)
@@ -304,6 +311,13 @@ class Trace:
             raise ConfigError("trace.arrival_s: must be finite and sorted ascending")
         if np.any(prompt < 0) or np.any(output < 0):
             raise ConfigError("trace: token counts must be >= 0")
+        if self.prefix is not None:
+            from envs.sim.prefixes import PrefixBlocks  # prefixes imports this module
+
+            if not isinstance(self.prefix, PrefixBlocks):
+                raise fail("trace.prefix", type(self.prefix).__name__, "must be a PrefixBlocks or None")
+            if len(self.prefix) != arrival.size:
+                raise fail("trace.prefix", len(self.prefix), f"rows, but arrival_s has {arrival.size}")
 
     def __len__(self) -> int:
         return int(self.arrival_s.size)
