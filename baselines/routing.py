@@ -68,6 +68,38 @@ class AffinityParams(RouterParams):
         validate(self)
 
 
+@dataclass(frozen=True)
+class PrefixAwareParams(RouterParams):
+    """SGLang's cache-aware router's three knobs, defaults as its router documents them."""
+
+    cache_threshold: float = param(
+        0.3, ge=0, le=1, doc="prefix match / prompt above which the best match wins"
+    )
+    balance_abs_threshold: float = param(
+        64, ge=0, doc="in-flight spread (max - min) beyond which load decides"
+    )
+    balance_rel_threshold: float = param(1.5, ge=1, doc="and max > this x min")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class KvAwareParams(RouterParams):
+    """Weights of llm-d's scorers (its default scheduling profile: prefix 3, queue 2, KV utilisation 2)."""
+
+    prefix_weight: float = param(3.0, ge=0, doc="weight of the prefix-cache scorer (matched / prompt tokens)")
+    queue_weight: float = param(
+        2.0, ge=0, doc="weight of the queue scorer ((max - q) / (max - min) in flight)"
+    )
+    kv_weight: float = param(
+        2.0, ge=0, doc="weight of the KV-cache utilisation scorer (1 - KV used / capacity)"
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 class Router(ParametrizedController):
     """A request router: a registry name, a source, frozen ``params`` and the rule the loop runs.
 
@@ -146,6 +178,32 @@ def min_load_score(in_flight, queued, running, max_batch, kv_reserved_tokens, kv
 def expected_delay_score(in_flight, queued, running, max_batch, kv_reserved_tokens, kv_capacity_tokens,
                          speed_rps, latency_ewma_s, prompt_tokens, cached_prefix_tokens):  # fmt: skip
     return (in_flight + 1.0) / speed_rps
+
+
+@score_function(cache=True)
+def prefix_aware_score(in_flight, queued, running, max_batch, kv_reserved_tokens, kv_capacity_tokens, speed_rps,
+                       latency_ewma_s, prompt_tokens, cached_prefix_tokens, min_in_flight, max_in_flight,
+                       max_cached_prefix_tokens, prefix_cache_tokens, param0, param1, param2):  # fmt: skip
+    # param0 = cache_threshold, param1 = balance_abs_threshold, param2 = balance_rel_threshold
+    if max_in_flight - min_in_flight > param1 and max_in_flight > param2 * min_in_flight:
+        return float(in_flight)  # imbalanced: the least loaded
+    if max_cached_prefix_tokens > param0 * prompt_tokens:
+        return -float(cached_prefix_tokens)  # the longest cached prefix
+    # the smallest cache, counting the prompts in flight there as cached (SGLang's router inserts a
+    # request into the replica's tree when it routes it, before the replica computes it)
+    return float(prefix_cache_tokens) + in_flight * float(prompt_tokens)
+
+
+@score_function(cache=True)
+def kv_aware_score(in_flight, queued, running, max_batch, kv_reserved_tokens, kv_capacity_tokens, speed_rps,
+                   latency_ewma_s, prompt_tokens, cached_prefix_tokens, min_in_flight, max_in_flight,
+                   max_cached_prefix_tokens, prefix_cache_tokens, param0, param1, param2):  # fmt: skip
+    # param0..2 = prefix, queue and KV weights; each scorer is in [0, 1], higher is better
+    prefix = cached_prefix_tokens / prompt_tokens if prompt_tokens > 0 else 0.0
+    spread = max_in_flight - min_in_flight
+    queue = (max_in_flight - in_flight) / spread if spread > 0 else 1.0
+    kv = 1.0 - kv_reserved_tokens / kv_capacity_tokens if kv_capacity_tokens > 0 else 0.0
+    return -(param0 * prefix + param1 * queue + param2 * kv)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,6 +364,68 @@ class CentralQueueRouter(Router):
         "Scheduling', SOSP 2013; one queue for c servers (M/M/c) versus c separate queues"
     )
     rule = Rule.CENTRAL_QUEUE
+
+
+@_register
+class PrefixAwareRouter(Router):
+    """SGLang's cache-aware routing rule over the replicas' prefix caches.
+
+    If the load is imbalanced, ``max - min > balance_abs_threshold`` and ``max > balance_rel_threshold
+    x min`` (requests in flight), the least loaded replica; else, if the longest cached prefix of the
+    request on any replica exceeds ``cache_threshold`` of its prompt, the replica holding it; else
+    the replica with the smallest prefix cache, counting each request in flight there as one more
+    prompt of this size (SGLang's router adds a request to the replica's tree when it routes it).
+    Ties go to the lowest id.
+
+    Deviation: SGLang's router matches against its own radix tree of the requests it routed (an
+    approximation of the workers' caches, pruned by ``eviction_interval_secs``); here it reads the
+    replicas' actual caches, as a router fed by KV-cache events does (NVIDIA Dynamo's KV router,
+    SMG's cache mirror). Prefix matches exist only for workloads with prompt block hashes (Mooncake
+    traces, ``sessions``) on ``kv_policy: paged`` replicas; otherwise the rule is least loaded when
+    imbalanced and lowest id / smallest cache otherwise.
+    """
+
+    name = "prefix_aware"
+    source = (
+        "SGLang model gateway (sgl-router) `cache_aware` policy: docs 'SGLang Model Gateway', options "
+        "--cache-threshold 0.3, --balance-abs-threshold 64, --balance-rel-threshold 1.5 "
+        "(sgl-router/src/policies/cache_aware.rs)"
+    )
+    rule = Rule.SCORE
+    score = prefix_aware_score
+    params_cls = PrefixAwareParams
+    params: PrefixAwareParams
+
+    def kernel_spec(self) -> RouterSpec:
+        p = self.params
+        return RouterSpec(self.rule, self.score, params=(p.cache_threshold, p.balance_abs_threshold,
+                                                        p.balance_rel_threshold))  # fmt: skip
+
+
+@_register
+class KvAwareRouter(Router):
+    """llm-d's weighted scorers: the highest ``3 prefix + 2 queue + 2 kv`` wins (weights are parameters).
+
+    ``prefix``: the request's cached prefix on the replica / its prompt (llm-d prefix-cache scorer);
+    ``queue``: ``(max - in flight) / (max - min)`` over the model's READY replicas, 1 when all are equal
+    (llm-d queue scorer, min-max normalised; it counts waiting requests, here queued + running);
+    ``kv``: ``1 - KV held / KV capacity`` (llm-d KV-cache utilisation scorer). Ties to the lowest id.
+    """
+
+    name = "kv_aware"
+    source = (
+        "llm-d inference scheduler: prefix-cache-scorer, queue-scorer, kv-cache-utilization-scorer with "
+        "the default profile's weights 3 / 2 / 2 (llm-d/llm-d-inference-scheduler, docs/architecture.md); "
+        "NVIDIA Dynamo KV router's overlap-vs-load cost (docs/architecture/kv_cache_routing.md)"
+    )
+    rule = Rule.SCORE
+    score = kv_aware_score
+    params_cls = KvAwareParams
+    params: KvAwareParams
+
+    def kernel_spec(self) -> RouterSpec:
+        p = self.params
+        return RouterSpec(self.rule, self.score, params=(p.prefix_weight, p.queue_weight, p.kv_weight))
 
 
 # --------------------------------------------------------------------------------------------------

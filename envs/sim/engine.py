@@ -227,6 +227,9 @@ class Simulator(SimulatorReads):
         st.gi[K.I_HB] = prefix.block_tokens if has_ids else 0
         st.gf[K.G_TICK_S] = sc.tick_s
         st.gf[K.G_AFFINITY_EPS] = self.router_spec.load_bound_eps
+        st.gf[K.G_SCORE_P0 : K.G_SCORE_P2 + 1] = self.router_spec.params
+        score = self.router_spec.score
+        st.gi[K.I_SCORE_AGG] = int(score is not None and score.aggregates)
         gi = st.gi
         gi[K.I_NREQ] = n
         gi[K.I_PENDING] = -1
@@ -341,10 +344,14 @@ class Simulator(SimulatorReads):
                 self.state.mn,
                 self.state.gf,
                 self.state.gi,
+                self.state.pc,
+                self.state.kc,
                 i,
                 int(spec.rule),
                 addr,
+                int(spec.score is not None and spec.score.aggregates),
                 float(spec.load_bound_eps),
+                *map(float, spec.params),
             )  # fmt: skip
         )
 

@@ -262,7 +262,11 @@ def fail_replicas(
         ri[i, R_SCHED] = 0
         if requeue and rf[i, R_DEADLINE] > t:
             mi[m, M_QUEUED] -= 1  # dispatch counts it again
-            dest = -1 if gi[I_ROUTER] == RULE_EXTERNAL else route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i)
+            dest = (
+                -1
+                if gi[I_ROUTER] == RULE_EXTERNAL
+                else route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i)
+            )
             dispatch(
                 rf,
                 ri,

@@ -849,7 +849,7 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
                 gi[I_PENDING] = na
                 return STOP_ROUTE
             gi[I_NEXT_ARR] = na + 1
-            r = route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, na)
+            r = route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, na)
             dispatch(
                 rf,
                 ri,

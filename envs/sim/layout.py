@@ -71,7 +71,8 @@ Q_NPF, Q_VERSION, Q_PFTOK, Q_NDEC, Q_HASH, Q_TOKENS = 10, 11, 12, 13, 14, 15
 # the chunked-prefill flag
 (Q_PAGED, Q_BT, Q_BUDGET, Q_CACHE, Q_MAXLEN, Q_BLKCAP, Q_BLKPRIV, Q_ENTRIES, Q_LRUN, Q_LRUH, Q_LRUT,
  Q_CNEW, Q_CFREE, Q_EB, Q_PREEMPT, Q_HITTOK, Q_PROMPTTOK, Q_RECOMP, Q_CHUNKED) = range(16, 35)  # fmt: skip
-N_PI = 35
+Q_MATCH = 35  # scratch: the routed request's cached prefix on this replica (tokens), for score routers
+N_PI = 36
 # replica states
 REP_FREE, REP_LOADING, REP_READY, REP_DRAINING, REP_RELEASED = range(5)
 REPLICA_STATE_NAMES = ("free", "loading", "ready", "draining", "released")
@@ -82,11 +83,13 @@ M_INFLIGHT, M_QUEUED, M_RR, M_RUNNING = range(4)
 N_MI = 4
 
 # global scalars
-G_NOW, G_TICK_S, G_AFFINITY_EPS = range(3)
-N_GF = 3
+G_NOW, G_TICK_S, G_AFFINITY_EPS, G_SCORE_P0, G_SCORE_P1, G_SCORE_P2 = range(
+    6
+)  # P*: a score router's parameters
+N_GF = 6
 (I_NEXT_ARR, I_NREQ, I_HEAP_N, I_SEQ, I_NDONE, I_NDROP, I_PENDING, I_ROUTER, I_SVC_KIND, I_NLISTS,
- I_NTICK, I_NMODELS, I_TICK_CAP, I_PRIORITY, I_SCORE_FN, I_NRELEASED, I_HB) = range(17)  # fmt: skip
-N_GI = 17
+ I_NTICK, I_NMODELS, I_TICK_CAP, I_PRIORITY, I_SCORE_FN, I_NRELEASED, I_HB, I_SCORE_AGG) = range(18)  # fmt: skip
+N_GI = 18
 
 # prefix-cache arrays (EngineState.kc[replica, KC_*, :]): open-addressing hash table of entry
 # indices, then per entry its block hash, reference count, LRU links and the free-entry stack

@@ -37,18 +37,28 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
+from envs.sim.kvcache import match
 from envs.sim.layout import (
     G_AFFINITY_EPS,
+    G_SCORE_P0,
+    G_SCORE_P1,
+    G_SCORE_P2,
+    I_HB,
     I_NMODELS,
     I_ROUTER,
+    I_SCORE_AGG,
     I_SCORE_FN,
     M_RR,
     P_EWMA,
     P_SPEED,
     P_WRR,
+    Q_BT,
+    Q_EB,
+    Q_ENTRIES,
     Q_HASH,
     Q_KVCAP,
     Q_KVRES,
+    Q_MATCH,
     Q_MAXB,
     Q_NRUN,
     Q_STATE,
@@ -92,8 +102,27 @@ SCORE_ARGS: tuple[tuple[str, Any, str], ...] = (
     ("speed_rps", types.float64, "its capacity: saturation throughput of its GPU type (requests/s)"),
     ("latency_ewma_s", types.float64, "EWMA of its completed requests' latency (s); < 0 before the first"),
     ("prompt_tokens", types.int64, "the arriving request's prompt length (tokens)"),
-    ("cached_prefix_tokens", types.int64, "prompt tokens cached on the replica (0: no prefix cache)"),
+    (
+        "cached_prefix_tokens",
+        types.int64,
+        "its prompt tokens the replica's prefix cache holds (paged engine)",
+    ),
+    # the rest: only for functions that take them (see score_function); aggregates over the READY
+    # replicas of the request's model, the replica's cache size, and the router's parameters
+    ("min_in_flight", types.int64, "fewest requests in flight at a READY replica of the model"),
+    ("max_in_flight", types.int64, "most requests in flight at a READY replica of the model"),
+    (
+        "max_cached_prefix_tokens",
+        types.int64,
+        "the longest cached prefix of the request on any of them (tokens)",
+    ),
+    ("prefix_cache_tokens", types.int64, "tokens in the replica's prefix cache (its entries)"),
+    ("param0", types.float64, "the router's first parameter (RouterSpec.params)"),
+    ("param1", types.float64, "its second parameter"),
+    ("param2", types.float64, "its third parameter"),
 )
+#: Score functions may take only the first arguments: these (per-replica features) or all of them.
+N_BASIC_SCORE_ARGS = 10
 SCORE_SIGNATURE = types.float64(*(t for _, t, _ in SCORE_ARGS))
 _SCORE_FN_TYPE = types.FunctionType(SCORE_SIGNATURE)
 
@@ -105,6 +134,7 @@ class ScoreFunction:
     py_func: Callable[..., float]
     address: int
     compiled: Any
+    aggregates: bool = False  #: takes every argument (the loop computes the aggregates for it)
 
     @property
     def name(self) -> str:
@@ -128,23 +158,39 @@ def _score_function_by_name(module: str, qualname: str) -> ScoreFunction:
 
 
 def score_function(func: Callable[..., float] | None = None, *, cache: bool = False) -> Any:
-    """Compile ``func(in_flight, queued, ..., cached_prefix_tokens) -> float`` (see :data:`SCORE_ARGS`).
+    """Compile a score function of a replica's features (:data:`SCORE_ARGS`); lower scores win.
 
-    Usable as ``@score_function`` or ``@score_function(cache=True)`` (numba's
-    on-disk cache; the function must live in a file). Lower scores win.
+    ``func`` takes either the first :data:`N_BASIC_SCORE_ARGS` arguments (``in_flight, ...,
+    cached_prefix_tokens``: one replica's features) or all of them (adding the aggregates over
+    the model's READY replicas and the router's parameters, which cost the loop a second pass over
+    the replicas). Usable as ``@score_function`` or ``@score_function(cache=True)`` (numba's
+    on-disk cache; the function must live in a file).
     """
 
     def wrap(f: Callable[..., float]) -> ScoreFunction:
         import inspect
 
         n_args = len(inspect.signature(f).parameters)
-        if n_args != len(SCORE_ARGS):
-            names = ", ".join(a for a, _, _ in SCORE_ARGS)
-            raise TypeError(f"score function {f.__name__}: takes {n_args} arguments, must take ({names})")
-        compiled = njit(SCORE_SIGNATURE, cache=cache, error_model="numpy")(f)
-        cres = compiled.get_compile_result(SCORE_SIGNATURE)
+        if n_args not in (N_BASIC_SCORE_ARGS, len(SCORE_ARGS)):
+            basic = ", ".join(a for a, _, _ in SCORE_ARGS[:N_BASIC_SCORE_ARGS])
+            rest = ", ".join(a for a, _, _ in SCORE_ARGS[N_BASIC_SCORE_ARGS:])
+            raise TypeError(
+                f"score function {f.__name__}: takes {n_args} arguments, must take ({basic}) or those and ({rest})"
+            )
+        signature = types.float64(*(t for _, t, _ in SCORE_ARGS[:n_args]))
+        compiled = njit(signature, cache=cache, error_model="numpy")(f)
+        if n_args == len(SCORE_ARGS):
+            entry = compiled
+        else:  # the loop calls every score function with every argument: drop the ones it does not take
+            inner = compiled
+
+            def full(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16):  # noqa: ARG001
+                return inner(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9)
+
+            entry = njit(SCORE_SIGNATURE, cache=cache, error_model="numpy")(full)
+        cres = entry.get_compile_result(SCORE_SIGNATURE)
         address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
-        return ScoreFunction(f, int(address), compiled)
+        return ScoreFunction(f, int(address), compiled, n_args == len(SCORE_ARGS))
 
     return wrap if func is None else wrap(func)
 
@@ -177,6 +223,7 @@ class RouterSpec:
     rule: Rule
     score: ScoreFunction | None = None
     load_bound_eps: float = 0.25  # CONSISTENT_HASH only
+    params: tuple[float, float, float] = (0.0, 0.0, 0.0)  #: a score function's param0..param2
 
     def __post_init__(self) -> None:
         if self.rule == Rule.SCORE and not isinstance(self.score, ScoreFunction):
@@ -277,7 +324,7 @@ def _ring_next(pi, mrep, mn, m, h, inclusive):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i):
+def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i):
     """The replica the scenario's rule picks for arrived request ``i``; -1 = central queue.
 
     ``mrep[m]`` lists the model's live replicas in increasing id order, so every
@@ -343,6 +390,20 @@ def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i):
     # RULE_SCORE: lowest score wins, ties to the lowest id
     score = _as_score_fn(gi[I_SCORE_FN])
     prompt = ri[i, R_PROMPT]
+    prefixes = gi[I_HB] > 0
+    lo = hi = top = 0
+    if gi[I_SCORE_AGG] != 0:  # first pass: the aggregates (and each replica's match, kept in Q_MATCH)
+        lo = -1
+        for k in range(mn[m]):
+            r = mrep[m, k]
+            if pi[r, Q_STATE] != REP_READY:
+                continue
+            f = _in_flight(pi, qn, gi, r)
+            lo = f if lo < 0 or f < lo else lo
+            hi = max(hi, f)
+            if prefixes:
+                pi[r, Q_MATCH] = match(ri, pi, pc, kc, gi, r, i, prompt)[0] * gi[I_HB]
+                top = max(top, pi[r, Q_MATCH])
     best = -1
     bv = INF
     for k in range(mn[m]):
@@ -351,22 +412,33 @@ def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i):
             continue
         q = qn[gi[I_NMODELS] + r]
         run = pi[r, Q_NRUN]
+        cached = 0
+        if prefixes:
+            cached = (
+                pi[r, Q_MATCH]
+                if gi[I_SCORE_AGG] != 0
+                else match(ri, pi, pc, kc, gi, r, i, prompt)[0] * gi[I_HB]
+            )
         v = score(q + run, q, run, pi[r, Q_MAXB], pi[r, Q_KVRES], pi[r, Q_KVCAP], pf[r, P_SPEED], pf[r, P_EWMA],
-                  prompt, 0)  # fmt: skip
+                  prompt, cached, lo, hi, top, pi[r, Q_ENTRIES] * pi[r, Q_EB] * pi[r, Q_BT], gf[G_SCORE_P0],
+                  gf[G_SCORE_P1], gf[G_SCORE_P2])  # fmt: skip
         if v < bv:
             best, bv = r, v
     return best
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def route_once(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i, rule, score_addr, eps):
+def route_once(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i, rule, score_addr, agg, eps, p0, p1, p2):
     """:func:`route` of request ``i`` under another rule (for policies that replay a router through an env).
 
     Uses (and updates) the same round-robin counters as the loop would; the
     scenario's own rule and parameters are restored before returning.
     """
-    saved_rule, saved_fn, saved_eps = gi[I_ROUTER], gi[I_SCORE_FN], gf[G_AFFINITY_EPS]
-    gi[I_ROUTER], gi[I_SCORE_FN], gf[G_AFFINITY_EPS] = rule, score_addr, eps
-    r = route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, i)
-    gi[I_ROUTER], gi[I_SCORE_FN], gf[G_AFFINITY_EPS] = saved_rule, saved_fn, saved_eps
+    saved = (gi[I_ROUTER], gi[I_SCORE_FN], gi[I_SCORE_AGG])
+    saved_f = (gf[G_AFFINITY_EPS], gf[G_SCORE_P0], gf[G_SCORE_P1], gf[G_SCORE_P2])
+    gi[I_ROUTER], gi[I_SCORE_FN], gi[I_SCORE_AGG] = rule, score_addr, agg
+    gf[G_AFFINITY_EPS], gf[G_SCORE_P0], gf[G_SCORE_P1], gf[G_SCORE_P2] = eps, p0, p1, p2
+    r = route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i)
+    gi[I_ROUTER], gi[I_SCORE_FN], gi[I_SCORE_AGG] = saved
+    gf[G_AFFINITY_EPS], gf[G_SCORE_P0], gf[G_SCORE_P1], gf[G_SCORE_P2] = saved_f
     return r
