@@ -7,7 +7,8 @@ id                             one step is
 =============================  =========================================================
 ``InferGym/Autoscale-v1``      one control interval; action = replica change per model
 ``InferGym/Autoscale-v0``      the same with v0's reward (unfinished requests free; superseded)
-``InferGym/Routing-v0``        one arriving request; action = which replica serves it
+``InferGym/Routing-v1``        one arriving request; action = which replica serves it
+``InferGym/Routing-v0``        the same without the paged engine's per-slot features
 ``InferGym/Placement-v0``      one replica or job to place; action = which node
 =============================  =========================================================
 
@@ -24,6 +25,7 @@ import gymnasium
 ENV_IDS = {
     "InferGym/Autoscale-v1": "envs.autoscale:AutoscaleEnv",
     "InferGym/Autoscale-v0": "envs.autoscale:AutoscaleEnvV0",
+    "InferGym/Routing-v1": "envs.routing:RoutingEnvV1",
     "InferGym/Routing-v0": "envs.routing:RoutingEnv",
     "InferGym/Placement-v0": "envs.placement:PlacementEnv",
 }
@@ -32,6 +34,7 @@ ENV_IDS = {
 VECTOR_ENTRY_POINTS = {
     "InferGym/Autoscale-v1": "envs.vector.autoscale:AutoscaleVecEnv",
     "InferGym/Autoscale-v0": "envs.vector.autoscale:AutoscaleVecEnvV0",
+    "InferGym/Routing-v1": "envs.vector.routing:RoutingVecEnvV1",
     "InferGym/Routing-v0": "envs.vector.routing:RoutingVecEnv",
     "InferGym/Placement-v0": "envs.placement.vector:PlacementVecEnv",
 }

@@ -151,6 +151,11 @@ class AutoscaleEnv(gym.Env):
     Then, only in a scenario with faults (``faults``, ``nodes[].mtbf_s`` or ``spot``,
     ``replica_crash_per_hour``), for each node pool in order: its GPUs on nodes that are up / its
     GPUs, and its GPUs on nodes under a preemption notice / its GPUs, both in ``[0, 1]``.
+    Then, only for models served by the paged engine (``models[].kv_policy: paged``), in model order:
+    the interval's prefix hit rate (prompt tokens served from the prefix caches / prompt tokens of
+    the requests first admitted in it, 0 if none; in ``[0, 1]``) and its preemptions
+    (``log1p(x) / log1p(N B)``, in ``[0, 4]``); ``info["kpi"]`` then carries ``prefix_hit_rate``,
+    ``preemptions``, ``recomputed_tokens`` and ``requests_rejected``.
     Last, with ``t`` the simulated time in seconds:
 
     | index  | feature                          | value                                                  | min | max |
@@ -290,6 +295,8 @@ class AutoscaleEnv(gym.Env):
             for pool in sc.nodes:
                 self._pool_nodes.append(np.arange(start, start + pool.count))
                 start += pool.count
+        # paged-engine models (kv_policy: paged): per model, the interval's prefix hit rate and preemptions
+        self._paged = [m for m, d in enumerate(sc.models) if d.kv_policy == "paged"]
         per_model = (
             [2 * self.max_step + 1] * n
             if self.action_mode == "delta"
@@ -303,12 +310,14 @@ class AutoscaleEnv(gym.Env):
             [f[1] for f in MODEL_FEATURES] * n
             + [0.0] * sum(len(t) for _, t in self.hybrid)
             + [0.0] * (2 * len(self._pool_nodes))
+            + [0.0] * (2 * len(self._paged))
             + [f[1] for f in TIME_FEATURES]
         )
         hi = (
             [f[2] for f in MODEL_FEATURES] * n
             + [1.0] * sum(len(t) for _, t in self.hybrid)
             + [1.0] * (2 * len(self._pool_nodes))
+            + [1.0, 4.0] * len(self._paged)
             + [f[2] for f in TIME_FEATURES]
         )
         self._obs_low = np.array(lo, np.float32)
@@ -330,6 +339,7 @@ class AutoscaleEnv(gym.Env):
         self._step = 0
         self._arrived = 0.0  # requests arrived so far this episode
         self._prev_rate: list[float] | None = None
+        self._serving_prev = np.zeros((self.n_models, 3), np.int64)
         self.model_loads = self._scaler_views()
         n, h = self.n_models, self.n_steps + 1
         self._hist = {
@@ -520,6 +530,16 @@ class AutoscaleEnv(gym.Env):
                 total = float(gpus.sum())
                 up = sum(int(cluster.node_gpus[n]) for n in nodes if n not in down)
                 vals += (up / total, float(gpus[cluster.node_noticed[nodes]].sum()) / total)
+        if self._paged:
+            # per model: prompt tokens from the prefix cache, prompt tokens, preemptions since the last step
+            counts = sim.serving_counters_by_model()
+            hit, prompt, pre = (counts - self._serving_prev).T
+            self._serving_prev = counts
+            for m in self._paged:
+                vals += (
+                    hit[m] / prompt[m] if prompt[m] > 0 else 0.0,
+                    math.log1p(pre[m]) * self._inv_log_nb[m],
+                )
         now = sim.now
         if self._diurnal is not None:
             period, phase = self._diurnal

@@ -1,4 +1,4 @@
-"""``InferGym/Routing-v0``: the agent is the request router (load balancer) of an LLM inference cluster.
+"""``InferGym/Routing-v0`` / ``-v1``: the agent is the request router (load balancer) of an LLM inference cluster.
 
 One step is one arriving request: the agent picks which READY replica of the
 request's model serves it, the simulator runs until the next arrival that
@@ -51,6 +51,14 @@ SLOT_FEATURES: tuple[tuple[str, float, float], ...] = (
     ("in_flight", 0.0, LOAD_HIGH),
 )
 N_SLOT_FEATURES = len(SLOT_FEATURES)
+
+#: Routing-v1's per-slot features: v0's, then the paged engine's (0 on ``kv_policy: reserve`` replicas).
+SLOT_FEATURES_V1: tuple[tuple[str, float, float], ...] = (
+    *SLOT_FEATURES,
+    ("prefix_match", 0.0, 1.0),
+    ("kv_blocks_free", 0.0, 1.0),
+    ("preemptions", 0.0, LOAD_HIGH),
+)
 
 # Codes of ``RoutingEnv.decisions`` for requests that did not go to a replica chosen by the agent.
 NOT_DECIDED = -3  # AUTO_TO_CENTRAL = -1 and MASKED_TO_CENTRAL = -2: envs.sim.batch
@@ -132,6 +140,15 @@ class RoutingEnv(gym.Env):
     | 5           | its capacity (saturation req/s of its GPU type) / fastest type's     | 0   | 1   | 1 |
     | 6           | EWMA (weight 0.2) of its end-to-end latency / 10 s; 0 until measured | 0   | 8   | 1 |
     | 7           | requests in flight (queued + running) / B                            | 0   | 8   | 1 |
+
+    ``InferGym/Routing-v1`` adds three features per slot (11 in all), from the paged engine
+    (``models[].kv_policy: paged``; all 0 for ``reserve`` replicas):
+
+    | slot offset | meaning                                                              | min | max | unit |
+    |-------------|----------------------------------------------------------------------|-----|-----|------|
+    | 8           | the waiting request's prompt tokens in the replica's prefix cache / prompt tokens | 0 | 1 | 1 |
+    | 9           | KV blocks free or held only by the prefix cache / KV blocks          | 0   | 1   | 1 |
+    | 10          | preemptions on the replica so far / B                                | 0   | 8   | 1 |
 
     Output lengths are not observed: a real router does not know them. Feature
     5 uses the fastest GPU type the model may run on in this scenario. After
@@ -216,10 +233,13 @@ class RoutingEnv(gym.Env):
 
     ## Version History
 
-    * v0: initial version.
+    * v1: adds the paged engine's per-slot features (prefix match, free KV blocks, preemptions);
+      dynamics and rewards as v0.
+    * v0: initial version (8 features per slot), still registered.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+    slot_features = SLOT_FEATURES  #: this version's per-slot features (name, low, high)
 
     def __init__(self, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any) -> None:
         self.scenario, own = split_kwargs(scenario, kwargs, ENV_PARAMS, "RoutingEnv")
@@ -256,10 +276,11 @@ class RoutingEnv(gym.Env):
             np.float64,
         )
         self._req_dim = self.n_models + 1 + self.n_classes
-        low = np.zeros(self._req_dim + N_SLOT_FEATURES * self.max_slots, np.float32)
+        n_feat = len(self.slot_features)
+        low = np.zeros(self._req_dim + n_feat * self.max_slots, np.float32)
         high = np.ones_like(low)
         high[self.n_models] = REQUEST_HIGH
-        high[self._req_dim :] = np.tile([f[2] for f in SLOT_FEATURES], self.max_slots)
+        high[self._req_dim :] = np.tile([f[2] for f in self.slot_features], self.max_slots)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = spaces.Discrete(self.max_slots)
         self._w = [float(sc.reward.get(k, 0.0)) for k in REWARD_KEYS]
@@ -376,7 +397,7 @@ class RoutingEnv(gym.Env):
     @property
     def obs_layout(self) -> dict[str, int]:
         """Where the per-slot features sit in the observation (for slot-structured policies)."""
-        return {"slots_start": self._req_dim, "n_slots": self.max_slots, "slot_dim": N_SLOT_FEATURES}
+        return {"slots_start": self._req_dim, "n_slots": self.max_slots, "slot_dim": len(self.slot_features)}
 
     @property
     def slot_replicas(self) -> np.ndarray:
@@ -434,11 +455,11 @@ class RoutingEnv(gym.Env):
         axes = fig.subplots(3, 1, sharex=True)
         sim = self.sim
         if sim is None:
-            fig.suptitle("InferGym/Routing-v0 (call reset() first)")
+            fig.suptitle("InferGym/Routing (call reset() first)")
         else:
             self._draw(axes, sim)
             fig.suptitle(
-                f"InferGym/Routing-v0, scenario {self.scenario.name!r}: t = {sim.now:.1f} s, "
+                f"InferGym/Routing, scenario {self.scenario.name!r}: t = {sim.now:.1f} s, "
                 f"{int(np.count_nonzero(self.decisions >= MASKED_TO_CENTRAL))} decisions",
                 fontsize=11,
             )
@@ -506,4 +527,18 @@ class RoutingEnv(gym.Env):
             ax.legend(fontsize=7, loc="upper left")
 
 
-__all__ = ["RoutingEnv", "SLOT_FEATURES", "REWARD_KEYS", "LATENCY_UNIT_S", "PROMPT_UNIT_TOKENS"]
+class RoutingEnvV1(RoutingEnv):
+    """``InferGym/Routing-v1``: Routing-v0 with the paged engine's features in every slot (see :class:`RoutingEnv`)."""
+
+    slot_features = SLOT_FEATURES_V1
+
+
+__all__ = [
+    "RoutingEnv",
+    "RoutingEnvV1",
+    "SLOT_FEATURES",
+    "SLOT_FEATURES_V1",
+    "REWARD_KEYS",
+    "LATENCY_UNIT_S",
+    "PROMPT_UNIT_TOKENS",
+]

@@ -65,7 +65,7 @@ def route_step(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, h
         if code != STOP_ROUTE:
             return -1
         i = gi[I_PENDING]
-        n_ready = routing_observation(rf, ri, pf, pi, qn, mrep, mn, log_done, log_drop, gi, slo, speed_max, i,
+        n_ready = routing_observation(rf, ri, pf, pi, qn, mrep, mn, log_done, log_drop, gi, pc, kc, slo, speed_max, i,
                                       n_models, n_classes, seen, terms, obs, mask, slot_rep, norms)  # fmt: skip
         if n_ready > 0:
             return i

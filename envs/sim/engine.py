@@ -386,7 +386,7 @@ class Simulator(SimulatorReads):
 
     def routing_observation(self, i: int, speed_max: np.ndarray, seen: np.ndarray, terms: np.ndarray,
                             obs: np.ndarray, mask: np.ndarray, slot_rep: np.ndarray, norms: np.ndarray) -> int:  # fmt: skip
-        """Fill ``InferGym/Routing-v0``'s observation, mask and slots for request ``i`` (-1: none) and add
+        """Fill ``InferGym/Routing``'s observation, mask and slots for request ``i`` (-1: none) and add
         the costs of requests finished since the caller's cursor ``seen`` to ``terms``; see
         :func:`envs.sim.features.routing_observation`. Returns the number of READY slots."""
         return int(
@@ -401,6 +401,8 @@ class Simulator(SimulatorReads):
                 self.state.log_done,
                 self.state.log_drop,
                 self.state.gi,
+                self.state.pc,
+                self.state.kc,
                 self.slo,
                 speed_max,
                 int(i),

@@ -13,15 +13,20 @@ from __future__ import annotations
 from numba import njit
 
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
+from envs.sim.kvcache import available_blocks, match
 from envs.sim.layout import (
+    I_HB,
     I_NDONE,
     I_NDROP,
     P_EWMA,
     P_SPEED,
+    Q_BLKCAP,
     Q_KVCAP,
     Q_KVRES,
     Q_MAXB,
     Q_NRUN,
+    Q_PAGED,
+    Q_PREEMPT,
     Q_STATE,
     R_ARR,
     R_CLASS,
@@ -36,8 +41,8 @@ from envs.sim.layout import (
 
 
 @njit(cache=True, error_model="numpy")
-def routing_observation(rf, ri, pf, pi, qn, mrep, mn, log_done, log_drop, gi, slo, speed_max, i, n_models, n_classes,
-                        seen, terms, obs, mask, slot_rep, norms):  # fmt: skip
+def routing_observation(rf, ri, pf, pi, qn, mrep, mn, log_done, log_drop, gi, pc, kc, slo, speed_max, i, n_models,
+                        n_classes, seen, terms, obs, mask, slot_rep, norms):  # fmt: skip
     """Add the costs of requests finished since the last call to ``terms``; fill obs/mask/slots for request ``i``.
 
     Compiled because it runs once per step and a handful of numpy calls on
@@ -105,6 +110,14 @@ def routing_observation(rf, ri, pf, pi, qn, mrep, mn, log_done, log_drop, gi, sl
         ew = pf[r, P_EWMA]
         obs[o + 6] = 0.0 if ew < 0.0 else min(ew / latency_unit, load_high)
         obs[o + 7] = min((q + run) / maxb, load_high)
+        if n_feat > 8:  # Routing-v1: the paged engine's state (0 for reserve replicas)
+            if pi[r, Q_PAGED] != 0:
+                prompt = ri[i, R_PROMPT]
+                hit = match(ri, pi, pc, kc, gi, r, i, prompt)[0] * gi[I_HB] if gi[I_HB] > 0 else 0
+                obs[o + 8] = hit / prompt if prompt > 0 else 0.0
+                blocks = pi[r, Q_BLKCAP]
+                obs[o + 9] = available_blocks(pi, r) / blocks if blocks > 0 else 0.0
+                obs[o + 10] = min(pi[r, Q_PREEMPT] / maxb, load_high)
         s += 1
     return n_ready
 

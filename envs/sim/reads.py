@@ -188,6 +188,14 @@ class SimulatorReads:
         """The paged engine's counters summed over every replica so far (``window.SERVING_COUNTERS``)."""
         return self.state.pi[: self.n_replicas][:, list(WS.SERVING_COUNTERS)].sum(axis=0)
 
+    def serving_counters_by_model(self) -> np.ndarray:
+        """Per model (rows), the paged engine's prompt tokens served from the prefix cache, prompt tokens
+        admitted and preemptions so far (columns), summed over its replicas (released ones included)."""
+        pi = self.state.pi[: self.n_replicas]
+        out = np.zeros((self.n_models, 3), np.int64)
+        np.add.at(out, pi[:, K.Q_MODEL], pi[:, [K.Q_HITTOK, K.Q_PROMPTTOK, K.Q_PREEMPT]])
+        return out
+
     def _serving_kpis(self, since: np.ndarray, drops: np.ndarray) -> dict[str, float]:
         """Paged-engine KPIs from the counters ``since`` (a window's start) to now; ``drops``: the
         window's dropped request ids (for the rejections)."""

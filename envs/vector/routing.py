@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.routing import LATENCY_UNIT_S, NORMS, SHAPING_CAP_S, RoutingEnv
+from envs.routing import LATENCY_UNIT_S, NORMS, SHAPING_CAP_S, RoutingEnv, RoutingEnvV1
 from envs.sim.batch import (
     N_OUT,
     NEED_BOUNDARY,
@@ -294,3 +294,9 @@ class RoutingVecEnv(NativeVectorEnv):
         if self._ready:
             self._states = StateList([env.sim for env in self.envs])
             self._decisions = int_list([env.decisions for env in self.envs])
+
+
+class RoutingVecEnvV1(RoutingVecEnv):
+    """N ``InferGym/Routing-v1`` environments (the paged engine's per-slot features) stepped together."""
+
+    env_class = RoutingEnvV1
