@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from envs.sim import Simulator
+from envs.sim.config import load_scenario
 
 
 @dataclass
@@ -52,6 +53,17 @@ class Args:
             Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
         ),
         metadata={"help": "Azure LLM conversation trace (CSV) for Vidur's setup; skipped if missing"},
+    )
+    mooncake: str = field(
+        default=str(
+            Path(__file__).resolve().parents[2]
+            / "shared"
+            / "traces"
+            / "mooncake_conversation_trace_first30min.jsonl"
+        ),
+        metadata={
+            "help": "Mooncake conversation trace (JSONL) for the mooncake-conv scenario; skipped if missing"
+        },
     )
     curve_requests: int = field(
         default=200_000, metadata={"help": "requests per run of the cost-per-request curve"}
@@ -363,11 +375,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         cases.append(("vidur", vidur_scenario(Path(args.trace))))
     else:
         print(f"(Vidur's setup skipped: no trace at {args.trace}; pass --trace)")
+    # the paged engine (vLLM V1's scheduler): default's workload, and the Mooncake replay with prefix caching
+    cases.append(("default_paged", load_scenario("default", {"models": [
+        {"name": "llama-3-8b", "replicas": 4, "min_replicas": 1, "max_replicas": 16, "kv_policy": "paged"}]})))  # fmt: skip
+    if Path(args.mooncake).is_file():
+        cases.append(("mooncake", load_scenario("mooncake-conv", {"workload.arrival.path": args.mooncake})))
+    else:
+        print(f"(mooncake-conv skipped: no trace at {args.mooncake}; pass --mooncake)")
     for name, scenario in cases:
         e2e = best_of(lambda scenario=scenario: end_to_end(scenario), args.repeats)
-        label = (
-            "run_scenario(" + (repr(name) if isinstance(scenario, str) else "vidur: codellama-34b tp2") + ")"
-        )
+        label = "run_scenario(" + {"vidur": "vidur: codellama-34b tp2", "default_paged": "'default', paged",
+                                   "mooncake": "'mooncake-conv'"}.get(name, repr(name)) + ")"  # fmt: skip
         print(f"{label:<36} {e2e['e2e_rps']:>19,.0f} {e2e['bare_rps']:>16,.0f} {e2e['ratio']:>6.2f}"
               f" {e2e['fixed_rps']:>18,.0f} {e2e['fixed_ratio']:>6.2f}")  # fmt: skip
         result[f"run_scenario_{name}_requests_per_s"] = round(e2e["e2e_rps"])

@@ -308,7 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="the table was reproduced with --quick (its default folders and quick env settings)")  # fmt: skip
     ap.add_argument(
-        "--trace", default=None, help="Azure LLM trace CSV for trace-replay scenarios (azure-conv)"
+        "--trace",
+        default=None,
+        help="trace file of the trace-replay scenarios (azure-conv: Azure CSV; mooncake-conv: Mooncake JSONL)",
     )
     ap.add_argument("--scenarios", nargs="+", default=None, help="only these scenarios of episodes.csv")
     ap.add_argument("--figures", nargs="+", choices=tables.FIGURES, default=None, metavar="FIGURE",

@@ -544,7 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="evaluation episodes (= agent training seeds)")
     ap.add_argument("--scenarios", nargs="+", default=None, help="restrict to these scenarios of the table")
     ap.add_argument(
-        "--trace", default=None, help="Azure LLM trace CSV for trace-replay scenarios (azure-conv)"
+        "--trace",
+        default=None,
+        help="trace file of the trace-replay scenarios (azure-conv: Azure CSV; mooncake-conv: Mooncake JSONL)",
     )
     ap.add_argument(
         "--total-timesteps", type=int, default=None, help="override every agent's training budget"

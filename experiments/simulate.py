@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     p.add_argument("--scenario", default="default", help=f"shipped name {shipped_scenarios()} or a YAML path")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="workload seeds (one run each)")
     p.add_argument(
-        "--trace", default=None, help="Azure LLM trace CSV for trace-replay scenarios (azure-conv)"
+        "--trace",
+        default=None,
+        help="trace file of the trace-replay scenarios (azure-conv: Azure CSV; mooncake-conv: Mooncake JSONL)",
     )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override, repeatable"

@@ -17,7 +17,7 @@ import pytest
 
 import envs
 from envs.sim import shipped_scenarios
-from tests.paths import AZURE_CONV_TRACE
+from tests.paths import AZURE_CONV_TRACE, SCENARIO_TRACES, trace_overrides
 
 IDS = sorted(envs.ENV_IDS)
 TRACE = AZURE_CONV_TRACE
@@ -168,9 +168,10 @@ def test_subproc_vec_env_two_workers(env_id):
 @pytest.mark.parametrize("env_id", IDS)
 @pytest.mark.parametrize("scenario", shipped_scenarios())
 def test_random_policy_full_episode_every_scenario(env_id, scenario):
-    kw = {"workload": {"arrival": {"path": str(TRACE)}}} if scenario == "azure-conv" else {}
-    if scenario == "azure-conv":
-        assert TRACE.exists(), f"the Azure trace must be beside the repository at {TRACE}"
+    kw = trace_overrides(scenario)
+    if scenario in SCENARIO_TRACES:
+        path = SCENARIO_TRACES[scenario]
+        assert path.exists(), f"the trace must be beside the repository at {path}"
     env = make(env_id, scenario, **kw)
     rng = np.random.default_rng(0)
     obs, _ = env.reset(seed=0)

@@ -19,6 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+MOONCAKE = ROOT.parent / "shared" / "traces" / "mooncake_conversation_trace_first30min.jsonl"
 GOLDEN = Path(__file__).with_name("golden.json")
 SEEDS = (0, 1, 2)
 ROUTERS = (
@@ -39,7 +40,8 @@ ENV_CASES: tuple[tuple[str, dict[str, Any], int], ...] = (
 
 
 def scenario_overrides(name: str) -> dict[str, Any]:
-    return {"workload.arrival.path": str(TRACE)} if name == "azure-conv" else {}
+    path = {"azure-conv": TRACE, "mooncake-conv": MOONCAKE}.get(name)
+    return {} if path is None else {"workload.arrival.path": str(path)}
 
 
 def scenario_kpis(name: str, router: str, seed: int) -> dict[str, float]:

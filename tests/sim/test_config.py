@@ -26,7 +26,7 @@ from envs.sim import kernel as K
 from envs.sim.config import ARRIVAL_KEYS, DEFAULT_REWARD, ROUTERS, deep_merge
 from envs.sim.hardware import GPU_PRESETS, MODEL_PRESETS
 from envs.sim.metrics import KPI_KEYS
-from tests.paths import AZURE_CONV_TRACE, REPO
+from tests.paths import AZURE_CONV_TRACE, REPO, trace_overrides
 
 TRACE = AZURE_CONV_TRACE
 TRACE_OVERRIDE = {"workload": {"arrival": {"path": str(TRACE)}}}
@@ -34,7 +34,7 @@ HYPOTHESIS = settings(max_examples=40, deadline=None, derandomize=True, database
 
 
 def overrides_for(name: str) -> dict:
-    return copy.deepcopy(TRACE_OVERRIDE) if name == "azure-conv" else {}
+    return trace_overrides(name)
 
 
 def test_dwell_shape_is_validated_and_defaults_to_memoryless():

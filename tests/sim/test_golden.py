@@ -19,8 +19,9 @@ REFERENCE = json.loads(golden.GOLDEN.read_text())
 
 @pytest.mark.parametrize("name", shipped_scenarios())
 def test_run_scenario_kpis_are_bit_identical(name):
-    if name == "azure-conv" and not golden.TRACE.is_file():
-        pytest.fail(f"missing {golden.TRACE}: the repo expects ../shared/traces/ beside it")
+    trace = {"azure-conv": golden.TRACE, "mooncake-conv": golden.MOONCAKE}.get(name)
+    if trace is not None and not trace.is_file():
+        pytest.fail(f"missing {trace}: the repo expects ../shared/traces/ beside it")
     for router in golden.ROUTERS:
         for seed in golden.SEEDS:
             key = f"{name}/{router}/{seed}"
