@@ -8,11 +8,13 @@ Case kinds (each a JSON description, generated from ``--seed``):
 * ``override``: one scenario key of a shipped scenario set to a value from a pool of awkward ones
   (negative, zero, huge, integers of hundreds of digits, NaN, strings, lists, mappings, ...);
   accepted scenarios are simulated for a short while and checked.
-* ``valid``: a random valid small scenario (hardware, load, routing, queueing, scaling) run to
+* ``valid``: a random valid small scenario (hardware, load, routing, queueing, scaling; half of
+  them on the paged engine, some with multi-turn sessions and prefix caching) run to
   its horizon, with request conservation and KPI ranges checked at every control interval.
 * ``action``: an awkward object given to an environment's ``step``; it must be accepted exactly
   when the action space contains it, and refused with the environment's own message otherwise.
-* ``azure_trace`` / ``alibaba_trace``: a small valid trace file with one field or line mutated;
+* ``azure_trace`` / ``mooncake_trace`` / ``alibaba_trace``: a small valid trace file with one field
+  or line mutated;
   an invalid mutation must be refused naming file and line, a valid one must be read.
 
 Outcomes: ``ok``; ``named_error`` (a ConfigError, ValueError or RuntimeError whose message names
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 
 OUTCOMES = ("ok", "named_error", "crash", "hang", "silently_wrong")
-KINDS = ("override", "valid", "action", "azure_trace", "alibaba_trace")
+KINDS = ("override", "valid", "action", "azure_trace", "mooncake_trace", "alibaba_trace")
 SCENARIOS = ("default", "steady", "bursty", "spiky", "diurnal", "heterogeneous", "multi-model")
 OVERRIDE_KEYS = (
     "horizon_s", "control_interval_s", "tick_s", "queue", "routing", "placement", "scaling",
@@ -71,6 +73,19 @@ AZURE_ROWS = [f"2023-11-16 18:15:{s:02d}.{s * 7919 % 10**7:07d},{100 + 13 * s},{
 AZURE_FIELD_VALUES = (  # (text, valid?)
     ("-5", False), ("1e3", False), ("abc", False), ("", False), (str(2**63), False), ("9" * 5000, False),
     ("0", True), ("77", True), (" 12", True), ("12.0", False), ("10000001", False), ("9999999", True),
+)  # fmt: skip
+MOONCAKE_ROWS = [
+    {"timestamp": 250 * i, "input_length": 600 + 97 * i, "output_length": 5 + i,
+     "hash_ids": list(range(0, -(-(600 + 97 * i) // 512)))}
+    for i in range(12)
+]  # fmt: skip
+MOONCAKE_VALUES = (  # (key, value, valid?) put into one row
+    ("input_length", -5, False), ("input_length", 1.5, False), ("input_length", True, False),
+    ("input_length", "77", False), ("input_length", None, False), ("input_length", 2**63, False),
+    ("input_length", 10**7 + 1, False), ("output_length", 0, True), ("output_length", 9, True),
+    ("timestamp", -1, False), ("timestamp", float("nan"), False), ("timestamp+", 0.5, True),
+    ("hash_ids", [], False), ("hash_ids", [-1, 2], False), ("hash_ids", "0,1", False),
+    ("hash_ids", [0.5, 1], False), ("hash_ids", [True, 1], False), ("extra_key", 1, False),
 )  # fmt: skip
 ALIBABA_VALUES = (  # (text, valid?) for cpu_milli / memory_mib, read as whole numbers >= 0
     ("-5", False), ("abc", False), ("", False), ("nan", False), ("inf", False), ("1.5", False),
@@ -103,6 +118,13 @@ def make_case(kind: str, rng: np.random.Generator, index: int) -> dict[str, Any]
         text, valid = AZURE_FIELD_VALUES[int(rng.integers(len(AZURE_FIELD_VALUES)))]
         mutation = int(rng.integers(4))
         case.update(row=row, col=col, text=text, mutation=mutation)
+        case["valid"] = valid if mutation == 0 else mutation == 3
+    elif kind == "mooncake_trace":
+        key, value, valid = MOONCAKE_VALUES[int(rng.integers(len(MOONCAKE_VALUES)))]
+        mutation = int(rng.integers(4))  # 0: a value set, 1: a key dropped, 2: a line garbled, 3: untouched
+        case.update(
+            row=int(rng.integers(len(MOONCAKE_ROWS))), key=key, value=_json_value(value), mutation=mutation
+        )
         case["valid"] = valid if mutation == 0 else mutation == 3
     else:
         text, valid = ALIBABA_VALUES[int(rng.integers(len(ALIBABA_VALUES)))]
@@ -146,7 +168,7 @@ def _valid_scenario(rng: np.random.Generator) -> dict[str, Any]:
                 "slo": {"ttft_s": float(rng.uniform(0.2, 5))}} for i in range(int(rng.integers(1, 3)))]  # fmt: skip
     routers = ["round_robin", "random", "least_connections", "power_of_two", "shortest_expected_delay",
                "central_queue", "affinity", "min_load", "least_time", "weighted_round_robin"]  # fmt: skip
-    return {
+    sc = {
         "horizon_s": float(rng.uniform(30, 180)),
         "control_interval_s": 15.0,
         "nodes": [
@@ -172,6 +194,24 @@ def _valid_scenario(rng: np.random.Generator) -> dict[str, Any]:
             int(rng.integers(2))
         ],
     }
+    if rng.random() < 0.5:  # the paged engine, with a small KV cache half the time (preemptions)
+        sc["models"][0].update(
+            kv_policy="paged", kv_block_tokens=[16, 32, 64][int(rng.integers(3))],
+            max_batched_tokens=int(rng.integers(64, 8192)), chunked_prefill=bool(rng.random() < 0.7),
+            prefix_caching=bool(rng.random() < 0.7),
+            kv_memory_fraction=(0.75 if sc["nodes"][0]["gpu"] == "l4" else 0.25) if rng.random() < 0.5 else 0.9,
+        )  # fmt: skip
+        sc["routing"] = [sc["routing"], "prefix_aware", "kv_aware"][int(rng.integers(3))]
+        if rng.random() < 0.5:  # multi-turn sessions with prompt block hashes
+            sc["workload"]["arrival"] = {"kind": "sessions", "session_rate_per_s": float(rng.uniform(0.1, 3)),
+                                         "think_time_s": float(rng.uniform(1, 30)), "block_tokens": 64}  # fmt: skip
+            sc["workload"]["sizes"] = {
+                "prompt_mean": 200,
+                "prompt_p99": 1500,
+                "output_mean": 150,
+                "output_p99": 600,
+            }
+    return sc
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -210,6 +250,11 @@ def _check_kpis(sim: Any, kpis: dict[str, float] | None) -> str | None:
             d.get(k, 0.0) < 0 for k in ("gpu_seconds", "cost_usd", "requests_completed", "slo_violations")
         ):
             return f"negative count: {d}"
+        if not 0.0 <= d.get("prefix_hit_rate", 0.0) <= 1.0 or d.get("preemptions", 0.0) < 0:
+            return f"paged engine KPI out of range: {d}"
+    for v in sim.replica_views():  # KV held never exceeds capacity (both engines)
+        if v.kv_reserved_tokens > v.kv_capacity_tokens or v.kv_blocks_free < 0:
+            return f"replica {v.id}: KV {v.kv_reserved_tokens} of {v.kv_capacity_tokens}, {v.kv_blocks_free} blocks free"
     return None
 
 
@@ -227,6 +272,8 @@ def run_case(case: dict[str, Any], scratch: Path) -> tuple[str, str]:
             return _run_action(case)
         if kind == "azure_trace":
             return _run_azure(case, scratch)
+        if kind == "mooncake_trace":
+            return _run_mooncake(case, scratch)
         return _run_alibaba(case, scratch)
     except MemoryError as exc:
         return "crash", f"MemoryError: {exc}"[:300]
@@ -339,6 +386,37 @@ def _run_azure(case: dict[str, Any], scratch: Path) -> tuple[str, str]:
     path = scratch / f"azure-{case['index']}.csv"
     path.write_text("\n".join([AZURE_HEADER, *rows]) + "\n")
     return _read_expect(case, lambda: read_azure_trace(path), path)
+
+
+def _run_mooncake(case: dict[str, Any], scratch: Path) -> tuple[str, str]:
+    from envs.sim.prefixes import read_mooncake_trace
+
+    rows = [dict(r) for r in MOONCAKE_ROWS]
+    r, m = case["row"], case["mutation"]
+    lines = [json.dumps(x) for x in rows]
+    if m == 0:  # one value set (a length change keeps hash_ids consistent unless hash_ids is the key)
+        row = rows[r]
+        value = _from_json(case["value"])
+        if case["key"] == "timestamp+":  # a fractional millisecond on the row's own time (still sorted)
+            row["timestamp"] += value
+        else:
+            row[case["key"]] = value
+        if (
+            case["key"] == "input_length"
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+            and 0 <= value <= 10**7
+        ):
+            row["hash_ids"] = list(range(-(-value // 512)))
+        lines[r] = json.dumps(row)
+    elif m == 1:  # a key dropped
+        del rows[r]["output_length"]
+        lines[r] = json.dumps(rows[r])
+    elif m == 2:  # a line cut short
+        lines[r] = lines[r][: len(lines[r]) // 2]
+    path = scratch / f"mooncake-{case['index']}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return _read_expect(case, lambda: read_mooncake_trace(path), path)
 
 
 def _run_alibaba(case: dict[str, Any], scratch: Path) -> tuple[str, str]:

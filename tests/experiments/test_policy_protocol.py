@@ -22,6 +22,7 @@ CONTROLLERS = {
     "InferGym/Autoscale-v1": ("hpa", {"horizon_s": 60.0}),
     "InferGym/Autoscale-v0": ("hpa", {"horizon_s": 60.0}),
     "InferGym/Routing-v0": ("least_connections", {"horizon_s": 15.0}),
+    "InferGym/Routing-v1": ("kv_aware", {"horizon_s": 15.0}),
     "InferGym/Placement-v0": ("best_fit", {"source": "jobs", "n_nodes": 8, "n_jobs": 20}),
 }
 

@@ -55,6 +55,7 @@ def test_dwell_shape_is_validated_and_defaults_to_memoryless():
 def test_the_shipped_scenarios_are_the_documented_ones():
     expected = {
         "azure-conv",
+        "mooncake-conv",
         "bursty",
         "default",
         "diurnal",
