@@ -138,7 +138,11 @@ def test_pickle_round_trip_continues_identically(env_id):
             assert _equal(env.reset(), clone.reset())
 
 
-@pytest.mark.parametrize("env_id", IDS)
+# One id per environment class family: Routing-v1 and Autoscale-v0 subclass the others, and each
+# worker process pays a few seconds of start-up.
+@pytest.mark.parametrize(
+    "env_id", [i for i in IDS if i not in ("InferGym/Routing-v1", "InferGym/Autoscale-v0")]
+)
 def test_subproc_vec_env_two_workers(env_id):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import SubprocVecEnv
