@@ -172,32 +172,8 @@ def schedule(
 
 
 @njit(cache=True, error_model="numpy")
-def fail_replicas(
-    rf,
-    ri,
-    pf,
-    pi,
-    run,
-    pfl,
-    qh,
-    qt,
-    qn,
-    mi,
-    mrep,
-    mn,
-    ht,
-    hk,
-    hr,
-    hv,
-    gf,
-    gi,
-    log_drop,
-    pc,
-    kc,
-    reps,
-    t,
-    requeue,
-):
+def fail_replicas(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_drop, pc, kc,
+                  reps, t, requeue):  # fmt: skip
     """Lose replicas ``reps`` at time ``t`` with their work; returns (requests re-queued, dropped).
 
     Every replica is taken out first (RELEASED at ``t``, its pending event cancelled, its busy time
@@ -268,30 +244,9 @@ def fail_replicas(
                 else route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i)
             )
             dispatch(
-                rf,
-                ri,
-                pf,
-                pi,
-                run,
-                pfl,
-                qh,
-                qt,
-                qn,
-                mi,
-                mrep,
-                mn,
-                ht,
-                hk,
-                hr,
-                hv,
-                gi,
-                log_drop,
-                pc,
-                kc,
-                i,
-                dest,
-                t,
-            )
+                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i,
+                dest, t
+            )  # fmt: skip
             n_requeued += 1
         else:
             _drop(rf, ri, mi, log_drop, gi, i, t)

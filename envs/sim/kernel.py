@@ -158,6 +158,16 @@ def _enqueue(ri, qh, qt, qn, q, i):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def _pop_head(ri, qh, qt, qn, q, lst, i):
+    """Remove request ``i``, the head of list ``lst`` of queue ``q``."""
+    nxt = ri[i, R_NEXT]
+    qh[q, lst] = nxt
+    if nxt < 0:
+        qt[q, lst] = -1
+    qn[q] -= 1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def _drop(rf, ri, mi, log_drop, gi, i, t):
     """Drop queued request ``i``, found at time ``t`` (a timed-out request is dropped at its deadline)."""
     ri[i, R_STATE] = REQ_DROPPED
@@ -251,6 +261,29 @@ def _release(pf, pi, mrep, mn, r, t):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def _next_waiting(rf, ri, qh, n_lists, own, m, with_central, by_priority):
+    """``(queue, list, request)`` a replica admits next (-1s: none): among the heads of its own lists
+    (queue ``own``) and, if ``with_central``, its model's central lists (queue ``m``), the highest
+    priority level (priority queue only), then the earliest arrival."""
+    bq, bl, bi = -1, -1, -1
+    for lst in range(n_lists):
+        for src in range(2):
+            q = own if src == 0 else m
+            if src == 1 and not with_central:
+                break
+            h = qh[q, lst]
+            if h < 0:
+                continue
+            if bi < 0:
+                bq, bl, bi = q, lst, h
+                continue
+            ph, pb = (ri[h, R_PRIO], ri[bi, R_PRIO]) if by_priority else (0, 0)
+            if ph < pb or (ph == pb and rf[h, R_ARR] < rf[bi, R_ARR]):
+                bq, bl, bi = q, lst, h
+    return bq, bl, bi
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r,
                     t):  # fmt: skip
     """Admit what fits and start the next iteration of replica ``r`` if there is work."""
@@ -274,23 +307,7 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
     n_lists = gi[I_NLISTS]
     by_priority = gi[I_PRIORITY] != 0
     while pi[r, Q_NRUN] < maxb:
-        # Next request: among the heads of the replica's own lists and its model's central
-        # lists, the highest priority level (priority queue only), then the earliest arrival.
-        bq, bl, bi = -1, -1, -1
-        for lst in range(n_lists):
-            for src in range(2):
-                q = own if src == 0 else m
-                if src == 1 and state != REP_READY:
-                    break
-                h = qh[q, lst]
-                if h < 0:
-                    continue
-                if bi < 0:
-                    bq, bl, bi = q, lst, h
-                    continue
-                ph, pb = (ri[h, R_PRIO], ri[bi, R_PRIO]) if by_priority else (0, 0)
-                if ph < pb or (ph == pb and rf[h, R_ARR] < rf[bi, R_ARR]):
-                    bq, bl, bi = q, lst, h
+        bq, bl, bi = _next_waiting(rf, ri, qh, n_lists, own, m, state == REP_READY, by_priority)
         if bi < 0:
             break
         i = bi
@@ -299,11 +316,7 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
         # a request that can never fit on this replica is dropped rather than block the queue forever
         if not expired and need <= pi[r, Q_KVCAP] and pi[r, Q_KVRES] + need > pi[r, Q_KVCAP]:
             break  # head-of-line: wait for KV to free up
-        nxt = ri[i, R_NEXT]
-        qh[bq, bl] = nxt
-        if nxt < 0:
-            qt[bq, bl] = -1
-        qn[bq] -= 1
+        _pop_head(ri, qh, qt, qn, bq, bl, i)
         if expired or need > pi[r, Q_KVCAP]:
             _drop(rf, ri, mi, log_drop, gi, i, t)
             if not expired:
@@ -335,13 +348,27 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
             # per-iteration events would; an arrival for this replica splits the run
             # (split_decode_run) at the first boundary after it.
             n_iter = ri[run[r, 0], R_FINISH] - pi[r, Q_ITER] + 1
-            kv = pi[r, Q_KVSUM]
-            for _ in range(n_iter - 1):
-                kv += n_dec
-                end = end + _iteration_s(pf, r, n_dec, kv)
-    pi[r, Q_SEG] = n_iter
+            end = _run_end(pf, r, end, n_iter, n_dec, pi[r, Q_KVSUM])
     pi[r, Q_NPF] = admitted
     pi[r, Q_PFTOK] = pf_tokens
+    _launch(pf, pi, ht, hk, hr, hv, gi, r, t, end, n_iter, n_dec)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _run_end(pf, r, end, n_iter, n_dec, kv):
+    """End of a decode run of ``n_iter`` iterations whose first ends at ``end`` and reads ``kv`` tokens:
+    each later iteration reads ``n_dec`` more (summed as per-iteration events would be)."""
+    for _ in range(n_iter - 1):
+        kv += n_dec
+        end = end + _iteration_s(pf, r, n_dec, kv)
+    return end
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _launch(pf, pi, ht, hk, hr, hv, gi, r, t, end, n_iter, n_dec):
+    """Replica ``r`` is busy from ``t`` to ``end`` (``n_iter`` iterations of ``n_dec`` decode tokens
+    after the first): the pending ITER_END event."""
+    pi[r, Q_SEG] = n_iter
     pi[r, Q_NDEC] = n_dec
     pi[r, Q_BUSY] = 1
     pf[r, P_ITER_START] = t
@@ -416,21 +443,32 @@ def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc,
         i = run[r, 0]
         n -= 1
         _run_sift_down(run, ri, r, n)
-        ri[i, R_STATE] = REQ_DONE
-        rf[i, R_DONE] = t
         ctx = ri[i, R_PROMPT] + ri[i, R_OUTPUT]
         if gi[I_SVC_KIND] != SVC_PER_REQUEST:
             pi[r, Q_KVRES] -= ctx
         pi[r, Q_KVSUM] -= ctx
-        m = ri[i, R_MODEL]
-        mi[m, M_INFLIGHT] -= 1
-        mi[m, M_RUNNING] -= 1
-        log_done[gi[I_NDONE]] = i
-        gi[I_NDONE] += 1
-        lat = t - rf[i, R_ARR]
-        ew = pf[r, P_EWMA]
-        pf[r, P_EWMA] = lat if ew < 0 else ew + EWMA_WEIGHT * (lat - ew)
+        _complete(rf, ri, pf, mi, log_done, gi, r, i, t)
     pi[r, Q_NRUN] = n
+    _release_if_drained(pf, pi, qn, mrep, mn, gi, r, t)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _complete(rf, ri, pf, mi, log_done, gi, r, i, t):
+    """Request ``i`` completes on replica ``r`` at ``t`` (its replica's latency EWMA updated)."""
+    ri[i, R_STATE] = REQ_DONE
+    rf[i, R_DONE] = t
+    m = ri[i, R_MODEL]
+    mi[m, M_INFLIGHT] -= 1
+    mi[m, M_RUNNING] -= 1
+    log_done[gi[I_NDONE]] = i
+    gi[I_NDONE] += 1
+    lat = t - rf[i, R_ARR]
+    ew = pf[r, P_EWMA]
+    pf[r, P_EWMA] = lat if ew < 0 else ew + EWMA_WEIGHT * (lat - ew)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _release_if_drained(pf, pi, qn, mrep, mn, gi, r, t):
     if pi[r, Q_STATE] == REP_DRAINING and pi[r, Q_NRUN] == 0 and qn[gi[I_NMODELS] + r] == 0:
         _release(pf, pi, mrep, mn, r, t)
         gi[I_NRELEASED] += 1  # the engine frees the replica's GPUs (Simulator.sync_releases)
@@ -543,21 +581,7 @@ def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, ht, hk, hr, hv, gi, log_dr
         by_priority = gi[I_PRIORITY] != 0
         maxb = pi[r, Q_MAXB]
         while budget > 0 and pi[r, Q_NRUN] < maxb:
-            bq, bl, bi = -1, -1, -1
-            for lst in range(n_lists):
-                for src in range(2):
-                    q = own if src == 0 else m
-                    if src == 1 and state != REP_READY:
-                        break
-                    h = qh[q, lst]
-                    if h < 0:
-                        continue
-                    if bi < 0:
-                        bq, bl, bi = q, lst, h
-                        continue
-                    ph, pb = (ri[h, R_PRIO], ri[bi, R_PRIO]) if by_priority else (0, 0)
-                    if ph < pb or (ph == pb and rf[h, R_ARR] < rf[bi, R_ARR]):
-                        bq, bl, bi = q, lst, h
+            bq, bl, bi = _next_waiting(rf, ri, qh, n_lists, own, m, state == REP_READY, by_priority)
             if bi < 0:
                 break
             i = bi
@@ -581,11 +605,7 @@ def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, ht, hk, hr, hv, gi, log_dr
                 need = cdiv(new, bt)
                 if need > available_blocks(pi, r) - idle * pi[r, Q_EB]:
                     break  # head-of-line: wait for blocks to free up
-            nxt = ri[i, R_NEXT]
-            qh[bq, bl] = nxt
-            if nxt < 0:
-                qt[bq, bl] = -1
-            qn[bq] -= 1
+            _pop_head(ri, qh, qt, qn, bq, bl, i)
             if reason >= 0:
                 _drop(rf, ri, mi, log_drop, gi, i, t)
                 ri[i, R_REASON] = reason
@@ -638,17 +658,9 @@ def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, ht, hk, hr, hv, gi, log_dr
                     hi = mid
             steps = lo
         n_iter = steps
-        kv = kv_read
-        for _ in range(n_iter - 1):
-            kv += n_dec
-            end = end + _iteration_s(pf, r, n_dec, kv)
-    pi[r, Q_SEG] = n_iter
-    pi[r, Q_NDEC] = n_dec
+        end = _run_end(pf, r, end, n_iter, n_dec, kv_read)
     pi[r, Q_KVSUM] = kv_read
-    pi[r, Q_BUSY] = 1
-    pf[r, P_ITER_START] = t
-    pf[r, P_ITER_DUR] = end - t
-    heap_push(ht, hk, hr, hv, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
+    _launch(pf, pi, ht, hk, hr, hv, gi, r, t, end, n_iter, n_dec)
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
@@ -686,24 +698,13 @@ def _end_paged(rf, ri, pf, pi, run, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t
             pi[r, Q_TOKENS] += n_iter
             if ri[i, R_GEN] >= ri[i, R_OUTPUT]:
                 release(ri, pi, pc, kc, r, i)
-                ri[i, R_STATE] = REQ_DONE
-                rf[i, R_DONE] = t
-                m = ri[i, R_MODEL]
-                mi[m, M_INFLIGHT] -= 1
-                mi[m, M_RUNNING] -= 1
-                log_done[gi[I_NDONE]] = i
-                gi[I_NDONE] += 1
-                lat = t - rf[i, R_ARR]
-                ew = pf[r, P_EWMA]
-                pf[r, P_EWMA] = lat if ew < 0 else ew + EWMA_WEIGHT * (lat - ew)
+                _complete(rf, ri, pf, mi, log_done, gi, r, i, t)
                 continue
         run[r, w] = i
         w += 1
     pi[r, Q_NRUN] = w
     sync_kv_tokens(pi, r)
-    if pi[r, Q_STATE] == REP_DRAINING and w == 0 and qn[gi[I_NMODELS] + r] == 0:
-        _release(pf, pi, mrep, mn, r, t)
-        gi[I_NRELEASED] += 1
+    _release_if_drained(pf, pi, qn, mrep, mn, gi, r, t)
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -774,30 +775,9 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
         gi[I_NEXT_ARR] += 1
         t = rf[i, R_ARR]
         dispatch(
-            rf,
-            ri,
-            pf,
-            pi,
-            run,
-            pfl,
-            qh,
-            qt,
-            qn,
-            mi,
-            mrep,
-            mn,
-            ht,
-            hk,
-            hr,
-            hv,
-            gi,
-            log_drop,
-            pc,
-            kc,
-            i,
-            route_to,
-            t,
-        )
+            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i,
+            route_to, t
+        )  # fmt: skip
     while True:
         na = gi[I_NEXT_ARR]
         t_arr = rf[na, R_ARR] if na < n_req else INF
@@ -819,29 +799,9 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
                 pi[r, Q_STATE] = REP_READY
                 pf[r, P_READY] = t_heap
             start_iteration(
-                rf,
-                ri,
-                pf,
-                pi,
-                run,
-                pfl,
-                qh,
-                qt,
-                qn,
-                mi,
-                mrep,
-                mn,
-                ht,
-                hk,
-                hr,
-                hv,
-                gi,
-                log_drop,
-                pc,
-                kc,
-                r,
-                t_heap,
-            )
+                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r,
+                t_heap
+            )  # fmt: skip
         elif t_arr <= t_tick:
             m = ri[na, R_MODEL]
             mi[m, M_INFLIGHT] += 1
@@ -851,30 +811,9 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
             gi[I_NEXT_ARR] = na + 1
             r = route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, na)
             dispatch(
-                rf,
-                ri,
-                pf,
-                pi,
-                run,
-                pfl,
-                qh,
-                qt,
-                qn,
-                mi,
-                mrep,
-                mn,
-                ht,
-                hk,
-                hr,
-                hv,
-                gi,
-                log_drop,
-                pc,
-                kc,
-                na,
-                r,
-                t_arr,
-            )
+                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, na,
+                r, t_arr
+            )  # fmt: skip
         else:
             purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, t_tick)
             k = gi[I_NTICK]

@@ -35,6 +35,7 @@ from envs.sim.workload import (
     _check_expected_count,
     _check_rng,
     _number,
+    open_trace,
     poisson_arrivals,
     sample_lengths,
 )
@@ -220,22 +221,7 @@ def read_mooncake_trace(
 
     Any malformed line raises ``ConfigError("<file name>:<line>: <reason>")``.
     """
-    start = float(_number("start_s", start_s, ge=0))
-    duration = None if duration_s is None else float(_number("duration_s", duration_s, gt=0))
-    scale = float(_number("time_scale", time_scale, gt=0))
-    file = Path(path)
-    name = file.name
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise fail("path", str(path), f"cannot be read ({exc.strerror or exc})") from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{name}:{line}: not UTF-8 text") from exc
-
-    lines = text.splitlines()
+    start, duration, scale, name, lines = open_trace(path, start_s, duration_s, time_scale)
     stamps = np.empty(len(lines), np.float64)
     prompt = np.empty(len(lines), np.int64)
     output = np.empty(len(lines), np.int64)

@@ -336,6 +336,28 @@ def _parse_count(field: str) -> int | None:
     return None
 
 
+def open_trace(
+    path: str | Path, start_s: float, duration_s: float | None, time_scale: float
+) -> tuple[float, float | None, float, str, list[str]]:
+    """A trace reader's common start: its window options checked, then ``(start_s, duration_s,
+    time_scale, file name, lines)`` of the file read as UTF-8 (an optional BOM dropped)."""
+    start = float(_number("start_s", start_s, ge=0))
+    duration = None if duration_s is None else float(_number("duration_s", duration_s, gt=0))
+    scale = float(_number("time_scale", time_scale, gt=0))
+    file = Path(path)
+    name = file.name
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise fail("path", str(path), f"cannot be read ({exc.strerror or exc})") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{name}:{line}: not UTF-8 text") from exc
+    return start, duration, scale, name, text.splitlines()
+
+
 def read_azure_trace(
     path: str | Path,
     *,
@@ -357,22 +379,7 @@ def read_azure_trace(
 
     Any malformed row raises ``ConfigError("<file name>:<line>: <reason>")``.
     """
-    start = float(_number("start_s", start_s, ge=0))
-    duration = None if duration_s is None else float(_number("duration_s", duration_s, gt=0))
-    scale = float(_number("time_scale", time_scale, gt=0))
-    file = Path(path)
-    name = file.name
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise fail("path", str(path), f"cannot be read ({exc.strerror or exc})") from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{name}:{line}: not UTF-8 text") from exc
-
-    lines = text.splitlines()
+    start, duration, scale, name, lines = open_trace(path, start_s, duration_s, time_scale)
     expected = ",".join(AZURE_TRACE_COLUMNS)
     header = [column.strip() for column in lines[0].split(",")] if lines else []
     if header != list(AZURE_TRACE_COLUMNS):
