@@ -66,7 +66,9 @@ class SimulatorReads:
             arrival_s=col(rf[:, K.R_ARR]), admitted_s=col(rf[:, K.R_ADMIT]), first_token_s=col(rf[:, K.R_FIRST]),
             finished_s=col(rf[:, K.R_DONE]), prompt_tokens=col(ri[:, K.R_PROMPT]), output_tokens=col(ri[:, K.R_OUTPUT]),
             model=col(ri[:, K.R_MODEL]), request_class=col(ri[:, K.R_CLASS]), replica=col(ri[:, K.R_REPLICA]),
-            state=col(ri[:, K.R_STATE]), state_names=K.REQUEST_STATE_NAMES,
+            state=col(ri[:, K.R_STATE]), state_names=K.REQUEST_STATE_NAMES, drop_reason=col(ri[:, K.R_REASON]),
+            drop_reason_names=K.DROP_REASON_NAMES, cached_prompt_tokens=col(ri[:, K.R_HIT]),
+            preemptions=col(ri[:, K.R_NPREEMPT]),
         )  # fmt: skip
 
     def provisioned_by_gpu_type(self, m: int) -> dict[int, int]:

@@ -118,6 +118,12 @@ class RequestTable:
     replica: np.ndarray  #: replica it was routed to; -1: central queue or not yet routed
     state: np.ndarray  #: codes into ``state_names``
     state_names: tuple[str, ...] = ("future", "queued", "running", "done", "dropped")
+    #: why a dropped request was dropped, codes into ``drop_reason_names`` (meaningless otherwise)
+    drop_reason: np.ndarray | None = None
+    drop_reason_names: tuple[str, ...] = ("timeout", "context_length", "kv_capacity", "failure")
+    #: paged engine: prompt tokens served from the prefix cache at first admission, times preempted
+    cached_prompt_tokens: np.ndarray | None = None
+    preemptions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)

@@ -49,6 +49,8 @@ def test_a_scripted_failure_takes_exactly_the_work_on_that_node(policy):
         assert kpi["requests_lost_to_faults"] == len(lost) and kpi["requests_requeued"] == 0
         assert int(sim.state.gi[L.I_NDROP]) - dropped_before == len(lost)
         assert all(ri[i, L.R_STATE] == L.REQ_DROPPED for i in lost)
+        req = sim.requests()
+        assert {req.drop_reason_names[req.drop_reason[i]] for i in lost} == {"failure"}
 
 
 def test_a_failed_node_takes_nothing_until_its_repair_and_its_weights_are_gone():

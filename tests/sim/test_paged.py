@@ -287,7 +287,7 @@ def test_the_most_recently_admitted_request_is_preempted_and_recomputed(tmp_path
     k = sim.episode_kpis()
     assert k["requests_completed"] == 2
     assert k["preemptions"] >= 1
-    npre = sim.state.ri[:2, K.R_NPREEMPT]
+    npre = sim.requests().preemptions
     assert npre[0] == 0 and npre[1] == k["preemptions"]  # always the later one
     assert k["recomputed_tokens"] > 2000
     tab = sim.requests()
@@ -341,7 +341,9 @@ def test_requests_longer_than_the_context_are_rejected_with_a_reason(tmp_path):
     sim.advance(600)
     k = sim.episode_kpis()
     assert k["requests_completed"] == 2 and k["requests_rejected"] == 1
-    assert sim.state.ri[1, K.R_REASON] == K.DROP_CONTEXT
+    tab = sim.requests()
+    assert tab.is_state("dropped").tolist() == [False, True, False]
+    assert tab.drop_reason_names[tab.drop_reason[1]] == "context_length"
 
 
 def test_reserve_settings_that_do_not_apply_are_errors(tmp_path):
