@@ -126,9 +126,7 @@ HIT_BOUND_TOLERANCE = 0.01
 @pytest.fixture(scope="module")
 def mooncake() -> Trace:
     if not MOONCAKE_CONV_TRACE.is_file():
-        pytest.skip(
-            f"missing {MOONCAKE_CONV_TRACE.name}: expected the shared trace at <repo>/../shared/traces/"
-        )
+        pytest.fail(f"missing {MOONCAKE_CONV_TRACE}: the repo expects ../shared/traces/ beside it")
     return read_mooncake_trace(MOONCAKE_CONV_TRACE)
 
 
