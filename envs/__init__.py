@@ -5,14 +5,21 @@ Importing ``envs`` registers the environment ids (idempotently):
 =============================  =========================================================
 id                             one step is
 =============================  =========================================================
-``InferGym/Autoscale-v1``      one control interval; action = replica change per model
-``InferGym/Autoscale-v0``      the same with v0's reward (unfinished requests free; superseded)
-``InferGym/Routing-v1``        one arriving request; action = which replica serves it
-``InferGym/Routing-v0``        the same without the paged engine's per-slot features
-``InferGym/Placement-v0``      one replica or job to place; action = which node
+``InferGym/Autoscale-v2``      one control interval; action = replica change per model
+``InferGym/Autoscale-v1``      the same on the ``reserve`` engine by default (superseded)
+``InferGym/Autoscale-v0``      v1 with v0's reward (unfinished requests free; superseded)
+``InferGym/Routing-v2``        one arriving request; action = which replica serves it
+``InferGym/Routing-v1``        the same on the ``reserve`` engine by default (superseded)
+``InferGym/Routing-v0``        v1 without the paged engine's per-slot features (superseded)
+``InferGym/Placement-v1``      one replica or job to place; action = which node
+``InferGym/Placement-v0``      the same, its llm source on the ``reserve`` engine by default
 =============================  =========================================================
 
-``gymnasium.make("InferGym/Autoscale-v1", scenario="bursty")``
+The latest versions run the simulator's default engine (``models[].kv_policy: paged``); the older
+ones fill in ``kv_policy: reserve`` for every model that does not set it, the engine they were made
+with, so their numbers do not move.
+
+``gymnasium.make("InferGym/Autoscale-v2", scenario="bursty")``
 
 Every environment class builds the adapter that runs its classical controller
 (a scaler, router or placer) as a policy: ``env_class(env_id).controller_policy(spec, seed)``.
@@ -23,20 +30,26 @@ from __future__ import annotations
 import gymnasium
 
 ENV_IDS = {
-    "InferGym/Autoscale-v1": "envs.autoscale:AutoscaleEnv",
+    "InferGym/Autoscale-v2": "envs.autoscale:AutoscaleEnv",
+    "InferGym/Autoscale-v1": "envs.autoscale:AutoscaleEnvV1",
     "InferGym/Autoscale-v0": "envs.autoscale:AutoscaleEnvV0",
+    "InferGym/Routing-v2": "envs.routing:RoutingEnvV2",
     "InferGym/Routing-v1": "envs.routing:RoutingEnvV1",
     "InferGym/Routing-v0": "envs.routing:RoutingEnv",
-    "InferGym/Placement-v0": "envs.placement:PlacementEnv",
+    "InferGym/Placement-v1": "envs.placement:PlacementEnv",
+    "InferGym/Placement-v0": "envs.placement:PlacementEnvV0",
 }
 
 #: Each id's native vector environment (``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")``).
 VECTOR_ENTRY_POINTS = {
-    "InferGym/Autoscale-v1": "envs.vector.autoscale:AutoscaleVecEnv",
+    "InferGym/Autoscale-v2": "envs.vector.autoscale:AutoscaleVecEnv",
+    "InferGym/Autoscale-v1": "envs.vector.autoscale:AutoscaleVecEnvV1",
     "InferGym/Autoscale-v0": "envs.vector.autoscale:AutoscaleVecEnvV0",
+    "InferGym/Routing-v2": "envs.vector.routing:RoutingVecEnvV2",
     "InferGym/Routing-v1": "envs.vector.routing:RoutingVecEnvV1",
     "InferGym/Routing-v0": "envs.vector.routing:RoutingVecEnv",
-    "InferGym/Placement-v0": "envs.placement.vector:PlacementVecEnv",
+    "InferGym/Placement-v1": "envs.placement.vector:PlacementVecEnv",
+    "InferGym/Placement-v0": "envs.placement.vector:PlacementVecEnvV0",
 }
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.common import check_action, split_kwargs, weighted_reward
+from envs.common import RESERVE_ENGINE, check_action, split_kwargs, weighted_reward
 from envs.sim.clock import ControlClock
 from envs.sim.config import ControllerSpec, Scenario
 from envs.sim.controllers import SCALERS
@@ -232,6 +232,10 @@ class AutoscaleEnv(gym.Env):
 
     ## Version History
 
+    * v2: models that do not set ``kv_policy`` run the ``paged`` engine (KV blocks allocated as tokens
+      are computed, preemption, chunked prefill, prefix caching), the simulator's default since it
+      landed; the observation has the paged block when a model is paged. Still registered, v1 and v0
+      fill in ``kv_policy: reserve`` (:class:`AutoscaleEnvV1`).
     * v1: requests still in the system at the horizon are charged (the ``unfinished`` term) and
       ``slo_violations`` is per arrived request instead of per finished one; in v0, a policy that
       served nothing scored 0, better than any that served.
@@ -240,9 +244,12 @@ class AutoscaleEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+    #: ``models[]`` keys this version fills in where the scenario leaves them out (older versions keep
+    #: the engine they were made with)
+    MODEL_DEFAULTS: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any) -> None:
-        self.scenario, own = split_kwargs(scenario, kwargs, ENV_PARAMS, "AutoscaleEnv")
+        self.scenario, own = split_kwargs(scenario, kwargs, ENV_PARAMS, "AutoscaleEnv", self.MODEL_DEFAULTS)
         sc: Scenario = self.scenario
         if render_mode is not None:
             check_choice("render_mode", render_mode, self.metadata["render_modes"])
@@ -621,13 +628,21 @@ class AutoscaleEnv(gym.Env):
         return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
-class AutoscaleEnvV0(AutoscaleEnv):
+class AutoscaleEnvV1(AutoscaleEnv):
+    """``InferGym/Autoscale-v1``: :class:`AutoscaleEnv` (v2) on the ``reserve`` engine wherever a model does not
+    set ``kv_policy`` (KV for prompt + output reserved at admission, whole prefills, no prefix cache), the
+    simulator's default when v1 was made; kept to reproduce results made with it. Use ``InferGym/Autoscale-v2``."""
+
+    MODEL_DEFAULTS = RESERVE_ENGINE
+
+
+class AutoscaleEnvV0(AutoscaleEnvV1):
     """``InferGym/Autoscale-v0``: :class:`AutoscaleEnv` with the reward of v0, kept to reproduce results made with it.
 
     Requests still waiting or running at the horizon cost nothing: there is no ``unfinished``
     term and the last step's ``slo_violations`` term counts only requests that finished. A policy
     that serves nothing (``min_replicas: 0``, no class timeout) therefore scores 0, better than any
-    policy that serves. Use ``InferGym/Autoscale-v1``.
+    policy that serves. The ``reserve`` engine by default, as v1. Use ``InferGym/Autoscale-v2``.
     """
 
     def _terms(self, kpi: Mapping[str, float], dt: float, placement_failures: float) -> dict[str, float]:

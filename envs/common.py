@@ -17,11 +17,20 @@ import numpy as np
 from envs.sim.config import Scenario, load_scenario
 from envs.sim.errors import ConfigError, show
 
+#: ``models[]`` defaults an environment version made before ``kv_policy: paged`` became the default
+#: keeps (its class's ``MODEL_DEFAULTS``): a model that does not set ``kv_policy`` runs ``reserve``.
+RESERVE_ENGINE: Mapping[str, Any] = {"kv_policy": "reserve"}
+
 
 def split_kwargs(
-    scenario: Any, kwargs: Mapping[str, Any], env_params: Iterable[str], env_name: str
+    scenario: Any,
+    kwargs: Mapping[str, Any],
+    env_params: Iterable[str],
+    env_name: str,
+    model_defaults: Mapping[str, Any] | None = None,
 ) -> tuple[Scenario, dict[str, Any]]:
-    """Return the validated scenario (with scenario overrides applied) and the env's own kwargs."""
+    """Return the validated scenario (with scenario overrides applied, then ``model_defaults`` filled in
+    for every model that does not set them) and the env's own kwargs."""
     own = set(env_params)
     mine = {k: v for k, v in kwargs.items() if k in own}
     overrides = {k: v for k, v in kwargs.items() if k not in own}
@@ -31,7 +40,8 @@ def split_kwargs(
                 f"{env_name}: unknown argument {key!r} (environment arguments: {sorted(own)}; "
                 f"scenario keys: {sorted(Scenario.KEYS)})"
             )
-    return load_scenario(scenario, overrides or None), mine
+    sc = load_scenario(scenario, overrides or None)
+    return (sc.with_model_defaults(model_defaults) if model_defaults else sc), mine
 
 
 def weighted_reward(terms: Mapping[str, float], weights: Mapping[str, float]) -> float:

@@ -14,14 +14,14 @@ action space, so learned and classical routing are measured by the same loop.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from baselines.routing import RouterPolicy
-from envs.common import check_action, split_kwargs, weighted_reward
+from envs.common import RESERVE_ENGINE, check_action, split_kwargs, weighted_reward
 from envs.sim.batch import AUTO_TO_CENTRAL, MASKED_TO_CENTRAL, RoutingBuffers
 from envs.sim.clock import ControlClock
 from envs.sim.config import ControllerSpec, Scenario
@@ -233,16 +233,23 @@ class RoutingEnv(gym.Env):
 
     ## Version History
 
+    * v2: models that do not set ``kv_policy`` run the ``paged`` engine (the simulator's default since
+      it landed); features as v1 (:class:`RoutingEnvV2`).
     * v1: adds the paged engine's per-slot features (prefix match, free KV blocks, preemptions);
       dynamics and rewards as v0.
     * v0: initial version (8 features per slot), still registered.
+
+    v1 and v0 fill in ``kv_policy: reserve`` for models that do not set it (the engine they were
+    made with).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
     slot_features = SLOT_FEATURES  #: this version's per-slot features (name, low, high)
+    #: ``models[]`` keys this version fills in where the scenario leaves them out
+    MODEL_DEFAULTS: ClassVar[Mapping[str, Any]] = RESERVE_ENGINE
 
     def __init__(self, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any) -> None:
-        self.scenario, own = split_kwargs(scenario, kwargs, ENV_PARAMS, "RoutingEnv")
+        self.scenario, own = split_kwargs(scenario, kwargs, ENV_PARAMS, "RoutingEnv", self.MODEL_DEFAULTS)
         sc: Scenario = self.scenario
         if render_mode is not None:
             check_choice("render_mode", render_mode, self.metadata["render_modes"])
@@ -533,9 +540,16 @@ class RoutingEnvV1(RoutingEnv):
     slot_features = SLOT_FEATURES_V1
 
 
+class RoutingEnvV2(RoutingEnvV1):
+    """``InferGym/Routing-v2``: Routing-v1 on the ``paged`` engine wherever a model does not set ``kv_policy``."""
+
+    MODEL_DEFAULTS = {}
+
+
 __all__ = [
     "RoutingEnv",
     "RoutingEnvV1",
+    "RoutingEnvV2",
     "SLOT_FEATURES",
     "SLOT_FEATURES_V1",
     "REWARD_KEYS",

@@ -198,7 +198,7 @@ def cost_curve(sizes: tuple[int, ...], router: str, requests: int) -> dict[int, 
 
 
 def autoscale_vs_bare(scenario: str, steps: int, seed: int = 0, repeats: int = 3) -> dict[str, float]:
-    """``Autoscale-v1`` steps/s (holding the fleet) against the bare loop's control intervals/s on the same
+    """``Autoscale-v2`` steps/s (holding the fleet) against the bare loop's control intervals/s on the same
     scenario; both build a new simulator per episode. Best of ``repeats`` for each."""
     import envs  # noqa: F401  (registers the ids)
     from envs.autoscale import AutoscaleEnv
@@ -324,7 +324,7 @@ def vector_vs_single(env_id: str, n_envs: int, steps: int, seed: int = 0, **env_
 
 
 def training_steps_per_s(backend: str, n_envs: int, steps: int, scenario: str = "bursty", **hp) -> float:
-    """PPO on ``Autoscale-v1``/``scenario`` end to end (rollouts and updates, VecNormalize, the table's
+    """PPO on ``Autoscale-v2``/``scenario`` end to end (rollouts and updates, VecNormalize, the table's
     frame stack of 12 and target actions), env-steps/s over ``steps`` steps after one warm-up rollout,
     from a fresh policy (its random replica targets move the fleet every step: the slow start of a
     run; trained policies step about twice as fast)."""
@@ -334,9 +334,9 @@ def training_steps_per_s(backend: str, n_envs: int, steps: int, scenario: str = 
 
     from agents.sb3 import _model_kwargs, load_hyperparams, make_vec
 
-    params = load_hyperparams("ppo", "InferGym/Autoscale-v1", [f"{k}={v}" for k, v in hp.items()])
+    params = load_hyperparams("ppo", "InferGym/Autoscale-v2", [f"{k}={v}" for k, v in hp.items()])
     th.set_num_threads(1)
-    vec = make_vec("InferGym/Autoscale-v1", scenario, n_envs, 0, {"action_mode": "target"}, backend=backend)
+    vec = make_vec("InferGym/Autoscale-v2", scenario, n_envs, 0, {"action_mode": "target"}, backend=backend)
     vec = VecNormalize(VecFrameStack(vec, 12), **params["vecnormalize"])
     model = PPO(env=vec, seed=0, verbose=0, **_model_kwargs(params))
     rollout = params["n_steps"] * n_envs
@@ -375,16 +375,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         cases.append(("vidur", vidur_scenario(Path(args.trace))))
     else:
         print(f"(Vidur's setup skipped: no trace at {args.trace}; pass --trace)")
-    # the paged engine (vLLM V1's scheduler): default's workload, and the Mooncake replay with prefix caching
-    cases.append(("default_paged", load_scenario("default", {"models": [
-        {"name": "llama-3-8b", "replicas": 4, "min_replicas": 1, "max_replicas": 16, "kv_policy": "paged"}]})))  # fmt: skip
+    # the reserve engine (the default before the paged engine) on default's workload, and the Mooncake
+    # replay with prefix caching
+    cases.append(("default_reserve", load_scenario("default").with_model_defaults({"kv_policy": "reserve"})))
     if Path(args.mooncake).is_file():
         cases.append(("mooncake", load_scenario("mooncake-conv", {"workload.arrival.path": args.mooncake})))
     else:
         print(f"(mooncake-conv skipped: no trace at {args.mooncake}; pass --mooncake)")
     for name, scenario in cases:
         e2e = best_of(lambda scenario=scenario: end_to_end(scenario), args.repeats)
-        label = "run_scenario(" + {"vidur": "vidur: codellama-34b tp2", "default_paged": "'default', paged",
+        label = "run_scenario(" + {"vidur": "vidur: codellama-34b tp2", "default_reserve": "'default', reserve",
                                    "mooncake": "'mooncake-conv'"}.get(name, repr(name)) + ")"  # fmt: skip
         print(f"{label:<36} {e2e['e2e_rps']:>19,.0f} {e2e['bare_rps']:>16,.0f} {e2e['ratio']:>6.2f}"
               f" {e2e['fixed_rps']:>18,.0f} {e2e['fixed_ratio']:>6.2f}")  # fmt: skip
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         result[f"run_scenario_{name}_vs_bare"] = round(e2e["ratio"], 3)
         result[f"run_scenario_{name}_vs_fixed_fleet"] = round(e2e["fixed_ratio"], 3)
     a = autoscale_vs_bare("default", args.env_steps, repeats=args.repeats)
-    print(f"{'Autoscale-v1 default, steps/s':<36} {a['env_steps_per_s']:>19,.0f} {a['bare_intervals_per_s']:>16,.0f}"
+    print(f"{'Autoscale-v2 default, steps/s':<36} {a['env_steps_per_s']:>19,.0f} {a['bare_intervals_per_s']:>16,.0f}"
           f" {a['ratio']:>6.2f}   (bare: control intervals/s)")  # fmt: skip
     result["autoscale_default_steps_per_s"] = round(a["env_steps_per_s"])
     result["bare_loop_default_intervals_per_s"] = round(a["bare_intervals_per_s"])
@@ -433,14 +433,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     print()
     print(f"{'environment':<36} {'steps/s':>12}")
-    # Placement-v0 is timed on its job-trace source (one step = one placement decision, the
+    # Placement-v1 is timed on its job-trace source (one step = one placement decision, the
     # env's own work); with the LLM source a step also simulates the traffic until the
     # scaler asks for the next replica, so it is reported separately.
     for key, env_id, kwargs, label in (
-        ("autoscale", "InferGym/Autoscale-v1", {}, ""),
-        ("routing", "InferGym/Routing-v0", {}, ""),
-        ("placement", "InferGym/Placement-v0", {"source": "jobs"}, " (jobs)"),
-        ("placement_llm", "InferGym/Placement-v0", {"source": "llm"}, " (llm)"),
+        ("autoscale", "InferGym/Autoscale-v2", {}, ""),
+        ("routing", "InferGym/Routing-v2", {}, ""),
+        ("placement", "InferGym/Placement-v1", {"source": "jobs"}, " (jobs)"),
+        ("placement_llm", "InferGym/Placement-v1", {"source": "llm"}, " (llm)"),
     ):
         n = args.env_steps if key != "placement_llm" else max(20, args.env_steps // 20)
         sps = max(env_steps_per_s(env_id, n, **kwargs) for _ in range(args.repeats))
@@ -451,9 +451,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"{'native vector env, ' + str(n_vec) + ' sub-envs':<36} {'env-steps/s':>12} {'single envs':>12} {'ratio':>6}"
           "   (same seeds and actions)")  # fmt: skip
     for key, env_id, kwargs, label in (
-        ("autoscale", "InferGym/Autoscale-v1", {}, ""),
-        ("routing", "InferGym/Routing-v0", {}, ""),
-        ("placement", "InferGym/Placement-v0", {"source": "jobs"}, " (jobs)"),
+        ("autoscale", "InferGym/Autoscale-v2", {}, ""),
+        ("routing", "InferGym/Routing-v2", {}, ""),
+        ("placement", "InferGym/Placement-v1", {"source": "jobs"}, " (jobs)"),
     ):
         steps = max(10, args.env_steps // (20 if key == "autoscale" else 2))
         try:
@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         result[f"{key}_vector{n_vec}_vs_single"] = round(r["ratio"], 2)
         print(f"{env_id + label:<36} {r['vector']:>12,.0f} {r['single']:>12,.0f} {r['ratio']:>6.2f}")
     print()
-    print(f"{'PPO training, Autoscale-v1 bursty':<36} {'env-steps/s':>12}")
+    print(f"{'PPO training, Autoscale-v2 bursty':<36} {'env-steps/s':>12}")
     t_steps = 4_096 if args.quick else 40_960
     for label, backend, n_envs, hp in (
         ("DummyVecEnv, 2 envs (round 1)", "dummy", 2, {}),

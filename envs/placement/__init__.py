@@ -1,4 +1,4 @@
-"""``InferGym/Placement-v0``: choose the node for each replica or job that must be placed on a GPU cluster.
+"""``InferGym/Placement-v1`` (and ``-v0``): choose the node for each replica or job that must be placed on a GPU cluster.
 
 One step is one item to place; the action is a node index, masked to the nodes where the item fits
 (:meth:`envs.sim.cluster.ClusterState.feasible`). :class:`PlacementEnv` (``base.py``) holds what every
@@ -13,9 +13,9 @@ leave at their deletion time. :class:`PlacerPolicy` (``policy.py``) runs any cla
 
 from __future__ import annotations
 
-from envs.placement.base import PlacementEnv
-from envs.placement.jobs import JobPlacementEnv
-from envs.placement.llm import LlmPlacementEnv
+from envs.placement.base import PlacementEnv, PlacementEnvV0
+from envs.placement.jobs import JobPlacementEnv, JobPlacementEnvV0
+from envs.placement.llm import LlmPlacementEnv, LlmPlacementEnvV0
 from envs.placement.params import ENV_PARAMS, LLM_FALLBACK_SCALER, SYNTHETIC_GPU_TYPES, PlacementParams
 from envs.placement.policy import PlacerPolicy
 
@@ -24,8 +24,11 @@ __all__ = [
     "LLM_FALLBACK_SCALER",
     "SYNTHETIC_GPU_TYPES",
     "JobPlacementEnv",
+    "JobPlacementEnvV0",
     "LlmPlacementEnv",
+    "LlmPlacementEnvV0",
     "PlacementEnv",
+    "PlacementEnvV0",
     "PlacementParams",
     "PlacerPolicy",
 ]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from envs.common import check_action, split_kwargs, weighted_reward
+from envs.common import RESERVE_ENGINE, check_action, split_kwargs, weighted_reward
 from envs.placement.fgd import FgdTracker
 from envs.placement.items import Item, ItemEncoder
 from envs.placement.params import (
@@ -143,35 +143,43 @@ class PlacementEnv(gym.Env):
 
     ## Version History
 
-    * v0: initial version (one class per source since the split; same dynamics, spaces, rewards).
+    * v1: the llm source's models that do not set ``kv_policy`` run the ``paged`` engine (the
+      simulator's default since it landed); the jobs source is unchanged.
+    * v0: initial version (one class per source since the split; same dynamics, spaces, rewards);
+      still registered (:class:`PlacementEnvV0`): the llm source fills in ``kv_policy: reserve``.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+    #: The version a class serves; ``(VERSION, source)`` picks the class (``__new__``).
+    VERSION: ClassVar[int] = 1
+    #: ``models[]`` keys this version fills in where the scenario leaves them out
+    MODEL_DEFAULTS: ClassVar[Mapping[str, Any]] = {}
 
     #: The ``source`` argument a subclass serves (set by every subclass).
     source: ClassVar[str]
     #: Keys of ``info["rewards"]``, in the order the weighted reward sums them.
     REWARD_TERMS: ClassVar[tuple[str, ...]] = ("placement_failures", "invalid_actions", "fragmented_gpus",
                                                "gpus_in_use")  # fmt: skip
-    _by_source: ClassVar[dict[str, type[PlacementEnv]]] = {}
+    _by_source: ClassVar[dict[tuple[int, str], type[PlacementEnv]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "source" in cls.__dict__:
-            PlacementEnv._by_source[cls.source] = cls
+            PlacementEnv._by_source[(cls.VERSION, cls.source)] = cls
 
     def __new__(
         cls, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any
     ) -> PlacementEnv:
-        # The registered entry point is this class: ``source`` picks the subclass, which then gets
-        # the same arguments in ``__init__``. Unpickling calls ``__new__`` on the subclass itself.
-        if cls is PlacementEnv:
+        # The registered entry points are this class (v1) and PlacementEnvV0: ``source`` picks the
+        # subclass of that version, which then gets the same arguments in ``__init__``. Unpickling
+        # calls ``__new__`` on the subclass itself.
+        if not hasattr(cls, "source"):
             source = check_choice("source", kwargs.get("source", PlacementParams.source), SOURCES)
-            cls = PlacementEnv._by_source[source]
+            cls = PlacementEnv._by_source[(cls.VERSION, source)]
         return super().__new__(cls)
 
     def __init__(self, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any) -> None:
-        self.scenario, own = split_kwargs(scenario, kwargs, ENV_PARAMS, ENV_NAME)
+        self.scenario, own = split_kwargs(scenario, kwargs, ENV_PARAMS, ENV_NAME, self.MODEL_DEFAULTS)
         own.setdefault("source", self.source)
         self.params = PlacementParams(**own)
         if self.params.source != self.source:
@@ -410,3 +418,12 @@ class PlacementEnv(gym.Env):
 
         title = f"Placement-v0, {self._source_label()}: {self._placed} placed, {self._failures} rejected"
         return draw_cluster(self.cluster, self._history, self.now_s, title)
+
+
+class PlacementEnvV0(PlacementEnv):
+    """``InferGym/Placement-v0``: :class:`PlacementEnv` (v1) whose llm source runs the ``reserve`` engine
+    wherever a model does not set ``kv_policy`` (the simulator's default when v0 was made); its jobs source
+    is v1's. Kept to reproduce results made with it; use ``InferGym/Placement-v1``."""
+
+    VERSION = 0
+    MODEL_DEFAULTS = RESERVE_ENGINE

@@ -15,7 +15,7 @@ import numpy as np
 
 from envs.common import check_action
 from envs.placement import fast
-from envs.placement.base import PlacementEnv
+from envs.placement.base import PlacementEnv, PlacementEnvV0
 from envs.placement.fast import (
     KPI_KEYS,
     N_RES,
@@ -431,3 +431,9 @@ class JobPlacementEnv(PlacementEnv):
 
     def _source_label(self) -> str:
         return "synthetic job trace" if self._file_episode is None else "Alibaba-format job trace"
+
+
+class JobPlacementEnvV0(JobPlacementEnv, PlacementEnvV0):
+    """``InferGym/Placement-v0``'s jobs source: the same as v1's (jobs do not use the serving engine)."""
+
+    source = "jobs"

@@ -9,7 +9,7 @@ from collections import deque
 
 import numpy as np
 
-from envs.placement.base import PlacementEnv
+from envs.placement.base import PlacementEnv, PlacementEnvV0
 from envs.placement.items import Item
 from envs.placement.params import LLM_FALLBACK_SCALER
 from envs.sim.clock import ControlClock
@@ -165,3 +165,10 @@ class LlmPlacementEnv(PlacementEnv):
 
     def _source_label(self) -> str:
         return f"replicas of scenario {self.scenario.name!r}"
+
+
+class LlmPlacementEnvV0(LlmPlacementEnv, PlacementEnvV0):
+    """``InferGym/Placement-v0``'s llm source: :class:`LlmPlacementEnv` on the ``reserve`` engine wherever a
+    model does not set ``kv_policy`` (``VERSION`` and ``MODEL_DEFAULTS`` from :class:`PlacementEnvV0`)."""
+
+    source = "llm"

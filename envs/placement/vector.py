@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.placement.base import PlacementEnv
+from envs.placement.base import PlacementEnv, PlacementEnvV0
 from envs.placement.fast import (
     KPI_KEYS,
     N_RES,
@@ -218,3 +218,9 @@ class PlacementVecEnv(NativeVectorEnv):
         if self.source == "jobs":
             return self._batch.mask.copy()
         return super().action_masks()
+
+
+class PlacementVecEnvV0(PlacementVecEnv):
+    """N ``InferGym/Placement-v0`` environments (the llm source on the ``reserve`` engine by default)."""
+
+    env_class = PlacementEnvV0

@@ -202,6 +202,13 @@ class RequestClass:
 KV_POLICIES = ("reserve", "paged")
 
 
+def default_kv_policy(service_kind: str) -> str:
+    """``models[].kv_policy`` when a model does not set it: ``paged`` (vLLM V1's engine: blocks, chunked
+    prefill, prefix caching) for the ``roofline`` service, ``reserve`` for the validation services, which
+    serve one request at a time and hold no KV."""
+    return "paged" if service_kind == "roofline" else "reserve"
+
+
 @dataclass(frozen=True)
 class ModelDeployment:
     """One model served by the cluster, with its replica limits and engine settings."""
@@ -216,7 +223,9 @@ class ModelDeployment:
     max_batch: int
     kv_memory_fraction: float
     replica_crash_per_hour: float = 0.0  #: crashes of one READY replica per hour (Poisson); 0: never
-    kv_policy: str = "reserve"  #: ``reserve`` (KV for prompt + output at admission) or ``paged``
+    kv_policy: str = (
+        "paged"  #: ``paged`` (default for roofline) or ``reserve`` (prompt + output at admission)
+    )
     kv_block_tokens: int = 16  #: tokens per KV block (paged; vLLM's default block size)
     max_batched_tokens: int | None = None  #: tokens per iteration (paged); None: vLLM's default per GPU
     chunked_prefill: bool = True  #: split long prompts over iterations (paged)
@@ -282,7 +291,9 @@ class ModelDeployment:
         crash = float(
             check_number(f"{path}.replica_crash_per_hour", raw.get("replica_crash_per_hour", 0.0), ge=0)
         )
-        policy = check_choice(f"{path}.kv_policy", raw.get("kv_policy", "reserve"), KV_POLICIES)
+        policy = check_choice(
+            f"{path}.kv_policy", raw.get("kv_policy", default_kv_policy(service_kind)), KV_POLICIES
+        )
         block = int(
             check_number(
                 f"{path}.kv_block_tokens", raw.get("kv_block_tokens", 16), ge=1, le=4096, integer=True
@@ -308,7 +319,12 @@ class ModelDeployment:
                     raise fail(f"{path}.{key}", raw[key], "is only used with kv_policy: paged")
             for key in ("chunked_prefill", "prefix_caching"):
                 if raw.get(key) is True:
-                    raise fail(f"{path}.{key}", True, "needs kv_policy: paged (reserve has neither)")
+                    raise fail(
+                        f"{path}.{key}",
+                        True,
+                        f"needs kv_policy: paged (reserve has neither; {path}."
+                        f"kv_policy is {policy!r}{'' if 'kv_policy' in raw else ' by default'})",
+                    )
                 flags[key] = False
         elif service_kind != "roofline":
             raise fail(f"{path}.kv_policy", policy, f"needs service.kind roofline (got {service_kind})")
@@ -755,6 +771,18 @@ class Scenario:
             routing, placement, scaling, queue, storage, reward, raw=copy_config(dict(raw)), faults=faults,
             fault_policy=fault_policy,
         )  # fmt: skip
+
+    def with_model_defaults(self, defaults: Mapping[str, Any]) -> Scenario:
+        """This scenario with ``defaults`` (``models[]`` keys) filled in for every model that does not set
+        them, validated again; ``self`` when nothing changes. An environment version made before a default
+        changed uses this to keep its dynamics (``{"kv_policy": "reserve"}``, see ``envs/``)."""
+        models = self.raw.get("models")
+        if not defaults or not isinstance(models, (list, tuple)):
+            return self
+        filled = [{**defaults, **m} if isinstance(m, Mapping) else m for m in models]
+        if all(isinstance(m, Mapping) and all(k in m for k in defaults) for m in models):
+            return self
+        return Scenario.from_config({**self.raw, "models": filled})
 
     @property
     def gpu_types(self) -> tuple[GpuType, ...]:

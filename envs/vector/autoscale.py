@@ -8,7 +8,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from envs.autoscale import AutoscaleEnv, AutoscaleEnvV0
+from envs.autoscale import AutoscaleEnv, AutoscaleEnvV0, AutoscaleEnvV1
 from envs.sim.batch import StateList, advance_batch
 from envs.sim.kernel import advance
 from envs.sim.routing import Rule
@@ -123,6 +123,12 @@ class AutoscaleVecEnv(NativeVectorEnv):
         self.__dict__.update(state)
         if self._ready:
             self._states = StateList([env.sim for env in self.envs])
+
+
+class AutoscaleVecEnvV1(AutoscaleVecEnv):
+    """N ``InferGym/Autoscale-v1`` environments (the ``reserve`` engine by default; see :class:`AutoscaleVecEnv`)."""
+
+    env_class = AutoscaleEnvV1
 
 
 class AutoscaleVecEnvV0(AutoscaleVecEnv):

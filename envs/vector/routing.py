@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.routing import LATENCY_UNIT_S, NORMS, SHAPING_CAP_S, RoutingEnv, RoutingEnvV1
+from envs.routing import LATENCY_UNIT_S, NORMS, SHAPING_CAP_S, RoutingEnv, RoutingEnvV1, RoutingEnvV2
 from envs.sim.batch import (
     N_OUT,
     NEED_BOUNDARY,
@@ -300,3 +300,9 @@ class RoutingVecEnvV1(RoutingVecEnv):
     """N ``InferGym/Routing-v1`` environments (the paged engine's per-slot features) stepped together."""
 
     env_class = RoutingEnvV1
+
+
+class RoutingVecEnvV2(RoutingVecEnv):
+    """N ``InferGym/Routing-v2`` environments (Routing-v1 on the ``paged`` engine by default) stepped together."""
+
+    env_class = RoutingEnvV2

@@ -287,7 +287,7 @@ def test_a_scenario_dict_with_two_models_works():
     }
     env = AutoscaleEnv(scenario)
     assert env.action_space.nvec.tolist() == [5, 5]
-    assert env.observation_space.shape == (2 * F + 3,)
+    assert env.observation_space.shape == (2 * F + 2 * 2 + 3,)  # + both models' paged-engine block
     obs, info = env.reset(seed=0)
     assert info["replicas"][:, 0].tolist() == [2, 1]
     obs, reward, _, _, info = env.step(delta(env, +1, -1))
@@ -361,7 +361,8 @@ def test_in_a_fault_scenario_the_agent_sees_each_pools_capacity_up_and_under_not
     seen_notice = seen_down = False
     for _ in range(env.n_steps):
         obs, _, _, truncated, _ = env.step(hold)
-        pools = obs[-7:-3]  # (up, noticed) of the on-demand pool, then of the spot pool
+        # (up, noticed) of the on-demand pool, then of the spot pool; then the model's paged block (2)
+        pools = obs[-9:-5]
         cluster, down = env.sim.cluster, env.sim.faults.blocked
         spot_nodes = np.arange(1, 4)
         assert pools[0] == 1.0 and pools[1] == 0.0  # on-demand nodes neither fail nor get notices here

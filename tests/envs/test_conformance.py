@@ -3,7 +3,9 @@
 Each id gets gymnasium's and stable-baselines3's env checkers, a seeded
 two-env rollout compared for exact equality over 200+ steps, a pickle round
 trip, a 2-worker SubprocVecEnv, and a random policy over a full episode of
-every shipped scenario with no NaN or inf.
+every shipped scenario with no NaN or inf. Superseded versions (which differ from the latest
+only by their engine default, reward or features) run the full episode on ``default`` only and
+share the latest version's SubprocVecEnv check.
 """
 
 from __future__ import annotations
@@ -20,6 +22,19 @@ from envs.sim import shipped_scenarios
 from tests.paths import AZURE_CONV_TRACE, SCENARIO_TRACES, trace_overrides
 
 IDS = sorted(envs.ENV_IDS)
+
+
+def _latest(ids: list[str]) -> list[str]:
+    """The newest version of every family (``InferGym/Autoscale-v2`` of ``Autoscale-v0..v2``)."""
+    newest: dict[str, tuple[int, str]] = {}
+    for i in ids:
+        family, version = i.rsplit("-v", 1)
+        newest[family] = max(newest.get(family, (-1, "")), (int(version), i))
+    return sorted(i for _, i in newest.values())
+
+
+LATEST = _latest(IDS)
+SUPERSEDED = [i for i in IDS if i not in LATEST]
 TRACE = AZURE_CONV_TRACE
 # Short horizons keep rollouts fast; everything else comes from the scenario.
 SMALL = {"horizon_s": 300.0}
@@ -138,11 +153,9 @@ def test_pickle_round_trip_continues_identically(env_id):
             assert _equal(env.reset(), clone.reset())
 
 
-# One id per environment class family: Routing-v1 and Autoscale-v0 subclass the others, and each
-# worker process pays a few seconds of start-up.
-@pytest.mark.parametrize(
-    "env_id", [i for i in IDS if i not in ("InferGym/Routing-v1", "InferGym/Autoscale-v0")]
-)
+# One id per environment family (the superseded versions subclass the latest), as each worker
+# process pays a few seconds of start-up.
+@pytest.mark.parametrize("env_id", LATEST)
 def test_subproc_vec_env_two_workers(env_id):
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import SubprocVecEnv
@@ -169,8 +182,10 @@ def test_subproc_vec_env_two_workers(env_id):
         vec.close()
 
 
-@pytest.mark.parametrize("env_id", IDS)
-@pytest.mark.parametrize("scenario", shipped_scenarios())
+@pytest.mark.parametrize(
+    ("env_id", "scenario"),
+    [(i, s) for i in LATEST for s in shipped_scenarios()] + [(i, "default") for i in SUPERSEDED],
+)
 def test_random_policy_full_episode_every_scenario(env_id, scenario):
     kw = trace_overrides(scenario)
     if scenario in SCENARIO_TRACES:
@@ -221,7 +236,7 @@ MASKED_IDS = [i for i in IDS if hasattr(make(i).unwrapped, "action_masks")]
 
 
 def test_only_autoscale_has_no_masks_and_every_action_of_it_is_valid():
-    assert set(IDS) - set(MASKED_IDS) == {"InferGym/Autoscale-v0", "InferGym/Autoscale-v1"}
+    assert set(IDS) - set(MASKED_IDS) == {f"InferGym/Autoscale-v{v}" for v in range(3)}
     env = make("InferGym/Autoscale-v1", action_mode="target")
     env.reset(seed=0)
     base = env.unwrapped

@@ -23,7 +23,7 @@ from envs.sim.config import DEFAULT_REWARD
 from envs.sim.errors import ConfigError
 from envs.sim.jobtrace import JobTrace, synthetic_job_trace, write_alibaba_trace
 
-ENV_ID = "InferGym/Placement-v0"
+ENV_ID = "InferGym/Placement-v1"
 SMALL_JOBS = {"source": "jobs", "n_nodes": 12, "n_jobs": 300}
 
 

@@ -19,10 +19,13 @@ from experiments.evaluate import evaluate_policy, make_policy
 
 # A controller spec per registered id, with env arguments that keep an episode short.
 CONTROLLERS = {
+    "InferGym/Autoscale-v2": ("hpa", {"horizon_s": 60.0}),
     "InferGym/Autoscale-v1": ("hpa", {"horizon_s": 60.0}),
     "InferGym/Autoscale-v0": ("hpa", {"horizon_s": 60.0}),
     "InferGym/Routing-v0": ("least_connections", {"horizon_s": 15.0}),
     "InferGym/Routing-v1": ("kv_aware", {"horizon_s": 15.0}),
+    "InferGym/Routing-v2": ("prefix_aware", {"horizon_s": 15.0}),
+    "InferGym/Placement-v1": ("fgd", {"source": "llm", "horizon_s": 120.0}),
     "InferGym/Placement-v0": ("best_fit", {"source": "jobs", "n_nodes": 8, "n_jobs": 20}),
 }
 

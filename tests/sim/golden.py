@@ -1,8 +1,11 @@
 """Golden numbers of the simulator: episode KPIs and env trajectories that must not move.
 
 ``tests/sim/golden.json`` holds, for every shipped scenario x every in-kernel router x 3 seeds,
-the KPIs of :func:`envs.sim.run_scenario`, and for each environment a 200-step trajectory under
-seeded random (valid) actions (observation digest, rewards, terminations, KPI digest). A change
+the KPIs of :func:`envs.sim.run_scenario` on the ``reserve`` engine (filled in for every model that
+does not set ``kv_policy``: the records predate ``paged`` as the default and pin the reserve engine
+bit for bit), the KPIs of every shipped scenario as shipped (its own router, the default engine) for
+2 seeds, and for each environment a 200-step trajectory under seeded random (valid) actions
+(observation digest, rewards, terminations, KPI digest). A change
 to the engine that moves any of them is a change in numbers and must be deliberate: regenerate
 with ``python tests/sim/golden.py --write`` and list the difference in the change's notes.
 """
@@ -28,6 +31,10 @@ ROUTERS = (
 )  # fmt: skip
 #: (env id, kwargs, steps): the trajectories recorded.
 ENV_CASES: tuple[tuple[str, dict[str, Any], int], ...] = (
+    ("InferGym/Autoscale-v2", {"scenario": "default"}, 200),
+    ("InferGym/Autoscale-v2", {"scenario": "bursty", "action_mode": "target", "horizon_s": 900}, 200),
+    ("InferGym/Routing-v2", {"scenario": "default", "horizon_s": 20}, 600),
+    ("InferGym/Placement-v1", {"source": "llm", "scenario": "bursty"}, 200),
     ("InferGym/Autoscale-v0", {"scenario": "default"}, 200),
     ("InferGym/Autoscale-v0", {"scenario": "bursty", "action_mode": "target"}, 200),
     ("InferGym/Autoscale-v0", {"scenario": "multi-model", "horizon_s": 600}, 200),
@@ -44,10 +51,23 @@ def scenario_overrides(name: str) -> dict[str, Any]:
     return {} if path is None else {"workload.arrival.path": str(path)}
 
 
+#: seeds of the shipped scenarios on the default engine
+DEFAULT_ENGINE_SEEDS = (0, 1)
+
+
 def scenario_kpis(name: str, router: str, seed: int) -> dict[str, float]:
+    """Episode KPIs of ``name`` with ``router`` on the reserve engine where a model does not choose."""
+    from envs.sim import load_scenario, run_scenario
+
+    sc = load_scenario(name, {**scenario_overrides(name), "routing": router})
+    return run_scenario(sc.with_model_defaults({"kv_policy": "reserve"}), seed)
+
+
+def default_engine_kpis(name: str, seed: int) -> dict[str, float]:
+    """Episode KPIs of the shipped scenario ``name`` as it ships (its router, the default engine)."""
     from envs.sim import run_scenario
 
-    return run_scenario(name, seed, overrides={**scenario_overrides(name), "routing": router})
+    return run_scenario(name, seed, overrides=scenario_overrides(name) or None)
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -106,11 +126,13 @@ def case_key(env_id: str, kwargs: dict[str, Any]) -> str:
 def record() -> dict[str, Any]:
     from envs.sim.config import shipped_scenarios
 
-    out: dict[str, Any] = {"run_scenario": {}, "envs": {}}
+    out: dict[str, Any] = {"run_scenario": {}, "default_engine": {}, "envs": {}}
     for name in shipped_scenarios():
         for router in ROUTERS:
             for seed in SEEDS:
                 out["run_scenario"][f"{name}/{router}/{seed}"] = scenario_kpis(name, router, seed)
+        for seed in DEFAULT_ENGINE_SEEDS:
+            out["default_engine"][f"{name}/{seed}"] = default_engine_kpis(name, seed)
     for env_id, kwargs, steps in ENV_CASES:
         out["envs"][case_key(env_id, kwargs)] = env_trajectory(env_id, kwargs, steps)
     return out
@@ -124,6 +146,5 @@ if __name__ == "__main__":
         print(f"wrote {GOLDEN} ({len(data['run_scenario'])} scenario runs, {len(data['envs'])} trajectories)")
     else:
         old = json.loads(GOLDEN.read_text())
-        bad = [k for k in data["run_scenario"] if data["run_scenario"][k] != old["run_scenario"].get(k)]
-        bad += [k for k in data["envs"] if data["envs"][k] != old["envs"].get(k)]
+        bad = [k for part in data for k in data[part] if data[part][k] != old.get(part, {}).get(k)]
         print("identical" if not bad else f"{len(bad)} differ: {bad[:10]}")

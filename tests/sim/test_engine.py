@@ -457,8 +457,9 @@ def test_queue_timeout_drops_and_records_requests():
 
 def test_request_too_long_for_the_kv_cache_is_dropped_when_it_reaches_a_replica():
     # kv_memory_fraction 0.21 leaves ~5.6k KV tokens; prompts of up to ~20k tokens do not fit.
+    # (The reserve engine; the paged engine's rejections are tested in test_paged.py.)
     sc = llm_scenario()
-    sc["models"] = [{"name": MODEL, "replicas": 1, "kv_memory_fraction": 0.21}]
+    sc["models"] = [{"name": MODEL, "replicas": 1, "kv_memory_fraction": 0.21, "kv_policy": "reserve"}]
     sc["workload"]["sizes"] = {"kind": "lognormal", "prompt_mean": 3000, "prompt_p99": 20000}
     sim, kpis = run_keeping_sim(sc, 0, check=lambda s, _k: assert_conserved(s))
     n = sim.n_requests
@@ -548,12 +549,15 @@ def test_gpu_cost_is_replicas_times_tp_times_price_times_time():
 
 
 def saturation_scenario(max_batch: int, load: float, replicas: int = 2) -> tuple[dict, float]:
-    """The default scenario's sizes on ``replicas`` static replicas at ``load`` x their saturation rate."""
+    """The default scenario's sizes on ``replicas`` static replicas at ``load`` x their saturation rate.
+
+    ``saturation_throughput`` is the steady state of the reserve engine (whole prefills, a batch of
+    ``max_batch``), so the replicas run ``kv_policy: reserve``."""
     sat = saturation_throughput(
         "a100-80gb", MODEL, prompt_tokens=1155.0, output_tokens=211.0, max_batch=max_batch
     )["requests_per_s"]
     sc = llm_scenario(horizon_s=1200, control_interval_s=60)
-    sc["models"] = [{"name": MODEL, "replicas": replicas, "max_batch": max_batch}]
+    sc["models"] = [{"name": MODEL, "replicas": replicas, "max_batch": max_batch, "kv_policy": "reserve"}]
     sc["workload"] = {
         "arrival": {"kind": "poisson", "rate_per_s": load * replicas * sat},
         "sizes": {"kind": "lognormal", "prompt_mean": 1155.0, "output_mean": 211.0},

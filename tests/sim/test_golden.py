@@ -28,6 +28,13 @@ def test_run_scenario_kpis_are_bit_identical(name):
             assert golden.scenario_kpis(name, router, seed) == REFERENCE["run_scenario"][key], key
 
 
+@pytest.mark.parametrize("name", shipped_scenarios())
+def test_shipped_scenarios_on_the_default_engine_are_bit_identical(name):
+    for seed in golden.DEFAULT_ENGINE_SEEDS:
+        key = f"{name}/{seed}"
+        assert golden.default_engine_kpis(name, seed) == REFERENCE["default_engine"][key], key
+
+
 @pytest.mark.parametrize("case", golden.ENV_CASES, ids=lambda c: golden.case_key(c[0], c[1]))
 def test_env_trajectories_are_bit_identical(case):
     env_id, kwargs, steps = case
@@ -38,3 +45,6 @@ def test_reference_covers_every_scenario_and_router():
     keys = set(REFERENCE["run_scenario"])
     want = {f"{n}/{r}/{s}" for n in shipped_scenarios() for r in golden.ROUTERS for s in golden.SEEDS}
     assert keys == want
+    assert set(REFERENCE["default_engine"]) == {
+        f"{n}/{s}" for n in shipped_scenarios() for s in golden.DEFAULT_ENGINE_SEEDS
+    }

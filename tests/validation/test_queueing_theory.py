@@ -159,18 +159,21 @@ def test_priority_queue_matches_cobham():
 def test_littles_law_on_default_llm_scenario(seed: int):
     """L = lambda W on the roofline default scenario (Llama-3-8B, 4 replicas, 20 req/s, 1 h).
 
-    L is the mean of the per-second in-flight samples (``Simulator.tick_inflight``), lambda
-    the arrivals per second, W the mean sojourn of the completed requests (no drops happen;
-    asserted). Little's law is exact for the time integral of N(t) up to edge effects, so
-    the two sides can differ only by (a) the ~100 requests still in the system at the
-    horizon, whose sojourns are cut off (about N(T) W / (T L) = 0.1% here), and (b) sampling
-    N(t) once per second instead of integrating it (a standard error of about 0.1% over 3600
-    samples). Measured: L = 114.61 vs lambda W = 114.65 (seed 0), 114.10 vs 114.19 (seed 1),
-    i.e. within 0.1%; the 1% tolerance is about 10x both effects.
+    The default engine (paged KV, chunked prefill). L is the mean of the per-second in-flight
+    samples (``Simulator.tick_inflight``), lambda the arrivals per second, W the mean sojourn of
+    the completed requests. The only drops are the ~24 requests (0.03%) whose prompt + output
+    exceeds Llama-3-8B's 8,192-token context, rejected when they reach a replica (asserted).
+    Little's law is exact for the time integral of N(t) up to edge effects, so the two sides
+    can differ only by (a) the ~100 requests still in the system at the horizon, whose sojourns
+    are cut off (about N(T) W / (T L) = 0.1% here), (b) sampling N(t) once per second instead of
+    integrating it (a standard error of about 0.1% over 3600 samples) and (c) the rejected
+    requests' short waits (under 0.03%). Measured: L = 112.34 vs lambda W = 112.44 (seed 0),
+    111.91 vs 111.98 (seed 1), i.e. within 0.1%; the 1% tolerance is about 10x the effects.
+    (On the reserve engine, before paged became the default: 114.61 vs 114.65, 114.10 vs 114.19.)
     """
     sim, kpis = run_keeping_sim("default", seed)
     horizon = sim.scenario.horizon_s
-    assert kpis["requests_dropped"] == 0
+    assert kpis["requests_dropped"] == kpis["requests_rejected"] < 0.0005 * kpis["requests_arrived"]
     n_ticks = int(sim.state.gi[K.I_NTICK])
     assert n_ticks == int(horizon / sim.scenario.tick_s)
     mean_in_system = float(sim.state.tick_inflight[:n_ticks, 0].mean())
