@@ -683,13 +683,16 @@ def _end_paged(rf, ri, pf, pi, run, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t
             w += 1
             continue
         ri[i, R_SCHED] = 0
-        c = ri[i, R_COMPUTED] + s + (n_iter - 1)
+        before = ri[i, R_COMPUTED]
+        c = before + s + (n_iter - 1)
         ri[i, R_COMPUTED] = c
         need = cdiv(c - ri[i, R_HELD] * hb, bt) - ri[i, R_BLOCKS]
         if need > 0:  # a decode run's later steps (checked to fit when it started)
             allocate(kc, pi, r, need)
             ri[i, R_BLOCKS] += need
-        if ri[i, R_HELD] * hb < ri[i, R_PROMPT]:
+        # prompt blocks completed in this iteration become cache entries; a request already past its
+        # prompt published them all when it got there
+        if before < ri[i, R_PROMPT] and ri[i, R_HELD] * hb < ri[i, R_PROMPT]:
             publish(ri, pi, pc, kc, gi, r, i)
         if c >= ri[i, R_PROMPT] + ri[i, R_GEN]:
             if np.isnan(rf[i, R_FIRST]):
