@@ -141,7 +141,7 @@ class AutoscaleEnv(gym.Env):
     | 6     | replicas_draining   | DRAINING replicas (replicas)                           | / N                   | 0   | 4   |
     | 7     | replicas_unplaced   | target - (READY + LOADING): failed placements (replicas) | / N                 | 0   | 1   |
     | 8     | utilization         | busy time / READY time of the model's replicas (s/s)   | as is                 | 0   | 1   |
-    | 9     | kv_usage            | KV cache reserved / capacity, READY replicas (tokens/tokens) | as is           | 0   | 1   |
+    | 9     | kv_usage            | KV cache in use / capacity, READY replicas (tokens/tokens; paged: blocks held by running requests, reserve: prompt + output reserved) | as is | 0 | 1 |
     | 10    | ttft_p99            | TTFT p99 of the interval, 0 if nothing completed (s)   | / S                   | 0   | 32  |
     | 11    | slo_attainment      | finished requests meeting their SLO, 1 if none (fraction) | as is              | 0   | 1   |
     | 12    | arrival_trend       | rate - previous interval's rate, 0 at step 1 (req/s)   | / (N C)               | -4  | 4   |
