@@ -106,3 +106,40 @@ def test_native_vector_envs_keep_their_versions_engine(env_id, policy):
     )
     assert {m.kv_policy for e in vec.unwrapped.envs for m in e.scenario.models} == {policy}
     vec.close()
+
+
+def _trajectory(env_id: str, steps: int, **kwargs) -> list:
+    env = gym.make(env_id, **kwargs).unwrapped
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=4)
+    out = [obs]
+    for _ in range(steps):
+        valid = np.flatnonzero(env.action_masks())
+        obs, reward, term, trunc, info = env.step(int(rng.choice(valid)) if len(valid) else 0)
+        out += [obs, reward, term, trunc, sorted(info["kpi"].items())]
+        if term or trunc:
+            obs, _ = env.reset(seed=5)
+            out.append(obs)
+    return out
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_routing_v2_is_v1_where_every_model_names_its_engine():
+    """The committed routing-prefix table (Routing-v1 on ``mooncake-conv``, whose model sets
+    ``kv_policy: paged``) holds for Routing-v2: the versions step identically there."""
+    models = [{"name": "llama-3-8b", "replicas": 3, "kv_policy": "paged"}]
+    kw = {"scenario": "default", "models": models, "horizon_s": 20.0}
+    assert _same(_trajectory("InferGym/Routing-v1", 300, **kw), _trajectory("InferGym/Routing-v2", 300, **kw))
+
+
+def test_placement_v1_jobs_source_is_v0s():
+    """Jobs do not use the serving engine: the committed placement tables (jobs source) hold for v1."""
+    kw = {"source": "jobs", "n_nodes": 8, "n_jobs": 60}
+    assert _same(
+        _trajectory("InferGym/Placement-v0", 150, **kw), _trajectory("InferGym/Placement-v1", 150, **kw)
+    )
