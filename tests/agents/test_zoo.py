@@ -42,7 +42,7 @@ def zoo_train(algo: str, env_id: str, log_folder, seed: int = 0) -> subprocess.C
 
 @pytest.mark.parametrize(
     ("algo", "env_id"),
-    [("ppo", "InferGym/Autoscale-v0"), ("ppo", "InferGym/Autoscale-v1"), ("a2c", "InferGym/Autoscale-v1")],
+    [("ppo", "InferGym/Autoscale-v0"), ("ppo", "InferGym/Autoscale-v2"), ("a2c", "InferGym/Autoscale-v1")],
 )
 def test_zoo_train_writes_a_loadable_model_equal_to_ours(tmp_path, algo, env_id):
     proc = zoo_train(algo, env_id, tmp_path / "zoo")
