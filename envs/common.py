@@ -40,8 +40,7 @@ def split_kwargs(
                 f"{env_name}: unknown argument {key!r} (environment arguments: {sorted(own)}; "
                 f"scenario keys: {sorted(Scenario.KEYS)})"
             )
-    sc = load_scenario(scenario, overrides or None)
-    return (sc.with_model_defaults(model_defaults) if model_defaults else sc), mine
+    return load_scenario(scenario, overrides or None).with_model_defaults(model_defaults or {}), mine
 
 
 def weighted_reward(terms: Mapping[str, float], weights: Mapping[str, float]) -> float:

@@ -416,7 +416,7 @@ class PlacementEnv(gym.Env):
             return None
         from envs.placement.render import draw_cluster  # matplotlib only when a frame is drawn
 
-        title = f"Placement-v0, {self._source_label()}: {self._placed} placed, {self._failures} rejected"
+        title = f"Placement-v{self.VERSION}, {self._source_label()}: {self._placed} placed, {self._failures} rejected"
         return draw_cluster(self.cluster, self._history, self.now_s, title)
 
 

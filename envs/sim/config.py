@@ -223,9 +223,7 @@ class ModelDeployment:
     max_batch: int
     kv_memory_fraction: float
     replica_crash_per_hour: float = 0.0  #: crashes of one READY replica per hour (Poisson); 0: never
-    kv_policy: str = (
-        "paged"  #: ``paged`` (default for roofline) or ``reserve`` (prompt + output at admission)
-    )
+    kv_policy: str = "paged"  #: ``paged`` or ``reserve``; see :func:`default_kv_policy`
     kv_block_tokens: int = 16  #: tokens per KV block (paged; vLLM's default block size)
     max_batched_tokens: int | None = None  #: tokens per iteration (paged); None: vLLM's default per GPU
     chunked_prefill: bool = True  #: split long prompts over iterations (paged)
@@ -777,12 +775,9 @@ class Scenario:
         them, validated again; ``self`` when nothing changes. An environment version made before a default
         changed uses this to keep its dynamics (``{"kv_policy": "reserve"}``, see ``envs/``)."""
         models = self.raw.get("models")
-        if not defaults or not isinstance(models, (list, tuple)):
-            return self
-        filled = [{**defaults, **m} if isinstance(m, Mapping) else m for m in models]
-        if all(isinstance(m, Mapping) and all(k in m for k in defaults) for m in models):
-            return self
-        return Scenario.from_config({**self.raw, "models": filled})
+        if not isinstance(models, (list, tuple)) or all(all(k in m for k in defaults) for m in models):
+            return self  # (a validated scenario's models are mappings)
+        return Scenario.from_config({**self.raw, "models": [{**defaults, **m} for m in models]})
 
     @property
     def gpu_types(self) -> tuple[GpuType, ...]:
