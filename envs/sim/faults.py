@@ -345,16 +345,24 @@ class FaultInjector:
         sim.cluster.touch_cache(node, m, e.time_s)  # the node's disk still holds the weights
         sim._add_replica(m, gpu_type, node=node)
 
-    def kpis(self, sim: object) -> dict[str, float]:
-        """Counts so far, and GPU-seconds of failed nodes (their GPUs x their downtime up to now)."""
-        gpus = sim.cluster.node_gpus
-        done = [e for e in self.events[: self.k] if e.kind != CRASH]
-        lost = sum(float(gpus[n]) * downtime_s(done, n, 0.0, sim.now) for n in {e.node for e in done})
+    def counts(self) -> dict[str, float]:
+        """The event and request counters so far (a KPI window's start keeps them: :meth:`kpis`)."""
         return {
             "node_failures": float(self.node_failures),
             "spot_preemptions": float(self.spot_preemptions),
             "replica_crashes": float(self.replica_crashes),
             "requests_requeued": float(self.requests_requeued),
             "requests_lost_to_faults": float(self.requests_lost),
-            "gpu_seconds_lost": lost,
         }
+
+    def kpis(self, sim: object, t0: float = 0.0, since: dict[str, float] | None = None) -> dict[str, float]:
+        """The counters from ``t0`` to now (``since``: :meth:`counts` at ``t0``; ``None``: from the start),
+        and ``gpu_seconds_lost``: GPUs of failed nodes x their downtime within ``[t0, now]``."""
+        gpus = sim.cluster.node_gpus
+        done = [e for e in self.events[: self.k] if e.kind != CRASH]
+        lost = sum(float(gpus[n]) * downtime_s(done, n, t0, sim.now) for n in {e.node for e in done})
+        out = self.counts()
+        if since is not None:
+            out = {k: v - since.get(k, 0.0) for k, v in out.items()}
+        out["gpu_seconds_lost"] = lost
+        return out

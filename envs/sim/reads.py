@@ -241,11 +241,15 @@ class SimulatorReads:
         out = self._window_kpis(nx - window.dropped, na - window.arrived, self._unfinished_at_horizon())
         if self.paged:
             out.update(self._serving_kpis(window.serving0, drops))
+        if self.faults is not None:
+            out.update(self.faults.kpis(self, t0, window.faults0))
         loads = self._model_views(t0, tick_arr) if views else None
         if move:
             window.t0, window.done, window.dropped, window.arrived, window.busy0 = t1, nd, nx, na, busy
             if self.paged:
                 window.serving0 = self.serving_counters()
+            if self.faults is not None:
+                window.faults0 = self.faults.counts()
         return loads, out
 
     def _unfinished_at_horizon(self) -> int:

@@ -402,10 +402,11 @@ class KpiWindow:
 
     ``t0`` (s) is the window's start; ``done``, ``dropped`` and ``arrived`` count the completion
     log, drop log and arrivals already read; ``busy0`` holds every replica's busy seconds at
+    ``t0``; ``serving0`` and ``faults0`` the paged engine's and the fault injector's counters at
     ``t0``. :meth:`envs.sim.engine.Simulator.read_window` reads from it and moves it on.
     """
 
-    __slots__ = ("arrived", "busy0", "done", "dropped", "serving0", "t0")
+    __slots__ = ("arrived", "busy0", "done", "dropped", "faults0", "serving0", "t0")
 
     def __init__(self) -> None:
         self.t0 = 0.0
@@ -414,6 +415,7 @@ class KpiWindow:
         self.arrived = 0
         self.busy0 = np.zeros(0)
         self.serving0 = np.zeros(len(SERVING_COUNTERS), np.int64)  #: the paged engine's counters at t0
+        self.faults0: dict[str, float] | None = None  #: the fault counters at t0 (None: all zero)
 
     def __repr__(self) -> str:
         return f"KpiWindow(t0={self.t0!r}, done={self.done}, dropped={self.dropped}, arrived={self.arrived})"

@@ -18,6 +18,10 @@ FLAKY = {"nodes": [{"name": "a100", "gpu": "a100-80gb", "count": 4, "gpus_per_no
                     "mttr_s": 200.0}]}  # fmt: skip
 
 
+FAULT_KPIS = ("node_failures", "spot_preemptions", "replica_crashes", "requests_requeued",
+              "requests_lost_to_faults", "gpu_seconds_lost")  # fmt: skip
+
+
 def held_by_node(sim: Simulator, node: int) -> set[int]:
     """Ids of the requests queued at or running on the replicas of ``node``."""
     reps = {r.rid for r in sim.state.live if r.alloc.node == node}
@@ -71,11 +75,17 @@ def test_requests_are_conserved_and_never_counted_twice_through_random_failures(
     sim = Simulator("bursty", 3, overrides={**FLAKY, "scaling": {"kind": "hpa", "metric": "in_flight_per_replica",
                                                                   "target": 16}})  # fmt: skip
     clock = ControlClock(sim)
+    summed: dict[str, float] = {}
     while not clock.done:
         clock.advance()
-        sim.control_step()
+        for k, v in sim.control_step().items():
+            if k in FAULT_KPIS:
+                summed[k] = summed.get(k, 0.0) + v
         ep = sim.episode_kpis()
         assert ep["requests_arrived"] == ep["requests_completed"] + ep["requests_dropped"] + sim.in_system()
+    # each interval reports its own faults: they add up to the episode's
+    assert set(summed) == set(FAULT_KPIS)
+    assert all(summed[k] == pytest.approx(ep[k], abs=1e-6) for k in FAULT_KPIS)
     gi = sim.state.gi
     done, dropped = sim.state.log_done[: gi[L.I_NDONE]], sim.state.log_drop[: gi[L.I_NDROP]]
     assert len(set(done.tolist())) == len(done) and len(set(dropped.tolist())) == len(dropped)
