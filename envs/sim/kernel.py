@@ -695,7 +695,7 @@ def _end_paged(rf, ri, pf, pi, run, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t
         if before < ri[i, R_PROMPT] and ri[i, R_HELD] * hb < ri[i, R_PROMPT]:
             publish(ri, pi, pc, kc, gi, r, i)
         if c >= ri[i, R_PROMPT] + ri[i, R_GEN]:
-            if np.isnan(rf[i, R_FIRST]):
+            if ri[i, R_GEN] == 0 and np.isnan(rf[i, R_FIRST]):  # rf's row only at the first token
                 rf[i, R_FIRST] = t
             ri[i, R_GEN] += n_iter
             pi[r, Q_TOKENS] += n_iter

@@ -41,15 +41,18 @@ from __future__ import annotations
 # request float columns
 R_ARR, R_SVC, R_U1, R_U2, R_ADMIT, R_FIRST, R_DONE, R_DEADLINE = range(8)
 N_RF = 8
-# request int columns
-R_PROMPT, R_OUTPUT, R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_FINISH, R_CLASS, R_SESSION, R_PRIO = range(
-    11
-)
-# paged engine (kv_policy: paged): tokens whose KV is computed, output tokens generated, leading
-# prefix-cache entries referenced, private KV blocks held, tokens scheduled in the running
-# iteration, cached prompt tokens at first admission, times preempted, drop reason (DROP_*)
-R_COMPUTED, R_GEN, R_HELD, R_BLOCKS, R_SCHED, R_HIT, R_NPREEMPT, R_REASON = range(11, 19)
-N_RI = 19
+# request int columns. The fields an iteration's start and end read for every running request come
+# first, in one 64-byte cache line (rows are padded to 24 columns, three lines, and the array is
+# 64-byte aligned: ``requests.aligned_zeros``): at a thousand replicas twenty thousand requests are
+# in flight and a scattered walk of their rows, not the arithmetic, is the cost of an iteration.
+# prompt and output tokens; paged engine (kv_policy: paged): tokens whose KV is computed, output
+# tokens generated, leading prefix-cache entries referenced, private KV blocks held, tokens
+# scheduled in the running iteration; reserve engine: the iteration its decode finishes
+R_PROMPT, R_OUTPUT, R_COMPUTED, R_GEN, R_HELD, R_BLOCKS, R_SCHED, R_FINISH = range(8)
+R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_CLASS, R_SESSION, R_PRIO = range(8, 16)
+# cached prompt tokens at first admission, times preempted, drop reason (DROP_*)
+R_HIT, R_NPREEMPT, R_REASON = range(16, 19)
+N_RI = 24  # 19 used; padded to three cache lines
 # request states
 REQ_FUTURE, REQ_QUEUED, REQ_RUNNING, REQ_DONE, REQ_DROPPED = range(5)
 # why a request was dropped (R_REASON): its class timeout while queued, longer than the replica's

@@ -26,6 +26,19 @@ from envs.sim.errors import ConfigError, fail
 N_SESSIONS = 1024  # affinity keys: requests draw a session id uniformly from this many sessions
 
 
+def aligned_zeros(shape: tuple[int, int], dtype, align: int = 64) -> np.ndarray:
+    """A C-contiguous zero array whose first byte is ``align``-byte aligned.
+
+    With rows a multiple of ``align`` bytes long, every row then starts on a cache line, and the
+    request row's hot columns (:mod:`envs.sim.layout`) are one line, not two.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.zeros(nbytes + align, np.uint8)
+    skip = -buf.ctypes.data % align
+    return buf[skip : skip + nbytes].view(dtype).reshape(shape)
+
+
 def _cached_trace(
     path: str, fmt: str, start_s: float, duration_s: float | None, time_scale: float
 ) -> W.Trace:
@@ -151,7 +164,7 @@ def build_requests(
     rf[:n, K.R_U1] = u[:, 0]
     rf[:n, K.R_U2] = u[:, 1]
     rf[:n, K.R_DEADLINE] = t + timeout[cls]
-    ri = np.zeros((n + 1, K.N_RI), np.int64)
+    ri = aligned_zeros((n + 1, K.N_RI), np.int64)
     ri[:n, K.R_PROMPT] = prompt
     ri[:n, K.R_OUTPUT] = output
     ri[:n, K.R_MODEL] = model
