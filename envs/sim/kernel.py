@@ -44,6 +44,7 @@ from envs.sim.layout import *  # noqa: F403  (the state's field names, defined o
 from envs.sim.routing import RULE_EXTERNAL, route
 
 INF = np.inf
+INT_MAX = np.iinfo(np.int64).max
 
 EWMA_WEIGHT = 0.2  # weight of the newest latency sample in a replica's EWMA (least_time router)
 
@@ -543,6 +544,7 @@ def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, ht, hk, hr, hv, gi, log_dr
     kv_read = 0
     decoding = True  # every running request computes exactly one token (a decode step)
     preempted = False
+    steps = INT_MAX  # fewest output tokens left among the running requests (a decode run's length)
     k = 0
     while k < pi[r, Q_NRUN]:
         i = run[r, k]
@@ -551,6 +553,9 @@ def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, ht, hk, hr, hv, gi, log_dr
             k += 1
             continue
         c = ri[i, R_COMPUTED]
+        left = ri[i, R_OUTPUT] - ri[i, R_GEN]
+        if left < steps:
+            steps = left
         new = ri[i, R_PROMPT] + ri[i, R_GEN] - c
         if new > budget:
             new = budget
@@ -642,13 +647,14 @@ def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, ht, hk, hr, hv, gi, log_dr
         # Decode-only with nothing waiting: every iteration up to the next completion, or up to the
         # last one whose blocks are available, is known now; one event covers them (their blocks
         # are allocated when it ends). An arrival for the replica splits the run.
+        # ``steps`` came from the walk above (the same requests: none admitted or preempted). Each
+        # request holds the blocks of its next token, so ``steps`` more need at most
+        # cdiv(steps - 1, bt) more each (ceil(u + v) <= ceil(u) + ceil(v)): within that bound the
+        # exact count, a second walk, cannot exceed what is free.
         n = pi[r, Q_NRUN]
-        steps = ri[run[r, 0], R_OUTPUT] - ri[run[r, 0], R_GEN]
-        for k in range(1, n):
-            i = run[r, k]
-            steps = min(steps, ri[i, R_OUTPUT] - ri[i, R_GEN])
         avail = available_blocks(pi, r)
-        if steps > 1 and _decode_run_blocks(ri, run, gi, r, n, bt, steps) > avail:
+        if (steps > 1 and n * cdiv(steps - 1, bt) > avail
+                and _decode_run_blocks(ri, run, gi, r, n, bt, steps) > avail):  # fmt: skip
             lo, hi = 1, steps  # the last step count whose blocks fit: lo fits, hi does not
             while hi - lo > 1:
                 mid = (lo + hi) >> 1
