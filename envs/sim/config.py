@@ -248,6 +248,10 @@ def _check_overrides(overrides: Any) -> None:
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """Return ``base`` with ``overrides`` merged in; mappings merge, everything else replaces.
 
+    A mapping whose ``kind`` differs from the one it overrides replaces it whole (``{"kind": "poisson",
+    "rate_per_s": 10}`` over an ``onoff`` arrival keeps none of the on/off keys); of the same kind, or
+    without one, it merges.
+
     A key written with dots (``"workload.arrival.rate_per_s"``) addresses a nested key, at any depth and
     whether or not ``base`` already has the enclosing mappings. Neither argument is modified: the
     result's mappings, lists and tuples are copies (:func:`copy_config`). ``overrides=None`` means no
@@ -262,8 +266,15 @@ def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> 
             value = {rest: value}
             key = head
         if isinstance(value, Mapping):
-            # merge into the existing mapping, or into {} so dotted keys at any depth expand the same way
-            out[key] = deep_merge(out[key] if isinstance(out.get(key), Mapping) else {}, value)
+            # merge into the existing mapping, or into {} so dotted keys at any depth expand the same way;
+            # a mapping of another ``kind`` (an arrival process, a controller) starts afresh: the old
+            # kind's parameters mean nothing to the new one
+            cur = out.get(key)
+            if not isinstance(cur, Mapping) or (
+                "kind" in value and cur.get("kind", value["kind"]) != value["kind"]
+            ):
+                cur = {}
+            out[key] = deep_merge(cur, value)
         else:
             out[key] = copy_config(value)
     return out

@@ -160,6 +160,24 @@ def test_deep_merge_expands_dotted_keys_at_any_depth_and_copies():
     assert deep_merge({"a": {"b": 1}}, {"a": 3, "k": None}) == {"a": 3, "k": None}  # non-mappings replace
 
 
+def test_an_override_of_another_kind_replaces_the_mapping_and_one_of_the_same_kind_merges():
+    base = {"s": {"kind": "hpa", "target": 48, "metric": "m"}}
+    assert deep_merge(base, {"s": {"kind": "kpa"}}) == {"s": {"kind": "kpa"}}
+    assert deep_merge(base, {"s.kind": "kpa"}) == {"s": {"kind": "kpa"}}  # dotted: the same rule
+    assert deep_merge(base, {"s": {"kind": "hpa", "target": 8}}) == {
+        "s": {"kind": "hpa", "target": 8, "metric": "m"}
+    }
+    assert deep_merge(base, {"s": {"target": 8}}) == {"s": {"kind": "hpa", "target": 8, "metric": "m"}}
+    assert deep_merge({"s": {"a": 1}}, {"s": {"kind": "x"}}) == {
+        "s": {"a": 1, "kind": "x"}
+    }  # no kind to differ
+    # as a user writes it: bursty's on/off arrivals become a Poisson process, its HPA a KPA
+    sc = load_scenario(
+        "bursty", {"workload": {"arrival": {"kind": "poisson", "rate_per_s": 10}}, "scaling.kind": "kpa"}
+    )
+    assert sc.workload.arrival.kind == "poisson" and sc.scaling.kind == "kpa"
+
+
 def test_yaml_path_loads_and_names_the_scenario_after_the_file(tmp_path: Path):
     raw = {
         "models": [{"name": "llama-2-7b", "replicas": 2}],
