@@ -9,6 +9,8 @@ function for N simulations in one call:
   needs a decision (or to ``until``) and fills the routing observation: one ``InferGym/Routing-v0``
   step in one call. Arrivals whose model has no READY replica in a slot go to the central queue
   inside the same call, as :class:`~envs.routing.RoutingEnv` documents.
+* :func:`route_step_at` is :func:`route_step` with the state and the env's buffers passed as two
+  address tables (:mod:`envs.sim.ptrs`): the single Routing env's call, two arguments instead of 37.
 * :func:`route_batch` runs :func:`route_step` for every simulation of a vector env.
 * :func:`advance_batch` runs :func:`envs.sim.kernel.advance` for every simulation to its own
   ``until``, in parallel over the machine's cores (``numba.prange``): the simulations share no
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import config, njit, prange
 from numba.typed import List
 
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
+from envs.sim import ptrs as P
 from envs.sim.features import outstanding_work_s, routing_observation
 from envs.sim.kernel import STOP_ROUTE, advance
 from envs.sim.layout import G_NOW, I_NRELEASED, I_PENDING
@@ -71,6 +74,21 @@ def route_step(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, h
             return i
         decisions[i] = AUTO_TO_CENTRAL
         route_to = -1
+
+
+@njit(cache=True, error_model="numpy")  # with the runtime: the views it makes are returned by helpers
+def route_step_at(st, bt, until, route_to, n_models, n_classes):
+    """:func:`route_step` with the state and the buffers as address tables (:mod:`envs.sim.ptrs`):
+    ``st`` is :meth:`envs.sim.state.EngineState.address_table`, ``bt`` :meth:`RoutingBuffers.table`.
+    Two arguments cross into compiled code instead of thirty-seven."""
+    return route_step(
+        P.f64_2(st, 0), P.i64_2(st, 1), P.f64_2(st, 2), P.i64_2(st, 3), P.i64_2(st, 4), P.i64_2(st, 5),
+        P.i64_2(st, 6), P.i64_2(st, 7), P.i64_1(st, 8), P.i64_2(st, 9), P.i64_2(st, 10), P.i64_1(st, 11),
+        P.f64_1(st, 12), P.i64_1(st, 13), P.i64_1(st, 14), P.i64_1(st, 15), P.f64_1(st, 16), P.i64_1(st, 17),
+        P.i64_1(st, 18), P.i64_1(st, 19), P.i64_2(st, 20), P.i64_2(st, 21), P.i64_1(st, 22), P.i64_3(st, 23),
+        until, route_to, P.f64_2(bt, 0), P.f64_1(bt, 1), n_models, n_classes, P.i64_1(bt, 2), P.f64_1(bt, 3),
+        P.f32_1(bt, 4), P.b1_1(bt, 5), P.i64_1(bt, 6), P.f64_1(bt, 7), P.i64_1(bt, 8),
+    )  # fmt: skip
 
 
 #: Rows of :func:`route_batch`'s ``out`` array (one column per simulation).
@@ -188,6 +206,26 @@ class RoutingBuffers:
     mask: np.ndarray
     slot_rep: np.ndarray
     decisions: np.ndarray
+    _table: tuple = field(default=(None, None), repr=False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name != "_table":  # a buffer replaced (e.g. re-pointed after unpickling): the table is stale
+            object.__setattr__(self, "_table", (None, None))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_table": (None, None)}  # addresses mean nothing in another process
+
+    def table(self, slo: np.ndarray) -> np.ndarray:
+        """The buffers and a simulation's ``slo`` as one address table (:func:`route_step_at`'s ``bt``),
+        built once per ``slo`` array (the buffers themselves are never replaced)."""
+        held, t = self._table
+        if held is not slo:
+            arrays = (slo, self.speed_max, self.seen, self.terms, self.obs, self.mask, self.slot_rep, self.norms,
+                      self.decisions)  # fmt: skip
+            t = P.address_table(arrays)
+            self._table = (slo, t)  # holding slo keeps the address valid
+        return t
 
 
 class StateList:
@@ -236,4 +274,5 @@ __all__ = [
     "route_batch",
     "route_batch_parallel",
     "route_step",
+    "route_step_at",
 ]

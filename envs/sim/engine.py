@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from envs.sim import kernel as K
-from envs.sim.batch import RoutingBuffers, route_step
+from envs.sim.batch import RoutingBuffers, route_step_at
 from envs.sim.clock import ControlClock
 from envs.sim.cluster import Allocation, ClusterState, Demand
 from envs.sim.config import ModelDeployment, Scenario, load_scenario
@@ -418,7 +418,7 @@ class Simulator(SimulatorReads):
         )
 
     def route_and_observe(self, route_to: int, until: float, buf: RoutingBuffers) -> int:
-        """One ``InferGym/Routing-v0`` step in one compiled call (:func:`envs.sim.batch.route_step`).
+        """One ``InferGym/Routing-v0`` step in one compiled call (:func:`envs.sim.batch.route_step_at`: the state and the buffers cross as two address tables).
 
         Sends the pending request (if any) to ``route_to`` (a READY replica of its model, or -1: the
         caller checked it), runs to the next arrival that needs a decision and fills ``buf`` for it;
@@ -430,9 +430,8 @@ class Simulator(SimulatorReads):
             stop = until
             if faults is not None and faults.next_time_s() <= until:
                 stop = faults.next_time_s()
-            i = route_step(*st.kernel_args(), float(stop), int(route_to), self.slo, buf.speed_max, self.n_models,
-                           self.n_classes, buf.seen, buf.terms, buf.obs, buf.mask, buf.slot_rep, buf.norms,
-                           buf.decisions)  # fmt: skip
+            i = route_step_at(st.address_table(), buf.table(self.slo), float(stop), int(route_to), self.n_models,
+                              self.n_classes)  # fmt: skip
             if i >= 0 or faults is None or faults.next_time_s() > until:
                 self.sync_releases()
                 return int(i)

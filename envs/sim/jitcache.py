@@ -28,6 +28,7 @@ CORE_FILES = (
     "window.py",
     "faults.py",
     "batch.py",
+    "ptrs.py",
     "jitcache.py",
 )
 

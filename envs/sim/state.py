@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from envs.sim import layout as L
+from envs.sim.ptrs import address_table
 
 MIN_REPLICA_ROWS = 16
 
@@ -96,6 +97,9 @@ class EngineState:
     n_replicas: int = 0
     records: list[ReplicaRecord] = field(default_factory=list)
     live: list[ReplicaRecord] = field(default_factory=list)
+    #: :meth:`kernel_args` as one table of addresses (:mod:`envs.sim.ptrs`), built on first use and
+    #: dropped whenever an array is replaced (growth) or the state is copied or pickled
+    _table: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def allocate(cls, rf: np.ndarray, ri: np.ndarray, *, n_models: int, n_lists: int, max_batch: int,
@@ -191,7 +195,22 @@ class EngineState:
             arr = getattr(self, name)
             out = np.zeros(hcap, arr.dtype)
             out[: len(arr)] = arr
-            setattr(self, name, out)
+            setattr(self, name, out)  # (replacing an array drops the address table: __setattr__)
+
+    def address_table(self) -> np.ndarray:
+        """:meth:`kernel_args` as one int64 table of addresses and shapes (:mod:`envs.sim.ptrs`): a
+        compiled call then takes one argument for the whole state. Valid until the next growth."""
+        if self._table is None:
+            self._table = address_table(self.kernel_args())
+        return self._table
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name != "_table" and isinstance(value, np.ndarray):  # an array replaced: the table is stale
+            object.__setattr__(self, "_table", None)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_table": None}  # addresses mean nothing in another process or copy
 
     def kernel_args(self) -> tuple[np.ndarray, ...]:
         """The arrays :func:`envs.sim.kernel.advance` takes, in its order (before ``until, route_to``)."""

@@ -1,0 +1,69 @@
+"""Address tables (envs.sim.ptrs): the compiled side sees the very arrays, and a stale table is never used."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from envs.routing import NORMS
+from envs.sim import Simulator
+from envs.sim.batch import RoutingBuffers, route_step
+from envs.sim.ptrs import address_table
+
+
+def test_a_table_accepts_only_contiguous_arrays_of_the_known_dtypes():
+    with pytest.raises(TypeError, match="array 1: ndarray must be a C-contiguous"):
+        address_table([np.zeros(3), np.zeros((4, 4))[:, 1]])
+    with pytest.raises(TypeError, match="array 0"):
+        address_table([np.zeros(3, np.int32)])
+    t = address_table([np.zeros((2, 3)), np.zeros(5, np.int64)])
+    assert t.tolist()[1:4] == [2, 3, 1] and t.tolist()[5:8] == [5, 1, 1]
+
+
+def test_growing_or_pickling_the_state_drops_its_table():
+    sim = Simulator("default", 0)
+    st = sim.state
+    t = st.address_table()
+    assert st.address_table() is t  # built once
+    assert t[0] == st.rf.ctypes.data
+    st._grow_replicas()
+    t2 = st.address_table()
+    assert t2 is not t and t2[4 * 2] == st.pf.ctypes.data  # the grown replica arrays' addresses
+    copy = pickle.loads(pickle.dumps(st))
+    assert copy._table is None and copy.address_table()[0] == copy.rf.ctypes.data
+
+
+def _buffers(sim: Simulator, n_slots: int = 16) -> RoutingBuffers:
+    n_obs = sim.n_models + 1 + sim.n_classes + 16 * n_slots  # roomy: only compared, never interpreted
+    return RoutingBuffers(np.full(sim.n_models, 10.0), NORMS.copy(), np.zeros(2, np.int64), np.zeros(4),
+                          np.zeros(n_obs, np.float32), np.ones(n_slots, bool), np.full(n_slots, -1, np.int64),
+                          np.zeros(sim.n_requests + 1, np.int64))  # fmt: skip
+
+
+def test_the_table_call_routes_exactly_as_the_array_call_through_fleet_growth():
+    """route_and_observe (address tables) against route_step with every array passed, on twin
+    simulations whose fleet grows mid-way (replica arrays reallocated, the table rebuilt)."""
+    bigger = {"nodes": [{"name": "a100", "gpu": "a100-80gb", "count": 3, "gpus_per_node": 8}],
+              "models": [{"name": "llama-3-8b", "replicas": 4, "max_replicas": 24}]}  # fmt: skip
+    a, b = (Simulator("default", 3, overrides=bigger, router="external") for _ in range(2))
+    ba, bb = _buffers(a), _buffers(b)
+    rows = a.state.replica_rows
+    ra = rb = -1
+    for step in range(3000):
+        until = min(a.scenario.horizon_s, 5.0 * (1 + step // 200))
+        if step == 1500:  # more replicas than rows: every replica-sized array is replaced
+            for sim in (a, b):
+                sim.set_target_replicas(0, rows + 4)
+        ia = a.route_and_observe(ra, until, ba)
+        ib = route_step(*b.state.kernel_args(), float(until), int(rb), b.slo, bb.speed_max, b.n_models, b.n_classes,
+                        bb.seen, bb.terms, bb.obs, bb.mask, bb.slot_rep, bb.norms, bb.decisions)  # fmt: skip
+        b.sync_releases()
+        assert ia == ib
+        for x, y in zip((ba.obs, ba.mask, ba.slot_rep, ba.terms, ba.seen), (bb.obs, bb.mask, bb.slot_rep, bb.terms,
+                                                                             bb.seen), strict=True):  # fmt: skip
+            np.testing.assert_array_equal(x, y)
+        ra = rb = int(ba.slot_rep[np.flatnonzero(ba.mask)[step % max(1, ba.mask.sum())]]) if ia >= 0 else -1
+    assert a.state.replica_rows > rows
+    assert a.episode_kpis() == b.episode_kpis()
