@@ -23,6 +23,8 @@ from envs.sim.window import KpiWindow, window_stats
 
 _NO_IDS = np.zeros(0, np.int64)
 _NO_COUNTERS = np.zeros(len(WS.SERVING_COUNTERS), np.int64)
+_SERVING_COLUMNS = np.array(WS.SERVING_COUNTERS, np.int64)
+_BY_MODEL_COLUMNS = np.array([K.Q_HITTOK, K.Q_PROMPTTOK, K.Q_PREEMPT], np.int64)
 _NO_BUSY = np.zeros(0)
 
 
@@ -188,20 +190,24 @@ class SimulatorReads:
 
     def serving_counters(self) -> np.ndarray:
         """The paged engine's counters summed over every replica so far (``window.SERVING_COUNTERS``)."""
-        return self.state.pi[: self.n_replicas][:, list(WS.SERVING_COUNTERS)].sum(axis=0)
+        return self.state.pi[: self.n_replicas, _SERVING_COLUMNS].sum(axis=0)
 
     def serving_counters_by_model(self) -> np.ndarray:
         """Per model (rows), the paged engine's prompt tokens served from the prefix cache, prompt tokens
         admitted and preemptions so far (columns), summed over its replicas (released ones included)."""
         pi = self.state.pi[: self.n_replicas]
+        if self.n_models == 1:
+            return pi[:, _BY_MODEL_COLUMNS].sum(axis=0, keepdims=True)
         out = np.zeros((self.n_models, 3), np.int64)
-        np.add.at(out, pi[:, K.Q_MODEL], pi[:, [K.Q_HITTOK, K.Q_PROMPTTOK, K.Q_PREEMPT]])
+        np.add.at(out, pi[:, K.Q_MODEL], pi[:, _BY_MODEL_COLUMNS])
         return out
 
-    def _serving_kpis(self, since: np.ndarray, drops: np.ndarray) -> dict[str, float]:
-        """Paged-engine KPIs from the counters ``since`` (a window's start) to now; ``drops``: the
-        window's dropped request ids (for the rejections)."""
-        c = self.serving_counters() - since
+    def _serving_kpis(
+        self, since: np.ndarray, drops: np.ndarray, now: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """Paged-engine KPIs from the counters ``since`` (a window's start) to ``now`` (default: read
+        them); ``drops``: the window's dropped request ids (for the rejections)."""
+        c = (self.serving_counters() if now is None else now) - since
         reasons = self.state.ri[drops, K.R_REASON]
         rejected = np.count_nonzero((reasons == K.DROP_CONTEXT) | (reasons == K.DROP_KV))
         return {
@@ -240,14 +246,15 @@ class SimulatorReads:
         busy, tick_arr = self._stats(t0, t1, done, drops, window.busy0, views)
         out = self._window_kpis(nx - window.dropped, na - window.arrived, self._unfinished_at_horizon())
         if self.paged:
-            out.update(self._serving_kpis(window.serving0, drops))
+            counters = self.serving_counters()
+            out.update(self._serving_kpis(window.serving0, drops, counters))
         if self.faults is not None:
             out.update(self.faults.kpis(self, t0, window.faults0))
         loads = self._model_views(t0, tick_arr) if views else None
         if move:
             window.t0, window.done, window.dropped, window.arrived, window.busy0 = t1, nd, nx, na, busy
             if self.paged:
-                window.serving0 = self.serving_counters()
+                window.serving0 = counters
             if self.faults is not None:
                 window.faults0 = self.faults.counts()
         return loads, out
