@@ -26,10 +26,10 @@ from envs.sim.errors import ConfigError, check_number, fail
 if TYPE_CHECKING:
     from envs.sim.prefixes import PrefixBlocks
 
-# A simulated request costs about 250 bytes (its state rows, logs and the draws that make it): this many
-# take about 5 GB, what a simulation may hold on a machine of a few GiB. Beyond it a horizon is
-# almost surely a unit slip.
-MAX_EXPECTED_ARRIVALS = 2e7
+# A simulated request costs about 300 bytes (its state rows, the int row padded to three cache lines,
+# logs and the draws that make it): this many take about 4.5 GB, what a simulation may hold on a
+# machine of a few GiB. Beyond it a horizon is almost surely a unit slip.
+MAX_EXPECTED_ARRIVALS = 1.5e7
 
 # z such that Phi(z) = 0.99 for the standard normal.
 _Z99 = 2.3263478740408408
@@ -77,7 +77,7 @@ def _check_expected_count(path: str, expected: float) -> None:
         raise fail(
             path,
             expected,
-            f"expected arrivals exceed {MAX_EXPECTED_ARRIVALS:.0e} (about 250 bytes each, what one "
+            f"expected arrivals exceed {MAX_EXPECTED_ARRIVALS:,.0f} (about 300 bytes each, what one "
             "simulation may hold in memory); shorten the horizon or lower the rate",
         )
 
