@@ -122,6 +122,8 @@ class Scenario:
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
     faults: tuple[ScriptedFault, ...] = ()
     fault_policy: str = "requeue"
+    #: the router of the decode stage of disaggregated models (None: no model is disaggregated)
+    decode_routing: ControllerSpec | None = None
 
     @property
     def has_faults(self) -> bool:
@@ -134,7 +136,8 @@ class Scenario:
 
     KEYS = frozenset(
         {"name", "description", "horizon_s", "control_interval_s", "tick_s", "nodes", "models", "service",
-         "workload", "routing", "placement", "scaling", "queue", "storage", "reward", "faults", "fault_policy"}
+         "workload", "routing", "placement", "scaling", "queue", "storage", "reward", "faults", "fault_policy",
+         "decode_routing"}
     )  # fmt: skip
 
     @classmethod
@@ -165,20 +168,30 @@ class Scenario:
         models_raw = raw["models"]
         if not isinstance(models_raw, (list, tuple)) or not models_raw:
             raise fail("models", models_raw, "must be a non-empty list of model deployments")
-        models = tuple(
-            ModelDeployment.from_config(m, f"models[{i}]", pool_gpus, service.kind)
-            for i, m in enumerate(models_raw)
-        )
-        for i, m in enumerate(models):
+        # A disaggregated model is two deployments: its prefill pool keeps the model's index (the
+        # workload's requests arrive there) and its decode pool follows every model of the list.
+        entries: list[ModelDeployment] = []
+        decode_pools: list[ModelDeployment] = []
+        paths: list[str] = []
+        decode_paths: list[str] = []
+        for i, m in enumerate(models_raw):
+            deps = ModelDeployment.deployments_from_config(m, f"models[{i}]", pool_gpus, service.kind)
+            entries.append(deps[0])
+            decode_pools.extend(deps[1:])
+            paths.append(f"models[{i}]" + (".prefill" if len(deps) > 1 else ""))
+            decode_paths.extend(f"models[{i}].decode" for _ in deps[1:])
+        models = tuple(entries + decode_pools)
+        for path, m in zip(paths + decode_paths, models, strict=True):
             gpus = sum(n.count * n.gpus_per_node for n in nodes if n.gpu.name in m.gpu_types)
             if m.replicas * m.tensor_parallel > gpus:
                 raise fail(
-                    f"models[{i}].replicas", m.replicas,
+                    f"{path}.replicas", m.replicas,
                     f"x tensor_parallel {m.tensor_parallel} GPUs do not fit in the {gpus} GPUs of the node pools "
                     f"it may use {list(m.gpu_types)}",
                 )  # fmt: skip
-        names = [m.name for m in models]
-        if len(set(names)) != len(names):
+        names = [m.served_name for m in entries]
+        every = [m.name for m in models] + [m.group for m in entries if m.group]
+        if len(set(every)) != len(every):
             raise fail("models", names, "must have distinct names")
         for i, n in enumerate(nodes):
             for j, c in enumerate(n.cached_models):
@@ -191,6 +204,16 @@ class Scenario:
         # Names and parameters are checked by the registries now, not when a simulator is built.
         for registry, spec in ((ROUTERS, routing), (PLACERS, placement), (SCALERS, scaling)):
             registry.validate(spec, registry.config_key)
+        decode_routing = None
+        if decode_pools:
+            decode_routing = ControllerSpec.from_config(raw.get("decode_routing", "least_connections"),
+                                                        "decode_routing")  # fmt: skip
+            ROUTERS.validate(decode_routing, "decode_routing")
+            if decode_routing.kind == "external" or decode_routing.obj is not None:
+                raise fail("decode_routing", decode_routing.kind,
+                           "must be a router the event loop runs (a registered rule or score router)")  # fmt: skip
+        elif raw.get("decode_routing") is not None:
+            raise fail("decode_routing", raw["decode_routing"], "needs a model with serving: disaggregated")
         queue = check_choice("queue", raw.get("queue", "fifo"), ("fifo", "priority"))
         storage = StorageSpec.from_config(raw.get("storage", {}), "storage")
         faults_raw = raw.get("faults", [])
@@ -198,6 +221,11 @@ class Scenario:
             raise fail("faults", faults_raw, "must be a list of {at_s, pool, nodes, duration_s}")
         faults = tuple(ScriptedFault.from_config(f, f"faults[{i}]", nodes) for i, f in enumerate(faults_raw))
         fault_policy = check_choice("fault_policy", raw.get("fault_policy", "requeue"), FAULT_POLICIES)
+        if decode_pools and (faults or any(p.mtbf_s is not None or p.spot is not None for p in nodes)
+                             or any(m.replica_crash_per_hour > 0 for m in models)):  # fmt: skip
+            raise fail("models", [d.group for d in decode_pools],
+                       "serve disaggregated: faults (faults, nodes[].mtbf_s, nodes[].spot, "
+                       "replica_crash_per_hour) are not modelled with KV transfers in flight yet")  # fmt: skip
         reward_raw = raw.get("reward", DEFAULT_REWARD)
         if not isinstance(reward_raw, Mapping):
             raise fail("reward", reward_raw, "must be a mapping of reward term name to weight")
@@ -210,7 +238,7 @@ class Scenario:
         return cls(
             name, str(raw.get("description", "")), horizon, interval, tick, nodes, models, service, workload,
             routing, placement, scaling, queue, storage, reward, raw=copy_config(dict(raw)), faults=faults,
-            fault_policy=fault_policy,
+            fault_policy=fault_policy, decode_routing=decode_routing,
         )  # fmt: skip
 
     def with_model_defaults(self, defaults: Mapping[str, Any]) -> Scenario:
@@ -230,11 +258,41 @@ class Scenario:
             seen.setdefault(n.gpu.name, n.gpu)
         return tuple(seen.values())
 
+    @property
+    def disaggregated(self) -> bool:
+        """Whether some model runs separate prefill and decode pools."""
+        return any(m.role == "decode" for m in self.models)
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """The models the workload's requests ask for (a disaggregated model's name, not its pools')."""
+        return tuple(m.served_name for m in self.models if m.role != "decode")
+
     def model_index(self, name: str) -> int:
+        """The deployment of ``name``: a deployment's own name, or a disaggregated model's name (its prefill
+        pool, where its requests arrive)."""
         for i, m in enumerate(self.models):
             if m.name == name:
                 return i
+        for i, m in enumerate(self.models):
+            if m.group == name:
+                return i
         raise ConfigError(f"model: {name!r} must be one of {[m.name for m in self.models]}")
+
+    def pools_of(self, name: str) -> list[int]:
+        """Every deployment serving model ``name``: itself, or a disaggregated model's two pools."""
+        out = [i for i, m in enumerate(self.models) if m.name == name or m.group == name]
+        if not out:
+            raise ConfigError(f"model: {name!r} must be one of {list(self.served_models)}")
+        return out
+
+    def decode_pool(self, m: int) -> int:
+        """The decode pool of prefill pool ``m`` (-1 when ``m`` is not a prefill pool)."""
+        if self.models[m].role != "prefill":
+            return -1
+        return next(
+            i for i, d in enumerate(self.models) if d.role == "decode" and d.group == self.models[m].group
+        )
 
 
 def _check_overrides(overrides: Any) -> None:

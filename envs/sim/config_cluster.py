@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.sim.errors import check_keys, check_number, fail
-from envs.sim.hardware import GpuType, gpu_from_config
+from envs.sim.hardware import GpuType, default_links, gpu_from_config
 
 #: Size bounds: what one simulation holds in memory on a machine of a few GiB (errors say so).
 MAX_NODES = 20_000  # nodes over all pools (cluster and replica arrays grow with them)
@@ -53,11 +53,30 @@ class NodePool:
     mtbf_s: float | None = None  #: mean time between failures of one node (exponential); None: never fails
     mttr_s: float | None = None  #: mean time to repair a failed node (exponential); required with mtbf_s
     spot: SpotSpec | None = None  #: a spot / preemptible pool (None: on-demand)
+    #: KV-cache transfers (disaggregated serving): GB/s per GPU and direction to a GPU of the same node,
+    #: Gb/s per GPU to other nodes, and the latency of one transfer within / across nodes (s); None:
+    #: the GPU type's defaults (``hardware.GPU_LINKS``)
+    nvlink_gbps: float | None = None
+    network_gbps: float | None = None
+    nvlink_latency_s: float = 5e-6
+    network_latency_s: float = 2e-5
+
+    KEYS = frozenset(
+        {"name", "gpu", "count", "gpus_per_node", "cached_models", "mtbf_s", "mttr_s", "spot", "nvlink_gbps",
+         "network_gbps", "nvlink_latency_s", "network_latency_s"}
+    )  # fmt: skip
+
+    @property
+    def links(self) -> tuple[float, float]:
+        """``(intra-node, inter-node)`` bytes/s of one GPU's KV transfers."""
+        nvl, net = default_links(self.gpu)
+        nvl = self.nvlink_gbps if self.nvlink_gbps is not None else nvl
+        net = self.network_gbps if self.network_gbps is not None else net
+        return nvl * 1e9, net * 1e9 / 8
 
     @classmethod
     def from_config(cls, raw: Any, path: str) -> NodePool:
-        check_keys(path, raw, {"name", "gpu", "count", "gpus_per_node", "cached_models", "mtbf_s", "mttr_s", "spot"},
-                   required={"gpu"})  # fmt: skip
+        check_keys(path, raw, cls.KEYS, required={"gpu"})
         gpu = gpu_from_config(raw["gpu"], f"{path}.gpu")
         count = int(check_number(f"{path}.count", raw.get("count", 1), ge=1, integer=True))
         if count > MAX_NODES:
@@ -81,7 +100,14 @@ class NodePool:
         if mttr is not None:
             mttr = float(check_number(f"{path}.mttr_s", mttr, gt=0))
         spot = None if raw.get("spot") is None else SpotSpec.from_config(raw["spot"], f"{path}.spot")
-        return cls(str(raw.get("name", gpu.name)), gpu, count, per_node, tuple(cached), mtbf, mttr, spot)
+        links = {}
+        for key, hi in (("nvlink_gbps", 1e5), ("network_gbps", 1e5), ("nvlink_latency_s", 1.0),
+                        ("network_latency_s", 1.0)):  # fmt: skip
+            if raw.get(key) is not None:
+                bound = {"gt": 0} if key.endswith("gbps") else {"ge": 0}
+                links[key] = float(check_number(f"{path}.{key}", raw[key], le=hi, **bound))
+        return cls(str(raw.get("name", gpu.name)), gpu, count, per_node, tuple(cached), mtbf, mttr, spot,
+                   **links)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -117,7 +143,12 @@ class ScriptedFault:
         else:
             n = int(check_number(f"{path}.nodes", nodes, ge=1, le=count, integer=True))
             offsets = tuple(range(n))  # the pool's first n nodes
-        dur = float(check_number(f"{path}.duration_s", raw.get("duration_s", math.inf), gt=0))
+        # no duration_s: the nodes never come back
+        dur = (
+            math.inf
+            if raw.get("duration_s") is None
+            else float(check_number(f"{path}.duration_s", raw["duration_s"], gt=0))
+        )
         return cls(at, pool, offsets, dur)
 
 

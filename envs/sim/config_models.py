@@ -5,6 +5,7 @@ model, and the controller specs that name a registered router, placer or scaler 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,18 @@ from envs.sim.hardware import ModelSpec, model_from_config
 
 #: How a replica holds KV memory (``models[].kv_policy``; see :mod:`envs.sim.kernel`).
 KV_POLICIES = ("reserve", "paged")
+#: How a model is served (``models[].serving``): every replica runs both phases of a request, or a
+#: prefill pool computes the prompt's KV cache and hands the request to a decode pool
+#: (:mod:`envs.sim.paged`; Splitwise, ISCA 2024; DistServe, OSDI 2024).
+SERVING_MODES = ("aggregated", "disaggregated")
+#: A replica's role: both phases, or one pool of a disaggregated model.
+ROLES = ("aggregated", "prefill", "decode")
+#: What a disaggregated model sets per pool (``models[].prefill`` / ``models[].decode``); the rest of
+#: the model's keys (spec, kv_policy, kv_block_tokens, max_model_len, prefix_caching) hold for both.
+POOL_KEYS = frozenset(
+    {"replicas", "min_replicas", "max_replicas", "gpu_types", "tensor_parallel", "max_batch", "kv_memory_fraction",
+     "max_batched_tokens", "chunked_prefill"}
+)  # fmt: skip
 
 
 def default_kv_policy(service_kind: str) -> str:
@@ -43,6 +56,61 @@ class ModelDeployment:
     chunked_prefill: bool = True  #: split long prompts over iterations (paged)
     prefix_caching: bool = True  #: reuse cached prompt blocks (paged)
     max_model_len: int | None = None  #: longest prompt + output (paged); None: the model's max_context
+    role: str = "aggregated"  #: :data:`ROLES`; a pool of a disaggregated model is one deployment
+    group: str = ""  #: the model's name in the scenario for a pool (``name`` is ``<group>:<role>``)
+
+    @property
+    def served_name(self) -> str:
+        """The model's name as the workload knows it (the group of a pool)."""
+        return self.group or self.name
+
+    @classmethod
+    def deployments_from_config(
+        cls, raw: Any, path: str, pool_gpus: tuple[str, ...], service_kind: str
+    ) -> tuple[ModelDeployment, ...]:
+        """``models[i]``: one deployment, or a disaggregated model's prefill and decode pools.
+
+        ``serving: disaggregated`` takes a ``prefill`` and a ``decode`` mapping of :data:`POOL_KEYS`;
+        the pools are named ``<name>:prefill`` and ``<name>:decode``. The decode pool receives every
+        request's KV cache from the prefill pool, so it caches no prefixes of its own.
+        """
+        if not isinstance(raw, Mapping):
+            raise fail(path, raw, "must be a mapping of model deployment keys")
+        serving = check_choice(f"{path}.serving", raw.get("serving", "aggregated"), SERVING_MODES)
+        if serving == "aggregated":
+            for key in ("prefill", "decode"):
+                if key in raw:
+                    raise fail(f"{path}.{key}", raw[key], "needs serving: disaggregated")
+            return (
+                cls.from_config(
+                    {k: v for k, v in raw.items() if k != "serving"}, path, pool_gpus, service_kind
+                ),
+            )
+        shared = {k: v for k, v in raw.items() if k not in ("serving", "prefill", "decode")}
+        for key in shared:
+            if key in POOL_KEYS:
+                raise fail(f"{path}.{key}", shared[key],
+                           f"is set per pool with serving: disaggregated ({path}.prefill.{key}, {path}.decode.{key})")  # fmt: skip
+        if service_kind != "roofline":
+            raise fail(f"{path}.serving", serving, f"needs service.kind roofline (got {service_kind})")
+        base = cls.from_config(shared, path, pool_gpus, service_kind)  # the shared keys, named as written
+        if base.kv_policy != "paged":
+            raise fail(f"{path}.kv_policy", base.kv_policy, "must be paged with serving: disaggregated "
+                       "(the decode pool allocates KV blocks for the transferred cache)")  # fmt: skip
+        pools = []
+        for role in ("prefill", "decode"):
+            pool = raw.get(role)
+            if not isinstance(pool, Mapping):
+                raise fail(
+                    f"{path}.{role}", pool, f"must be a mapping of the {role} pool's keys {sorted(POOL_KEYS)}"
+                )
+            check_keys(f"{path}.{role}", pool, POOL_KEYS)
+            merged = {"spec": base.name, **shared, **pool, "name": f"{base.name}:{role}"}
+            if role == "decode":
+                merged["prefix_caching"] = False
+            dep = cls.from_config(merged, f"{path}.{role}", pool_gpus, service_kind)
+            pools.append(dataclasses.replace(dep, role=role, group=base.name))
+        return tuple(pools)
 
     @classmethod
     def from_config(

@@ -32,6 +32,7 @@ from envs.sim.cluster import Allocation, ClusterState, Demand
 from envs.sim.config import ModelDeployment, Scenario, load_scenario
 from envs.sim.controllers import PLACERS, SCALERS
 from envs.sim.errors import ConfigError, fail
+from envs.sim.eventq import _release as release_replica
 from envs.sim.faults import FaultInjector, fail_replicas
 from envs.sim.faults import schedule as fault_schedule
 from envs.sim.features import outstanding_work_s, routing_observation
@@ -130,6 +131,9 @@ class Simulator(SimulatorReads):
         self.__dict__.update(state)
         score = self.router_spec.score
         self.state.gi[K.I_SCORE_FN] = score.address if score is not None else 0
+        spec = self.__dict__.get("decode_router_spec")
+        if spec is not None:
+            self.state.gi[K.I_D_SCORE_FN] = spec.score.address if spec.score is not None else 0
 
     # ------------------------------------------------------------------ construction
 
@@ -155,12 +159,13 @@ class Simulator(SimulatorReads):
         node_type, node_gpus = [], []
         cached = []
         price = []  # per node: the price factor of its pool (spot pools are cheaper)
+        self._node_pool = [pool for pool in sc.nodes for _ in range(pool.count)]
         for pool in sc.nodes:
             for _ in range(pool.count):
                 price.append(1.0 if pool.spot is None else pool.spot.price_factor)
                 node_type.append(names.index(pool.gpu.name))
                 node_gpus.append(pool.gpus_per_node)
-                cached.append([sc.model_index(c) for c in pool.cached_models])
+                cached.append([m for c in pool.cached_models for m in sc.pools_of(c)])
         n = len(node_type)
         big = np.full(n, 1 << 40, np.int64)  # CPU and host memory are not modelled for LLM replicas
         self.cluster = ClusterState(
@@ -240,6 +245,18 @@ class Simulator(SimulatorReads):
         gi[K.I_PRIORITY] = int(sc.queue == "priority")
         gi[K.I_NMODELS] = self.n_models
         gi[K.I_TICK_CAP] = n_ticks
+        self.decode_router_spec: RouterSpec | None = None
+        if sc.decode_routing is not None:
+            self.decode_router = ROUTERS.build(sc.decode_routing, "decode_routing")
+            if not isinstance(self.decode_router, Router):
+                raise fail("decode_routing", sc.decode_routing.kind,
+                           "must be a router the event loop runs (a rule or a score function)")  # fmt: skip
+            spec = self.decode_router_spec = self.decode_router.kernel_spec()
+            gi[K.I_D_ROUTER] = int(spec.rule)
+            gi[K.I_D_SCORE_FN] = spec.score.address if spec.score is not None else 0
+            gi[K.I_D_SCORE_AGG] = int(spec.score is not None and spec.score.aggregates)
+            st.gf[K.G_D_EPS] = spec.load_bound_eps
+            st.gf[K.G_D_P0 : K.G_D_P2 + 1] = spec.params
         self._synced_releases = 0
         # read side (envs.sim.reads): the window row and per-model rows window_stats writes
         self._win = np.zeros(N_W)
@@ -598,6 +615,8 @@ class Simulator(SimulatorReads):
         pi[r, K.Q_HASH] = int(hash64(np.uint64(r + 1)) >> np.uint64(1))
         if dep.kv_policy == "paged":
             self._set_paged(r, dep, kv_cap, self.gpu_types[g])
+        if dep.role != "aggregated":
+            self._set_role(r, m, dep, alloc.node)
         self.state.mrep[m, self.state.mn[m]] = r
         self.state.mn[m] += 1
         gpu = self.gpu_types[g]
@@ -647,6 +666,21 @@ class Simulator(SimulatorReads):
         pi[r, K.Q_CACHE] = int(cache)
         pi[r, K.Q_EB] = self.prefix.block_tokens // bt if cache else 1
         pi[r, K.Q_LRUH] = pi[r, K.Q_LRUT] = -1
+
+    def _set_role(self, r: int, m: int, dep: ModelDeployment, node: int) -> None:
+        """Replica ``r``'s pool role and KV-transfer links (disaggregated serving, :mod:`envs.sim.paged`)."""
+        pi, pf = self.state.pi, self.state.pf
+        pi[r, K.Q_ROLE] = K.ROLE_PREFILL if dep.role == "prefill" else K.ROLE_DECODE
+        pi[r, K.Q_DPOOL] = self.scenario.decode_pool(m)
+        pi[r, K.Q_NODE] = node
+        pi[r, K.Q_XHEAD] = pi[r, K.Q_XTAIL] = -1
+        pool = self._node_pool[node]
+        nvl, net = pool.links
+        pf[r, K.P_NVL_BPS] = dep.tensor_parallel * nvl
+        pf[r, K.P_NET_BPS] = dep.tensor_parallel * net
+        pf[r, K.P_NVL_LAT] = pool.nvlink_latency_s
+        pf[r, K.P_NET_LAT] = pool.network_latency_s
+        pf[r, K.P_KVBYTES] = dep.spec.kv_bytes_per_token
 
     def _push_ready(self, r: int, t: float) -> None:
         self.state.pi[r, K.Q_VERSION] += 1  # invalidates an earlier READY estimate
@@ -699,7 +733,7 @@ class Simulator(SimulatorReads):
         if loading:
             r = max(loading)  # newest load first: it has made the least progress
             self._progress_loads(now)
-            K._release(self.state.pf, pi, self.state.mrep, self.state.mn, r, now)
+            release_replica(self.state.pf, pi, self.state.mrep, self.state.mn, r, now)
             rep = self.state.records[r]
             self._free(rep, now)
             if rep in self._loading_remote:
@@ -712,8 +746,9 @@ class Simulator(SimulatorReads):
         # drain the replica with the least work in flight (newest on ties)
         r = min(ready, key=lambda x: (self.state.qn[self.n_models + x] + pi[x, K.Q_NRUN], -x))
         pi[r, K.Q_STATE] = K.REP_DRAINING
-        if pi[r, K.Q_BUSY] == 0 and pi[r, K.Q_NRUN] == 0 and self.state.qn[self.n_models + r] == 0:
-            K._release(self.state.pf, pi, self.state.mrep, self.state.mn, r, now)
+        if (pi[r, K.Q_BUSY] == 0 and pi[r, K.Q_NRUN] == 0 and self.state.qn[self.n_models + r] == 0
+                and pi[r, K.Q_XOUT] == 0 and pi[r, K.Q_XIN] == 0):  # fmt: skip
+            release_replica(self.state.pf, pi, self.state.mrep, self.state.mn, r, now)
             self._free(self.state.records[r], now)
         return True
 

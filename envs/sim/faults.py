@@ -33,7 +33,8 @@ import numpy as np
 from numba import njit
 
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
-from envs.sim.kernel import _drop, dispatch
+from envs.sim.eventq import _drop
+from envs.sim.kernel import dispatch
 from envs.sim.layout import (
     DROP_FAULT,
     I_NMODELS,

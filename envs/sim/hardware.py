@@ -22,8 +22,10 @@ from envs.sim.errors import ConfigError, check_keys, check_number, fail
 __all__ = [
     "GPU_PRESETS",
     "MODEL_PRESETS",
+    "GPU_LINKS",
     "GpuType",
     "ModelSpec",
+    "default_links",
     "gpu_from_config",
     "model_from_config",
 ]
@@ -171,6 +173,31 @@ GPU_PRESETS: dict[str, GpuType] = {
     # = 121 dense. Price: AWS EC2 g6.xlarge on-demand, us-east-1 (2024 list price), $0.8048/h.
     "l4": GpuType("l4", 24.0, 121.0, 300.0, 0.8048),
 }
+
+
+#: Interconnect of one GPU as the clouds whose prices ``GPU_PRESETS`` uses rent it: (NVLink / PCIe GB/s
+#: per direction to another GPU of the node, network Gb/s per GPU to other nodes). They move KV caches
+#: between disaggregated prefill and decode replicas (:mod:`envs.sim.paged`); a node pool may override
+#: them (``nodes[].nvlink_gbps``, ``nodes[].network_gbps``).
+#: - H100 SXM: NVLink 4, 900 GB/s per GPU both directions (H100 datasheet); AWS p5.48xlarge: 3,200 Gb/s
+#:   EFA for 8 GPUs (https://aws.amazon.com/ec2/instance-types/p5/).
+#: - A100 SXM: NVLink 3, 600 GB/s per GPU both directions (A100 datasheet); AWS p4d / p4de.24xlarge:
+#:   400 Gb/s EFA for 8 GPUs (https://aws.amazon.com/ec2/instance-types/p4/). An NVIDIA DGX A100 has
+#:   8 x 200 Gb/s InfiniBand: ``network_gbps: 200``.
+#: - L4: PCIe Gen4 x16, 64 GB/s both directions (L4 datasheet); AWS g6.48xlarge: 100 Gb/s for 8 GPUs
+#:   (https://aws.amazon.com/ec2/instance-types/g6/).
+GPU_LINKS: dict[str, tuple[float, float]] = {
+    "h100-sxm-80gb": (450.0, 400.0),
+    "a100-80gb": (300.0, 50.0),
+    "a100-40gb": (300.0, 50.0),
+    "l4": (32.0, 12.5),
+}
+
+
+def default_links(gpu: GpuType) -> tuple[float, float]:
+    """``(nvlink GB/s, network Gb/s)`` per GPU and direction (:data:`GPU_LINKS`); a GPU type not listed
+    gets PCIe Gen4 x16 and a 25 Gb/s network share, the figures of a plain cloud GPU instance."""
+    return GPU_LINKS.get(gpu.name, (32.0, 25.0))
 
 
 def default_max_batched_tokens(gpu: GpuType) -> int:

@@ -22,6 +22,8 @@ _HERE = Path(__file__).resolve().parent
 CORE_FILES = (
     "layout.py",
     "kernel.py",
+    "eventq.py",
+    "paged.py",
     "kvcache.py",
     "routing.py",
     "features.py",

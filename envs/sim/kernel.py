@@ -13,11 +13,18 @@ the arrays passed to every inlined helper with atomic instructions, which took
 about two thirds of the loop's time. An allocation here is a compile error.
 
 Time model. Events are ordered by ``(time, priority, sequence)``: replica
-READY (0) before ITERATION_END (1) before an arrival (2) before a metrics tick
-(3); equal keys never happen because the sequence number is unique. Arrivals
-are pre-generated and sorted, so they are read from a cursor instead of the heap.
+READY (0) before ITERATION_END (1) before a KV transfer's arrival (2) before an
+arrival before a metrics tick; equal keys never happen because the sequence
+number is unique. Arrivals are pre-generated and sorted, so they are read from
+a cursor instead of the heap.
 
-Service model. A replica runs *iterations* (vLLM / Orca continuous batching).
+Engines. This module holds the loop, dispatch and the ``reserve`` engine
+described below; the ``paged`` engine (vLLM V1: blocks, chunked prefill, prefix
+caching, preemption) and disaggregated prefill and decode are in
+:mod:`envs.sim.paged`; the event heap, the request queues and the replica
+helpers both use are in :mod:`envs.sim.eventq`.
+
+Service model (``reserve``). A replica runs *iterations* (vLLM / Orca continuous batching).
 At an iteration start it admits queued requests (oldest first among the heads
 of its own queue and its model's central queue; under a priority queue, the
 highest-priority class first) while the batch is below
@@ -35,176 +42,36 @@ iteration for its pre-drawn service time.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
-from envs.sim.kvcache import allocate, available_blocks, cdiv, hold, match, publish, release, sync_kv_tokens
+from envs.sim.eventq import *  # noqa: F403  (the heap, the queues and the replica helpers; re-exported)
+from envs.sim.eventq import (
+    EV_ITER_END,
+    EV_XFER,
+    _complete,
+    _drop,
+    _enqueue,
+    _iteration_s,
+    _launch,
+    _next_waiting,
+    _pop_head,
+    _queues_empty,
+    _release_if_drained,
+    _run_end,
+    heap_pop,
+    purge_expired,
+    split_decode_run,
+)  # fmt: skip
 from envs.sim.layout import *  # noqa: F403  (the state's field names, defined once there)
-from envs.sim.routing import RULE_EXTERNAL, route
-
-INF = np.inf
-INT_MAX = np.iinfo(np.int64).max
-
-EWMA_WEIGHT = 0.2  # weight of the newest latency sample in a replica's EWMA (least_time router)
-
-# event types / priorities
-EV_READY, EV_ITER_END = 0, 1
-PRIO_ARRIVAL = 2
+from envs.sim.paged import _end_paged, _start_paged, finish_transfer
+from envs.sim.routing import RULE_EXTERNAL, route, route_once
 
 # advance() return codes
 STOP_UNTIL, STOP_ROUTE = 0, 1
 
 
-# ----------------------------------------------------------------------------- heap
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _less(ht, hk, a, b):
-    return ht[a] < ht[b] or (ht[a] == ht[b] and hk[a] < hk[b])
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _swap(ht, hk, hr, hv, a, b):
-    ht[a], ht[b] = ht[b], ht[a]
-    hk[a], hk[b] = hk[b], hk[a]
-    hr[a], hr[b] = hr[b], hr[a]
-    hv[a], hv[b] = hv[b], hv[a]
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def heap_push(ht, hk, hr, hv, gi, pi, t, prio, rep, version):
-    n = gi[I_HEAP_N]
-    if n >= len(ht):
-        n = _heap_compact(ht, hk, hr, hv, gi, pi)
-    ht[n] = t
-    hk[n] = (prio << 48) | gi[I_SEQ]
-    gi[I_SEQ] += 1
-    hr[n] = rep
-    hv[n] = version
-    gi[I_HEAP_N] = n + 1
-    while n > 0:
-        p = (n - 1) >> 1
-        if _less(ht, hk, n, p):
-            _swap(ht, hk, hr, hv, n, p)
-            n = p
-        else:
-            break
-
-
-@njit(cache=True, error_model="numpy", _nrt=False)
-def _heap_compact(ht, hk, hr, hv, gi, pi):
-    """Drop cancelled events (stale replica version) and rebuild the heap; returns the new size.
-
-    Each replica has at most one live event, so with room for 4 per replica
-    compaction always frees space; it is rare (only split decode runs leave
-    cancelled events behind faster than they are popped).
-    """
-    n = 0
-    for k in range(gi[I_HEAP_N]):
-        if hv[k] == pi[hr[k], Q_VERSION]:
-            ht[n], hk[n], hr[n], hv[n] = ht[k], hk[k], hr[k], hv[k]
-            n += 1
-    for start in range((n - 2) >> 1, -1, -1):  # bottom-up heapify; keys are unique, so order is preserved
-        i = start
-        while True:
-            c = 2 * i + 1
-            if c >= n:
-                break
-            if c + 1 < n and _less(ht, hk, c + 1, c):
-                c += 1
-            if _less(ht, hk, c, i):
-                _swap(ht, hk, hr, hv, c, i)
-                i = c
-            else:
-                break
-    gi[I_HEAP_N] = n
-    return n
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def heap_pop(ht, hk, hr, hv, gi):
-    n = gi[I_HEAP_N] - 1
-    gi[I_HEAP_N] = n
-    _swap(ht, hk, hr, hv, 0, n)
-    i = 0
-    while True:
-        left = 2 * i + 1
-        if left >= n:
-            break
-        c = left
-        if left + 1 < n and _less(ht, hk, left + 1, left):
-            c = left + 1
-        if _less(ht, hk, c, i):
-            _swap(ht, hk, hr, hv, c, i)
-            i = c
-        else:
-            break
-    return n  # index of the popped entry (now just past the heap)
-
-
-# ----------------------------------------------------------------------------- queues
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _enqueue(ri, qh, qt, qn, q, i):
-    lst = ri[i, R_LIST]
-    ri[i, R_NEXT] = -1
-    if qt[q, lst] < 0:
-        qh[q, lst] = i
-    else:
-        ri[qt[q, lst], R_NEXT] = i
-    qt[q, lst] = i
-    qn[q] += 1
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _pop_head(ri, qh, qt, qn, q, lst, i):
-    """Remove request ``i``, the head of list ``lst`` of queue ``q``."""
-    nxt = ri[i, R_NEXT]
-    qh[q, lst] = nxt
-    if nxt < 0:
-        qt[q, lst] = -1
-    qn[q] -= 1
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _drop(rf, ri, mi, log_drop, gi, i, t):
-    """Drop queued request ``i``, found at time ``t`` (a timed-out request is dropped at its deadline)."""
-    ri[i, R_STATE] = REQ_DROPPED
-    rf[i, R_DONE] = min(t, rf[i, R_DEADLINE])
-    m = ri[i, R_MODEL]
-    mi[m, M_INFLIGHT] -= 1
-    mi[m, M_QUEUED] -= 1
-    log_drop[gi[I_NDROP]] = i
-    gi[I_NDROP] += 1
-
-
-@njit(cache=True, error_model="numpy", _nrt=False)
-def purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, now):
-    """Drop every queued request whose deadline has passed (all queues).
-
-    A list holds one request class in arrival order, so its deadlines
-    (arrival + the class timeout) are increasing: only heads need checking.
-    """
-    nq, nl = qh.shape
-    for q in range(nq):
-        if qn[q] == 0:
-            continue
-        for lst in range(nl):
-            i = qh[q, lst]
-            # a request preempted after admission (paged engine) has started: it never times out
-            while i >= 0 and rf[i, R_DEADLINE] <= now and np.isnan(rf[i, R_ADMIT]):
-                nxt = ri[i, R_NEXT]
-                qh[q, lst] = nxt
-                if nxt < 0:
-                    qt[q, lst] = -1
-                qn[q] -= 1
-                _drop(rf, ri, mi, log_drop, gi, i, now)
-                i = nxt
-
-
-# ----------------------------------------------------------------------------- replicas
+# ----------------------------------------------------------------------------- reserve engine
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -245,53 +112,15 @@ def _run_sift_down(run, ri, r, n):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _release(pf, pi, mrep, mn, r, t):
-    pi[r, Q_STATE] = REP_RELEASED
-    pi[r, Q_VERSION] += 1
-    pf[r, P_RELEASE] = t
-    m = pi[r, Q_MODEL]
-    n = mn[m]
-    # ordered removal keeps mrep[m] sorted by id (routing tie-breaks rely on it)
-    k = 0
-    while k < n and mrep[m, k] != r:
-        k += 1
-    if k < n:
-        for j in range(k, n - 1):
-            mrep[m, j] = mrep[m, j + 1]
-        mn[m] = n - 1
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _next_waiting(rf, ri, qh, n_lists, own, m, with_central, by_priority):
-    """``(queue, list, request)`` a replica admits next (-1s: none): among the heads of its own lists
-    (queue ``own``) and, if ``with_central``, its model's central lists (queue ``m``), the highest
-    priority level (priority queue only), then the earliest arrival."""
-    bq, bl, bi = -1, -1, -1
-    for lst in range(n_lists):
-        for src in range(2):
-            q = own if src == 0 else m
-            if src == 1 and not with_central:
-                break
-            h = qh[q, lst]
-            if h < 0:
-                continue
-            if bi < 0:
-                bq, bl, bi = q, lst, h
-                continue
-            ph, pb = (ri[h, R_PRIO], ri[bi, R_PRIO]) if by_priority else (0, 0)
-            if ph < pb or (ph == pb and rf[h, R_ARR] < rf[bi, R_ARR]):
-                bq, bl, bi = q, lst, h
-    return bq, bl, bi
-
-
-@njit(cache=True, error_model="numpy", inline="always")
 def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r,
                     t):  # fmt: skip
     """Admit what fits and start the next iteration of replica ``r`` if there is work."""
     if pi[r, Q_BUSY] != 0:
         return
     if pi[r, Q_PAGED] != 0:
-        _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t)
+        _start_paged(
+            rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t
+        )
         return
     state = pi[r, Q_STATE]
     if state != REP_READY and state != REP_DRAINING:
@@ -356,75 +185,9 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _run_end(pf, r, end, n_iter, n_dec, kv):
-    """End of a decode run of ``n_iter`` iterations whose first ends at ``end`` and reads ``kv`` tokens:
-    each later iteration reads ``n_dec`` more (summed as per-iteration events would be)."""
-    for _ in range(n_iter - 1):
-        kv += n_dec
-        end = end + _iteration_s(pf, r, n_dec, kv)
-    return end
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _launch(pf, pi, ht, hk, hr, hv, gi, r, t, end, n_iter, n_dec):
-    """Replica ``r`` is busy from ``t`` to ``end`` (``n_iter`` iterations of ``n_dec`` decode tokens
-    after the first): the pending ITER_END event."""
-    pi[r, Q_SEG] = n_iter
-    pi[r, Q_NDEC] = n_dec
-    pi[r, Q_BUSY] = 1
-    pf[r, P_ITER_START] = t
-    pf[r, P_ITER_DUR] = end - t
-    heap_push(ht, hk, hr, hv, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _iteration_s(pf, r, tokens, kv_tokens):
-    """One iteration of replica ``r``: max(compute, memory) + overhead (see envs.sim.perf)."""
-    # GEMM kernels tile the token dimension; a part-filled tile costs a full one
-    tile = pf[r, P_TILE]
-    compute = pf[r, P_CTOK] * (np.ceil(tokens / tile) * tile)
-    memory = pf[r, P_WREAD] + pf[r, P_KVTOK] * kv_tokens
-    return (compute if compute > memory else memory) + pf[r, P_OVH]
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _queues_empty(qh, gi, m, own, with_central):
-    for lst in range(gi[I_NLISTS]):
-        if qh[own, lst] >= 0 or (with_central and qh[m, lst] >= 0):
-            return False
-    return True
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def split_decode_run(pf, pi, ht, hk, hr, hv, gi, r, t):
-    """Cut replica ``r``'s multi-iteration decode run at its first iteration boundary after ``t``.
-
-    Called when work arrives for the replica; per-iteration events would have
-    let it admit that work at exactly this boundary.
-    """
-    if pi[r, Q_BUSY] == 0 or pi[r, Q_SEG] <= 1:
-        return
-    start = pf[r, P_ITER_START]
-    n_dec = pi[r, Q_NDEC]
-    kv = pi[r, Q_KVSUM]
-    end = start + _iteration_s(pf, r, n_dec, kv)
-    j = 1
-    while end <= t and j < pi[r, Q_SEG]:
-        kv += n_dec
-        end = end + _iteration_s(pf, r, n_dec, kv)
-        j += 1
-    if j == pi[r, Q_SEG]:
-        return
-    pi[r, Q_SEG] = j
-    pf[r, P_ITER_DUR] = end - start
-    pi[r, Q_VERSION] += 1
-    heap_push(ht, hk, hr, hv, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
-
-
-@njit(cache=True, error_model="numpy", inline="always")
 def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t):
     if pi[r, Q_PAGED] != 0:
-        _end_paged(rf, ri, pf, pi, run, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t)
+        _end_paged(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t)
         return
     pi[r, Q_BUSY] = 0
     pf[r, P_BUSY_S] += pf[r, P_ITER_DUR]
@@ -450,269 +213,6 @@ def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc,
         pi[r, Q_KVSUM] -= ctx
         _complete(rf, ri, pf, mi, log_done, gi, r, i, t)
     pi[r, Q_NRUN] = n
-    _release_if_drained(pf, pi, qn, mrep, mn, gi, r, t)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _complete(rf, ri, pf, mi, log_done, gi, r, i, t):
-    """Request ``i`` completes on replica ``r`` at ``t`` (its replica's latency EWMA updated)."""
-    ri[i, R_STATE] = REQ_DONE
-    rf[i, R_DONE] = t
-    m = ri[i, R_MODEL]
-    mi[m, M_INFLIGHT] -= 1
-    mi[m, M_RUNNING] -= 1
-    log_done[gi[I_NDONE]] = i
-    gi[I_NDONE] += 1
-    lat = t - rf[i, R_ARR]
-    ew = pf[r, P_EWMA]
-    pf[r, P_EWMA] = lat if ew < 0 else ew + EWMA_WEIGHT * (lat - ew)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _release_if_drained(pf, pi, qn, mrep, mn, gi, r, t):
-    if pi[r, Q_STATE] == REP_DRAINING and pi[r, Q_NRUN] == 0 and qn[gi[I_NMODELS] + r] == 0:
-        _release(pf, pi, mrep, mn, r, t)
-        gi[I_NRELEASED] += 1  # the engine frees the replica's GPUs (Simulator.sync_releases)
-
-
-# ----------------------------------------------------------------------------- paged engine
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _enqueue_front(ri, qh, qt, qn, q, i):
-    lst = ri[i, R_LIST]
-    ri[i, R_NEXT] = qh[q, lst]
-    if qh[q, lst] < 0:
-        qt[q, lst] = i
-    qh[q, lst] = i
-    qn[q] += 1
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _preempt(rf, ri, pi, run, qh, qt, qn, mi, gi, pc, kc, r):
-    """Preempt replica ``r``'s most recently admitted request (vLLM V1 ``Scheduler.schedule``:
-    ``self.running.pop()``, recompute mode): its blocks are freed (its prompt's cached entries stay
-    cached), it forgets its computed tokens and goes back to the head of the replica's queue; the
-    tokens generated so far are kept and recomputed with the prompt when it is admitted again."""
-    n = pi[r, Q_NRUN] - 1
-    i = run[r, n]
-    pi[r, Q_NRUN] = n
-    release(ri, pi, pc, kc, r, i)
-    ri[i, R_COMPUTED] = 0
-    ri[i, R_SCHED] = 0
-    ri[i, R_NPREEMPT] += 1
-    pi[r, Q_PREEMPT] += 1
-    ri[i, R_STATE] = REQ_QUEUED
-    m = ri[i, R_MODEL]
-    mi[m, M_RUNNING] -= 1
-    mi[m, M_QUEUED] += 1
-    _enqueue_front(ri, qh, qt, qn, gi[I_NMODELS] + r, i)
-    return i
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _decode_run_blocks(ri, run, gi, r, n, bt, steps):
-    """Blocks replica ``r``'s ``n`` running (decoding) requests need beyond theirs after ``steps`` more tokens."""
-    hb = gi[I_HB]
-    total = 0
-    for k in range(n):
-        i = run[r, k]
-        total += cdiv(ri[i, R_COMPUTED] + steps - ri[i, R_HELD] * hb, bt) - ri[i, R_BLOCKS]
-    return total
-
-
-@njit(cache=True, error_model="numpy", _nrt=False)
-def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t):
-    """Schedule replica ``r``'s next iteration as vLLM V1's scheduler does (``vllm/v1/core/sched/
-    scheduler.py``, ``Scheduler.schedule``): a token budget (``Q_BUDGET``, ``max_num_batched_tokens``)
-    goes first to the running requests in admission order (one token each when decoding, the next
-    chunk of a prompt being prefilled), allocating their KV blocks and preempting the most recently
-    admitted request while a block is missing; then, if nothing was preempted, to waiting requests
-    (same order as the reserve engine), each starting after its longest cached prefix, while the
-    budget, the batch limit and the blocks last. Without chunked prefill a prompt that does not fit
-    the remaining budget waits (the budget is then at least ``max_model_len``, vLLM's rule).
-    """
-    state = pi[r, Q_STATE]
-    if state != REP_READY and state != REP_DRAINING:
-        return
-    m = pi[r, Q_MODEL]
-    own = gi[I_NMODELS] + r
-    hb = gi[I_HB]
-    bt = pi[r, Q_BT]
-    budget = pi[r, Q_BUDGET]
-    tokens = 0
-    kv_read = 0
-    decoding = True  # every running request computes exactly one token (a decode step)
-    preempted = False
-    steps = INT_MAX  # fewest output tokens left among the running requests (a decode run's length)
-    k = 0
-    while k < pi[r, Q_NRUN]:
-        i = run[r, k]
-        if budget <= 0:
-            decoding = False  # left out of this iteration (its tokens wait for the budget)
-            k += 1
-            continue
-        c = ri[i, R_COMPUTED]
-        left = ri[i, R_OUTPUT] - ri[i, R_GEN]
-        if left < steps:
-            steps = left
-        new = ri[i, R_PROMPT] + ri[i, R_GEN] - c
-        if new > budget:
-            new = budget
-        need = cdiv(c + new - ri[i, R_HELD] * hb, bt) - ri[i, R_BLOCKS]
-        ok = allocate(kc, pi, r, need)
-        while not ok:
-            victim = _preempt(rf, ri, pi, run, qh, qt, qn, mi, gi, pc, kc, r)
-            preempted = True
-            if victim == i:
-                break
-            ok = allocate(kc, pi, r, need)
-        if not ok:
-            break
-        if need > 0:
-            ri[i, R_BLOCKS] += need
-        ri[i, R_SCHED] = new
-        budget -= new
-        tokens += new
-        if new == 1 and ri[i, R_PROMPT] + ri[i, R_GEN] - c == 1:
-            kv_read += c + 1  # a decode step attends over its context and its own token (as reserve counts)
-        else:
-            kv_read += c  # a prefill chunk reads the KV of the tokens before it
-            decoding = False
-        k += 1
-    admitted = 0
-    if not preempted:
-        n_lists = gi[I_NLISTS]
-        by_priority = gi[I_PRIORITY] != 0
-        maxb = pi[r, Q_MAXB]
-        while budget > 0 and pi[r, Q_NRUN] < maxb:
-            bq, bl, bi = _next_waiting(rf, ri, qh, n_lists, own, m, state == REP_READY, by_priority)
-            if bi < 0:
-                break
-            i = bi
-            started = not np.isnan(rf[i, R_ADMIT])  # preempted earlier: never times out
-            reason = -1
-            hit = idle = new = need = total = 0
-            if not started and rf[i, R_DEADLINE] <= t:
-                reason = DROP_TIMEOUT
-            elif ri[i, R_PROMPT] + ri[i, R_OUTPUT] > pi[r, Q_MAXLEN]:
-                reason = DROP_CONTEXT  # vLLM rejects prompt + max_tokens > max_model_len
-            elif cdiv(ri[i, R_PROMPT] + ri[i, R_OUTPUT], bt) > pi[r, Q_BLKCAP]:
-                reason = DROP_KV  # could not finish even alone on this replica
-            if reason < 0:
-                total = ri[i, R_PROMPT] + ri[i, R_GEN]
-                hit, idle = match(ri, pi, pc, kc, gi, r, i, total)
-                new = total - hit * hb
-                if new > budget:
-                    if pi[r, Q_CHUNKED] == 0:
-                        break
-                    new = budget
-                need = cdiv(new, bt)
-                if need > available_blocks(pi, r) - idle * pi[r, Q_EB]:
-                    break  # head-of-line: wait for blocks to free up
-            _pop_head(ri, qh, qt, qn, bq, bl, i)
-            if reason >= 0:
-                _drop(rf, ri, mi, log_drop, gi, i, t)
-                ri[i, R_REASON] = reason
-                continue
-            hold(ri, pi, pc, kc, r, i, hit)
-            allocate(kc, pi, r, need)
-            ri[i, R_BLOCKS] = need
-            ri[i, R_COMPUTED] = hit * hb
-            ri[i, R_SCHED] = new
-            if started:
-                pi[r, Q_RECOMP] += total - hit * hb
-            else:
-                rf[i, R_ADMIT] = t
-                ri[i, R_HIT] = hit * hb
-                pi[r, Q_HITTOK] += hit * hb
-                pi[r, Q_PROMPTTOK] += ri[i, R_PROMPT]
-            mi[m, M_QUEUED] -= 1
-            mi[m, M_RUNNING] += 1
-            ri[i, R_STATE] = REQ_RUNNING
-            ri[i, R_REPLICA] = r
-            run[r, pi[r, Q_NRUN]] = i
-            pi[r, Q_NRUN] += 1
-            budget -= new
-            tokens += new
-            kv_read += hit * hb
-            admitted += 1
-    sync_kv_tokens(pi, r)
-    if tokens == 0:
-        return
-    n_dec = tokens
-    end = t + _iteration_s(pf, r, tokens, kv_read)
-    n_iter = 1
-    if decoding and admitted == 0 and not preempted and _queues_empty(qh, gi, m, own, state == REP_READY):
-        # Decode-only with nothing waiting: every iteration up to the next completion, or up to the
-        # last one whose blocks are available, is known now; one event covers them (their blocks
-        # are allocated when it ends). An arrival for the replica splits the run.
-        # ``steps`` came from the walk above (the same requests: none admitted or preempted). Each
-        # request holds the blocks of its next token, so ``steps`` more need at most
-        # cdiv(steps - 1, bt) more each (ceil(u + v) <= ceil(u) + ceil(v)): within that bound the
-        # exact count, a second walk, cannot exceed what is free.
-        n = pi[r, Q_NRUN]
-        avail = available_blocks(pi, r)
-        if (steps > 1 and n * cdiv(steps - 1, bt) > avail
-                and _decode_run_blocks(ri, run, gi, r, n, bt, steps) > avail):  # fmt: skip
-            lo, hi = 1, steps  # the last step count whose blocks fit: lo fits, hi does not
-            while hi - lo > 1:
-                mid = (lo + hi) >> 1
-                if _decode_run_blocks(ri, run, gi, r, n, bt, mid) <= avail:
-                    lo = mid
-                else:
-                    hi = mid
-            steps = lo
-        n_iter = steps
-        end = _run_end(pf, r, end, n_iter, n_dec, kv_read)
-    pi[r, Q_KVSUM] = kv_read
-    _launch(pf, pi, ht, hk, hr, hv, gi, r, t, end, n_iter, n_dec)
-
-
-@njit(cache=True, error_model="numpy", _nrt=False)
-def _end_paged(rf, ri, pf, pi, run, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t):
-    """End replica ``r``'s iteration (or decode run): computed tokens, blocks, published prompt blocks,
-    first tokens (the iteration that completes a prefill emits one), completions."""
-    pi[r, Q_BUSY] = 0
-    pf[r, P_BUSY_S] += pf[r, P_ITER_DUR]
-    n_iter = pi[r, Q_SEG]
-    pi[r, Q_SEG] = 1
-    pi[r, Q_ITER] += n_iter
-    hb = gi[I_HB]
-    bt = pi[r, Q_BT]
-    w = 0
-    for k in range(pi[r, Q_NRUN]):
-        i = run[r, k]
-        s = ri[i, R_SCHED]
-        if s == 0:
-            run[r, w] = i
-            w += 1
-            continue
-        ri[i, R_SCHED] = 0
-        before = ri[i, R_COMPUTED]
-        c = before + s + (n_iter - 1)
-        ri[i, R_COMPUTED] = c
-        need = cdiv(c - ri[i, R_HELD] * hb, bt) - ri[i, R_BLOCKS]
-        if need > 0:  # a decode run's later steps (checked to fit when it started)
-            allocate(kc, pi, r, need)
-            ri[i, R_BLOCKS] += need
-        # prompt blocks completed in this iteration become cache entries; a request already past its
-        # prompt published them all when it got there
-        if before < ri[i, R_PROMPT] and ri[i, R_HELD] * hb < ri[i, R_PROMPT]:
-            publish(ri, pi, pc, kc, gi, r, i)
-        if c >= ri[i, R_PROMPT] + ri[i, R_GEN]:
-            if ri[i, R_GEN] == 0 and np.isnan(rf[i, R_FIRST]):  # rf's row only at the first token
-                rf[i, R_FIRST] = t
-            ri[i, R_GEN] += n_iter
-            pi[r, Q_TOKENS] += n_iter
-            if ri[i, R_GEN] >= ri[i, R_OUTPUT]:
-                release(ri, pi, pc, kc, r, i)
-                _complete(rf, ri, pf, mi, log_done, gi, r, i, t)
-                continue
-        run[r, w] = i
-        w += 1
-    pi[r, Q_NRUN] = w
-    sync_kv_tokens(pi, r)
     _release_if_drained(pf, pi, qn, mrep, mn, gi, r, t)
 
 
@@ -763,6 +263,30 @@ def dispatch(
         )
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def hand_off(
+    rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_drop, pc, kc, r, t
+):
+    """Prefill replica ``r``'s requests that got their first token at ``t`` move to their model's decode
+    pool: counted out of one pool and into the other, routed by the decode router, dispatched."""
+    d = pi[r, Q_DPOOL]
+    for k in range(pi[r, Q_NHAND]):
+        i = pfl[r, k]
+        m = ri[i, R_MODEL]
+        mi[m, M_INFLIGHT] -= 1
+        mi[m, M_RUNNING] -= 1
+        mi[m, M_HANDOUT] += 1
+        ri[i, R_MODEL] = d
+        mi[d, M_INFLIGHT] += 1
+        mi[d, M_HANDIN] += 1
+        to = route_once(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i, gi[I_D_ROUTER], gi[I_D_SCORE_FN],
+                        gi[I_D_SCORE_AGG], gf[G_D_EPS], gf[G_D_P0], gf[G_D_P1], gf[G_D_P2])  # fmt: skip
+        dispatch(
+            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i, to, t
+        )
+    pi[r, Q_NHAND] = 0
+
+
 # ----------------------------------------------------------------------------- main loop
 
 
@@ -799,11 +323,28 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
         if t_heap <= t_arr and t_heap <= t_tick:
             k = heap_pop(ht, hk, hr, hv, gi)
             r = hr[k]
+            ev = hk[k] >> 48
+            if ev == EV_XFER:  # a KV cache reached decode replica r (disaggregated serving)
+                p = finish_transfer(rf, ri, pf, pi, qh, qt, qn, mi, ht, hk, hr, hv, gi, pc, kc, r)
+                _release_if_drained(pf, pi, qn, mrep, mn, gi, p, t_heap)
+                split_decode_run(pf, pi, ht, hk, hr, hv, gi, r, t_heap)
+                start_iteration(
+                    rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r,
+                    t_heap
+                )  # fmt: skip
+                if pi[p, Q_BUSY] == 0:  # freed blocks may let the prefill replica admit waiting work
+                    start_iteration(
+                        rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc,
+                        p, t_heap
+                    )  # fmt: skip
+                continue
             if hv[k] != pi[r, Q_VERSION]:
                 continue  # cancelled (replica released or load cancelled)
-            ev = hk[k] >> 48
             if ev == EV_ITER_END:
                 _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t_heap)
+                if pi[r, Q_NHAND] > 0:
+                    hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_drop,
+                             pc, kc, r, t_heap)  # fmt: skip
             else:
                 pi[r, Q_STATE] = REP_READY
                 pf[r, P_READY] = t_heap

@@ -23,7 +23,11 @@ Requests (one row each, ``rf`` floats and ``ri`` ints):
 ``R_STATE``     ``REQ_*`` code; ``R_NEXT`` next in its queue list
 ``R_FINISH``    replica iteration at whose end it completes
 ``R_SESSION``   session key (affinity routing)
+``R_KVSRC``     disaggregated: prefill replica + 1 holding its KV (0: none)
 ==============  ==========================================================  =====
+
+``R_SVC`` of a request whose KV cache is in transfer holds the cache's arrival time (the paged
+engine draws no service times).
 
 Replicas (``pf`` floats, ``pi`` ints): iteration-time coefficients
 (``P_CTOK`` s/token, ``P_WREAD`` s, ``P_KVTOK`` s/KV token, ``P_OVH`` s,
@@ -52,9 +56,12 @@ R_PROMPT, R_OUTPUT, R_COMPUTED, R_GEN, R_HELD, R_BLOCKS, R_SCHED, R_FINISH = ran
 R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_CLASS, R_SESSION, R_PRIO = range(8, 16)
 # cached prompt tokens at first admission, times preempted, drop reason (DROP_*)
 R_HIT, R_NPREEMPT, R_REASON = range(16, 19)
-N_RI = 24  # 19 used; padded to three cache lines
-# request states
-REQ_FUTURE, REQ_QUEUED, REQ_RUNNING, REQ_DONE, REQ_DROPPED = range(5)
+# disaggregated serving (envs.sim.paged): the prefill replica holding the request's KV for a transfer
+# plus one (0: none), and the private blocks and cache entries it holds there
+R_KVSRC, R_PBLOCKS, R_PHELD = range(19, 22)
+N_RI = 24  # 22 used; padded to three cache lines
+# request states (TRANSFER: its KV cache is on its way from a prefill to a decode replica)
+REQ_FUTURE, REQ_QUEUED, REQ_RUNNING, REQ_DONE, REQ_DROPPED, REQ_TRANSFER = range(6)
 # why a request was dropped (R_REASON): its class timeout while queued, longer than the replica's
 # max_model_len, more KV than the replica can ever hold, lost to a fault (fault_policy: drop)
 DROP_TIMEOUT, DROP_CONTEXT, DROP_KV, DROP_FAULT = range(4)
@@ -63,7 +70,12 @@ DROP_REASON_NAMES = ("timeout", "context_length", "kv_capacity", "failure")
 # replica float columns
 P_CTOK, P_WREAD, P_KVTOK, P_OVH, P_BUSY_S, P_ITER_START, P_ITER_DUR, P_ALLOC, P_READY, P_RELEASE = range(10)
 P_SPEED, P_EWMA, P_WRR, P_TILE = 10, 11, 12, 13
-N_PF = 14
+# KV transfers (disaggregated serving, envs.sim.paged): link bandwidth within / across nodes (bytes/s),
+# their latencies (s), KV bytes per token, when its outgoing / incoming link is free (s), and, as a
+# receiver, seconds from admission to the cache's arrival summed, seconds its link was busy, bytes
+(P_NVL_BPS, P_NET_BPS, P_NVL_LAT, P_NET_LAT, P_KVBYTES, P_XOUT_FREE, P_XIN_FREE, P_XWAIT_S, P_XBUSY_S,
+ P_XBYTES) = range(14, 24)  # fmt: skip
+N_PF = 24
 # replica int columns
 Q_STATE, Q_MODEL, Q_MAXB, Q_KVCAP, Q_KVRES, Q_KVSUM, Q_NRUN, Q_ITER, Q_SEG, Q_BUSY = range(10)
 Q_NPF, Q_VERSION, Q_PFTOK, Q_NDEC, Q_HASH, Q_TOKENS = 10, 11, 12, 13, 14, 15
@@ -75,24 +87,34 @@ Q_NPF, Q_VERSION, Q_PFTOK, Q_NDEC, Q_HASH, Q_TOKENS = 10, 11, 12, 13, 14, 15
 (Q_PAGED, Q_BT, Q_BUDGET, Q_CACHE, Q_MAXLEN, Q_BLKCAP, Q_BLKPRIV, Q_ENTRIES, Q_LRUN, Q_LRUH, Q_LRUT,
  Q_CNEW, Q_CFREE, Q_EB, Q_PREEMPT, Q_HITTOK, Q_PROMPTTOK, Q_RECOMP, Q_CHUNKED) = range(16, 35)  # fmt: skip
 Q_MATCH = 35  # scratch: the routed request's cached prefix on this replica (tokens), for score routers
-N_PI = 36
+# disaggregated serving: role (ROLE_*), the decode pool a prefill replica hands to, its node, requests
+# whose KV it holds for a transfer, transfers into it in flight (a FIFO list: head, tail), transfers
+# into it completed, and requests handed off at the iteration that just ended (listed in ``pfl``)
+Q_ROLE, Q_DPOOL, Q_NODE, Q_XOUT, Q_XIN, Q_XHEAD, Q_XTAIL, Q_XN, Q_NHAND = range(36, 45)
+N_PI = 45
+ROLE_AGGREGATED, ROLE_PREFILL, ROLE_DECODE = range(3)
 # replica states
 REP_FREE, REP_LOADING, REP_READY, REP_DRAINING, REP_RELEASED = range(5)
 REPLICA_STATE_NAMES = ("free", "loading", "ready", "draining", "released")
-REQUEST_STATE_NAMES = ("future", "queued", "running", "done", "dropped")
+REQUEST_STATE_NAMES = ("future", "queued", "running", "done", "dropped", "transfer")
 
-# per-model int columns
-M_INFLIGHT, M_QUEUED, M_RR, M_RUNNING = range(4)
-N_MI = 4
+# per-model int columns; a disaggregated model's prefill pool hands its requests to its decode pool
+# (counted out of one, into the other)
+M_INFLIGHT, M_QUEUED, M_RR, M_RUNNING, M_HANDOUT, M_HANDIN = range(6)
+N_MI = 6
 
 # global scalars
 G_NOW, G_TICK_S, G_AFFINITY_EPS, G_SCORE_P0, G_SCORE_P1, G_SCORE_P2 = range(
     6
 )  # P*: a score router's parameters
-N_GF = 6
+# the decode stage's router (disaggregated serving): its load bound and parameters
+G_D_EPS, G_D_P0, G_D_P1, G_D_P2 = range(6, 10)
+N_GF = 10
 (I_NEXT_ARR, I_NREQ, I_HEAP_N, I_SEQ, I_NDONE, I_NDROP, I_PENDING, I_ROUTER, I_SVC_KIND, I_NLISTS,
  I_NTICK, I_NMODELS, I_TICK_CAP, I_PRIORITY, I_SCORE_FN, I_NRELEASED, I_HB, I_SCORE_AGG) = range(18)  # fmt: skip
-N_GI = 18
+# the decode stage's router: its rule, score function address and aggregates flag
+I_D_ROUTER, I_D_SCORE_FN, I_D_SCORE_AGG = range(18, 21)
+N_GI = 21
 
 # prefix-cache arrays (EngineState.kc[replica, KC_*, :]): open-addressing hash table of entry
 # indices, then per entry its block hash, reference count, LRU links and the free-entry stack

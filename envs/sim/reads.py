@@ -186,7 +186,39 @@ class SimulatorReads:
             out.update(self._serving_kpis(_NO_COUNTERS, self.state.log_drop[:nx]))
         if self.faults is not None:
             out.update(self.faults.kpis(self))
+        if self.scenario.disaggregated:
+            out.update(self._transfer_kpis(np.zeros(WS.N_TRANSFER_COUNTERS), 0.0))
         return out
+
+    def transfer_counters(self) -> np.ndarray:
+        """Disaggregated serving's KV-transfer counters so far (``window.TRANSFER_COUNTERS``)."""
+        n = self.n_replicas
+        pf, pi = self.state.pf[:n], self.state.pi[:n]
+        return np.array([
+            pi[:, K.Q_XN].sum() + pi[:, K.Q_XIN].sum(), pi[:, K.Q_XN].sum(), pf[:, K.P_XWAIT_S].sum(),
+            pf[:, K.P_XBUSY_S].sum(), pf[:, K.P_XBYTES].sum(), self.state.mi[:, K.M_HANDOUT].sum(),
+        ], np.float64)  # fmt: skip
+
+    def _transfer_kpis(self, since: np.ndarray, t0: float, now: np.ndarray | None = None) -> dict[str, float]:
+        """KV-transfer KPIs from the counters ``since`` (at ``t0``) to ``now`` (default: read them).
+
+        ``kv_link_utilization`` is the receiving links' busy seconds over the decode replicas' seconds
+        of service in the window (a transfer's busy time counts when it starts).
+        """
+        c = (self.transfer_counters() if now is None else now) - since
+        n = self.n_replicas
+        pf, pi = self.state.pf[:n], self.state.pi[:n]
+        t1 = self.now
+        dec = pi[:, K.Q_ROLE] == K.ROLE_DECODE
+        live = np.clip(np.minimum(pf[dec, K.P_RELEASE], t1) - np.maximum(pf[dec, K.P_READY], t0), 0.0, None)
+        replica_s = float(live.sum())
+        return {
+            "requests_handed_off": float(c[5]),
+            "kv_transfers": float(c[1]),
+            "kv_transfer_mean_s": float(c[2] / c[0]) if c[0] > 0 else 0.0,
+            "kv_transfer_gb": float(c[4] / 1e9),
+            "kv_link_utilization": float(c[3] / replica_s) if replica_s > 0 else 0.0,
+        }
 
     def serving_counters(self) -> np.ndarray:
         """The paged engine's counters summed over every replica so far (``window.SERVING_COUNTERS``)."""
@@ -250,6 +282,9 @@ class SimulatorReads:
             out.update(self._serving_kpis(window.serving0, drops, counters))
         if self.faults is not None:
             out.update(self.faults.kpis(self, t0, window.faults0))
+        if self.scenario.disaggregated:
+            transfers = self.transfer_counters()
+            out.update(self._transfer_kpis(window.transfer0, t0, transfers))
         loads = self._model_views(t0, tick_arr) if views else None
         if move:
             window.t0, window.done, window.dropped, window.arrived, window.busy0 = t1, nd, nx, na, busy
@@ -257,6 +292,8 @@ class SimulatorReads:
                 window.serving0 = counters
             if self.faults is not None:
                 window.faults0 = self.faults.counts()
+            if self.scenario.disaggregated:
+                window.transfer0 = transfers
         return loads, out
 
     def _unfinished_at_horizon(self) -> int:

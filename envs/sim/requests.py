@@ -143,7 +143,7 @@ def build_requests(
             output = W.sample_lengths(rng, n, sz.output_mean, sz.output_p99, 1, sz.output_max)
     if per_request:
         output = np.ones(n, np.int64)
-    names = [m.name for m in sc.models]
+    names = list(sc.served_models)  # a disaggregated model's requests arrive at its prefill pool
     mix = np.array([wl.model_mix.get(nm, 0.0) for nm in names])
     model = rng.choice(len(names), size=n, p=mix / mix.sum()) if len(names) > 1 else np.zeros(n, np.int64)
     shares = np.array([c.share for c in wl.classes])

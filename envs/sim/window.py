@@ -397,16 +397,23 @@ def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo,
 SERVING_COUNTERS = (Q_PREEMPT, Q_HITTOK, Q_PROMPTTOK, Q_RECOMP)
 
 
+#: KV transfers of disaggregated serving, counted from the start: transfers started and arrived, seconds
+#: from a decode replica's admission to the cache's arrival summed over those started, seconds the
+#: receiving links were busy, bytes moved, requests handed from a prefill to a decode pool.
+TRANSFER_COUNTERS = ("started", "arrived", "wait_s", "busy_s", "bytes", "handed_off")
+N_TRANSFER_COUNTERS = len(TRANSFER_COUNTERS)
+
+
 class KpiWindow:
     """A reader's position in the KPI stream: the window it reads next starts here.
 
     ``t0`` (s) is the window's start; ``done``, ``dropped`` and ``arrived`` count the completion
     log, drop log and arrivals already read; ``busy0`` holds every replica's busy seconds at
-    ``t0``; ``serving0`` and ``faults0`` the paged engine's and the fault injector's counters at
-    ``t0``. :meth:`envs.sim.engine.Simulator.read_window` reads from it and moves it on.
+    ``t0``; ``serving0``, ``faults0`` and ``transfer0`` the paged engine's, the fault injector's and
+    the KV transfers' counters at ``t0``. :meth:`envs.sim.engine.Simulator.read_window` reads from it and moves it on.
     """
 
-    __slots__ = ("arrived", "busy0", "done", "dropped", "faults0", "serving0", "t0")
+    __slots__ = ("arrived", "busy0", "done", "dropped", "faults0", "serving0", "t0", "transfer0")
 
     def __init__(self) -> None:
         self.t0 = 0.0
@@ -416,6 +423,8 @@ class KpiWindow:
         self.busy0 = np.zeros(0)
         self.serving0 = np.zeros(len(SERVING_COUNTERS), np.int64)  #: the paged engine's counters at t0
         self.faults0: dict[str, float] | None = None  #: the fault counters at t0 (None: all zero)
+        #: disaggregated serving's KV-transfer counters at t0 (``Simulator.transfer_counters``)
+        self.transfer0 = np.zeros(N_TRANSFER_COUNTERS)
 
     def __repr__(self) -> str:
         return f"KpiWindow(t0={self.t0!r}, done={self.done}, dropped={self.dropped}, arrived={self.arrived})"

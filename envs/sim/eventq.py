@@ -1,0 +1,319 @@
+"""The event queue and request queues of the compiled engine, and what both serving engines share.
+
+A binary min-heap of replica events ordered by ``(time, priority, sequence)``; per-queue linked lists
+of requests (one list per request class); and the replica helpers both engines use: the iteration
+time, launching an iteration or decode run, completing a request, releasing a drained replica. The
+engines are :mod:`envs.sim.kernel` (``reserve``, and the loop) and :mod:`envs.sim.paged` (``paged``,
+with disaggregated prefill and decode). Compiled like the loop, without numba's runtime
+(``_nrt=False`` where not inlined): nothing here allocates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
+from envs.sim.layout import *  # noqa: F403  (the state's field names, defined once there)
+
+INF = np.inf
+INT_MAX = np.iinfo(np.int64).max
+
+EWMA_WEIGHT = 0.2  # weight of the newest latency sample in a replica's EWMA (least_time router)
+
+# event types / priorities. A READY or ITER_END event carries its replica's event version and is
+# cancelled when the version moves on; a KV transfer's (XFER) carries -1 and is never cancelled.
+EV_READY, EV_ITER_END, EV_XFER = 0, 1, 2
+PRIO_ARRIVAL = 3
+
+
+# ----------------------------------------------------------------------------- heap
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _less(ht, hk, a, b):
+    return ht[a] < ht[b] or (ht[a] == ht[b] and hk[a] < hk[b])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _swap(ht, hk, hr, hv, a, b):
+    ht[a], ht[b] = ht[b], ht[a]
+    hk[a], hk[b] = hk[b], hk[a]
+    hr[a], hr[b] = hr[b], hr[a]
+    hv[a], hv[b] = hv[b], hv[a]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def heap_push(ht, hk, hr, hv, gi, pi, t, prio, rep, version):
+    n = gi[I_HEAP_N]
+    if n >= len(ht):
+        n = _heap_compact(ht, hk, hr, hv, gi, pi)
+    ht[n] = t
+    hk[n] = (prio << 48) | gi[I_SEQ]
+    gi[I_SEQ] += 1
+    hr[n] = rep
+    hv[n] = version
+    gi[I_HEAP_N] = n + 1
+    while n > 0:
+        p = (n - 1) >> 1
+        if _less(ht, hk, n, p):
+            _swap(ht, hk, hr, hv, n, p)
+            n = p
+        else:
+            break
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _heap_compact(ht, hk, hr, hv, gi, pi):
+    """Drop cancelled events (stale replica version) and rebuild the heap; returns the new size.
+
+    Each replica has at most two live events (READY or ITER_END, and the next
+    KV transfer into it), so with room for 4 per replica compaction always
+    frees space; it is rare (only split decode runs leave cancelled events
+    behind faster than they are popped).
+    """
+    n = 0
+    for k in range(gi[I_HEAP_N]):
+        if hv[k] < 0 or hv[k] == pi[hr[k], Q_VERSION]:
+            ht[n], hk[n], hr[n], hv[n] = ht[k], hk[k], hr[k], hv[k]
+            n += 1
+    for start in range((n - 2) >> 1, -1, -1):  # bottom-up heapify; keys are unique, so order is preserved
+        i = start
+        while True:
+            c = 2 * i + 1
+            if c >= n:
+                break
+            if c + 1 < n and _less(ht, hk, c + 1, c):
+                c += 1
+            if _less(ht, hk, c, i):
+                _swap(ht, hk, hr, hv, c, i)
+                i = c
+            else:
+                break
+    gi[I_HEAP_N] = n
+    return n
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def heap_pop(ht, hk, hr, hv, gi):
+    n = gi[I_HEAP_N] - 1
+    gi[I_HEAP_N] = n
+    _swap(ht, hk, hr, hv, 0, n)
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= n:
+            break
+        c = left
+        if left + 1 < n and _less(ht, hk, left + 1, left):
+            c = left + 1
+        if _less(ht, hk, c, i):
+            _swap(ht, hk, hr, hv, c, i)
+            i = c
+        else:
+            break
+    return n  # index of the popped entry (now just past the heap)
+
+
+# ----------------------------------------------------------------------------- queues
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _enqueue(ri, qh, qt, qn, q, i):
+    lst = ri[i, R_LIST]
+    ri[i, R_NEXT] = -1
+    if qt[q, lst] < 0:
+        qh[q, lst] = i
+    else:
+        ri[qt[q, lst], R_NEXT] = i
+    qt[q, lst] = i
+    qn[q] += 1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _enqueue_front(ri, qh, qt, qn, q, i):
+    lst = ri[i, R_LIST]
+    ri[i, R_NEXT] = qh[q, lst]
+    if qh[q, lst] < 0:
+        qt[q, lst] = i
+    qh[q, lst] = i
+    qn[q] += 1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _pop_head(ri, qh, qt, qn, q, lst, i):
+    """Remove request ``i``, the head of list ``lst`` of queue ``q``."""
+    nxt = ri[i, R_NEXT]
+    qh[q, lst] = nxt
+    if nxt < 0:
+        qt[q, lst] = -1
+    qn[q] -= 1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _drop(rf, ri, mi, log_drop, gi, i, t):
+    """Drop queued request ``i``, found at time ``t`` (a timed-out request is dropped at its deadline)."""
+    ri[i, R_STATE] = REQ_DROPPED
+    rf[i, R_DONE] = min(t, rf[i, R_DEADLINE])
+    m = ri[i, R_MODEL]
+    mi[m, M_INFLIGHT] -= 1
+    mi[m, M_QUEUED] -= 1
+    log_drop[gi[I_NDROP]] = i
+    gi[I_NDROP] += 1
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, now):
+    """Drop every queued request whose deadline has passed (all queues).
+
+    A list holds one request class in arrival order, so its deadlines
+    (arrival + the class timeout) are increasing: only heads need checking.
+    """
+    nq, nl = qh.shape
+    for q in range(nq):
+        if qn[q] == 0:
+            continue
+        for lst in range(nl):
+            i = qh[q, lst]
+            # a request preempted after admission (paged engine) has started: it never times out
+            while i >= 0 and rf[i, R_DEADLINE] <= now and np.isnan(rf[i, R_ADMIT]):
+                nxt = ri[i, R_NEXT]
+                qh[q, lst] = nxt
+                if nxt < 0:
+                    qt[q, lst] = -1
+                qn[q] -= 1
+                _drop(rf, ri, mi, log_drop, gi, i, now)
+                i = nxt
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _next_waiting(rf, ri, qh, n_lists, own, m, with_central, by_priority):
+    """``(queue, list, request)`` a replica admits next (-1s: none): among the heads of its own lists
+    (queue ``own``) and, if ``with_central``, its model's central lists (queue ``m``), the highest
+    priority level (priority queue only), then the earliest arrival."""
+    bq, bl, bi = -1, -1, -1
+    for lst in range(n_lists):
+        for src in range(2):
+            q = own if src == 0 else m
+            if src == 1 and not with_central:
+                break
+            h = qh[q, lst]
+            if h < 0:
+                continue
+            if bi < 0:
+                bq, bl, bi = q, lst, h
+                continue
+            ph, pb = (ri[h, R_PRIO], ri[bi, R_PRIO]) if by_priority else (0, 0)
+            if ph < pb or (ph == pb and rf[h, R_ARR] < rf[bi, R_ARR]):
+                bq, bl, bi = q, lst, h
+    return bq, bl, bi
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _queues_empty(qh, gi, m, own, with_central):
+    for lst in range(gi[I_NLISTS]):
+        if qh[own, lst] >= 0 or (with_central and qh[m, lst] >= 0):
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------- replicas
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _release(pf, pi, mrep, mn, r, t):
+    pi[r, Q_STATE] = REP_RELEASED
+    pi[r, Q_VERSION] += 1
+    pf[r, P_RELEASE] = t
+    m = pi[r, Q_MODEL]
+    n = mn[m]
+    # ordered removal keeps mrep[m] sorted by id (routing tie-breaks rely on it)
+    k = 0
+    while k < n and mrep[m, k] != r:
+        k += 1
+    if k < n:
+        for j in range(k, n - 1):
+            mrep[m, j] = mrep[m, j + 1]
+        mn[m] = n - 1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _iteration_s(pf, r, tokens, kv_tokens):
+    """One iteration of replica ``r``: max(compute, memory) + overhead (see envs.sim.perf)."""
+    # GEMM kernels tile the token dimension; a part-filled tile costs a full one
+    tile = pf[r, P_TILE]
+    compute = pf[r, P_CTOK] * (np.ceil(tokens / tile) * tile)
+    memory = pf[r, P_WREAD] + pf[r, P_KVTOK] * kv_tokens
+    return (compute if compute > memory else memory) + pf[r, P_OVH]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _run_end(pf, r, end, n_iter, n_dec, kv):
+    """End of a decode run of ``n_iter`` iterations whose first ends at ``end`` and reads ``kv`` tokens:
+    each later iteration reads ``n_dec`` more (summed as per-iteration events would be)."""
+    for _ in range(n_iter - 1):
+        kv += n_dec
+        end = end + _iteration_s(pf, r, n_dec, kv)
+    return end
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _launch(pf, pi, ht, hk, hr, hv, gi, r, t, end, n_iter, n_dec):
+    """Replica ``r`` is busy from ``t`` to ``end`` (``n_iter`` iterations of ``n_dec`` decode tokens
+    after the first): the pending ITER_END event."""
+    pi[r, Q_SEG] = n_iter
+    pi[r, Q_NDEC] = n_dec
+    pi[r, Q_BUSY] = 1
+    pf[r, P_ITER_START] = t
+    pf[r, P_ITER_DUR] = end - t
+    heap_push(ht, hk, hr, hv, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def split_decode_run(pf, pi, ht, hk, hr, hv, gi, r, t):
+    """Cut replica ``r``'s multi-iteration decode run at its first iteration boundary after ``t``.
+
+    Called when work arrives for the replica; per-iteration events would have
+    let it admit that work at exactly this boundary.
+    """
+    if pi[r, Q_BUSY] == 0 or pi[r, Q_SEG] <= 1:
+        return
+    start = pf[r, P_ITER_START]
+    n_dec = pi[r, Q_NDEC]
+    kv = pi[r, Q_KVSUM]
+    end = start + _iteration_s(pf, r, n_dec, kv)
+    j = 1
+    while end <= t and j < pi[r, Q_SEG]:
+        kv += n_dec
+        end = end + _iteration_s(pf, r, n_dec, kv)
+        j += 1
+    if j == pi[r, Q_SEG]:
+        return
+    pi[r, Q_SEG] = j
+    pf[r, P_ITER_DUR] = end - start
+    pi[r, Q_VERSION] += 1
+    heap_push(ht, hk, hr, hv, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _complete(rf, ri, pf, mi, log_done, gi, r, i, t):
+    """Request ``i`` completes on replica ``r`` at ``t`` (its replica's latency EWMA updated)."""
+    ri[i, R_STATE] = REQ_DONE
+    rf[i, R_DONE] = t
+    m = ri[i, R_MODEL]
+    mi[m, M_INFLIGHT] -= 1
+    mi[m, M_RUNNING] -= 1
+    log_done[gi[I_NDONE]] = i
+    gi[I_NDONE] += 1
+    lat = t - rf[i, R_ARR]
+    ew = pf[r, P_EWMA]
+    pf[r, P_EWMA] = lat if ew < 0 else ew + EWMA_WEIGHT * (lat - ew)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _release_if_drained(pf, pi, qn, mrep, mn, gi, r, t):
+    """Release draining replica ``r`` once nothing runs, waits or is in transfer to or from it."""
+    if (pi[r, Q_STATE] == REP_DRAINING and pi[r, Q_NRUN] == 0 and qn[gi[I_NMODELS] + r] == 0
+            and pi[r, Q_XOUT] == 0 and pi[r, Q_XIN] == 0):  # fmt: skip
+        _release(pf, pi, mrep, mn, r, t)
+        gi[I_NRELEASED] += 1  # the engine frees the replica's GPUs (Simulator.sync_releases)

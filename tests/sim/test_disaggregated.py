@@ -1,0 +1,242 @@
+"""Disaggregated prefill and decode (envs.sim.paged): pools, handoff, KV transfers, conservation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from envs.sim import Simulator, load_scenario, run_scenario
+from envs.sim import layout as L
+from envs.sim.errors import ConfigError
+
+MODEL = "llama-3-8b"
+
+
+def scenario(
+    prefill=None, decode=None, *, rate=6.0, prompt=None, output=128, horizon=120.0, nodes=None, **extra
+):
+    """One 8B model on one node of 4 A100s: disaggregated (``prefill``/``decode`` pool mappings) or not."""
+    m = {"name": MODEL}
+    if prefill is not None:
+        m.update(serving="disaggregated", prefill=prefill, decode=decode)
+    else:
+        m.update(replicas=4, max_replicas=4)
+    sizes = {"kind": "lognormal"} if prompt is None else {"kind": "fixed", "prompt": prompt, "output": output}
+    return {
+        "name": "pd",
+        "horizon_s": horizon,
+        "control_interval_s": 15,
+        "nodes": nodes or [{"gpu": "a100-80gb", "count": 1, "gpus_per_node": 4, "cached_models": [MODEL]}],
+        "models": [m],
+        "workload": {
+            "arrival": {"kind": "poisson", "rate_per_s": rate},
+            "sizes": sizes,
+            "classes": [{"name": "chat", "slo": {"ttft_s": 2.0, "tpot_s": 0.1}, "timeout_s": 600}],
+        },
+        **extra,
+    }
+
+
+TWO_TWO = ({"replicas": 2, "max_replicas": 4}, {"replicas": 2, "max_replicas": 4})
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_a_disaggregated_model_is_two_pools():
+    sc = load_scenario(
+        scenario({"replicas": 1, "max_batched_tokens": 8192}, {"replicas": 3, "max_batch": 512})
+    )
+    assert [m.name for m in sc.models] == [f"{MODEL}:prefill", f"{MODEL}:decode"]
+    assert [m.role for m in sc.models] == ["prefill", "decode"]
+    assert sc.served_models == (MODEL,)
+    assert sc.disaggregated
+    assert sc.model_index(MODEL) == 0 and sc.pools_of(MODEL) == [0, 1] and sc.decode_pool(0) == 1
+    pre, dec = sc.models
+    assert (pre.replicas, pre.max_batched_tokens, dec.replicas, dec.max_batch) == (1, 8192, 3, 512)
+    assert pre.prefix_caching and not dec.prefix_caching  # the decode pool receives its KV, caches none
+    assert sc.decode_routing is not None and sc.decode_routing.kind == "least_connections"
+    assert not load_scenario("default").disaggregated
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"models": [{"name": MODEL, "serving": "split"}]}, "models[0].serving"),
+        ({"models": [{"name": MODEL, "serving": "disaggregated", "replicas": 2}]}, "models[0].replicas"),
+        ({"models": [{"name": MODEL, "serving": "disaggregated", "prefill": {}}]}, "models[0].decode"),
+        ({"models": [{"name": MODEL, "prefill": {"replicas": 1}}]}, "models[0].prefill"),
+        (
+            {
+                "models": [
+                    {
+                        "name": MODEL,
+                        "serving": "disaggregated",
+                        "prefill": {"prefix_caching": True},
+                        "decode": {},
+                    }
+                ]
+            },
+            "models[0].prefill.prefix_caching",
+        ),
+        (
+            {
+                "models": [
+                    {
+                        "name": MODEL,
+                        "serving": "disaggregated",
+                        "kv_policy": "reserve",
+                        "prefill": {},
+                        "decode": {},
+                    }
+                ]
+            },
+            "models[0].kv_policy",
+        ),
+        (
+            {
+                "models": [
+                    {"name": MODEL, "serving": "disaggregated", "prefill": {"replicas": 9}, "decode": {}}
+                ]
+            },
+            "models[0].prefill.replicas",
+        ),
+        ({"decode_routing": "round_robin", "models": [{"name": MODEL}]}, "decode_routing"),
+        ({"decode_routing": "external"}, "decode_routing"),
+        ({"decode_routing": "no_such_router"}, "decode_routing"),
+        ({"faults": [{"at_s": 10, "pool": 0}]}, "models"),
+        (
+            {"nodes": [{"gpu": "a100-80gb", "count": 1, "gpus_per_node": 4, "network_gbps": 0}]},
+            "nodes[0].network_gbps",
+        ),
+    ],
+)
+def test_bad_disaggregated_configs_name_the_key(change, key):
+    raw = {**scenario(*TWO_TWO), **change}
+    with pytest.raises(ConfigError) as err:
+        load_scenario(raw)
+    assert str(err.value).startswith(key), str(err.value)
+
+
+# ----------------------------------------------------------------------------- conservation
+
+
+def _stage_counts(sim: Simulator) -> dict[str, int]:
+    st = sim.state
+    n = int(st.gi[L.I_NEXT_ARR])
+    done = st.log_done[: st.gi[L.I_NDONE]]
+    drops = st.log_drop[: st.gi[L.I_NDROP]]
+    dropped_by = np.bincount(st.ri[drops, L.R_MODEL], minlength=2)
+    return {
+        "arrived": n,
+        "done": len(done),
+        "dropped0": int(dropped_by[0]),
+        "dropped1": int(dropped_by[1]),
+        "handout": int(st.mi[0, L.M_HANDOUT]),
+        "handin": int(st.mi[1, L.M_HANDIN]),
+        "inflight0": int(st.mi[0, L.M_INFLIGHT]),
+        "inflight1": int(st.mi[1, L.M_INFLIGHT]),
+        "transfer": int(np.count_nonzero(st.ri[:n, L.R_STATE] == L.REQ_TRANSFER)),
+        "xin": int(st.pi[: st.n_replicas, L.Q_XIN].sum()),
+        "done_unique": len(np.unique(done)),
+        "done_model": int(np.count_nonzero(st.ri[done, L.R_MODEL] == 1)),
+    }
+
+
+@pytest.mark.parametrize("rate", [4.0, 40.0])  # light load, and overload (queues, preemptions, drops)
+def test_nothing_is_lost_across_the_two_stages(rate):
+    sim = Simulator(scenario(*TWO_TWO, rate=rate, horizon=90.0), seed=3)
+    for t in np.arange(7.5, 90.0 + 1e-9, 7.5):
+        sim.advance(float(t))
+        c = _stage_counts(sim)
+        assert c["arrived"] == c["done"] + c["dropped0"] + c["dropped1"] + sim.in_system()
+        assert c["arrived"] == c["handout"] + c["dropped0"] + c["inflight0"]  # prefill stage
+        assert c["handin"] == c["handout"] == c["done"] + c["dropped1"] + c["inflight1"]  # decode stage
+        assert c["transfer"] == c["xin"]
+        assert c["done_unique"] == c["done"] and c["done_model"] == c["done"]  # all finish at decode, once
+    assert c["handout"] > 0 and c["done"] > 0
+    if rate > 10:
+        assert sim.episode_kpis()["requests_in_system"] > 0  # overloaded: the stages hold work
+
+
+def test_episode_kpis_add_up_over_intervals_and_repeat_with_the_seed():
+    sc = scenario(*TWO_TWO, rate=8.0, horizon=60.0)
+    sim = Simulator(sc, seed=1)
+    parts = []
+    for t in (15.0, 30.0, 45.0, 60.0):
+        sim.advance(t)
+        parts.append(sim.interval_kpis())
+    ep = sim.episode_kpis()
+    for key in ("requests_handed_off", "kv_transfers", "kv_transfer_gb"):
+        assert sum(p[key] for p in parts) == pytest.approx(ep[key], rel=1e-12), key
+    assert ep["kv_transfers"] > 0 and 0 < ep["kv_link_utilization"] < 1
+    assert run_scenario(sc, seed=1) == run_scenario(sc, seed=1)
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+def _ttfts(raw, seed=0):
+    sim = Simulator(raw, seed=seed)
+    sim.advance(raw["horizon_s"])
+    st = sim.state
+    done = np.sort(st.log_done[: st.gi[L.I_NDONE]])
+    return done, st.rf[done, L.R_FIRST] - st.rf[done, L.R_ARR]
+
+
+@pytest.mark.parametrize("links", [{}, {"nvlink_gbps": 1e5, "nvlink_latency_s": 0.0}])
+def test_ttft_is_the_prefill_pools_own(links):
+    """The first token comes from the prefill replica: TTFT is what the prefill pool alone gives (the same
+    two replicas serving every request for one token), whatever the link."""
+    node = [{"gpu": "a100-80gb", "count": 1, "gpus_per_node": 4, "cached_models": [MODEL], **links}]
+    pd = scenario(
+        {"replicas": 2}, {"replicas": 2}, rate=10.0, prompt=1024, output=64, horizon=60.0, nodes=node
+    )
+    alone = scenario(rate=10.0, prompt=1024, output=1, horizon=60.0, nodes=node)
+    alone["models"] = [{"name": MODEL, "replicas": 2, "max_replicas": 2}]
+    ids_pd, ttft_pd = _ttfts(pd)
+    ids_alone, ttft_alone = _ttfts(alone)
+    common = np.intersect1d(ids_pd, ids_alone)
+    assert len(common) > 400
+    np.testing.assert_array_equal(ttft_pd[np.isin(ids_pd, common)], ttft_alone[np.isin(ids_alone, common)])
+
+
+def test_a_lone_transfer_takes_bytes_over_bandwidth_plus_latency():
+    """One request at a time (1 req / 10 s): the cache's wait is exactly its transfer, within a node
+    (NVLink, 300 GB/s per A100) and across nodes (a decode pool on another node pool's H100s: the
+    A100 side's 50 Gb/s network share is the bottleneck)."""
+    kv = 131072  # llama-3-8b: 2 x 32 layers x 8 KV heads x 128 x 2 bytes per token
+    same = scenario({"replicas": 1}, {"replicas": 1}, rate=0.1, prompt=2000, output=8, horizon=100.0)
+    cross = scenario(
+        {"replicas": 1, "gpu_types": ["a100-80gb"]},
+        {"replicas": 1, "gpu_types": ["h100-sxm-80gb"]},
+        rate=0.1,
+        prompt=2000,
+        output=8,
+        horizon=100.0,
+        nodes=[
+            {"gpu": "a100-80gb", "count": 1, "gpus_per_node": 1, "cached_models": [MODEL]},
+            {"gpu": "h100-sxm-80gb", "count": 1, "gpus_per_node": 1, "cached_models": [MODEL]},
+        ],
+    )
+    for raw, seconds in ((same, 2000 * kv / 300e9 + 5e-6), (cross, 2000 * kv / (50e9 / 8) + 2e-5)):
+        k = run_scenario(raw, seed=0)
+        assert k["kv_transfers"] >= 5
+        assert k["kv_transfer_mean_s"] == pytest.approx(seconds, rel=1e-9)
+
+
+def test_disaggregation_removes_prefill_interference_from_decode():
+    """Same 4 GPUs (4 replicas, or 2 prefill + 2 decode), the same requests with short or long prompts.
+    Short: both give about the same time per output token. Long: prefill chunks share the aggregated
+    replicas' iterations and slow every decode step; the decode pool's steps only read the longer
+    contexts' KV (DistServe, OSDI 2024, Sec. 2.2: prefill-decode interference)."""
+
+    def tpot(split, prompt):
+        raw = scenario(*(TWO_TWO if split else ()), rate=5.0, prompt=prompt, output=256, horizon=120.0)
+        return run_scenario(raw, seed=0)["tpot_mean_s"]
+
+    short = tpot(False, 256) / tpot(True, 256)
+    long = tpot(False, 4096) / tpot(True, 4096)
+    print(f"TPOT aggregated / disaggregated: short prompts {short:.3f}, long prompts {long:.3f}")
+    assert 0.9 < short < 1.1
+    assert long > 1.3
