@@ -240,3 +240,67 @@ def test_disaggregation_removes_prefill_interference_from_decode():
     print(f"TPOT aggregated / disaggregated: short prompts {short:.3f}, long prompts {long:.3f}")
     assert 0.9 < short < 1.1
     assert long > 1.3
+
+
+def _random_scenario(seed: int) -> dict:
+    """A random disaggregated setting that stresses the handoff: small batches and KV caches (queues,
+    preemptions, rejections), prefix-cached sessions or lognormal sizes, one or two node pools."""
+    rng = np.random.default_rng(seed)
+    pool = lambda: {  # noqa: E731
+        "replicas": int(rng.integers(1, 3)),
+        "max_replicas": 3,
+        "max_batch": int(rng.choice([4, 16, 64])),
+        "kv_memory_fraction": float(rng.choice([0.22, 0.3, 0.9])),
+        "chunked_prefill": bool(rng.random() < 0.7),
+    }
+    two_nodes = bool(rng.random() < 0.5)
+    nodes = [
+        {"gpu": "a100-80gb", "count": 2 if two_nodes else 1, "gpus_per_node": 3, "cached_models": [MODEL]}
+    ]
+    raw = scenario(pool(), pool(), rate=float(rng.uniform(2, 40)), horizon=40.0, nodes=nodes)
+    if rng.random() < 0.5:
+        raw["workload"]["arrival"] = {"kind": "sessions", "session_rate_per_s": float(rng.uniform(0.5, 4)),
+                                      "think_time_s": 5.0, "turns_mean": 3}  # fmt: skip
+        raw["workload"]["sizes"] = {"kind": "lognormal", "prompt_mean": 300, "prompt_p99": 3000}
+    raw["decode_routing"] = str(rng.choice(["least_connections", "round_robin", "kv_aware", "power_of_two"]))
+    raw["routing"] = str(rng.choice(["least_connections", "prefix_aware", "round_robin"]))
+    return raw
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_settings_keep_every_request_and_block(seed):
+    """At every 2.5 s: conservation over and within the stages; every decode replica's private blocks
+    are exactly those of its requests (running, in transfer, or waiting with their cache), every
+    prefill replica's include those it holds for transfers; links and lists agree."""
+    raw = _random_scenario(seed)
+    sim = Simulator(raw, seed=seed)
+    st = sim.state
+    for t in np.arange(2.5, 40.0 + 1e-9, 2.5):
+        sim.advance(float(t))
+        c = _stage_counts(sim)
+        assert c["arrived"] == c["done"] + c["dropped0"] + c["dropped1"] + sim.in_system()
+        assert c["arrived"] == c["handout"] + c["dropped0"] + c["inflight0"]
+        assert c["handout"] == c["done"] + c["dropped1"] + c["inflight1"]
+        assert c["transfer"] == c["xin"]
+        n = c["arrived"]
+        ri = st.ri[:n]
+        live = (
+            (ri[:, L.R_STATE] == L.REQ_RUNNING)
+            | (ri[:, L.R_STATE] == L.REQ_TRANSFER)
+            | ((ri[:, L.R_STATE] == L.REQ_QUEUED) & (ri[:, L.R_BLOCKS] > 0))
+        )
+        for r in range(st.n_replicas):
+            pi = st.pi[r]
+            if pi[L.Q_STATE] == L.REP_RELEASED:
+                assert pi[L.Q_BLKPRIV] == 0 or pi[L.Q_ROLE] == L.ROLE_PREFILL
+                continue
+            own = int(ri[live & (ri[:, L.R_REPLICA] == r), L.R_BLOCKS].sum())
+            held = int(ri[ri[:, L.R_KVSRC] == r + 1, L.R_PBLOCKS].sum())
+            assert pi[L.Q_BLKPRIV] == own + held, (r, pi[L.Q_BLKPRIV], own, held)
+            assert pi[L.Q_XOUT] == np.count_nonzero(ri[:, L.R_KVSRC] == r + 1)
+            assert pi[L.Q_XIN] == np.count_nonzero(
+                (ri[:, L.R_STATE] == L.REQ_TRANSFER) & (ri[:, L.R_REPLICA] == r)
+            )
+            assert 0 <= pi[L.Q_BLKPRIV] <= pi[L.Q_BLKCAP]
+    k = run_scenario(raw, seed=seed)
+    assert k["requests_arrived"] == k["requests_completed"] + k["requests_dropped"] + k["requests_in_system"]
