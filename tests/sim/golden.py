@@ -33,6 +33,7 @@ ROUTERS = (
 ENV_CASES: tuple[tuple[str, dict[str, Any], int], ...] = (
     ("InferGym/Autoscale-v2", {"scenario": "default"}, 200),
     ("InferGym/Autoscale-v2", {"scenario": "bursty", "action_mode": "target", "horizon_s": 900}, 200),
+    ("InferGym/Autoscale-v2", {"scenario": "disaggregated", "horizon_s": 900}, 200),
     ("InferGym/Routing-v2", {"scenario": "default", "horizon_s": 20}, 600),
     ("InferGym/Placement-v1", {"source": "llm", "scenario": "bursty"}, 200),
     ("InferGym/Autoscale-v0", {"scenario": "default"}, 200),
@@ -56,10 +57,13 @@ DEFAULT_ENGINE_SEEDS = (0, 1)
 
 
 def scenario_kpis(name: str, router: str, seed: int) -> dict[str, float]:
-    """Episode KPIs of ``name`` with ``router`` on the reserve engine where a model does not choose."""
+    """Episode KPIs of ``name`` with ``router`` on the reserve engine where a model does not choose (a
+    disaggregated scenario, which needs the paged engine, on the paged engine)."""
     from envs.sim import load_scenario, run_scenario
 
     sc = load_scenario(name, {**scenario_overrides(name), "routing": router})
+    if sc.disaggregated:
+        return run_scenario(sc, seed)
     return run_scenario(sc.with_model_defaults({"kv_policy": "reserve"}), seed)
 
 

@@ -56,6 +56,7 @@ def test_the_shipped_scenarios_are_the_documented_ones():
     expected = {
         "azure-conv",
         "mooncake-conv",
+        "disaggregated",
         "bursty",
         "default",
         "diurnal",
