@@ -22,6 +22,7 @@ from envs.sim.view import ModelLoad, ReplicaView, RequestTable, RequestView
 from envs.sim.window import KpiWindow, window_stats
 
 _NO_IDS = np.zeros(0, np.int64)
+ROLE_NAMES = ("aggregated", "prefill", "decode")  # by layout.ROLE_*
 _NO_COUNTERS = np.zeros(len(WS.SERVING_COUNTERS), np.int64)
 _SERVING_COLUMNS = np.array(WS.SERVING_COUNTERS, np.int64)
 _BY_MODEL_COLUMNS = np.array([K.Q_HITTOK, K.Q_PROMPTTOK, K.Q_PREEMPT], np.int64)
@@ -97,6 +98,7 @@ class SimulatorReads:
             kv_blocks_free=int(pi[K.Q_BLKCAP] - pi[K.Q_BLKPRIV] - (pi[K.Q_ENTRIES] - pi[K.Q_LRUN]) * pi[K.Q_EB]),
             prefix_cache_entries=int(pi[K.Q_ENTRIES]), preemptions=int(pi[K.Q_PREEMPT]),
             prefix_hit_rate=float(pi[K.Q_HITTOK] / pi[K.Q_PROMPTTOK]) if pi[K.Q_PROMPTTOK] > 0 else 0.0,
+            role=ROLE_NAMES[int(pi[K.Q_ROLE])], kv_transfers_out=int(pi[K.Q_XOUT]), kv_transfers_in=int(pi[K.Q_XIN]),
         )  # fmt: skip
 
     def replica_views(self, model: int | None = None, *, ready_only: bool = False) -> tuple[ReplicaView, ...]:
@@ -353,6 +355,7 @@ class SimulatorReads:
                     tick_in_flight=self.state.tick_inflight[k0:k1, m].astype(float),
                     tick_arrivals=tick_arr[m],
                     replicas_noticed=0 if noticed is None else noticed[m],
+                    role=self.scenario.models[m].role,
                 )
             )
         return out

@@ -44,6 +44,10 @@ class ModelLoad:
     tick_in_flight: np.ndarray = field(default_factory=lambda: np.zeros(0))
     tick_arrivals: np.ndarray = field(default_factory=lambda: np.zeros(0))
     replicas_noticed: int = 0  #: READY or LOADING replicas on nodes told they will be preempted (spot)
+    #: ``aggregated``, or the pool of a disaggregated model it describes (``prefill`` / ``decode``): a
+    #: prefill pool's requests leave it at their first token, so its completions, latencies and SLO
+    #: attainment are counted at its decode pool
+    role: str = "aggregated"
 
     @property
     def replicas_provisioned(self) -> int:
@@ -88,6 +92,11 @@ class ReplicaView:
     prefix_cache_entries: int = 0
     preemptions: int = 0
     prefix_hit_rate: float = 0.0
+    #: disaggregated serving: ``prefill`` or ``decode`` (else ``aggregated``), KV caches it holds for
+    #: transfers (prefill) and KV caches on their way to it (decode)
+    role: str = "aggregated"
+    kv_transfers_out: int = 0
+    kv_transfers_in: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -117,7 +126,7 @@ class RequestTable:
     request_class: np.ndarray
     replica: np.ndarray  #: replica it was routed to; -1: central queue or not yet routed
     state: np.ndarray  #: codes into ``state_names``
-    state_names: tuple[str, ...] = ("future", "queued", "running", "done", "dropped")
+    state_names: tuple[str, ...] = ("future", "queued", "running", "done", "dropped", "transfer")
     #: why a dropped request was dropped, codes into ``drop_reason_names`` (meaningless otherwise)
     drop_reason: np.ndarray | None = None
     drop_reason_names: tuple[str, ...] = ("timeout", "context_length", "kv_capacity", "failure")

@@ -304,3 +304,19 @@ def test_random_settings_keep_every_request_and_block(seed):
             assert 0 <= pi[L.Q_BLKPRIV] <= pi[L.Q_BLKCAP]
     k = run_scenario(raw, seed=seed)
     assert k["requests_arrived"] == k["requests_completed"] + k["requests_dropped"] + k["requests_in_system"]
+
+
+def test_views_name_each_pool_and_its_transfers():
+    sim = Simulator(scenario(*TWO_TWO, rate=20.0, prompt=4096, output=32, horizon=15.0), seed=0)
+    seen_in = seen_out = 0
+    for t in np.arange(0.05, 10.0, 0.05):
+        sim.advance(float(t))
+        views = sim.replica_views()
+        seen_in += sum(v.kv_transfers_in for v in views)
+        seen_out += sum(v.kv_transfers_out for v in views if v.role == "prefill")
+        assert all(v.kv_transfers_in == 0 for v in views if v.role == "prefill")
+    assert seen_in > 0 and seen_out > 0
+    assert sorted({v.role for v in sim.replica_views()}) == ["decode", "prefill"]
+    assert [m.role for m in sim.model_loads()] == ["prefill", "decode"]
+    table = sim.requests()
+    assert "transfer" in table.state_names
