@@ -43,13 +43,22 @@ import numpy as np
 
 OUTCOMES = ("ok", "named_error", "crash", "hang", "silently_wrong")
 KINDS = ("override", "valid", "action", "azure_trace", "mooncake_trace", "alibaba_trace")
-SCENARIOS = ("default", "steady", "bursty", "spiky", "diurnal", "heterogeneous", "multi-model")
+SCENARIOS = (
+    "default",
+    "steady",
+    "bursty",
+    "spiky",
+    "diurnal",
+    "heterogeneous",
+    "multi-model",
+    "disaggregated",
+)
 OVERRIDE_KEYS = (
     "horizon_s", "control_interval_s", "tick_s", "queue", "routing", "placement", "scaling",
     "nodes", "models", "workload", "reward", "service", "storage",
     "workload.arrival.rate_per_s", "workload.arrival.kind", "workload.sizes", "workload.sizes.prompt_mean",
     "workload.classes", "storage.remote_bandwidth_gbps", "storage.cache_ttl_s", "reward.gpu_cost",
-    "scaling.target", "routing.kind",
+    "scaling.target", "routing.kind", "decode_routing",
 )  # fmt: skip
 HUGE = {"__int_digits__": 400}  # stands for 10**400 (JSON cannot hold it)
 VALUES = (
@@ -57,6 +66,9 @@ VALUES = (
     float("nan"), float("inf"), -float("inf"), True, False, None, "", "x", "1e3", "default", [], [1, 2], [[]],
     {}, {"kind": "poisson"}, {"kind": "x"}, {"a": 1}, [{"gpu": "a100-80gb", "count": 0}],
     [{"name": "llama-3-8b", "replicas": -1}], [{"name": "m", "replicas": 10**6}], "a100-80gb", "static",
+    [{"name": "llama-3-8b", "serving": "disaggregated", "prefill": {"replicas": 1}, "decode": {"replicas": 1}}],
+    [{"name": "llama-3-8b", "serving": "disaggregated"}], [{"name": "llama-3-8b", "decode": {"replicas": 2}}],
+    [{"name": "llama-3-8b", "serving": "disaggregated", "prefill": {"replicas": 10**6}, "decode": {}}],
 )  # fmt: skip
 ACTIONS = (
     0, 1, 2, 4, -1, 10**6, 2**63, 1.0, 2.5, float("nan"), True, None, "1", [1], [0, 1], [[1], [1, 2]],
@@ -211,6 +223,19 @@ def _valid_scenario(rng: np.random.Generator) -> dict[str, Any]:
                 "output_mean": 150,
                 "output_p99": 600,
             }
+        if rng.random() < 0.3:  # disaggregated: the model's per-pool keys split over two pools
+            m = sc["models"][0]
+            pool_keys = ("replicas", "min_replicas", "max_replicas", "max_batch", "max_batched_tokens",
+                         "chunked_prefill", "kv_memory_fraction")  # fmt: skip
+            pool = {k: m.pop(k) for k in pool_keys if k in m}
+            m.update(
+                serving="disaggregated",
+                prefill=dict(pool),
+                decode={**pool, "max_batch": int(rng.integers(1, 256))},
+            )
+            sc["decode_routing"] = ["least_connections", "round_robin", "kv_aware", "power_of_two"][
+                int(rng.integers(4))
+            ]
     return sc
 
 

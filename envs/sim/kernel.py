@@ -220,6 +220,20 @@ def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc,
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def _wake_for_central(pf, pi, mrep, mn, ht, hk, hr, hv, gi, m, t):
+    """Model ``m``'s READY replica that should take a request just put in its central queue: the
+    lowest-id idle one (-1: none; busy ones pull it at their next boundary, decode runs cut there)."""
+    best = -1
+    for k in range(mn[m]):
+        c = mrep[m, k]
+        if pi[c, Q_STATE] == REP_READY and pi[c, Q_SEG] > 1:
+            split_decode_run(pf, pi, ht, hk, hr, hv, gi, c, t)
+        if pi[c, Q_STATE] == REP_READY and pi[c, Q_BUSY] == 0 and (best < 0 or c < best):
+            best = c
+    return best
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def dispatch(
     rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i, r, t
 ):
@@ -251,24 +265,21 @@ def dispatch(
                     best = c
                     break
     else:
-        for k in range(mn[m]):
-            c = mrep[m, k]
-            if pi[c, Q_STATE] == REP_READY and pi[c, Q_SEG] > 1:
-                split_decode_run(pf, pi, ht, hk, hr, hv, gi, c, t)
-            if pi[c, Q_STATE] == REP_READY and pi[c, Q_BUSY] == 0 and (best < 0 or c < best):
-                best = c
+        best = _wake_for_central(pf, pi, mrep, mn, ht, hk, hr, hv, gi, m, t)
     if best >= 0:
         start_iteration(
             rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, best, t
         )
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def hand_off(
     rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_drop, pc, kc, r, t
 ):
     """Prefill replica ``r``'s requests that got their first token at ``t`` move to their model's decode
-    pool: counted out of one pool and into the other, routed by the decode router, dispatched."""
+    pool: counted out of one pool and into the other, routed by the decode router, dispatched. Not
+    inlined in the loop (as ``transfer_arrived``): each inlined copy of the dispatch path adds minutes
+    to the core's compilation."""
     d = pi[r, Q_DPOOL]
     for k in range(pi[r, Q_NHAND]):
         i = pfl[r, k]
@@ -281,10 +292,37 @@ def hand_off(
         mi[d, M_HANDIN] += 1
         to = route_once(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i, gi[I_D_ROUTER], gi[I_D_SCORE_FN],
                         gi[I_D_SCORE_AGG], gf[G_D_EPS], gf[G_D_P0], gf[G_D_P1], gf[G_D_P2])  # fmt: skip
-        dispatch(
-            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i, to, t
-        )
+        # dispatch() for a pool that runs the paged engine
+        ri[i, R_STATE] = REQ_QUEUED
+        mi[d, M_QUEUED] += 1
+        if to >= 0:
+            ri[i, R_REPLICA] = to
+            _enqueue(ri, qh, qt, qn, gi[I_NMODELS] + to, i)
+            split_decode_run(pf, pi, ht, hk, hr, hv, gi, to, t)
+        else:
+            _enqueue(ri, qh, qt, qn, d, i)
+            to = _wake_for_central(pf, pi, mrep, mn, ht, hk, hr, hv, gi, d, t)
+        if to >= 0 and pi[to, Q_BUSY] == 0:
+            _start_paged(
+                rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, to, t
+            )
     pi[r, Q_NHAND] = 0
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def transfer_arrived(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, d,
+                     t):  # fmt: skip
+    """The KV cache at the head of decode replica ``d``'s transfer list arrived at ``t``: the request
+    waits for a batch slot there; the prefill replica's freed blocks may let it admit work (or release
+    it, if it was draining). Not inlined in the loop: the aggregated engines never call it."""
+    p = finish_transfer(rf, ri, pf, pi, qh, qt, qn, mi, ht, hk, hr, hv, gi, pc, kc, d)
+    _release_if_drained(pf, pi, qn, mrep, mn, gi, p, t)
+    split_decode_run(pf, pi, ht, hk, hr, hv, gi, d, t)
+    for r in (d, p):  # both pools run the paged engine (start_iteration's other branch never applies)
+        if pi[r, Q_BUSY] == 0:
+            _start_paged(
+                rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t
+            )
 
 
 # ----------------------------------------------------------------------------- main loop
@@ -325,18 +363,8 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
             r = hr[k]
             ev = hk[k] >> 48
             if ev == EV_XFER:  # a KV cache reached decode replica r (disaggregated serving)
-                p = finish_transfer(rf, ri, pf, pi, qh, qt, qn, mi, ht, hk, hr, hv, gi, pc, kc, r)
-                _release_if_drained(pf, pi, qn, mrep, mn, gi, p, t_heap)
-                split_decode_run(pf, pi, ht, hk, hr, hv, gi, r, t_heap)
-                start_iteration(
-                    rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r,
-                    t_heap
-                )  # fmt: skip
-                if pi[p, Q_BUSY] == 0:  # freed blocks may let the prefill replica admit waiting work
-                    start_iteration(
-                        rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc,
-                        p, t_heap
-                    )  # fmt: skip
+                transfer_arrived(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop,
+                                 pc, kc, r, t_heap)  # fmt: skip
                 continue
             if hv[k] != pi[r, Q_VERSION]:
                 continue  # cancelled (replica released or load cancelled)

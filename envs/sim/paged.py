@@ -361,7 +361,7 @@ def _start_transfer(rf, ri, pf, pi, ht, hk, hr, hv, gi, p, d, i, t):
     pi[d, Q_XTAIL] = i
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _admit_handed_off(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t,
                       bq, bl, i, budget):  # fmt: skip
     """Decode replica ``r`` takes waiting request ``i`` of a disaggregated model (the head of list ``bl``
