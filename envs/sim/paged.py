@@ -85,6 +85,17 @@ def _decode_run_blocks(ri, run, gi, r, n, bt, steps):
     return total
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _join_batch(ri, pi, run, mi, m, r, i):
+    """Waiting request ``i`` of model ``m`` joins replica ``r``'s running batch (its last place)."""
+    mi[m, M_QUEUED] -= 1
+    mi[m, M_RUNNING] += 1
+    ri[i, R_STATE] = REQ_RUNNING
+    ri[i, R_REPLICA] = r
+    run[r, pi[r, Q_NRUN]] = i
+    pi[r, Q_NRUN] += 1
+
+
 @njit(cache=True, error_model="numpy", _nrt=False)
 def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t):
     """Schedule replica ``r``'s next iteration as vLLM V1's scheduler does (``vllm/v1/core/sched/
@@ -206,12 +217,7 @@ def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
                 ri[i, R_HIT] = hit * hb
                 pi[r, Q_HITTOK] += hit * hb
                 pi[r, Q_PROMPTTOK] += ri[i, R_PROMPT]
-            mi[m, M_QUEUED] -= 1
-            mi[m, M_RUNNING] += 1
-            ri[i, R_STATE] = REQ_RUNNING
-            ri[i, R_REPLICA] = r
-            run[r, pi[r, Q_NRUN]] = i
-            pi[r, Q_NRUN] += 1
+            _join_batch(ri, pi, run, mi, m, r, i)
             budget -= new
             tokens += new
             kv_read += hit * hb
@@ -406,13 +412,7 @@ def _admit_handed_off(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr,
     if need > 0:
         ri[i, R_BLOCKS] += need
     ri[i, R_SCHED] = new
-    m = ri[i, R_MODEL]
-    mi[m, M_QUEUED] -= 1
-    mi[m, M_RUNNING] += 1
-    ri[i, R_STATE] = REQ_RUNNING
-    ri[i, R_REPLICA] = r
-    run[r, pi[r, Q_NRUN]] = i
-    pi[r, Q_NRUN] += 1
+    _join_batch(ri, pi, run, mi, ri[i, R_MODEL], r, i)
     return new
 
 
