@@ -37,7 +37,14 @@ from envs.sim.faults import FaultInjector, fail_replicas
 from envs.sim.faults import schedule as fault_schedule
 from envs.sim.features import outstanding_work_s, routing_observation
 from envs.sim.hardware import GpuType, default_max_batched_tokens
-from envs.sim.perf import RooflineParams, kv_capacity_tokens, replica_coefficients, saturation_throughput
+from envs.sim.perf import (
+    ReplicaCoefficients,
+    RooflineParams,
+    kv_capacity_tokens,
+    replica_coefficients,
+    saturation_throughput,
+)
+from envs.sim.profile import ServingProfile
 from envs.sim.reads import SimulatorReads
 from envs.sim.requests import N_SESSIONS, build_requests  # noqa: F401  (N_SESSIONS: public name)
 from envs.sim.routing import ROUTERS, PythonRouter, Router, RouterSpec, Rule, hash64, route_once
@@ -204,6 +211,32 @@ class Simulator(SimulatorReads):
         speeds = [[v[2] for (mm, _), v in self._rep_params.items() if mm == m and v is not None]
                   for m in range(self.n_models)]  # fmt: skip
         self._nominal_speeds = np.array([float(np.mean(v)) if v else 1.0 for v in speeds])
+        self.profiles = [self._profile(m) for m in range(self.n_models)]
+
+    def _profile(self, m: int) -> ServingProfile | None:
+        """Deployment ``m``'s serving profile on its first GPU type it fits (None for a service-time model)."""
+        if self.per_request:
+            return None
+        dep = self.scenario.models[m]
+        names = [g.name for g in self.gpu_types]
+        for name in dep.gpu_types:
+            g = names.index(name)
+            params = self._rep_params.get((m, g))
+            if params is None:
+                continue
+            coef, kv_cap, _ = params
+            gpu = self.gpu_types[g]
+            budget = (
+                dep.max_batched_tokens
+                if dep.max_batched_tokens is not None
+                else default_max_batched_tokens(gpu)
+            )
+            max_len = dep.max_model_len if dep.max_model_len is not None else dep.spec.max_context
+            if dep.kv_policy != "paged" or not dep.chunked_prefill:
+                budget = max(budget, max_len)  # whole prompts in one iteration
+            coefficients = ReplicaCoefficients(*(float(c) for c in coef[:4]), int(coef[4]))
+            return ServingProfile(coefficients, dep.tensor_parallel, dep.max_batch, budget, int(kv_cap))
+        return None
 
     def _build_state(self, rf: np.ndarray, ri: np.ndarray) -> None:
         sc = self.scenario
@@ -261,6 +294,10 @@ class Simulator(SimulatorReads):
         # read side (envs.sim.reads): the window row and per-model rows window_stats writes
         self._win = np.zeros(N_W)
         self._per_model = np.zeros((self.n_models, N_V))
+        # where each deployment's requests arrive: a decode pool's prefill pool, else itself
+        self._origin = np.array(
+            [sc.model_index(d.group) if d.role == "decode" else m for m, d in enumerate(sc.models)], np.int64
+        )
         self._arrival_times = np.ascontiguousarray(rf[:n, K.R_ARR])
         self._model_names = [d.name for d in sc.models]
         self._loading_remote: list[ReplicaRecord] = []

@@ -130,7 +130,7 @@ class SimulatorReads:
         return window_stats(
             self.state.rf, self.state.ri, self.state.pf, self.state.pi, self.state.mi, self.state.mrep, self.state.mn, self.state.gi, self.state.tick_inflight,
             self._arrival_times, self.slo, self._nominal_speeds, self.state.rep_gpus, self.state.rep_usd_per_s, self.n_replicas, self.now, float(t0), float(t1),
-            self.scenario.tick_s, done, drops, busy0, views, only, self.n_models == 1, self._win, self._per_model,
+            self.scenario.tick_s, done, drops, busy0, views, only, self.n_models == 1, self._origin, self._win, self._per_model,
         )  # fmt: skip
 
     def _window_kpis(self, n_dropped: int, n_arrived: int, n_unfinished: int = 0) -> dict[str, float]:
@@ -328,7 +328,8 @@ class SimulatorReads:
         out = []
         for m in range(self.n_models) if only < 0 else (only,):
             (ready, loading, draining, arrived, n, n_met, ttft_p99, util_num, util_den, kv_cap, kv_res,
-             speed_sum, speed_n, tick_sum, tick_n, in_flight, queued, dropped) = rows[m]  # fmt: skip
+             speed_sum, speed_n, tick_sum, tick_n, in_flight, queued, dropped, tpot_p99, prompt_sum,
+             output_sum, xfer, ttft_sum, tpot_sum, tpot_n) = rows[m]  # fmt: skip
             n = int(n)
             finished = n + int(dropped)
             kv_cap, kv_res = int(kv_cap), int(kv_res)
@@ -356,6 +357,13 @@ class SimulatorReads:
                     tick_arrivals=tick_arr[m],
                     replicas_noticed=0 if noticed is None else noticed[m],
                     role=self.scenario.models[m].role,
+                    tpot_p99_s=tpot_p99,
+                    ttft_mean_s=ttft_sum / n if n else 0.0,
+                    tpot_mean_s=tpot_sum / tpot_n if tpot_n else 0.0,
+                    prompt_tokens_mean=prompt_sum / n if n else 0.0,
+                    output_tokens_mean=output_sum / n if n else 0.0,
+                    kv_transfers_pending=int(xfer),
+                    profile=self.profiles[m],
                 )
             )
         return out

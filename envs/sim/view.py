@@ -9,8 +9,12 @@ the engine can change the simulation except through its public commands
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from envs.sim.profile import ServingProfile
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,28 @@ class ModelLoad:
     tick_in_flight: np.ndarray = field(default_factory=lambda: np.zeros(0))
     tick_arrivals: np.ndarray = field(default_factory=lambda: np.zeros(0))
     replicas_noticed: int = 0  #: READY or LOADING replicas on nodes told they will be preempted (spot)
-    #: ``aggregated``, or the pool of a disaggregated model it describes (``prefill`` / ``decode``): a
-    #: prefill pool's requests leave it at their first token, so its completions, latencies and SLO
-    #: attainment are counted at its decode pool
+    #: ``aggregated``, or the pool of a disaggregated model it describes (``prefill`` / ``decode``).
+    #: Both pools of a model see the model's arrivals, completions and latencies (``arrival_rate_per_s``,
+    #: ``completion_rate_per_s``, ``ttft_p99_s``, ``tpot_p99_s``, ``slo_attainment`` and the token means
+    #: below); replica counts, ``in_flight``, ``queue_len``, ``utilization``, ``kv_usage`` and
+    #: ``kv_transfers_pending`` are the pool's own (a request is in flight at the prefill pool until
+    #: its first token, then at the decode pool)
     role: str = "aggregated"
+    #: TPOT p99 and mean of the interval's completions with more than one output token, 0 if none
+    #: (s/token); TTFT mean of its completions, 0 if none (s)
+    tpot_p99_s: float = 0.0
+    tpot_mean_s: float = 0.0
+    ttft_mean_s: float = 0.0
+    #: mean prompt / output tokens of the interval's completions, 0 if none (tokens): the ISL and OSL
+    #: a planner such as Dynamo's reads from its metrics
+    prompt_tokens_mean: float = 0.0
+    output_tokens_mean: float = 0.0
+    #: disaggregated pools: KV caches a prefill pool holds for transfers (handed off, not yet read by
+    #: the decode replica) or transfers into a decode pool not yet arrived (requests); 0 otherwise
+    kv_transfers_pending: int = 0
+    #: the deployment's :class:`~envs.sim.profile.ServingProfile` (one replica's prefill and decode
+    #: curves, what a planner's pre-deployment profiling gives it); None for a service-time model
+    profile: ServingProfile | None = None
 
     @property
     def replicas_provisioned(self) -> int:

@@ -45,6 +45,8 @@ from envs.sim.layout import (
     Q_PROMPTTOK,
     Q_RECOMP,
     Q_STATE,
+    Q_XIN,
+    Q_XOUT,
     R_ADMIT,
     R_ARR,
     R_CLASS,
@@ -52,6 +54,7 @@ from envs.sim.layout import (
     R_FIRST,
     R_MODEL,
     R_OUTPUT,
+    R_PROMPT,
     REP_DRAINING,
     REP_LOADING,
     REP_READY,
@@ -62,9 +65,16 @@ from envs.sim.layout import (
  W_UTIL_NUM, W_UTIL_DEN, W_K0, W_K1, W_GPU_S, W_COST) = range(15)  # fmt: skip
 N_W = 15
 # Columns of the per-model rows (one per model) written by window_stats when views are asked for.
+# Latency, arrival and completion columns describe the served model (both pools of a disaggregated
+# model see its arrivals and completions, counted by ``origin``); counts and resources the deployment.
+# V_TPOT_P99, V_TPOT_SUM, V_TPOT_N: TPOT p99, sum and count over the completions with more than one
+# output token; V_TTFT_SUM: the completions' TTFT summed; V_PROMPT_SUM, V_OUTPUT_SUM: their prompt
+# and output tokens summed; V_XFER: KV caches a prefill pool holds for transfers / transfers into a
+# decode pool not arrived yet.
 (V_READY, V_LOADING, V_DRAINING, V_ARRIVED, V_DONE, V_MET, V_TTFT_P99, V_UTIL_NUM, V_UTIL_DEN, V_KV_CAP,
- V_KV_RES, V_SPEED_SUM, V_SPEED_N, V_TICK_SUM, V_TICK_N, V_IN_FLIGHT, V_QUEUED, V_DROPPED) = range(18)  # fmt: skip
-N_V = 18
+ V_KV_RES, V_SPEED_SUM, V_SPEED_N, V_TICK_SUM, V_TICK_N, V_IN_FLIGHT, V_QUEUED, V_DROPPED, V_TPOT_P99,
+ V_PROMPT_SUM, V_OUTPUT_SUM, V_XFER, V_TTFT_SUM, V_TPOT_SUM, V_TPOT_N) = range(25)  # fmt: skip
+N_V = 25
 
 PW_BLOCKSIZE = 128  # numpy's PW_BLOCKSIZE
 
@@ -210,13 +220,26 @@ def _model_sum(values, pi, m, n_rep, scratch):
     return pairwise_sum(scratch, 0, n)
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _size_sums(ri, done, n, row):
+    """Prompt and output tokens of the ``n`` requests ``done``, summed into ``row``."""
+    prompt = output = 0
+    for j in range(n):
+        prompt += ri[done[j], R_PROMPT]
+        output += ri[done[j], R_OUTPUT]
+    row[V_PROMPT_SUM] = prompt
+    row[V_OUTPUT_SUM] = output
+
+
 @njit(cache=True, error_model="numpy")
 def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo, nominal_speed, rep_gpus, rep_usd,
-                 n_rep, now, t0, t1, tick_s, done, drops, busy0, views, only, single, win, per_model):  # fmt: skip
+                 n_rep, now, t0, t1, tick_s, done, drops, busy0, views, only, single, origin, win, per_model):  # fmt: skip
     """The KPI window ``[t0, t1)`` given its completed requests ``done`` and dropped ones ``drops``.
 
     Writes the window row ``win`` (``W_*`` columns) and, when ``views``, the per-model rows
-    ``per_model`` (``V_*``; only row ``only`` when ``only >= 0``). Returns ``(busy,
+    ``per_model`` (``V_*``; only row ``only`` when ``only >= 0``). ``origin[m]`` is the deployment
+    where model ``m``'s requests arrive (a decode pool's prefill pool; else ``m``): a request is
+    counted in the arrival, completion and latency columns of every deployment with its origin. Returns ``(busy,
     tick_arrivals)``: every replica's busy seconds so far (the next window's ``busy0``) and,
     when ``views``, arrivals per metrics tick and model inside the window (ticks ``win[W_K0]`` to
     ``win[W_K1] - 1``). ``single``: one model, whose rows are the window's own values.
@@ -260,6 +283,7 @@ def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo,
     e2e = np.empty(n)
     wait = np.empty(n)
     tpot_multi = np.empty(n)
+    tpot_all = np.empty(n)
     met = np.empty(n, np.bool_)
     n_multi = 0
     n_met = 0
@@ -277,6 +301,7 @@ def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo,
             tpot = (last - first) / den
             tpot_multi[n_multi] = tpot
             n_multi += 1
+        tpot_all[j] = tpot if den > 0 else -1.0
         c = ri[i, R_CLASS]
         ok = (ttft[j] <= slo[c, 0]) & (tpot <= slo[c, 1]) & (e2e[j] <= slo[c, 2])
         met[j] = ok
@@ -321,6 +346,7 @@ def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo,
                 break
             tick_arr[ri[a, R_MODEL] if not single else 0, j] += 1.0
     sel = np.empty(max(n, 1))
+    tpot_m = np.empty(max(n, 1))
     for m in range(n_models):
         if only >= 0 and m != only:
             continue
@@ -329,9 +355,11 @@ def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo,
         # replicas of the model, in id order (mrep is kept sorted)
         ready = loading = draining = 0
         kv_cap = kv_res = 0
+        xfer = 0
         ns = 0
         for k in range(mn[m]):
             r = mrep[m, k]
+            xfer += pi[r, Q_XOUT] + pi[r, Q_XIN]
             s = pi[r, Q_STATE]
             if s == REP_READY:
                 ready += 1
@@ -346,6 +374,7 @@ def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo,
         row[V_READY] = ready
         row[V_LOADING] = loading
         row[V_DRAINING] = draining
+        row[V_XFER] = xfer
         row[V_KV_CAP] = kv_cap
         row[V_KV_RES] = kv_res
         if ns > 0:
@@ -366,27 +395,47 @@ def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo,
             row[V_DONE] = n
             row[V_MET] = n_met
             row[V_TTFT_P99] = win[W_TTFT_P99]
+            row[V_TPOT_P99] = percentile(tpot_multi, n_multi, 99.0, sel) if n_multi > 0 else 0.0
+            row[V_TPOT_SUM] = win[W_TPOT_SUM]
+            row[V_TPOT_N] = n_multi
+            row[V_TTFT_SUM] = pairwise_sum(ttft, 0, n)
+            _size_sums(ri, done, n, row)
             row[V_UTIL_NUM] = win[W_UTIL_NUM]
             row[V_UTIL_DEN] = win[W_UTIL_DEN]
             row[V_DROPPED] = len(drops)
             continue
+        o = origin[m]
         arrived = 0
         for a in range(a0, a1):
-            arrived += ri[a, R_MODEL] == m
+            arrived += origin[ri[a, R_MODEL]] == o
         row[V_ARRIVED] = arrived
         for x in drops:
-            if ri[x, R_MODEL] == m:
+            if origin[ri[x, R_MODEL]] == o:
                 row[V_DROPPED] += 1.0
         nm = 0
         met_m = 0
+        n_tp = 0
+        prompt = output = 0
         for j in range(n):
-            if ri[done[j], R_MODEL] == m:
+            i = done[j]
+            if origin[ri[i, R_MODEL]] == o:
                 scratch[nm] = ttft[j]
                 nm += 1
                 met_m += met[j]
+                prompt += ri[i, R_PROMPT]
+                output += ri[i, R_OUTPUT]
+                if tpot_all[j] >= 0.0:
+                    tpot_m[n_tp] = tpot_all[j]
+                    n_tp += 1
         row[V_DONE] = nm
         row[V_MET] = met_m
         row[V_TTFT_P99] = percentile(scratch, nm, 99.0, sel) if nm > 0 else 0.0
+        row[V_TPOT_P99] = percentile(tpot_m, n_tp, 99.0, sel) if n_tp > 0 else 0.0
+        row[V_TPOT_SUM] = pairwise_sum(tpot_m, 0, n_tp)
+        row[V_TPOT_N] = n_tp
+        row[V_TTFT_SUM] = pairwise_sum(scratch, 0, nm)
+        row[V_PROMPT_SUM] = prompt
+        row[V_OUTPUT_SUM] = output
         row[V_UTIL_NUM] = _model_sum(diff, pi, m, n_rep, scratch)
         row[V_UTIL_DEN] = _model_sum(ready_s, pi, m, n_rep, scratch)
     return busy, tick_arr

@@ -320,3 +320,43 @@ def test_views_name_each_pool_and_its_transfers():
     assert [m.role for m in sim.model_loads()] == ["prefill", "decode"]
     table = sim.requests()
     assert "transfer" in table.state_names
+
+
+def test_both_pools_see_the_models_arrivals_and_latencies_and_their_own_counts():
+    raw = scenario(*TWO_TWO, rate=20.0, prompt=4096, output=64, horizon=30.0)
+    sim = Simulator(raw, seed=2)
+    pending = []
+    for step in range(1, 601):
+        sim.advance(0.05 * step)
+        pre, dec = sim.model_loads()
+        pending.append((pre.kv_transfers_pending, dec.kv_transfers_pending))
+        # what each pool's replicas hold or receive, summed
+        views = sim.replica_views()
+        assert pre.kv_transfers_pending == sum(v.kv_transfers_out for v in views if v.role == "prefill")
+        assert dec.kv_transfers_pending == sum(v.kv_transfers_in for v in views if v.role == "decode")
+        if step % 50:
+            continue
+        loads, kpi = sim.step_views()
+        pre, dec = loads
+        # every request arrives at the model, so both pools see all arrivals and completions
+        assert pre.arrival_rate_per_s * pre.interval_s == pytest.approx(kpi["requests_arrived"])
+        assert dec.arrival_rate_per_s == pre.arrival_rate_per_s
+        assert pre.completion_rate_per_s * pre.interval_s == pytest.approx(kpi["requests_completed"])
+        for f in ("completion_rate_per_s", "ttft_p99_s", "tpot_p99_s", "slo_attainment"):
+            assert getattr(pre, f) == getattr(dec, f), f
+        if kpi["requests_completed"] > 0:
+            assert pre.ttft_p99_s == kpi["ttft_p99_s"]  # one served model: its requests are all there are
+            assert pre.prompt_tokens_mean == 4096 and pre.output_tokens_mean == 64
+            assert 0 < pre.tpot_p99_s < 1
+        # in flight: the pool's own (until the first token at prefill, then at decode)
+        assert pre.in_flight + dec.in_flight == sim.in_system()
+    assert any(p > 0 for p, _ in pending) and any(d > 0 for _, d in pending)
+
+
+def test_an_aggregated_models_view_has_tpot_and_token_means():
+    sim = Simulator(scenario(prompt=512, output=32, rate=4.0, horizon=30.0), seed=1)
+    sim.advance(30.0)
+    (ld,), kpi = sim.step_views()
+    assert ld.role == "aggregated" and ld.kv_transfers_pending == 0
+    assert ld.prompt_tokens_mean == 512 and ld.output_tokens_mean == 32
+    assert kpi["tpot_mean_s"] <= ld.tpot_p99_s < 1.0
