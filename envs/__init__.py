@@ -5,8 +5,9 @@ Importing ``envs`` registers the environment ids (idempotently):
 =============================  =========================================================
 id                             one step is
 =============================  =========================================================
-``InferGym/Autoscale-v2``      one control interval; action = replica change per model
-``InferGym/Autoscale-v1``      the same on the ``reserve`` engine by default (superseded)
+``InferGym/Autoscale-v3``      one control interval; action = replica change per model (or pool)
+``InferGym/Autoscale-v2``      v3 without its per-pool features: TPOT, KV transfers (superseded)
+``InferGym/Autoscale-v1``      v2 on the ``reserve`` engine by default (superseded)
 ``InferGym/Autoscale-v0``      v1 with v0's reward (unfinished requests free; superseded)
 ``InferGym/Routing-v2``        one arriving request; action = which replica serves it
 ``InferGym/Routing-v1``        the same on the ``reserve`` engine by default (superseded)
@@ -19,7 +20,7 @@ The latest versions run the simulator's default engine (``models[].kv_policy: pa
 ones fill in ``kv_policy: reserve`` for every model that does not set it, the engine they were made
 with, so their numbers do not move.
 
-``gymnasium.make("InferGym/Autoscale-v2", scenario="bursty")``
+``gymnasium.make("InferGym/Autoscale-v3", scenario="bursty")``
 
 Every environment class builds the adapter that runs its classical controller
 (a scaler, router or placer) as a policy: ``env_class(env_id).controller_policy(spec, seed)``.
@@ -30,7 +31,8 @@ from __future__ import annotations
 import gymnasium
 
 ENV_IDS = {
-    "InferGym/Autoscale-v2": "envs.autoscale:AutoscaleEnv",
+    "InferGym/Autoscale-v3": "envs.autoscale:AutoscaleEnv",
+    "InferGym/Autoscale-v2": "envs.autoscale:AutoscaleEnvV2",
     "InferGym/Autoscale-v1": "envs.autoscale:AutoscaleEnvV1",
     "InferGym/Autoscale-v0": "envs.autoscale:AutoscaleEnvV0",
     "InferGym/Routing-v2": "envs.routing:RoutingEnvV2",
@@ -42,7 +44,8 @@ ENV_IDS = {
 
 #: Each id's native vector environment (``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")``).
 VECTOR_ENTRY_POINTS = {
-    "InferGym/Autoscale-v2": "envs.vector.autoscale:AutoscaleVecEnv",
+    "InferGym/Autoscale-v3": "envs.vector.autoscale:AutoscaleVecEnv",
+    "InferGym/Autoscale-v2": "envs.vector.autoscale:AutoscaleVecEnvV2",
     "InferGym/Autoscale-v1": "envs.vector.autoscale:AutoscaleVecEnvV1",
     "InferGym/Autoscale-v0": "envs.vector.autoscale:AutoscaleVecEnvV0",
     "InferGym/Routing-v2": "envs.vector.routing:RoutingVecEnvV2",

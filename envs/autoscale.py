@@ -1,4 +1,4 @@
-"""``InferGym/Autoscale-v1``: the agent is the replica autoscaler of an LLM inference cluster.
+"""``InferGym/Autoscale-v3``: the agent is the replica autoscaler of an LLM inference cluster.
 
 One step is one control interval of the scenario (``control_interval_s``,
 15 s simulated by default): the agent changes each model's replica count
@@ -53,6 +53,13 @@ MODEL_FEATURES: tuple[tuple[str, float, float], ...] = (
     ("slo_attainment", 0.0, 1.0),
     ("arrival_trend", -4.0, 4.0),
 )
+#: Per-model features v3 adds after :data:`MODEL_FEATURES` (see the class docstring).
+POOL_FEATURES: tuple[tuple[str, float, float], ...] = (
+    ("tpot_p99", 0.0, 32.0),
+    ("kv_transfers_pending", 0.0, 4.0),
+)
+#: TPOT scale of ``tpot_p99`` when no request class sets a TPOT target (s/token)
+DEFAULT_TPOT_SCALE_S = 0.1
 TIME_FEATURES: tuple[tuple[str, float, float], ...] = (
     ("time_of_day_sin", -1.0, 1.0),
     ("time_of_day_cos", -1.0, 1.0),
@@ -118,8 +125,10 @@ class AutoscaleEnv(gym.Env):
 
     ## Observation Space
 
-    ``Box(float32)`` of ``13 * n_models + sum(n_types_j) + 3`` values: a block of
-    13 per model (offset ``13 m``), then for each hybrid model the replicas per
+    ``Box(float32)`` of ``15 * n_models + sum(n_types_j) + 3`` values (and the blocks below for
+    scenarios with faults or paged models): a block of 15 per model (offset ``15 m``; a
+    disaggregated model's prefill and decode pools are two models here, as in the action), then
+    for each hybrid model the replicas per
     allowed GPU type, then three time features. Per-model rates and
     percentiles cover the interval that just ended (all zero right after
     reset); counts are at the decision time. Every value is clipped to the
@@ -128,7 +137,10 @@ class AutoscaleEnv(gym.Env):
     replica at the scenario's mean request sizes, averaged over its GPU types,
     req/s), ``c`` = the mean capacity of its READY replicas (``C`` when none),
     ``S`` = the smallest TTFT target of the scenario's request classes (1 s if
-    no class sets one).
+    no class sets one), ``T`` = the smallest TPOT target (0.1 s/token if none). Arrival, completion
+    and latency features of a disaggregated model's pools are the model's (both pools see its
+    arrivals and its finished requests' TTFT, TPOT and SLO attainment); queue, in-flight, replica,
+    utilization and KV features are the pool's own (:class:`~envs.sim.view.ModelLoad`).
 
     | index | feature (model m)   | raw quantity (unit)                                    | scaled as             | min | max |
     |-------|---------------------|--------------------------------------------------------|-----------------------|-----|-----|
@@ -145,6 +157,10 @@ class AutoscaleEnv(gym.Env):
     | 10    | ttft_p99            | TTFT p99 of the interval, 0 if nothing completed (s)   | / S                   | 0   | 32  |
     | 11    | slo_attainment      | finished requests meeting their SLO, 1 if none (fraction) | as is              | 0   | 1   |
     | 12    | arrival_trend       | rate - previous interval's rate, 0 at step 1 (req/s)   | / (N C)               | -4  | 4   |
+    | 13    | tpot_p99            | TPOT p99 of the interval's finished requests with more than one output token, 0 if none (s/token) | / T | 0 | 32 |
+    | 14    | kv_transfers_pending | disaggregated pools: KV caches a prefill pool holds for transfers, or transfers into a decode pool not yet arrived; 0 otherwise (requests) | log1p(x) / log1p(N B) | 0 | 4 |
+
+    Features 13 and 14 are new in v3 (:data:`POOL_FEATURES`); v2 and older have the first 13.
 
     Then for each hybrid model, for each of its allowed GPU types in order:
     provisioned (READY + LOADING) replicas on that type / N, in ``[0, 1]``.
@@ -214,7 +230,7 @@ class AutoscaleEnv(gym.Env):
 
     ## Arguments
 
-    ``gymnasium.make("InferGym/Autoscale-v1", scenario="default", render_mode=None, max_step=2,
+    ``gymnasium.make("InferGym/Autoscale-v3", scenario="default", render_mode=None, max_step=2,
     action_mode="delta", router=None, placer=None, **scenario_overrides)``
 
     * ``scenario``: shipped name, YAML path, dict or Scenario.
@@ -232,6 +248,10 @@ class AutoscaleEnv(gym.Env):
 
     ## Version History
 
+    * v3: two more features per model, ``tpot_p99`` (against the TPOT target) and
+      ``kv_transfers_pending``, so an agent scaling a disaggregated model's prefill and decode
+      pools sees each pool's own latency target and the KV caches between them. Still
+      registered, v2 is v3 with the 13 features of before (:class:`AutoscaleEnvV2`).
     * v2: models that do not set ``kv_policy`` run the ``paged`` engine (KV blocks allocated as tokens
       are computed, preemption, chunked prefill, prefix caching), the simulator's default since it
       landed; the observation has the paged block when a model is paged. Still registered, v1 and v0
@@ -244,6 +264,8 @@ class AutoscaleEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+    #: the per-model observation block: (name, low, high) per feature, in order
+    model_features: ClassVar[tuple[tuple[str, float, float], ...]] = MODEL_FEATURES + POOL_FEATURES
     #: ``models[]`` keys this version fills in where the scenario leaves them out (older versions keep
     #: the engine they were made with)
     MODEL_DEFAULTS: ClassVar[Mapping[str, Any]] = {}
@@ -282,6 +304,9 @@ class AutoscaleEnv(gym.Env):
         self._inv_log_nb = [1.0 / math.log1p(d.max_replicas * d.max_batch) for d in sc.models]
         targets = [c.slo.ttft_s for c in sc.workload.classes if c.slo.ttft_s is not None]
         self.ttft_target_s = float(min(targets)) if targets else 1.0
+        targets = [c.slo.tpot_s for c in sc.workload.classes if c.slo.tpot_s is not None]
+        self.tpot_target_s = float(min(targets)) if targets else DEFAULT_TPOT_SCALE_S
+        self._pool_features = len(self.model_features) > len(MODEL_FEATURES)
         gpu_names = [g.name for g in sc.gpu_types]
         # hybrid models: (model index, global GPU type index of each allowed type)
         self.hybrid = [
@@ -314,14 +339,14 @@ class AutoscaleEnv(gym.Env):
         self._act_shape = self.action_space.shape
         self._act_nvec = self.action_space.nvec.tolist()
         lo = (
-            [f[1] for f in MODEL_FEATURES] * n
+            [f[1] for f in self.model_features] * n
             + [0.0] * sum(len(t) for _, t in self.hybrid)
             + [0.0] * (2 * len(self._pool_nodes))
             + [0.0] * (2 * len(self._paged))
             + [f[1] for f in TIME_FEATURES]
         )
         hi = (
-            [f[2] for f in MODEL_FEATURES] * n
+            [f[2] for f in self.model_features] * n
             + [1.0] * sum(len(t) for _, t in self.hybrid)
             + [1.0] * (2 * len(self._pool_nodes))
             + [1.0, 4.0] * len(self._paged)
@@ -506,6 +531,8 @@ class AutoscaleEnv(gym.Env):
         prev = rates if first else self._prev_rate
         self._prev_rate = rates
         s_inv = 1.0 / self.ttft_target_s
+        t_inv = 1.0 / self.tpot_target_s
+        pool = self._pool_features
         vals: list[float] = []
         for m, ld in enumerate(self.model_loads):
             inv_n, inv_nc, inv_lnb = self._inv_n[m], self._inv_nc[m], self._inv_log_nb[m]
@@ -526,6 +553,8 @@ class AutoscaleEnv(gym.Env):
                 ld.slo_attainment,
                 (rate - prev[m]) * inv_nc,
             )
+            if pool:
+                vals += (ld.tpot_p99_s * t_inv, math.log1p(ld.kv_transfers_pending) * inv_lnb)
         if self.hybrid:
             for m, types in self.hybrid:
                 counts = sim.provisioned_by_gpu_type(m)
@@ -628,10 +657,18 @@ class AutoscaleEnv(gym.Env):
         return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
-class AutoscaleEnvV1(AutoscaleEnv):
-    """``InferGym/Autoscale-v1``: :class:`AutoscaleEnv` (v2) on the ``reserve`` engine wherever a model does not
+class AutoscaleEnvV2(AutoscaleEnv):
+    """``InferGym/Autoscale-v2``: :class:`AutoscaleEnv` (v3) with the 13 per-model features of before v3
+    (:data:`MODEL_FEATURES`, without ``tpot_p99`` and ``kv_transfers_pending``); kept to reproduce results
+    made with it. Use ``InferGym/Autoscale-v3``."""
+
+    model_features = MODEL_FEATURES
+
+
+class AutoscaleEnvV1(AutoscaleEnvV2):
+    """``InferGym/Autoscale-v1``: :class:`AutoscaleEnvV2` on the ``reserve`` engine wherever a model does not
     set ``kv_policy`` (KV for prompt + output reserved at admission, whole prefills, no prefix cache), the
-    simulator's default when v1 was made; kept to reproduce results made with it. Use ``InferGym/Autoscale-v2``."""
+    simulator's default when v1 was made; kept to reproduce results made with it. Use ``InferGym/Autoscale-v3``."""
 
     MODEL_DEFAULTS = RESERVE_ENGINE
 
@@ -642,7 +679,7 @@ class AutoscaleEnvV0(AutoscaleEnvV1):
     Requests still waiting or running at the horizon cost nothing: there is no ``unfinished``
     term and the last step's ``slo_violations`` term counts only requests that finished. A policy
     that serves nothing (``min_replicas: 0``, no class timeout) therefore scores 0, better than any
-    policy that serves. The ``reserve`` engine by default, as v1. Use ``InferGym/Autoscale-v2``.
+    policy that serves. The ``reserve`` engine by default, as v1. Use ``InferGym/Autoscale-v3``.
     """
 
     def _terms(self, kpi: Mapping[str, float], dt: float, placement_failures: float) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""``InferGym/Autoscale-v1`` (and v0) as native vector environments: N clusters, their simulations run
+"""``InferGym/Autoscale-v3`` (and v2, v1, v0) as native vector environments: N clusters, their simulations run
 in parallel by one compiled call per vector step."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from envs.autoscale import AutoscaleEnv, AutoscaleEnvV0, AutoscaleEnvV1
+from envs.autoscale import AutoscaleEnv, AutoscaleEnvV0, AutoscaleEnvV1, AutoscaleEnvV2
 from envs.sim.batch import StateList, advance_batch
 from envs.sim.kernel import advance
 from envs.sim.routing import Rule
@@ -16,9 +16,9 @@ from envs.vector.base import NativeVectorEnv
 
 
 class AutoscaleVecEnv(NativeVectorEnv):
-    """N ``InferGym/Autoscale-v1`` environments stepped together.
+    """N ``InferGym/Autoscale-v3`` environments stepped together.
 
-    ``gymnasium.make_vec("InferGym/Autoscale-v1", num_envs=N, vectorization_mode="vector_entry_point",
+    ``gymnasium.make_vec("InferGym/Autoscale-v3", num_envs=N, vectorization_mode="vector_entry_point",
     **kwargs)`` with the single env's keyword arguments (:class:`~envs.autoscale.AutoscaleEnv`).
     Spaces are the single env's batched; rewards, observations and infos are the single env's,
     sub-env by sub-env, bit for bit.
@@ -123,6 +123,12 @@ class AutoscaleVecEnv(NativeVectorEnv):
         self.__dict__.update(state)
         if self._ready:
             self._states = StateList([env.sim for env in self.envs])
+
+
+class AutoscaleVecEnvV2(AutoscaleVecEnv):
+    """N ``InferGym/Autoscale-v2`` environments (v3 without its per-pool features; see :class:`AutoscaleVecEnv`)."""
+
+    env_class = AutoscaleEnvV2
 
 
 class AutoscaleVecEnvV1(AutoscaleVecEnv):

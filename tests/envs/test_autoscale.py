@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 import envs  # noqa: F401 - registers the ids
-from envs.autoscale import MODEL_FEATURES, REWARD_KEYS, AutoscaleEnv, ScalerPolicy
+from envs.autoscale import REWARD_KEYS, AutoscaleEnv, ScalerPolicy
 from envs.sim import kernel as K
 from envs.sim import run_scenario
 from envs.sim.errors import ConfigError
 from envs.sim.metrics import request_kpis
 
-F = len(MODEL_FEATURES)
-IDX = {name: i for i, (name, _, _) in enumerate(MODEL_FEATURES)}
+F = len(AutoscaleEnv.model_features)
+IDX = {name: i for i, (name, _, _) in enumerate(AutoscaleEnv.model_features)}
 
 
 def hold(env: AutoscaleEnv) -> np.ndarray:
@@ -192,6 +192,8 @@ def test_observation_features_match_the_scaler_view():
         ld.arrival_rate_per_s / (dep.max_replicas * env.nominal_capacity_rps[0]), rel=1e-6
     )
     assert obs[IDX["ttft_p99"]] == pytest.approx(min(ld.ttft_p99_s / 2.0, 32.0), rel=1e-6)
+    assert obs[IDX["tpot_p99"]] == pytest.approx(ld.tpot_p99_s / 0.2, rel=1e-6) and ld.tpot_p99_s > 0
+    assert obs[IDX["kv_transfers_pending"]] == 0.0  # an aggregated model has none
     assert obs[IDX["slo_attainment"]] == pytest.approx(ld.slo_attainment)
     p = env.scenario.workload.arrival.params
     angle = 2 * math.pi * (env.sim.now + p["phase_s"]) / p["period_s"]
@@ -391,3 +393,31 @@ def test_in_a_spot_scenario_the_agent_chooses_the_capacity_of_added_replicas():
     policy.reset(seed=0)
     action = policy.predict(None, env)
     assert env.action_space.contains(action) and action[1] == 0  # a scaler leaves it to the placer
+
+
+def test_v3_observes_each_pool_of_a_disaggregated_model_and_v2_is_v3_without_the_pool_features():
+    env = AutoscaleEnv("disaggregated", horizon_s=300)
+    assert env.action_space.nvec.tolist() == [5, 5]  # the prefill pool, then the decode pool
+    v2 = gym.make("InferGym/Autoscale-v2", scenario="disaggregated", horizon_s=300).unwrapped
+    assert type(v2).model_features == type(v2).model_features[:13] and len(type(v2).model_features) == 13
+    n_rest = env.observation_space.shape[0] - 2 * F  # paged block and time features
+    assert v2.observation_space.shape[0] == 2 * 13 + n_rest
+    obs, _ = env.reset(seed=4)
+    obs2, _ = v2.reset(seed=4)
+    for _ in range(10):
+        obs, _, _, _, _ = env.step(hold(env))
+        obs2, _, _, _, _ = v2.step(hold(v2))
+        blocks = obs[: 2 * F].reshape(2, F)
+        np.testing.assert_array_equal(blocks[:, :13].ravel(), obs2[:26])  # the same simulation
+        np.testing.assert_array_equal(obs[2 * F :], obs2[26:])
+        pre, dec = env.model_loads
+        inv = [1.0 / np.log1p(d.max_replicas * d.max_batch) for d in env.scenario.models]
+        for row, ld, k in ((blocks[0], pre, inv[0]), (blocks[1], dec, inv[1])):
+            assert row[IDX["tpot_p99"]] == pytest.approx(ld.tpot_p99_s / 0.2, rel=1e-6)
+            assert row[IDX["kv_transfers_pending"]] == pytest.approx(
+                np.log1p(ld.kv_transfers_pending) * k, rel=1e-6
+            )
+        # both pools see the model's arrivals; queues and replicas are each pool's own
+        assert blocks[0, IDX["arrival_rate"]] > 0 and blocks[1, IDX["arrival_rate"]] > 0
+        assert blocks[0, IDX["tpot_p99"]] == blocks[1, IDX["tpot_p99"]] > 0
+    assert env.observation_space.contains(obs)

@@ -25,7 +25,7 @@ IDS = sorted(envs.ENV_IDS)
 
 
 def _latest(ids: list[str]) -> list[str]:
-    """The newest version of every family (``InferGym/Autoscale-v2`` of ``Autoscale-v0..v2``)."""
+    """The newest version of every family (``InferGym/Autoscale-v3`` of ``Autoscale-v0..v3``)."""
     newest: dict[str, tuple[int, str]] = {}
     for i in ids:
         family, version = i.rsplit("-v", 1)
@@ -236,7 +236,7 @@ MASKED_IDS = [i for i in IDS if hasattr(make(i).unwrapped, "action_masks")]
 
 
 def test_only_autoscale_has_no_masks_and_every_action_of_it_is_valid():
-    assert set(IDS) - set(MASKED_IDS) == {f"InferGym/Autoscale-v{v}" for v in range(3)}
+    assert set(IDS) - set(MASKED_IDS) == {f"InferGym/Autoscale-v{v}" for v in range(4)}
     env = make("InferGym/Autoscale-v1", action_mode="target")
     env.reset(seed=0)
     base = env.unwrapped

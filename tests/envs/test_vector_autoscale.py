@@ -1,4 +1,4 @@
-"""``InferGym/Autoscale-v2``/``-v1``/``-v0``'s native vector envs (envs.vector.autoscale): the single env's numbers."""
+"""``InferGym/Autoscale-v3``/``-v2``/``-v1``/``-v0``'s native vector envs (envs.vector.autoscale): the single env's numbers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.vector.autoscale import AutoscaleVecEnv, AutoscaleVecEnvV0, AutoscaleVecEnvV1
+from envs.vector.autoscale import AutoscaleVecEnv, AutoscaleVecEnvV0, AutoscaleVecEnvV1, AutoscaleVecEnvV2
 from tests.envs.vector_cases import assert_matches_single
 
 FAULTS = [{"at_s": 100.0, "pool": "a100", "nodes": [0], "duration_s": 200.0}]
@@ -30,13 +30,14 @@ def _same_step_info(vinfo: dict, sinfo: dict, i: int) -> None:
 @pytest.mark.parametrize(
     ("env_id", "kwargs", "n_envs", "steps"),
     [
-        ("InferGym/Autoscale-v2", {"scenario": "default", "horizon_s": 300}, 3, 50),  # 20-step episodes
+        ("InferGym/Autoscale-v3", {"scenario": "default", "horizon_s": 300}, 3, 50),  # 20-step episodes
         ("InferGym/Autoscale-v2", {"scenario": "bursty", "horizon_s": 240, "action_mode": "target"}, 2, 40),
         ("InferGym/Autoscale-v0", {"scenario": "multi-model", "horizon_s": 150}, 2, 25),
         ("InferGym/Autoscale-v2", {"scenario": "default", "horizon_s": 450, "faults": FAULTS}, 2, 40),
         ("InferGym/Autoscale-v1", {"scenario": "default", "horizon_s": 300}, 2, 25),
+        ("InferGym/Autoscale-v3", {"scenario": "disaggregated", "horizon_s": 300}, 2, 25),
     ],
-    ids=["default", "bursty-target", "v0-multi-model", "faults", "v1-reserve"],
+    ids=["default", "bursty-target", "v0-multi-model", "faults", "v1-reserve", "v3-disaggregated"],
 )
 def test_each_sub_env_is_the_single_env_bit_for_bit(
     env_id: str, kwargs: dict, n_envs: int, steps: int
@@ -47,7 +48,8 @@ def test_each_sub_env_is_the_single_env_bit_for_bit(
 
 def test_make_vec_builds_the_native_envs_with_batched_spaces() -> None:
     for env_id, cls in (
-        ("InferGym/Autoscale-v2", AutoscaleVecEnv),
+        ("InferGym/Autoscale-v3", AutoscaleVecEnv),
+        ("InferGym/Autoscale-v2", AutoscaleVecEnvV2),
         ("InferGym/Autoscale-v1", AutoscaleVecEnvV1),
         ("InferGym/Autoscale-v0", AutoscaleVecEnvV0),
     ):

@@ -17,6 +17,7 @@ from envs.sim import load_scenario, run_scenario
 SHORT = {"horizon_s": 120.0}
 #: id -> the kv_policy a model that does not set one runs
 ENGINE_BY_ID = {
+    "InferGym/Autoscale-v3": "paged",
     "InferGym/Autoscale-v2": "paged",
     "InferGym/Autoscale-v1": "reserve",
     "InferGym/Autoscale-v0": "reserve",

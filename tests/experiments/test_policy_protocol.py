@@ -19,6 +19,7 @@ from experiments.evaluate import evaluate_policy, make_policy
 
 # A controller spec per registered id, with env arguments that keep an episode short.
 CONTROLLERS = {
+    "InferGym/Autoscale-v3": ("dynamo_sla", {"scenario": "disaggregated", "horizon_s": 60.0}),
     "InferGym/Autoscale-v2": ("hpa", {"horizon_s": 60.0}),
     "InferGym/Autoscale-v1": ("hpa", {"horizon_s": 60.0}),
     "InferGym/Autoscale-v0": ("hpa", {"horizon_s": 60.0}),
@@ -42,7 +43,7 @@ def assert_protocol(cls: type) -> None:
 
 def run_by_hand(env_id: str, policy: Policy, env_kwargs: dict, seed: int) -> tuple[float, int]:
     """An episode driven through the protocol alone: the evaluator must give the same numbers."""
-    env = gym.make(env_id, scenario="default", **env_kwargs)
+    env = gym.make(env_id, **{"scenario": "default", **env_kwargs})
     obs, _ = env.reset(seed=seed)
     policy.reset(seed=seed)
     ret, steps, done = 0.0, 0, False
@@ -68,7 +69,9 @@ def test_controller_adapter_satisfies_the_protocol_and_runs_through_the_evaluato
     adapter = env_cls.controller_policy(spec, seed=0)
     assert isinstance(adapter, Policy)
     assert_protocol(type(adapter))
-    (row,) = evaluate_policy(env_id, make_policy(env_id, spec), "default", [3], env_kwargs)
+    rest = {k: v for k, v in env_kwargs.items() if k != "scenario"}
+    scenario = env_kwargs.get("scenario", "default")
+    (row,) = evaluate_policy(env_id, make_policy(env_id, spec), scenario, [3], rest)
     assert row["steps"] >= 1
     assert (row["return"], row["steps"]) == run_by_hand(env_id, adapter, env_kwargs, seed=3)
 

@@ -34,6 +34,7 @@ ENV_CASES: tuple[tuple[str, dict[str, Any], int], ...] = (
     ("InferGym/Autoscale-v2", {"scenario": "default"}, 200),
     ("InferGym/Autoscale-v2", {"scenario": "bursty", "action_mode": "target", "horizon_s": 900}, 200),
     ("InferGym/Autoscale-v2", {"scenario": "disaggregated", "horizon_s": 900}, 200),
+    ("InferGym/Autoscale-v3", {"scenario": "disaggregated", "horizon_s": 900}, 200),
     ("InferGym/Routing-v2", {"scenario": "default", "horizon_s": 20}, 600),
     ("InferGym/Placement-v1", {"source": "llm", "scenario": "bursty"}, 200),
     ("InferGym/Autoscale-v0", {"scenario": "default"}, 200),
