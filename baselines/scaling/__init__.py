@@ -19,8 +19,10 @@ metrics, make_scaler), :mod:`~baselines.scaling.static`,
 :mod:`~baselines.scaling.kubernetes` (hpa), :mod:`~baselines.scaling.knative`
 (kpa), :mod:`~baselines.scaling.aws` (target_tracking, queue_target, step),
 :mod:`~baselines.scaling.scheduled` (AWS-style scheduled scaling), :mod:`~baselines.scaling.ray_serve`,
-:mod:`~baselines.scaling.formulas` (formula, formula_half) and
-:mod:`~baselines.scaling.predictive`.
+:mod:`~baselines.scaling.formulas` (formula, formula_half),
+:mod:`~baselines.scaling.predictive`, and for the two pools of a disaggregated model
+:mod:`~baselines.scaling.pools` (per_pool, pd_ratio) and :mod:`~baselines.scaling.dynamo`
+(dynamo_sla, NVIDIA Dynamo's SLA planner).
 """
 
 from baselines.scaling.aws import (
@@ -44,6 +46,7 @@ from baselines.scaling.base import (
     metric_value,
     register,
 )
+from baselines.scaling.dynamo import DynamoSlaParams, DynamoSlaScaler
 from baselines.scaling.formulas import FormulaHalfParams, FormulaHalfScaler, FormulaParams, FormulaScaler
 from baselines.scaling.knative import KpaParams, KpaScaler
 from baselines.scaling.kubernetes import (
@@ -56,6 +59,7 @@ from baselines.scaling.kubernetes import (
     HpaScalingRules,
     hpa_desired_replicas,
 )
+from baselines.scaling.pools import PdRatioParams, PdRatioScaler, PerPoolParams, PerPoolScaler
 from baselines.scaling.predictive import HoltWinters, PredictiveParams, PredictiveScaler
 from baselines.scaling.ray_serve import RayServeParams, RayServeScaler
 from baselines.scaling.scheduled import ScheduledParams, ScheduledScaler
@@ -73,11 +77,17 @@ __all__ = [
     "FormulaHalfScaler",
     "FormulaParams",
     "FormulaScaler",
+    "DynamoSlaParams",
+    "DynamoSlaScaler",
     "HoltWinters",
     "HpaParams",
     "HpaScaler",
     "HpaScalingPolicy",
     "HpaScalingRules",
+    "PdRatioParams",
+    "PdRatioScaler",
+    "PerPoolParams",
+    "PerPoolScaler",
     "KpaParams",
     "KpaScaler",
     "PredictiveParams",

@@ -25,8 +25,10 @@ from envs.sim.errors import check_choice, check_keys, check_number, fail
 from envs.sim.schema import param
 from envs.sim.view import ModelLoad
 
-#: Metrics the HPA can track: a Resource metric with a Utilization target, and two Pods metrics.
-HPA_METRICS: tuple[str, ...] = ("utilization", "in_flight_per_replica", "queue_len_per_replica")
+#: Metrics the HPA can track: a Resource metric with a Utilization target, and three Pods metrics (a
+#: model server's custom metrics through a metrics adapter: vLLM exports ``vllm:num_requests_running``
+#: / ``_waiting`` and ``vllm:kv_cache_usage_perc``).
+HPA_METRICS: tuple[str, ...] = ("utilization", "in_flight_per_replica", "queue_len_per_replica", "kv_usage")
 
 
 def hpa_desired_replicas(
@@ -123,15 +125,15 @@ class HpaParams(ScalerParams):
     metric: str = param(
         "utilization",
         choices=HPA_METRICS,
-        doc="utilization (Resource metric, Utilization target), in_flight_per_replica or "
-        "queue_len_per_replica (Pods metrics, AverageValue targets)",
+        doc="utilization (Resource metric, Utilization target), in_flight_per_replica, "
+        "queue_len_per_replica or kv_usage (Pods metrics, AverageValue targets)",
     )
     target: float | None = param(
         None,
         gt=0,
         optional=True,
         doc="target value per ready replica; null = DEFAULT_TARGETS[metric] (utilization 0.8, the "
-        "autoscaling/v1 default 80 %; in_flight_per_replica 2), required for queue_len_per_replica",
+        "autoscaling/v1 default 80 %; in_flight_per_replica 2), required for queue_len_per_replica and kv_usage",
     )
     tolerance: float = param(
         0.1, ge=0, doc="keep the count while |ratio - 1| <= tolerance (--horizontal-pod-autoscaler-tolerance)"
@@ -177,8 +179,8 @@ class HpaScaler(Scaler):
     ``None`` means unbounded (the cluster's GPUs bound it).
 
     Metrics: ``utilization`` (busy fraction averaged over ready replicas, a
-    Resource metric with a Utilization target), ``in_flight_per_replica`` and
-    ``queue_len_per_replica`` (Pods metrics with AverageValue targets).
+    Resource metric with a Utilization target), ``in_flight_per_replica``,
+    ``queue_len_per_replica`` and ``kv_usage`` (Pods metrics with AverageValue targets).
 
     Current replicas are the scale target's ``spec.replicas``, here
     ``load.target_replicas``; the ratio is taken over ready pods. Loading

@@ -18,6 +18,8 @@ from baselines.scaling import (
     make_scaler,
 )
 from envs.sim.errors import ConfigError
+from envs.sim.perf import kv_capacity_tokens, replica_coefficients
+from envs.sim.profile import ServingProfile
 from envs.sim.view import ModelLoad
 
 
@@ -47,6 +49,24 @@ def make_load(now_s: float = 15.0, **overrides) -> ModelLoad:
     )
     fields.update(overrides)
     return ModelLoad(**fields)
+
+
+#: ModelLoad fields of a decode pool with a profile and completions (for the scalers that need them)
+POOL_VIEW = {
+    "role": "decode",
+    "profile": ServingProfile(
+        replica_coefficients("a100-80gb", "llama-3-8b", 1),
+        1,
+        256,
+        2048,
+        kv_capacity_tokens("a100-80gb", "llama-3-8b", 1),
+    ),  # fmt: skip
+    "completion_rate_per_s": 4.0,
+    "prompt_tokens_mean": 1000.0,
+    "output_tokens_mean": 200.0,
+    "ttft_mean_s": 0.2,
+    "tpot_mean_s": 0.03,
+}
 
 
 def ticks(load_kwargs: dict, concurrency: float, interval_s: float, tick_s: float = 1.0) -> dict:
@@ -81,6 +101,9 @@ def test_registry_holds_every_documented_scaler():
         "predictive",
         "ray_serve",
         "queue_target",
+        "per_pool",
+        "pd_ratio",
+        "dynamo_sla",
     }
     assert set(SCALERS) == expected
     for name in SCALERS:
@@ -666,6 +689,13 @@ def test_ray_serve_downscaling_factor_smooths_and_never_stalls():
 def _spec(name: str, **params) -> dict:
     if name == "scheduled":
         params.setdefault("schedule", [{"at_s": 0, "replicas": 2}, {"at_s": 100, "replicas": 6}])
+    if name == "per_pool":  # the bounds are its pools' scalers'
+        inner = {"kind": "hpa", "metric": "in_flight_per_replica", **params}
+        return {"kind": name, "prefill": inner, "decode": inner, "aggregated": inner}
+    if name == "dynamo_sla":
+        if "min_replicas" in params:
+            params["min_endpoint"] = params.pop("min_replicas")
+        params.setdefault("adjustment_interval_s", 15.0)
     return {"kind": name, **params}
 
 
@@ -690,6 +720,7 @@ def test_every_scaler_is_deterministic_bounded_and_resettable(name):
                 queue_len=int(rng.integers(0, 10)),
                 utilization=float(rng.uniform(0, 1)),
                 tick_in_flight=rng.uniform(0, 30, 5),
+                **(POOL_VIEW if name == "dynamo_sla" else {}),
             )
         )
         target = max(1, ready)
