@@ -29,7 +29,9 @@ from envs.sim.controllers import SCALERS
 from envs.sim.engine import Simulator
 from envs.sim.errors import check_choice, check_number, fail
 
-ENV_PARAMS = ("max_slots", "scaler", "shaping")
+ENV_PARAMS = ("max_slots", "scaler", "shaping", "stage")
+#: Which routing decision the agent makes (the ``stage`` argument).
+STAGES = ("prefill", "decode")
 REWARD_KEYS = ("slo_violations", "drops", "latency", "invalid_actions")
 
 #: Normalisers of the observation (project choices, documented in the class docstring).
@@ -87,6 +89,17 @@ class RoutingEnv(gym.Env):
     router. A decision's effect shows in the cost of requests that finish
     later, so the reward credit is delayed (by the queueing plus service time
     of the routed request, typically seconds = tens of steps).
+
+    Disaggregated models (``models[].serving: disaggregated``) are routed twice:
+    an arriving request to a replica of the prefill pool, then, at its first
+    token, the handed-off request to a replica of the decode pool (where its KV
+    cache is sent). ``stage="prefill"`` (the default) makes the agent the
+    router of arrivals (the prefill choice; for aggregated models, the only
+    one) with the scenario's ``decode_routing`` at the decode stage;
+    ``stage="decode"`` makes it the decode router, the choice of where each
+    transferred KV cache goes, with the scenario's ``routing`` for arrivals.
+    At the decode stage "the request's model" below is its decode pool and a
+    step starts at a handoff instead of an arrival.
 
     An arrival whose model has no READY replica in the visible slots is not a
     decision (there is nothing to choose): it goes to the model's central
@@ -218,7 +231,7 @@ class RoutingEnv(gym.Env):
     ## Arguments
 
     ``gymnasium.make("InferGym/Routing-v0", scenario="default", render_mode=None, max_slots=None,
-    scaler=None, shaping=0.0, **scenario_overrides)``
+    scaler=None, shaping=0.0, stage="prefill", **scenario_overrides)``
 
     * ``scenario``: shipped name, YAML path, dict or Scenario.
     * ``max_slots``: number of slots ``N`` (integer >= 1; default the largest
@@ -228,6 +241,8 @@ class RoutingEnv(gym.Env):
       scenario's ``scaling``; ``"static"`` keeps the scenario's replica counts).
     * ``shaping``: weight ``c >= 0`` of the potential-based shaping term, reward
       units per second of outstanding work (default 0: off; see Rewards).
+    * ``stage``: ``"prefill"`` (route arriving requests) or ``"decode"`` (route the requests a
+      disaggregated model's prefill pool hands off; needs such a model). See Description.
     * any other keyword is a top-level scenario key (``horizon_s``,
       ``workload``, ...) deep-merged into the scenario.
 
@@ -265,6 +280,11 @@ class RoutingEnv(gym.Env):
         # Built here only to report a bad one as ``scaler.<param>`` now rather than at the first reset.
         SCALERS.build(spec, "scaler")
         self.scaler = spec
+        self.stage = check_choice("stage", own.get("stage", "prefill"), STAGES)
+        if self.stage == "decode" and not sc.disaggregated:
+            raise fail("stage", "decode", "needs a model with serving: disaggregated")
+        # the agent's stage is external; the other stage keeps the scenario's router
+        self._routers = {"router": "external"} if self.stage == "prefill" else {"decode_router": "external"}
         self.n_models = len(sc.models)
         self.n_classes = len(sc.workload.classes)
         default_slots = max(d.max_replicas for d in sc.models)
@@ -272,9 +292,14 @@ class RoutingEnv(gym.Env):
             check_number("max_slots", own.get("max_slots", default_slots), ge=1, integer=True)
         )
         # A throw-away simulator over one interval gives each model's fastest replica capacity.
-        probe = Simulator(
-            sc, 0, overrides={"horizon_s": sc.control_interval_s}, router="external", scaler=spec
-        )
+        probe = Simulator(sc, 0, overrides={"horizon_s": sc.control_interval_s}, scaler=spec, **self._routers)
+        # the stage the agent does not route runs in the event loop (a Python router there would stop it)
+        if self.stage == "decode" and probe.python_router is not None:
+            raise fail("routing", probe.router_name, "must be a rule or score router with stage='decode'")
+        if self.stage == "prefill" and probe.python_decode_router is not None:
+            raise fail(
+                "decode_routing", type(probe.decode_router).__name__, "must be a rule or score router here"
+            )
         self.speed_max = np.array(
             [
                 max(v[2] for (m, _), v in probe._rep_params.items() if m == mm and v is not None)
@@ -308,7 +333,7 @@ class RoutingEnv(gym.Env):
         self, *, seed: int | None = None, options: Mapping[str, Any] | None = None
     ) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        self.sim = sim = Simulator(self.scenario, seed=self.np_random, router="external", scaler=self.scaler)
+        self.sim = sim = Simulator(self.scenario, seed=self.np_random, scaler=self.scaler, **self._routers)
         self.clock = ControlClock(sim)
         self._seen[:] = 0
         self._terms[:] = 0.0

@@ -76,7 +76,7 @@ ACTIONS = (
     {"__array__": [[1]], "dtype": "int64"}, {"__array__": 1, "dtype": "int32"}, {"__array__": [9], "dtype": "uint8"},
 )  # fmt: skip
 ENV_CASES = {
-    "InferGym/Autoscale-v2": {"scenario": "default", "horizon_s": 45.0},
+    "InferGym/Autoscale-v3": {"scenario": "default", "horizon_s": 45.0},
     "InferGym/Routing-v2": {"scenario": "default", "horizon_s": 5.0, "control_interval_s": 5.0},
     "InferGym/Placement-v1": {"source": "jobs", "n_jobs": 5},
 }

@@ -209,9 +209,10 @@ class Scenario:
             decode_routing = ControllerSpec.from_config(raw.get("decode_routing", "least_connections"),
                                                         "decode_routing")  # fmt: skip
             ROUTERS.validate(decode_routing, "decode_routing")
-            if decode_routing.kind == "external" or decode_routing.obj is not None:
+            if decode_routing.kind == "external":
                 raise fail("decode_routing", decode_routing.kind,
-                           "must be a router the event loop runs (a registered rule or score router)")  # fmt: skip
+                           "must be a router that decides (a rule, a score router or a Python router); "
+                           "Simulator(decode_router='external') leaves the decisions to the caller")  # fmt: skip
         elif raw.get("decode_routing") is not None:
             raise fail("decode_routing", raw["decode_routing"], "needs a model with serving: disaggregated")
         queue = check_choice("queue", raw.get("queue", "fifo"), ("fifo", "priority"))

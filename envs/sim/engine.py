@@ -70,6 +70,9 @@ class Simulator(SimulatorReads):
         seed: seed of the workload generator (or a ``numpy.random.Generator``).
         overrides: deep-merged into the scenario before validation.
         router / placer / scaler: override the scenario's controllers (name, dict or object).
+        decode_router: override the scenario's ``decode_routing`` (a disaggregated model's decode
+            stage): a name, dict or router object, or ``"external"`` (the loop stops at each
+            handoff and :meth:`route` takes the decision, as for arrivals with ``router="external"``).
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class Simulator(SimulatorReads):
         router: Any = None,
         placer: Any = None,
         scaler: Any = None,
+        decode_router: Any = None,
     ) -> None:
         self.scenario = sc = load_scenario(scenario, overrides)
         self.rng = _generator(seed)
@@ -99,6 +103,7 @@ class Simulator(SimulatorReads):
             self.router_spec = RouterSpec(Rule.EXTERNAL)
             self.python_router = self.router
         self.router_name = str(getattr(self.router, "name", type(self.router).__name__))
+        self._decode_router_arg = decode_router
         self.placer = PLACERS.build(placer if placer is not None else sc.placement, "placement")
         scaler_spec = scaler if scaler is not None else sc.scaling
         self.scalers = [SCALERS.build(scaler_spec, "scaling") for _ in range(self.n_models)]
@@ -278,13 +283,24 @@ class Simulator(SimulatorReads):
         gi[K.I_PRIORITY] = int(sc.queue == "priority")
         gi[K.I_NMODELS] = self.n_models
         gi[K.I_TICK_CAP] = n_ticks
+        gi[K.I_HAND_R] = -1
         self.decode_router_spec: RouterSpec | None = None
+        #: a Python router object at the decode stage: the loop stops at each handoff and asks it
+        self.python_decode_router: PythonRouter | None = None
+        if self._decode_router_arg is not None and sc.decode_routing is None:
+            raise fail("decode_router", self._decode_router_arg, "needs a model with serving: disaggregated")
         if sc.decode_routing is not None:
-            self.decode_router = ROUTERS.build(sc.decode_routing, "decode_routing")
-            if not isinstance(self.decode_router, Router):
-                raise fail("decode_routing", sc.decode_routing.kind,
-                           "must be a router the event loop runs (a rule or a score function)")  # fmt: skip
-            spec = self.decode_router_spec = self.decode_router.kernel_spec()
+            arg = self._decode_router_arg
+            self.decode_router = ROUTERS.build(
+                arg if arg is not None else sc.decode_routing,
+                "decode_router" if arg is not None else "decode_routing",
+            )
+            if isinstance(self.decode_router, Router):
+                spec = self.decode_router.kernel_spec()
+            else:
+                spec = RouterSpec(Rule.EXTERNAL)
+                self.python_decode_router = self.decode_router
+            self.decode_router_spec = spec
             gi[K.I_D_ROUTER] = int(spec.rule)
             gi[K.I_D_SCORE_FN] = spec.score.address if spec.score is not None else 0
             gi[K.I_D_SCORE_AGG] = int(spec.score is not None and spec.score.aggregates)
@@ -358,15 +374,16 @@ class Simulator(SimulatorReads):
         if until < self.now:
             raise ValueError(f"until: {until!r} must be >= the current time {self.now!r}")
         code = self._kernel(until)
-        if self.python_router is not None:
-            while code == K.STOP_ROUTE:
-                i = int(self.state.gi[K.I_PENDING])
-                m = int(self.state.ri[i, K.R_MODEL])
-                r = int(
-                    self.python_router.choose(self.request_view(i), self.replica_views(m, ready_only=True))
-                )
-                self._check_route(i, r, "router.choose")
-                code = self._kernel(until, route_to=r)
+        while code == K.STOP_ROUTE:
+            decode = self.state.gi[K.I_HAND_R] >= 0
+            router = self.python_decode_router if decode else self.python_router
+            if router is None:
+                break  # an external decision: the caller's
+            i = int(self.state.gi[K.I_PENDING])
+            m = int(self.state.ri[i, K.R_MODEL])
+            r = int(router.choose(self.request_view(i), self.replica_views(m, ready_only=True)))
+            self._check_route(i, r, "decode_router.choose" if decode else "router.choose")
+            code = self._kernel(until, route_to=r)
         self.sync_releases()
         if code == K.STOP_ROUTE:
             return int(self.state.gi[K.I_PENDING])
@@ -414,6 +431,14 @@ class Simulator(SimulatorReads):
         """Id of the request waiting for an external routing decision, if any."""
         p = int(self.state.gi[K.I_PENDING])
         return None if p < 0 else p
+
+    @property
+    def pending_stage(self) -> str | None:
+        """Which decision the pending request waits for: ``"arrival"`` (the router's), ``"decode"`` (a
+        disaggregated model's decode router, after its handoff), or None when none is pending."""
+        if self.state.gi[K.I_PENDING] < 0:
+            return None
+        return "decode" if self.state.gi[K.I_HAND_R] >= 0 else "arrival"
 
     def route(self, replica: int, until: float | None = None) -> int | None:
         """Send the pending request to ``replica`` (a READY replica of its model), or -1 to the central queue.

@@ -272,6 +272,38 @@ def dispatch(
         )
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _move_to_decode(ri, mi, i, d):
+    """Handed-off request ``i`` counted out of its prefill pool and into decode pool ``d``."""
+    m = ri[i, R_MODEL]
+    mi[m, M_INFLIGHT] -= 1
+    mi[m, M_RUNNING] -= 1
+    mi[m, M_HANDOUT] += 1
+    ri[i, R_MODEL] = d
+    mi[d, M_INFLIGHT] += 1
+    mi[d, M_HANDIN] += 1
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def hand_to(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i, to, t):
+    """Dispatch handed-off request ``i`` (counted in its decode pool) to decode replica ``to``, or to
+    the pool's central queue if ``to < 0``: ``dispatch`` for a pool that runs the paged engine."""
+    d = ri[i, R_MODEL]
+    ri[i, R_STATE] = REQ_QUEUED
+    mi[d, M_QUEUED] += 1
+    if to >= 0:
+        ri[i, R_REPLICA] = to
+        _enqueue(ri, qh, qt, qn, gi[I_NMODELS] + to, i)
+        split_decode_run(pf, pi, ht, hk, hr, hv, gi, to, t)
+    else:
+        _enqueue(ri, qh, qt, qn, d, i)
+        to = _wake_for_central(pf, pi, mrep, mn, ht, hk, hr, hv, gi, d, t)
+    if to >= 0 and pi[to, Q_BUSY] == 0:
+        _start_paged(
+            rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, to, t
+        )
+
+
 @njit(cache=True, error_model="numpy", _nrt=False)
 def hand_off(
     rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_drop, pc, kc, r, t
@@ -279,34 +311,52 @@ def hand_off(
     """Prefill replica ``r``'s requests that got their first token at ``t`` move to their model's decode
     pool: counted out of one pool and into the other, routed by the decode router, dispatched. Not
     inlined in the loop (as ``transfer_arrived``): each inlined copy of the dispatch path adds minutes
-    to the core's compilation."""
+    to the core's compilation.
+
+    With the ``external`` decode router, the first request is moved and left pending instead
+    (``gi[I_PENDING]``, ``gi[I_HAND_R] = r``): returns True, and the loop stops for its decision
+    (:func:`advance` takes it, and those of the others, on the next calls)."""
     d = pi[r, Q_DPOOL]
+    if gi[I_D_ROUTER] == RULE_EXTERNAL:
+        i = pfl[r, 0]
+        _move_to_decode(ri, mi, i, d)
+        gi[I_HAND_R] = r
+        gi[I_HAND_K] = 0
+        gi[I_PENDING] = i
+        return True
     for k in range(pi[r, Q_NHAND]):
         i = pfl[r, k]
-        m = ri[i, R_MODEL]
-        mi[m, M_INFLIGHT] -= 1
-        mi[m, M_RUNNING] -= 1
-        mi[m, M_HANDOUT] += 1
-        ri[i, R_MODEL] = d
-        mi[d, M_INFLIGHT] += 1
-        mi[d, M_HANDIN] += 1
+        _move_to_decode(ri, mi, i, d)
         to = route_once(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i, gi[I_D_ROUTER], gi[I_D_SCORE_FN],
                         gi[I_D_SCORE_AGG], gf[G_D_EPS], gf[G_D_P0], gf[G_D_P1], gf[G_D_P2])  # fmt: skip
-        # dispatch() for a pool that runs the paged engine
-        ri[i, R_STATE] = REQ_QUEUED
-        mi[d, M_QUEUED] += 1
-        if to >= 0:
-            ri[i, R_REPLICA] = to
-            _enqueue(ri, qh, qt, qn, gi[I_NMODELS] + to, i)
-            split_decode_run(pf, pi, ht, hk, hr, hv, gi, to, t)
-        else:
-            _enqueue(ri, qh, qt, qn, d, i)
-            to = _wake_for_central(pf, pi, mrep, mn, ht, hk, hr, hv, gi, d, t)
-        if to >= 0 and pi[to, Q_BUSY] == 0:
-            _start_paged(
-                rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, to, t
-            )
+        hand_to(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i, to, t)
     pi[r, Q_NHAND] = 0
+    return False
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def resume_hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc,
+                    route_to, t):  # fmt: skip
+    """The external decision ``route_to`` for the pending handed-off request; then the next one is
+    left pending (returns True), or, the list done, the prefill replica's next iteration starts."""
+    r = gi[I_HAND_R]
+    k = gi[I_HAND_K]
+    hand_to(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, pfl[r, k],
+            route_to, t)  # fmt: skip
+    k += 1
+    if k < pi[r, Q_NHAND]:
+        i = pfl[r, k]
+        _move_to_decode(ri, mi, i, pi[r, Q_DPOOL])
+        gi[I_HAND_K] = k
+        gi[I_PENDING] = i
+        return True
+    pi[r, Q_NHAND] = 0
+    gi[I_HAND_R] = -1
+    gi[I_PENDING] = -1
+    start_iteration(
+        rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t
+    )
+    return False
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
@@ -336,11 +386,17 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
     Returns ``STOP_UNTIL`` when the clock reached ``until``, or ``STOP_ROUTE``
     when the router is ``external`` and request ``gi[I_PENDING]`` waits for a
     routing decision; the caller passes it back as ``route_to`` (replica id, or
-    -1 for the central queue) on the next call.
+    -1 for the central queue) on the next call. With the ``external`` decode
+    router (disaggregated serving) it stops the same way for each request a
+    prefill replica hands off (``gi[I_HAND_R] >= 0`` then), at the handoff's time.
     """
     n_req = gi[I_NREQ]
     tick_s = gf[G_TICK_S]
-    if gi[I_PENDING] >= 0:
+    if gi[I_HAND_R] >= 0:  # a handed-off request waits for its external decode-stage decision
+        if resume_hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc,
+                           kc, route_to, gf[G_NOW]):  # fmt: skip
+            return STOP_ROUTE
+    elif gi[I_PENDING] >= 0:
         i = gi[I_PENDING]
         gi[I_PENDING] = -1
         gi[I_NEXT_ARR] += 1
@@ -370,9 +426,9 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
                 continue  # cancelled (replica released or load cancelled)
             if ev == EV_ITER_END:
                 _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t_heap)
-                if pi[r, Q_NHAND] > 0:
-                    hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_drop,
-                             pc, kc, r, t_heap)  # fmt: skip
+                if pi[r, Q_NHAND] > 0 and hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr,
+                                                   hv, gf, gi, log_drop, pc, kc, r, t_heap):  # fmt: skip
+                    return STOP_ROUTE  # an external decode-stage decision is due
             else:
                 pi[r, Q_STATE] = REP_READY
                 pf[r, P_READY] = t_heap

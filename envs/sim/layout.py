@@ -112,9 +112,11 @@ G_D_EPS, G_D_P0, G_D_P1, G_D_P2 = range(6, 10)
 N_GF = 10
 (I_NEXT_ARR, I_NREQ, I_HEAP_N, I_SEQ, I_NDONE, I_NDROP, I_PENDING, I_ROUTER, I_SVC_KIND, I_NLISTS,
  I_NTICK, I_NMODELS, I_TICK_CAP, I_PRIORITY, I_SCORE_FN, I_NRELEASED, I_HB, I_SCORE_AGG) = range(18)  # fmt: skip
-# the decode stage's router: its rule, score function address and aggregates flag
-I_D_ROUTER, I_D_SCORE_FN, I_D_SCORE_AGG = range(18, 21)
-N_GI = 21
+# the decode stage's router: its rule, score function address and aggregates flag; with the
+# ``external`` rule, the prefill replica whose handed-off requests wait for decisions (-1: none) and
+# the position of the pending one in its list (``pfl``)
+I_D_ROUTER, I_D_SCORE_FN, I_D_SCORE_AGG, I_HAND_R, I_HAND_K = range(18, 23)
+N_GI = 23
 
 # prefix-cache arrays (EngineState.kc[replica, KC_*, :]): open-addressing hash table of entry
 # indices, then per entry its block hash, reference count, LRU links and the free-entry stack

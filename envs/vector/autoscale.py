@@ -85,6 +85,7 @@ class AutoscaleVecEnv(NativeVectorEnv):
             fast[e] = (
                 (faults is None or faults.next_time_s() > until)
                 and sim.python_router is None
+                and sim.python_decode_router is None
                 and sim.router_spec.rule != Rule.EXTERNAL
                 and until >= sim.now
             )

@@ -295,3 +295,30 @@ def test_maskable_ppo_trains_on_routing():
     obs, _ = env.reset(seed=0)
     action, _ = model.predict(obs, action_masks=env.action_masks(), deterministic=True)
     assert env.action_masks()[int(action)]
+
+
+@pytest.mark.parametrize("router", ["least_connections", "kv_aware"])
+def test_the_decode_stage_routed_through_the_env_equals_the_engines_decode_router(router):
+    env = gym.make("InferGym/Routing-v2", scenario="disaggregated", horizon_s=120.0, stage="decode")
+    base = env.unwrapped
+    assert base.stage == "decode" and base.max_slots == 8
+    policy = RouterPolicy(router)
+    env.reset(seed=3)
+    trunc, steps = False, 0
+    while not trunc:
+        i = base.pending_request
+        if i is not None:
+            assert base.sim.pending_stage == "decode"
+            assert all(base.sim.state.pi[r, K.Q_ROLE] == K.ROLE_DECODE for r in base.slot_replicas if r >= 0)
+        _, _, _, trunc, info = env.step(policy.predict(None, env))
+        assert info["rewards"]["invalid_actions"] == 0.0
+        steps += 1
+    assert steps > 100
+    ref = Simulator(base.scenario, np.random.default_rng(3), decode_router=router)
+    ref.advance(120.0)
+    assert info["episode_kpi"] == ref.episode_kpis()
+    np.testing.assert_array_equal(base.sim.state.ri[:, K.R_REPLICA], ref.state.ri[:, K.R_REPLICA])
+    with pytest.raises(ConfigError, match=r"stage: 'decode' needs a model with serving: disaggregated"):
+        make("default", stage="decode")
+    with pytest.raises(ConfigError, match=r"stage: 'encode' must be one of"):
+        gym.make("InferGym/Routing-v2", scenario="disaggregated", stage="encode")

@@ -360,3 +360,52 @@ def test_an_aggregated_models_view_has_tpot_and_token_means():
     assert ld.role == "aggregated" and ld.kv_transfers_pending == 0
     assert ld.prompt_tokens_mean == 512 and ld.output_tokens_mean == 32
     assert kpi["tpot_mean_s"] <= ld.tpot_p99_s < 1.0
+
+
+# ----------------------------------------------------------------------------- the decode stage's decisions
+
+
+@pytest.mark.parametrize("rule", ["least_connections", "round_robin", "kv_aware"])
+def test_external_decode_decisions_taken_by_a_rule_equal_the_rule_in_the_loop(rule):
+    from envs.sim.routing import ROUTERS
+
+    raw = {**scenario(*TWO_TWO, rate=10.0, horizon=60.0), "decode_routing": rule}
+    ref = Simulator(raw, seed=4)
+    ref.advance(60.0)
+    sim = Simulator(raw, seed=4, decode_router="external")
+    router = ROUTERS.build(rule, "decode_router")
+    decisions = 0
+    pending = sim.advance(60.0)
+    while pending is not None:
+        assert sim.pending_stage == "decode" and sim.pending_request == pending
+        assert sim.state.ri[pending, L.R_MODEL] == 1  # counted in the decode pool while it waits
+        pending = sim.route(sim.choose_replica(router), until=60.0)
+        decisions += 1
+    assert sim.pending_stage is None
+    assert decisions == sim.episode_kpis()["requests_handed_off"] > 0
+    assert sim.episode_kpis() == ref.episode_kpis()
+    np.testing.assert_array_equal(sim.state.ri[:, L.R_REPLICA], ref.state.ri[:, L.R_REPLICA])
+
+
+def test_a_python_router_object_decides_the_decode_stage():
+    class EmptiestDecode:
+        """Fewest requests queued or running; asked once per handoff."""
+
+        calls = 0
+
+        def reset(self):
+            pass
+
+        def choose(self, request, replicas):
+            EmptiestDecode.calls += 1
+            assert all(v.role == "decode" for v in replicas)
+            return min(replicas, key=lambda v: (v.queued + v.running, v.id)).id
+
+    raw = {**scenario(*TWO_TWO, rate=10.0, horizon=60.0), "decode_routing": EmptiestDecode()}
+    k = run_scenario(raw, seed=1)
+    assert EmptiestDecode.calls == k["requests_handed_off"] > 0
+    assert k["requests_arrived"] == k["requests_completed"] + k["requests_dropped"] + k["requests_in_system"]
+    with pytest.raises(ConfigError, match=r"decode_routing: 'external' must be a router that decides"):
+        load_scenario({**scenario(*TWO_TWO), "decode_routing": "external"})
+    with pytest.raises(ConfigError, match=r"decode_router: 'external' needs a model with serving"):
+        Simulator(scenario(), seed=0, decode_router="external")
