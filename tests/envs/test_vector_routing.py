@@ -44,6 +44,12 @@ def test_each_sub_env_is_the_single_env_bit_for_bit(kwargs: dict, n_envs: int, s
     assert ends >= n_envs
 
 
+def test_the_decode_stage_sub_envs_are_the_single_env_bit_for_bit() -> None:
+    kwargs = {"scenario": "disaggregated", "horizon_s": 15, "stage": "decode"}
+    ends = assert_matches_single("InferGym/Routing-v2", kwargs, 2, 700, 7, _masked, _same_step_info)
+    assert ends >= 2
+
+
 def test_make_vec_builds_the_native_env_with_batched_spaces() -> None:
     vec = gym.make_vec(ENV, num_envs=4, vectorization_mode="vector_entry_point", horizon_s=20)
     single = gym.make(ENV, horizon_s=20)
