@@ -206,8 +206,8 @@ def table_figures(
             traces = {}
             for b in cfg["baselines"]:
                 spec = dict(b["spec"])
-                for p in b.get("sweep") or {}:
-                    spec[p] = chosen[(s, b["name"])]
+                if b.get("sweep"):
+                    spec.update(tables.point_params(b, chosen[(s, b["name"])]))
                 pol = make_policy(cfg["env_id"], tables.spec_string(spec))
                 traces[b["name"]] = record_episode(
                     cfg["env_id"], pol, s, seed, {**ev_kw, **(b.get("env_kwargs") or {})}

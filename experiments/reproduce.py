@@ -43,11 +43,13 @@ from experiments.tables import (  # the table config, options and CSV files, sha
     agent_dirs,
     default_dirs,
     load_table,
+    point_params,
     policy_runs,
     resolve_options,
     scenario_env_kwargs,
     selected_agents,
     spec_string,
+    sweep_points,
     table_names,
     value_str,
     write_csv,
@@ -72,12 +74,14 @@ def calibration_cells(cfg: Mapping[str, Any], opts: Options) -> list[Any]:
     for s in opts.scenarios:
         kw = scenario_env_kwargs(cfg, opts, s, "train")
         for b in cfg["baselines"]:
-            for param, values in (b.get("sweep") or {}).items():
-                for v in values:
-                    spec = {**b["spec"], param: v}
-                    for seed in opts.calibration_seeds:
-                        label = f"calib|{s}|{b['name']}|{param}={value_str(v)}|{seed}"
-                        cells.append(_baseline_cell(cfg, s, b, spec, seed, kw, label))
+            if not b.get("sweep"):
+                continue
+            param, values = sweep_points(b)
+            for v in values:
+                spec = {**b["spec"], **point_params(b, v)}
+                for seed in opts.calibration_seeds:
+                    label = f"calib|{s}|{b['name']}|{param}={value_str(v)}|{seed}"
+                    cells.append(_baseline_cell(cfg, s, b, spec, seed, kw, label))
     return cells
 
 
@@ -114,8 +118,8 @@ def evaluation_cells(
         tr_kw = scenario_env_kwargs(cfg, opts, s, "train")
         for b in cfg["baselines"]:
             spec = dict(b["spec"])
-            for param in b.get("sweep") or {}:
-                spec[param] = chosen[(s, b["name"])]
+            if b.get("sweep"):
+                spec.update(point_params(b, chosen[(s, b["name"])]))
             for seed in opts.eval_seeds:
                 cells.append(_baseline_cell(cfg, s, b, spec, seed, ev_kw, f"eval|{s}|{b['name']}|{seed}"))
         for a in selected_agents(cfg, opts):
@@ -202,8 +206,8 @@ def choose_value(
     if isinstance(select, Mapping):
         ((kpi, floor),) = select["smallest_meeting"].items()
         ok = [v for v in values if all(float(r[kpi]) >= float(floor) for r in rows_by_value[v])]
-        if ok:
-            return min(ok)
+        if ok:  # a grid over several parameters: the first point meeting it, in grid order
+            return ok[0] if isinstance(ok[0], tuple) else min(ok)
     scores = [float(np.mean([float(r[metric]) for r in rows_by_value[v]])) for v in values]
     return values[int(np.argmax(scores))]
 
@@ -216,33 +220,35 @@ def calibrate(
     sweep_rows = []
     for s in opts.scenarios:
         for b in cfg["baselines"]:
-            for param, values in (b.get("sweep") or {}).items():
-                by_value = {}
-                for v in values:
-                    prefix = f"calib|{s}|{b['name']}|{param}={value_str(v)}|"
-                    by_value[v] = [r for r in rows if r["label"].startswith(prefix)]
-                    if not by_value[v]:
-                        raise ConfigError(f"calibration of {b['name']} on {s}: no rows for {param}={v}")
-                sel = b.get("select", "best")
-                ml = _mean_load_replicas(cfg, opts, s, by_value[values[0]]) if sel == "mean_load" else None
-                chosen[(s, b["name"])] = v_star = choose_value(by_value, sel, cfg["select_by"], ml)
-                for v in values:
-                    rs = by_value[v]
-                    sweep_rows.append(
-                        {
-                            "scenario": s,
-                            "baseline": b["name"],
-                            "param": param,
-                            "value": v,
-                            "chosen": v == v_star,
-                            "n": len(rs),
-                            **{
-                                k["key"]: float(np.mean([r[k["key"]] for r in rs]))
-                                for k in cfg["kpis"]
-                                if all(k["key"] in r for r in rs)
-                            },
-                        }
-                    )
+            if not b.get("sweep"):
+                continue
+            param, values = sweep_points(b)
+            by_value = {}
+            for v in values:
+                prefix = f"calib|{s}|{b['name']}|{param}={value_str(v)}|"
+                by_value[v] = [r for r in rows if r["label"].startswith(prefix)]
+                if not by_value[v]:
+                    raise ConfigError(f"calibration of {b['name']} on {s}: no rows for {param}={v}")
+            sel = b.get("select", "best")
+            ml = _mean_load_replicas(cfg, opts, s, by_value[values[0]]) if sel == "mean_load" else None
+            chosen[(s, b["name"])] = v_star = choose_value(by_value, sel, cfg["select_by"], ml)
+            for v in values:
+                rs = by_value[v]
+                sweep_rows.append(
+                    {
+                        "scenario": s,
+                        "baseline": b["name"],
+                        "param": param,
+                        "value": value_str(v) if isinstance(v, tuple) else v,
+                        "chosen": v == v_star,
+                        "n": len(rs),
+                        **{
+                            k["key"]: float(np.mean([r[k["key"]] for r in rs]))
+                            for k in cfg["kpis"]
+                            if all(k["key"] in r for r in rs)
+                        },
+                    }
+                )
     return chosen, sweep_rows
 
 

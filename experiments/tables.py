@@ -10,6 +10,7 @@ table's CSV files. This module imports neither of them.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,9 +86,15 @@ def load_table(name_or_path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     for i, b in enumerate(cfg["baselines"]):
         check_keys(f"{where}.baselines[{i}]", b, BASELINE_KEYS, required=("name", "spec"))
         sweep = b.get("sweep") or {}
-        if len(sweep) > 1:
-            raise fail(f"{where}.baselines[{i}].sweep", sweep, "sweeps one main parameter")
+        if not isinstance(sweep, Mapping) or any(
+            not isinstance(v, (list, tuple)) or not v for v in sweep.values()
+        ):
+            raise fail(
+                f"{where}.baselines[{i}].sweep", sweep, "must map parameters to non-empty lists of values"
+            )
         sel = b.get("select", "best")
+        if len(sweep) > 1 and sel == "mean_load":
+            raise fail(f"{where}.baselines[{i}].select", sel, "sweeps one parameter (a replica count)")
         if not (
             sel in ("best", "mean_load") or (isinstance(sel, Mapping) and set(sel) == {"smallest_meeting"})
         ):
@@ -195,8 +202,30 @@ def selected_agents(cfg: Mapping[str, Any], opts: Options) -> list[Mapping[str, 
 
 
 def value_str(v: Any) -> str:
-    """A sweep value as it appears in cell labels and tables (``4``, ``0.6``)."""
+    """A sweep value as it appears in cell labels and tables (``4``, ``0.6``; a point of a sweep over
+    several parameters, a tuple: ``2,0.25``)."""
+    if isinstance(v, tuple):
+        return ",".join(value_str(x) for x in v)
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def sweep_points(b: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """A baseline's calibration sweep as ``(param, values)``: its one parameter and its values, or, for a
+    sweep over several parameters, their names joined by commas and every combination (tuples, the
+    first parameter varying slowest: the Cartesian grid a design-space search runs)."""
+    sweep = b.get("sweep") or {}
+    if len(sweep) == 1:
+        ((param, values),) = sweep.items()
+        return param, list(values)
+    return ",".join(sweep), list(itertools.product(*sweep.values()))
+
+
+def point_params(b: Mapping[str, Any], value: Any) -> dict[str, Any]:
+    """``{parameter: value}`` of a sweep point of baseline ``b`` (see :func:`sweep_points`)."""
+    sweep = b.get("sweep") or {}
+    if len(sweep) == 1:
+        return {next(iter(sweep)): value}
+    return dict(zip(sweep, value, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -224,7 +253,8 @@ def policy_runs(
             rs = sorted(
                 (r for r in rows if r["label"].startswith(f"eval|{s}|{b['name']}|")), key=lambda r: r["seed"]
             )
-            param = ", ".join(f"{p}={value_str(chosen[(s, b['name'])])}" for p in b.get("sweep") or {})
+            chosen_params = point_params(b, chosen[(s, b["name"])]) if b.get("sweep") else {}
+            param = ", ".join(f"{p}={value_str(v)}" for p, v in chosen_params.items())
             runs = {k: np.array([float(r[k]) for r in rs if k in r]) for k in keys}
             out.append(PolicyRuns(s, b["name"], "baseline", param, runs))
         for a in selected_agents(cfg, opts):
@@ -294,7 +324,7 @@ def read_chosen(cfg: Mapping[str, Any], path: Path) -> dict[tuple[str, str], Any
     path = Path(path)
     if not path.exists():
         return {}
-    sweeps = {b["name"]: b.get("sweep") or {} for b in cfg["baselines"]}
+    sweeps = {b["name"]: dict([sweep_points(b)]) for b in cfg["baselines"] if b.get("sweep")}
     chosen: dict[tuple[str, str], Any] = {}
     for r in read_csv(path):
         if r.get("chosen") != "True":

@@ -227,3 +227,43 @@ def test_plot_redraws_the_figures_from_the_csv_files(tiny, tmp_path):
         assert (figs / name).stat().st_size > 1000, name
     assert not (figs / "ttft_cdf_default.png").exists()
     assert plot.main([*argv[:1], "--results", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_sweep_over_two_parameters_calibrates_on_their_grid(tmp_path):
+    pd = {
+        "name": "pd",
+        "spec": {"kind": "pd_ratio"},
+        "sweep": {"requests_per_s_per_replica": [2.0, 4.0], "prefill_fraction": [0.25, 0.5, 0.75]},
+    }
+    cfg = tables.load_table({**TINY, "baselines": [TINY["baselines"][0], pd]})
+    opts = tables.resolve_options(cfg)
+    cells = [c for c in reproduce.calibration_cells(cfg, opts) if "|pd|" in c.label]
+    assert len(cells) == 6 * len(opts.calibration_seeds)  # the 2 x 3 grid, per calibration seed
+    assert cells[1].label == "calib|default|pd|requests_per_s_per_replica,prefill_fraction=2,0.5|1000"
+    assert cells[1].policy == tables.spec_string(
+        {"kind": "pd_ratio", "requests_per_s_per_replica": 2.0, "prefill_fraction": 0.5}
+    )
+    # calibration rows: the point (4.0, 0.25) scores best
+    rows = [
+        {"label": c.label, "return": -1.0 if "=4,0.25|" in c.label else -5.0, "slo_attainment": 1.0}
+        for c in reproduce.calibration_cells(cfg, opts)
+    ]
+    chosen, sweep = reproduce.calibrate(cfg, opts, rows)
+    assert chosen[("default", "pd")] == (4.0, 0.25)
+    evals = [
+        c for c in reproduce.evaluation_cells(cfg, opts, chosen) if c.label.startswith("eval|default|pd|")
+    ]
+    assert evals[0].policy == tables.spec_string(
+        {"kind": "pd_ratio", "requests_per_s_per_replica": 4.0, "prefill_fraction": 0.25}
+    )
+    # sweep.csv round trip: the chosen point is read back as the same tuple
+    tables.write_csv(sweep, tmp_path / "sweep.csv")
+    assert tables.read_chosen(cfg, tmp_path / "sweep.csv")[("default", "pd")] == (4.0, 0.25)
+    with pytest.raises(ConfigError, match=r"baselines\[1\]\.select: 'mean_load' sweeps one parameter"):
+        tables.load_table({**TINY, "baselines": [TINY["baselines"][0], {**pd, "select": "mean_load"}]})
+    with pytest.raises(
+        ConfigError, match=r"baselines\[1\]\.sweep: .* must map parameters to non-empty lists"
+    ):
+        tables.load_table(
+            {**TINY, "baselines": [TINY["baselines"][0], {**pd, "sweep": {"prefill_fraction": []}}]}
+        )
