@@ -204,13 +204,17 @@ def table_figures(
             seed = int(opts.eval_seeds[0])
             ev_kw = tables.scenario_env_kwargs(cfg, opts, s, "eval")
             traces = {}
-            for b in cfg["baselines"]:
+            for b in tables.baselines_on(cfg, s):
                 spec = dict(b["spec"])
                 if b.get("sweep"):
-                    spec.update(tables.point_params(b, chosen[(s, b["name"])]))
+                    spec = tables.with_params(spec, tables.point_params(b, chosen[(s, b["name"])]))
                 pol = make_policy(cfg["env_id"], tables.spec_string(spec))
                 traces[b["name"]] = record_episode(
-                    cfg["env_id"], pol, s, seed, {**ev_kw, **(b.get("env_kwargs") or {})}
+                    cfg["env_id"],
+                    pol,
+                    tables.base_scenario(cfg, s),
+                    seed,
+                    {**ev_kw, **(b.get("env_kwargs") or {})},
                 )
             for a in cfg.get("agents", []):
                 label = f"train|{s}|{a['name']}|{int(cfg['train_seed_base'])}"
@@ -220,7 +224,7 @@ def table_figures(
                     traces[a["name"]] = record_episode(
                         cfg["env_id"],
                         load_agent(agent_dirs[label]),
-                        s,
+                        tables.base_scenario(cfg, s),
                         seed,
                         {**ev_kw, **(a.get("env_kwargs") or {})},
                     )
@@ -288,7 +292,7 @@ def figures_from_csv(
     )
     chosen = tables.read_chosen(cfg, results / "sweep.csv")
     for s in opts.scenarios:
-        for b in cfg["baselines"]:
+        for b in tables.baselines_on(cfg, s):
             if b.get("sweep") and (s, b["name"]) not in chosen:
                 raise ConfigError(f"{results / 'sweep.csv'}: no chosen value of {b['name']} on {s}")
     groups = tables.policy_runs(cfg, opts, rows, chosen)

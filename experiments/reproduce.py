@@ -41,6 +41,8 @@ from experiments.tables import (  # the table config, options and CSV files, sha
     Options,
     PolicyRuns,
     agent_dirs,
+    base_scenario,
+    baselines_on,
     default_dirs,
     load_table,
     point_params,
@@ -52,6 +54,7 @@ from experiments.tables import (  # the table config, options and CSV files, sha
     sweep_points,
     table_names,
     value_str,
+    with_params,
     write_csv,
 )
 
@@ -73,12 +76,12 @@ def calibration_cells(cfg: Mapping[str, Any], opts: Options) -> list[Any]:
     cells = []
     for s in opts.scenarios:
         kw = scenario_env_kwargs(cfg, opts, s, "train")
-        for b in cfg["baselines"]:
+        for b in baselines_on(cfg, s):
             if not b.get("sweep"):
                 continue
             param, values = sweep_points(b)
             for v in values:
-                spec = {**b["spec"], **point_params(b, v)}
+                spec = with_params(b["spec"], point_params(b, v))
                 for seed in opts.calibration_seeds:
                     label = f"calib|{s}|{b['name']}|{param}={value_str(v)}|{seed}"
                     cells.append(_baseline_cell(cfg, s, b, spec, seed, kw, label))
@@ -98,7 +101,7 @@ def _baseline_cell(
     return _grid().Cell(
         kind="evaluate",
         env_id=cfg["env_id"],
-        scenario=scenario,
+        scenario=base_scenario(cfg, scenario),
         policy=spec_string(spec),
         seed=int(seed),
         env_kwargs=_freeze({**env_kwargs, **(baseline.get("env_kwargs") or {})}),
@@ -116,10 +119,10 @@ def evaluation_cells(
     for s in opts.scenarios:
         ev_kw = scenario_env_kwargs(cfg, opts, s, "eval")
         tr_kw = scenario_env_kwargs(cfg, opts, s, "train")
-        for b in cfg["baselines"]:
+        for b in baselines_on(cfg, s):
             spec = dict(b["spec"])
             if b.get("sweep"):
-                spec.update(point_params(b, chosen[(s, b["name"])]))
+                spec = with_params(spec, point_params(b, chosen[(s, b["name"])]))
             for seed in opts.eval_seeds:
                 cells.append(_baseline_cell(cfg, s, b, spec, seed, ev_kw, f"eval|{s}|{b['name']}|{seed}"))
         for a in selected_agents(cfg, opts):
@@ -132,14 +135,14 @@ def evaluation_cells(
                     "total_timesteps": steps,
                     "eval_seeds": tuple(opts.eval_seeds),
                     "eval_env_kwargs": {**ev_kw, **agent_kw},
-                    "eval_scenario": s,
+                    "eval_scenario": base_scenario(cfg, s),
                 }
                 params.update(a.get("overrides") or {})  # the grid reads unknown train params as overrides
                 cells.append(
                     Cell(
                         kind="train",
                         env_id=cfg["env_id"],
-                        scenario=s,
+                        scenario=base_scenario(cfg, s),
                         policy=a["algo"],
                         seed=seed,
                         env_kwargs=_freeze({**tr_kw, **agent_kw, **train_only}),
@@ -171,7 +174,11 @@ def _mean_load_replicas(cfg: Mapping[str, Any], opts: Options, scenario: str, ro
     """ceil(mean arrival rate of the calibration episodes / one replica's saturation rate), summed over models."""
     import gymnasium as gym
 
-    env = gym.make(cfg["env_id"], scenario=scenario, **scenario_env_kwargs(cfg, opts, scenario, "train"))
+    env = gym.make(
+        cfg["env_id"],
+        scenario=base_scenario(cfg, scenario),
+        **scenario_env_kwargs(cfg, opts, scenario, "train"),
+    )
     try:
         base = env.unwrapped
         cap = float(np.sum(base.nominal_capacity_rps))
@@ -219,7 +226,7 @@ def calibrate(
     chosen: dict[tuple[str, str], Any] = {}
     sweep_rows = []
     for s in opts.scenarios:
-        for b in cfg["baselines"]:
+        for b in baselines_on(cfg, s):
             if not b.get("sweep"):
                 continue
             param, values = sweep_points(b)

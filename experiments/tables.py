@@ -9,6 +9,7 @@ table's CSV files. This module imports neither of them.
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import json
@@ -21,7 +22,7 @@ import numpy as np
 import yaml
 
 import envs
-from envs.sim.config import deep_merge
+from envs.sim.config import deep_merge, shipped_scenarios
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
 
 TABLES_DIR = Path(__file__).resolve().parent / "configs" / "tables"
@@ -41,8 +42,8 @@ TABLE_KEYS = (
     "figures",
     "tradeoff",
 )
-SCENARIO_KEYS = ("trace", "split", "train_env_kwargs", "eval_env_kwargs")
-BASELINE_KEYS = ("name", "spec", "sweep", "select", "env_kwargs")
+SCENARIO_KEYS = ("scenario", "trace", "split", "env_kwargs", "train_env_kwargs", "eval_env_kwargs")
+BASELINE_KEYS = ("name", "spec", "sweep", "select", "env_kwargs", "scenarios")
 AGENT_KEYS = ("name", "algo", "total_timesteps", "env_kwargs", "train_env_kwargs", "overrides")
 QUICK_KEYS = ("eval_seeds", "calibration_seeds", "total_timesteps", "scenario_env_kwargs")
 KPI_KEYS = ("key", "label", "fmt", "iqm")
@@ -81,6 +82,8 @@ def load_table(name_or_path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     check_number(f"{where}.eval_seeds", cfg["eval_seeds"], ge=1, integer=True)
     for s, sc in cfg["scenarios"].items():
         check_keys(f"{where}.scenarios.{s}", sc or {}, SCENARIO_KEYS)
+        if (sc or {}).get("scenario") is not None:
+            check_choice(f"{where}.scenarios.{s}.scenario", sc["scenario"], shipped_scenarios())
     for s in cfg["default_scenarios"]:
         check_choice(f"{where}.default_scenarios", s, list(cfg["scenarios"]))
     for i, b in enumerate(cfg["baselines"]):
@@ -92,6 +95,8 @@ def load_table(name_or_path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
             raise fail(
                 f"{where}.baselines[{i}].sweep", sweep, "must map parameters to non-empty lists of values"
             )
+        for s in b.get("scenarios") or ():
+            check_choice(f"{where}.baselines[{i}].scenarios", s, list(cfg["scenarios"]))
         sel = b.get("select", "best")
         if len(sweep) > 1 and sel == "mean_load":
             raise fail(f"{where}.baselines[{i}].select", sel, "sweeps one parameter (a replica count)")
@@ -182,10 +187,18 @@ def resolve_options(
     )
 
 
+def base_scenario(cfg: Mapping[str, Any], scenario: str) -> str:
+    """The shipped scenario a table row is made from: its ``scenario`` key, else the row's own name (a
+    row such as ``azure-conv-pd`` is ``azure-conv`` with its ``env_kwargs``)."""
+    return (cfg["scenarios"][scenario] or {}).get("scenario", scenario)
+
+
 def scenario_env_kwargs(cfg: Mapping[str, Any], opts: Options, scenario: str, split: str) -> dict[str, Any]:
-    """gym.make keywords of a scenario for the ``train`` (calibration + training) or ``eval`` split."""
+    """gym.make keywords of a scenario for the ``train`` (calibration + training) or ``eval`` split: the
+    row's ``env_kwargs``, then its split's, then what ``--quick`` sets."""
     sc = cfg["scenarios"][scenario] or {}
-    kw = deep_merge(sc.get(f"{split}_env_kwargs") or {}, dict(opts.scenario_env_kwargs))  # quick wins
+    kw = deep_merge(sc.get("env_kwargs") or {}, sc.get(f"{split}_env_kwargs") or {})
+    kw = deep_merge(kw, dict(opts.scenario_env_kwargs))  # quick wins
     if sc.get("trace"):
         kw = deep_merge(kw, {"workload": {"arrival": {"path": str(opts.trace)}}})
     return kw
@@ -220,6 +233,28 @@ def sweep_points(b: Mapping[str, Any]) -> tuple[str, list[Any]]:
     return ",".join(sweep), list(itertools.product(*sweep.values()))
 
 
+def baselines_on(cfg: Mapping[str, Any], scenario: str) -> list[Mapping[str, Any]]:
+    """The baselines that run on table row ``scenario``: those whose ``scenarios`` list names it, or
+    that have none (they run on every row)."""
+    return [b for b in cfg["baselines"] if not b.get("scenarios") or scenario in b["scenarios"]]
+
+
+def with_params(spec: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` with sweep ``params`` set; a dotted name sets a nested key (``prefill.target`` of a
+    ``per_pool`` scaler)."""
+    out = copy.deepcopy(dict(spec))
+    for name, value in params.items():
+        *path, key = name.split(".")
+        node = out
+        for part in path:
+            if not isinstance(node.get(part), Mapping):
+                raise ConfigError(f"sweep: {name!r} names no mapping {part!r} in the spec {dict(spec)!r}")
+            node[part] = dict(node[part])
+            node = node[part]
+        node[key] = value
+    return out
+
+
 def point_params(b: Mapping[str, Any], value: Any) -> dict[str, Any]:
     """``{parameter: value}`` of a sweep point of baseline ``b`` (see :func:`sweep_points`)."""
     sweep = b.get("sweep") or {}
@@ -249,7 +284,7 @@ def policy_runs(
     keys = [k["key"] for k in cfg["kpis"]]
     out = []
     for s in opts.scenarios:
-        for b in cfg["baselines"]:
+        for b in baselines_on(cfg, s):
             rs = sorted(
                 (r for r in rows if r["label"].startswith(f"eval|{s}|{b['name']}|")), key=lambda r: r["seed"]
             )

@@ -267,3 +267,40 @@ def test_a_sweep_over_two_parameters_calibrates_on_their_grid(tmp_path):
         tables.load_table(
             {**TINY, "baselines": [TINY["baselines"][0], {**pd, "sweep": {"prefill_fraction": []}}]}
         )
+
+
+def test_rows_built_on_a_shipped_scenario_and_baselines_limited_to_some_rows():
+    cfg = tables.load_table("autoscale-pd")
+    opts = tables.resolve_options(cfg, quick=True)
+    assert opts.scenarios == ("code", "code-pd")  # the trace rows need --trace
+    assert (
+        tables.base_scenario(cfg, "code-pd") == "steady"
+        and tables.base_scenario(cfg, "azure-conv") == "azure-conv"
+    )
+    assert [b["name"] for b in tables.baselines_on(cfg, "code")] == ["hpa"]
+    assert [b["name"] for b in tables.baselines_on(cfg, "code-pd")] == [
+        "hpa",
+        "pd-ratio",
+        "pool-hpa",
+        "dynamo-sla",
+    ]
+    cells = reproduce.calibration_cells(cfg, opts)
+    assert {c.label.split("|")[2] for c in cells if c.label.startswith("calib|code|")} == {"hpa"}
+    pool = [c for c in cells if "|pool-hpa|" in c.label]
+    assert len(pool) == 4 * 3 * len(opts.calibration_seeds)
+    spec = yaml.safe_load(pool[0].policy)  # a dotted sweep parameter sets the nested key
+    assert spec["prefill"] == {"kind": "hpa", "metric": "in_flight_per_replica", "target": 2}
+    assert spec["decode"] == {"kind": "hpa", "metric": "kv_usage", "target": 0.4}
+    assert cfg["baselines"][2]["spec"]["prefill"] == {
+        "kind": "hpa",
+        "metric": "in_flight_per_replica",
+    }  # unchanged
+    env = dict(pool[0].env_kwargs)
+    assert pool[0].scenario == "steady" and env["models"][0]["serving"] == "disaggregated"
+    with pytest.raises(ConfigError, match=r"sweep: 'decode\.x\.target' names no mapping 'x'"):
+        tables.with_params({"kind": "per_pool", "decode": {"kind": "hpa"}}, {"decode.x.target": 1})
+    bad = {**TINY, "baselines": [{**TINY["baselines"][0], "scenarios": ["nowhere"]}]}
+    with pytest.raises(ConfigError, match=r"baselines\[0\]\.scenarios: 'nowhere' must be one of"):
+        tables.load_table(bad)
+    with pytest.raises(ConfigError, match=r"scenarios\.default\.scenario: 'nowhere' must be one of"):
+        tables.load_table({**TINY, "scenarios": {"default": {"scenario": "nowhere"}}})
