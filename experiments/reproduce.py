@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -69,6 +71,42 @@ def _grid():
 
 def _freeze(d: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(d.items()))
+
+
+class RuntimeLog:
+    """Every invocation's wall clock on a run folder (``reproduce_runtimes.json``, seconds, a list).
+
+    This invocation's entry is appended at the start and rewritten every ``every_s`` seconds by a
+    daemon thread, atomically (temporary file + rename), so a run killed mid-way still leaves its
+    time to within ``every_s``. :meth:`stop` writes the final value and returns the whole list.
+    """
+
+    def __init__(self, path: Path, t0: float, every_s: float = 30.0) -> None:
+        self.path, self.t0 = Path(path), t0
+        self.runtimes: list[float] = json.loads(self.path.read_text()) if self.path.exists() else []
+        self.runtimes.append(0.0)
+        self._done = threading.Event()
+        self._write()
+        self._thread = threading.Thread(target=self._tick, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        self.runtimes[-1] = round(time.perf_counter() - self.t0, 1)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.runtimes) + "\n")
+        os.replace(tmp, self.path)
+
+    def _tick(self, every_s: float) -> None:
+        while not self._done.wait(every_s):
+            self._write()
+
+    def stop(self) -> list[float]:
+        """Stop updating; the final runtimes (this invocation's last)."""
+        if not self._done.is_set():
+            self._done.set()
+            self._thread.join()
+            self._write()
+        return list(self.runtimes)
 
 
 def calibration_cells(cfg: Mapping[str, Any], opts: Options) -> list[Any]:
@@ -511,10 +549,18 @@ def reproduce(
         progress_every=progress_every,
     )
 
-    calib = calibration_cells(cfg, opts)
-    rows_c = run_cells(calib, run_dir, progress_label="calibration", **grid_kw) if calib else []
-    chosen, sweep = calibrate(cfg, opts, rows_c)
-    rows_e = run_cells(evaluation_cells(cfg, opts, chosen), run_dir, progress_label="agents+eval", **grid_kw)
+    # A resumed run only redoes what is missing, so the README reports the wall clock of every
+    # invocation, an interrupted one's too (its entry is kept up to date while it runs).
+    clock = RuntimeLog(run_dir / "reproduce_runtimes.json", t0)
+    try:
+        calib = calibration_cells(cfg, opts)
+        rows_c = run_cells(calib, run_dir, progress_label="calibration", **grid_kw) if calib else []
+        chosen, sweep = calibrate(cfg, opts, rows_c)
+        rows_e = run_cells(
+            evaluation_cells(cfg, opts, chosen), run_dir, progress_label="agents+eval", **grid_kw
+        )
+    finally:
+        clock.stop()
 
     groups = policy_runs(cfg, opts, rows_e, chosen)
     summary = summary_rows(cfg, groups)
@@ -531,11 +577,7 @@ def reproduce(
 
         fig_paths = plot.table_figures(cfg, opts, groups, rows_e, chosen, agent_dirs(run_dir, rows_e), out)
     cmd = command or shlex.join(["python", "-m", "experiments.reproduce", *sys.argv[1:]])
-    # A resumed run only redoes what is missing, so the README reports the wall clock of every invocation.
-    log = run_dir / "reproduce_runtimes.json"
-    runtimes = json.loads(log.read_text()) if log.exists() else []
-    runtimes.append(round(time.perf_counter() - t0, 1))
-    log.write_text(json.dumps(runtimes) + "\n")
+    runtimes = clock.stop()
     write_readme(out, cfg, opts, cmd, runtimes, run_dir, backend)
     return {
         "markdown": md,

@@ -304,3 +304,20 @@ def test_rows_built_on_a_shipped_scenario_and_baselines_limited_to_some_rows():
         tables.load_table(bad)
     with pytest.raises(ConfigError, match=r"scenarios\.default\.scenario: 'nowhere' must be one of"):
         tables.load_table({**TINY, "scenarios": {"default": {"scenario": "nowhere"}}})
+
+
+def test_runtime_log_keeps_an_interrupted_invocations_time(tmp_path):
+    import json
+    import time
+
+    path = tmp_path / "reproduce_runtimes.json"
+    path.write_text("[120.0]\n")  # an earlier invocation
+    t0 = time.perf_counter() - 5.0
+    log = reproduce.RuntimeLog(path, t0, every_s=0.02)
+    time.sleep(0.2)
+    # while it runs (or after a kill), the file already holds this invocation's time so far
+    first, running = json.loads(path.read_text())
+    assert first == 120.0 and running >= 5.0
+    final = log.stop()
+    assert final[0] == 120.0 and final[1] >= running and json.loads(path.read_text()) == final
+    assert log.stop() == final  # idempotent
