@@ -38,13 +38,12 @@ from envs.sim.faults import schedule as fault_schedule
 from envs.sim.features import outstanding_work_s, routing_observation
 from envs.sim.hardware import GpuType, default_max_batched_tokens
 from envs.sim.perf import (
-    ReplicaCoefficients,
     RooflineParams,
     kv_capacity_tokens,
     replica_coefficients,
     saturation_throughput,
 )
-from envs.sim.profile import ServingProfile
+from envs.sim.profile import ServingProfile, deployment_profile
 from envs.sim.reads import SimulatorReads
 from envs.sim.requests import N_SESSIONS, build_requests  # noqa: F401  (N_SESSIONS: public name)
 from envs.sim.routing import ROUTERS, PythonRouter, Router, RouterSpec, Rule, hash64, route_once
@@ -219,28 +218,17 @@ class Simulator(SimulatorReads):
         self.profiles = [self._profile(m) for m in range(self.n_models)]
 
     def _profile(self, m: int) -> ServingProfile | None:
-        """Deployment ``m``'s serving profile on its first GPU type it fits (None for a service-time model)."""
+        """Deployment ``m``'s serving profile on the first of its GPU types it fits (None for a
+        service-time model)."""
         if self.per_request:
             return None
         dep = self.scenario.models[m]
         names = [g.name for g in self.gpu_types]
         for name in dep.gpu_types:
-            g = names.index(name)
-            params = self._rep_params.get((m, g))
-            if params is None:
-                continue
-            coef, kv_cap, _ = params
-            gpu = self.gpu_types[g]
-            budget = (
-                dep.max_batched_tokens
-                if dep.max_batched_tokens is not None
-                else default_max_batched_tokens(gpu)
-            )
-            max_len = dep.max_model_len if dep.max_model_len is not None else dep.spec.max_context
-            if dep.kv_policy != "paged" or not dep.chunked_prefill:
-                budget = max(budget, max_len)  # whole prompts in one iteration
-            coefficients = ReplicaCoefficients(*(float(c) for c in coef[:4]), int(coef[4]))
-            return ServingProfile(coefficients, dep.tensor_parallel, dep.max_batch, budget, int(kv_cap))
+            params = self._rep_params.get((m, names.index(name)))
+            if params is not None:
+                coef, kv_cap, _ = params
+                return deployment_profile(dep, self.gpu_types[names.index(name)], coef, kv_cap)
         return None
 
     def _build_state(self, rf: np.ndarray, ri: np.ndarray) -> None:

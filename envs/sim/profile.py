@@ -19,8 +19,11 @@ simulator hands each deployment's profile to its scaler in :attr:`envs.sim.view.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from envs.sim.hardware import GpuType, default_max_batched_tokens
 from envs.sim.perf import ReplicaCoefficients
 
 
@@ -87,3 +90,18 @@ class ServingProfile:
                 else:
                     hi = mid
         return lo / self.decode_itl_s(lo, context_tokens) / self.gpus
+
+
+def deployment_profile(
+    dep: Any, gpu: GpuType, coef: Sequence[float], kv_capacity_tokens: int
+) -> ServingProfile:
+    """The profile of one replica of deployment ``dep`` (a ``ModelDeployment``) on ``gpu``, from its kernel
+    coefficients ``coef`` (``compute_s_per_token, weight_read_s, kv_read_s_per_token, overhead_s,
+    token_tile``) and KV capacity: the token budget the engine gives it (vLLM's default for the GPU when
+    ``max_batched_tokens`` is unset; whole prompts when it does not chunk prefills)."""
+    budget = dep.max_batched_tokens if dep.max_batched_tokens is not None else default_max_batched_tokens(gpu)
+    max_len = dep.max_model_len if dep.max_model_len is not None else dep.spec.max_context
+    if dep.kv_policy != "paged" or not dep.chunked_prefill:
+        budget = max(budget, max_len)  # whole prompts in one iteration
+    coefficients = ReplicaCoefficients(*(float(c) for c in coef[:4]), int(coef[4]))
+    return ServingProfile(coefficients, dep.tensor_parallel, dep.max_batch, budget, int(kv_capacity_tokens))
