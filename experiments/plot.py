@@ -59,11 +59,21 @@ def record_episode(
         hist = getattr(base, "_hist", None)  # Autoscale-v1 keeps what render() draws
         if hist is not None:
             n = len(steps) + 1
+            roles = np.array([d.role for d in base.scenario.models])
             out["t_s"] = hist["t"][1:n]
-            out["arrival_rate_per_s"] = hist["arrival"][1:n].sum(axis=1)
-            out["capacity_rps"] = hist["capacity"][1:n].sum(axis=1)
+            # both pools of a disaggregated model see its arrivals: count them once
+            out["arrival_rate_per_s"] = hist["arrival"][1:n][:, roles != "decode"].sum(axis=1)
+            # saturation capacity is an aggregated replica's; a pool's has no such number
+            agg = roles == "aggregated"
+            out["capacity_rps"] = (
+                hist["capacity"][1:n][:, agg].sum(axis=1) if agg.any() else np.full(n - 1, np.nan)
+            )
             out["replicas_ready"] = hist["ready"][1:n].sum(axis=1)
             out["replicas_loading"] = hist["loading"][1:n].sum(axis=1)
+            if not agg.all():
+                live = hist["ready"][1:n] + hist["loading"][1:n]
+                out["replicas_prefill"] = live[:, roles == "prefill"].sum(axis=1)
+                out["replicas_decode"] = live[:, roles == "decode"].sum(axis=1)
             out["ttft_p99_s"] = hist["ttft_p99"][1:n].max(axis=1)
             out["ttft_target_s"] = np.full(n - 1, float(base.ttft_target_s))
         else:
@@ -79,15 +89,30 @@ def plot_episode(traces: Mapping[str, Mapping[str, np.ndarray]], path: Path, tit
     first = next(iter(traces.values()))
     t_min = first["t_s"] / 60.0
     axes[0].plot(t_min, first["arrival_rate_per_s"], color="k", lw=1.0, label="arrival rate")
-    for name, tr in traces.items():
+    pools = "replicas_prefill" in first
+    for k, (name, tr) in enumerate(traces.items()):
         tm = tr["t_s"] / 60.0
-        axes[0].plot(tm, tr["capacity_rps"], lw=0.9, alpha=0.8, label=f"{name} capacity")
-        axes[1].step(tm, tr["replicas_ready"] + tr["replicas_loading"], where="post", lw=1.0, label=name)
-        axes[2].plot(tm, np.maximum(tr["ttft_p99_s"], 1e-3), lw=0.8, label=name)
+        c = f"C{k % 10}"
+        if np.isfinite(tr["capacity_rps"]).any():
+            axes[0].plot(tm, tr["capacity_rps"], color=c, lw=0.9, alpha=0.8, label=f"{name} capacity")
+        if pools:  # a disaggregated model: each pool's replicas
+            axes[1].step(tm, tr["replicas_prefill"], where="post", color=c, lw=1.0, label=f"{name} prefill")
+            axes[1].step(
+                tm, tr["replicas_decode"], where="post", color=c, ls="--", lw=1.0, label=f"{name} decode"
+            )
+        else:
+            axes[1].step(
+                tm, tr["replicas_ready"] + tr["replicas_loading"], where="post", color=c, lw=1.0, label=name
+            )
+        axes[2].plot(tm, np.maximum(tr["ttft_p99_s"], 1e-3), color=c, lw=0.8, label=name)
     axes[2].axhline(float(first["ttft_target_s"][0]), color="r", ls="--", lw=1, label="TTFT SLO")
     axes[0].set_ylabel("req/s")
-    axes[0].set_title("arrival rate (black) vs saturation capacity of READY replicas", fontsize=9)
+    axes[0].set_title(
+        "arrival rate (black)" + ("" if pools else " vs saturation capacity of READY replicas"), fontsize=9
+    )
     axes[1].set_ylabel("replicas (ready+loading)")
+    if pools:
+        axes[1].set_title("replicas per pool: prefill (solid), decode (dashed)", fontsize=9)
     axes[2].set_ylabel("TTFT p99 per interval (s)")
     axes[2].set_yscale("log")
     axes[2].set_xlabel("simulated time (min)")

@@ -321,3 +321,16 @@ def test_runtime_log_keeps_an_interrupted_invocations_time(tmp_path):
     final = log.stop()
     assert final[0] == 120.0 and final[1] >= running and json.loads(path.read_text()) == final
     assert log.stop() == final  # idempotent
+
+
+def test_episode_figure_of_a_disaggregated_model_counts_arrivals_once_and_draws_each_pool(tmp_path):
+    from envs.autoscale import ScalerPolicy
+
+    tr = plot.record_episode(
+        "InferGym/Autoscale-v3", ScalerPolicy("static"), "disaggregated", 0, {"horizon_s": 120}
+    )
+    arrived = tr["requests_arrived"] / np.diff(np.concatenate([[0.0], tr["t_s"]]))
+    np.testing.assert_allclose(tr["arrival_rate_per_s"], arrived)  # the model's rate, not twice it
+    assert (tr["replicas_prefill"] == 2).all() and (tr["replicas_decode"] == 2).all()
+    assert np.isnan(tr["capacity_rps"]).all()
+    assert plot.plot_episode({"static": tr}, tmp_path / "ep.png").stat().st_size > 0
