@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from agents import Policy  # noqa: E402
+from envs.sim.config_workload import TRACE_FORMATS  # noqa: E402
 from envs.sim.errors import ConfigError, check_choice  # noqa: E402
 from experiments import stats, tables  # noqa: E402
 
@@ -277,7 +278,7 @@ def figures_from_csv(
     run_dir: str | Path | None = None,
     *,
     quick: bool = False,
-    trace: str | None = None,
+    trace: str | Sequence[str] | Mapping[str, str] | None = None,
     scenarios: Sequence[str] | None = None,
     figures: Sequence[str] | None = None,
     out: str | Path | None = None,
@@ -311,7 +312,8 @@ def figures_from_csv(
             check_choice("figures", f, tables.FIGURES)
         cfg = {**cfg, "figures": list(figures)}
     if trace is None and not {"episode", "ttft_cdf"} & set(cfg["figures"]):
-        trace = "(unused)"  # only the episode figures build envs, so only they need a replayed trace file
+        # only the episode figures build envs, so only they need the replayed trace files
+        trace = {fmt: "(unused)" for fmt in TRACE_FORMATS}
     opts = tables.resolve_options(
         cfg, quick=quick, seeds=max(n_seeds, 1), scenarios=names, trace=trace, agents=agents
     )
@@ -338,8 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="the table was reproduced with --quick (its default folders and quick env settings)")  # fmt: skip
     ap.add_argument(
         "--trace",
+        nargs="+",
         default=None,
-        help="trace file of the trace-replay scenarios (azure-conv: Azure CSV; mooncake-conv: Mooncake JSONL)",
+        metavar="FILE",
+        help="trace files of the trace-replay rows, one per format: an Azure CSV (.csv) for the azure-conv "
+        "rows, a Mooncake JSONL (.jsonl) for the mooncake-conv rows",
     )
     ap.add_argument("--scenarios", nargs="+", default=None, help="only these scenarios of episodes.csv")
     ap.add_argument("--figures", nargs="+", choices=tables.FIGURES, default=None, metavar="FIGURE",

@@ -515,7 +515,7 @@ def reproduce(
     quick: bool = False,
     seeds: int | None = None,
     scenarios: Sequence[str] | None = None,
-    trace: str | None = None,
+    trace: str | Sequence[str] | Mapping[str, str] | None = None,
     total_timesteps: int | None = None,
     agents: Sequence[str] | None = None,
     backend: str = "local",
@@ -600,8 +600,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--scenarios", nargs="+", default=None, help="restrict to these scenarios of the table")
     ap.add_argument(
         "--trace",
+        nargs="+",
         default=None,
-        help="trace file of the trace-replay scenarios (azure-conv: Azure CSV; mooncake-conv: Mooncake JSONL)",
+        metavar="FILE",
+        help="trace files of the trace-replay rows, one per format: an Azure CSV (.csv) for the azure-conv "
+        "rows, a Mooncake JSONL (.jsonl) for the mooncake-conv rows",
     )
     ap.add_argument(
         "--total-timesteps", type=int, default=None, help="override every agent's training budget"

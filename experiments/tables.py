@@ -23,6 +23,7 @@ import yaml
 
 import envs
 from envs.sim.config import deep_merge, shipped_scenarios
+from envs.sim.config_workload import TRACE_FORMAT_OF_SUFFIX, TRACE_FORMATS
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
 
 TABLES_DIR = Path(__file__).resolve().parent / "configs" / "tables"
@@ -84,6 +85,8 @@ def load_table(name_or_path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         check_keys(f"{where}.scenarios.{s}", sc or {}, SCENARIO_KEYS)
         if (sc or {}).get("scenario") is not None:
             check_choice(f"{where}.scenarios.{s}.scenario", sc["scenario"], shipped_scenarios())
+        if (sc or {}).get("trace") is not None:
+            check_choice(f"{where}.scenarios.{s}.trace", sc["trace"], TRACE_FORMATS)
     for s in cfg["default_scenarios"]:
         check_choice(f"{where}.default_scenarios", s, list(cfg["scenarios"]))
     for i, b in enumerate(cfg["baselines"]):
@@ -135,7 +138,7 @@ class Options:
     n_agent_seeds: int
     total_timesteps: int | None = None  # None: each agent's own budget
     quick: bool = False
-    trace: str | None = None
+    trace: Mapping[str, str] = field(default_factory=dict)  # trace format -> file (``trace_files``)
     scenario_env_kwargs: Mapping[str, Any] = field(default_factory=dict)
     agents: tuple[str, ...] | None = None  # None: every agent of the table
 
@@ -146,7 +149,7 @@ def resolve_options(
     quick: bool = False,
     seeds: int | None = None,
     scenarios: Sequence[str] | None = None,
-    trace: str | None = None,
+    trace: str | Sequence[str] | Mapping[str, str] | None = None,
     total_timesteps: int | None = None,
     agents: Sequence[str] | None = None,
 ) -> Options:
@@ -165,12 +168,15 @@ def resolve_options(
     names = list(scenarios) if scenarios else list(cfg["default_scenarios"])
     for s in names:
         check_choice("scenarios", s, list(cfg["scenarios"]))
+    files = trace_files(trace)
     if not scenarios:
-        # The trace scenario needs the trace file; without --trace the default list skips it.
-        names = [s for s in names if trace or not (cfg["scenarios"][s] or {}).get("trace")]
+        # A trace row needs its trace file; without it the default list skips the row.
+        names = [s for s in names if (cfg["scenarios"][s] or {}).get("trace") in (None, *files)]
     for s in names:
-        if (cfg["scenarios"][s] or {}).get("trace") and not trace:
-            raise fail("trace", None, f"scenario {s!r} replays a trace: give its path with --trace")
+        fmt = (cfg["scenarios"][s] or {}).get("trace")
+        if fmt is not None and fmt not in files:
+            raise fail("trace", sorted(files.values()) or None,
+                       f"scenario {s!r} replays a {fmt} trace: give its file with --trace")  # fmt: skip
     steps = total_timesteps if total_timesteps is not None else q.get("total_timesteps")
     for a in agents or ():
         check_choice("agents", a, [x["name"] for x in cfg.get("agents", [])])
@@ -181,10 +187,31 @@ def resolve_options(
         n_agent_seeds=n_eval,
         total_timesteps=None if steps is None else int(steps),
         quick=quick,
-        trace=trace,
+        trace=files,
         scenario_env_kwargs=dict(q.get("scenario_env_kwargs", {})),
         agents=None if agents is None else tuple(agents),
     )
+
+
+def trace_files(trace: str | Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
+    """The trace files of a run by format (``azure``, ``mooncake``): given as paths, each one's format
+    comes from its extension (``.csv`` Azure, ``.jsonl`` Mooncake), as a scenario's
+    ``workload.arrival.format`` does; at most one file per format."""
+    if trace is None:
+        return {}
+    if isinstance(trace, Mapping):
+        for fmt in trace:
+            check_choice("trace", fmt, TRACE_FORMATS)
+        return {str(k): str(v) for k, v in trace.items()}
+    files: dict[str, str] = {}
+    for path in [trace] if isinstance(trace, (str, Path)) else list(trace):
+        fmt = TRACE_FORMAT_OF_SUFFIX.get(Path(path).suffix.lower())
+        if fmt is None:
+            raise fail("trace", str(path), "must end in .csv (an Azure trace) or .jsonl (a Mooncake trace)")
+        if fmt in files:
+            raise fail("trace", [files[fmt], str(path)], f"name two {fmt} traces; give one per format")
+        files[fmt] = str(path)
+    return files
 
 
 def base_scenario(cfg: Mapping[str, Any], scenario: str) -> str:
@@ -200,7 +227,7 @@ def scenario_env_kwargs(cfg: Mapping[str, Any], opts: Options, scenario: str, sp
     kw = deep_merge(sc.get("env_kwargs") or {}, sc.get(f"{split}_env_kwargs") or {})
     kw = deep_merge(kw, dict(opts.scenario_env_kwargs))  # quick wins
     if sc.get("trace"):
-        kw = deep_merge(kw, {"workload": {"arrival": {"path": str(opts.trace)}}})
+        kw = deep_merge(kw, {"workload": {"arrival": {"path": str(opts.trace[sc["trace"]])}}})
     return kw
 
 

@@ -179,6 +179,29 @@ def test_shipped_tables_load_and_quick_shrinks_them():
     assert with_trace.scenarios == ("steady", "diurnal", "bursty", "spot", "azure-conv")
 
 
+def test_each_trace_row_gets_the_file_of_its_format():
+    cfg = tables.load_table("autoscale-pd")
+    rows = ("azure-conv", "azure-conv-pd", "mooncake-conv", "mooncake-conv-pd")
+    azure_only = tables.resolve_options(cfg, trace="a.csv")
+    assert "azure-conv-pd" in azure_only.scenarios and "mooncake-conv" not in azure_only.scenarios
+    both = tables.resolve_options(cfg, trace=["a.csv", "m.jsonl"])
+    assert set(rows) <= set(both.scenarios)
+    for row, path in zip(rows, ("a.csv", "a.csv", "m.jsonl", "m.jsonl"), strict=True):
+        for split in ("train", "eval"):
+            kw = tables.scenario_env_kwargs(cfg, both, row, split)
+            assert kw["workload"]["arrival"]["path"] == path
+    with pytest.raises(ConfigError, match=r"trace.*mooncake-conv.*mooncake trace"):
+        tables.resolve_options(cfg, scenarios=["mooncake-conv"], trace="a.csv")
+    with pytest.raises(ConfigError, match=r"trace: 'm\.txt'.*\.csv.*\.jsonl"):
+        tables.resolve_options(cfg, trace=["m.txt"])
+    with pytest.raises(ConfigError, match="two azure traces"):
+        tables.resolve_options(cfg, trace=["a.csv", "b.csv"])
+    bad = {k: v for k, v in cfg.items() if k != "name"}
+    bad["scenarios"] = {**cfg["scenarios"], "azure-conv": {**cfg["scenarios"]["azure-conv"], "trace": True}}
+    with pytest.raises(ConfigError, match=r"scenarios\.azure-conv\.trace"):
+        tables.load_table(bad)
+
+
 def test_agent_train_env_kwargs_reach_training_only():
     cfg = tables.load_table("routing")
     opts = tables.resolve_options(cfg, quick=True, seeds=1)
@@ -287,10 +310,10 @@ def test_rows_built_on_a_shipped_scenario_and_baselines_limited_to_some_rows():
     cells = reproduce.calibration_cells(cfg, opts)
     assert {c.label.split("|")[2] for c in cells if c.label.startswith("calib|code|")} == {"hpa"}
     pool = [c for c in cells if "|pool-hpa|" in c.label]
-    assert len(pool) == 4 * 3 * len(opts.calibration_seeds)
+    assert len(pool) == 4 * 4 * len(opts.calibration_seeds)
     spec = yaml.safe_load(pool[0].policy)  # a dotted sweep parameter sets the nested key
     assert spec["prefill"] == {"kind": "hpa", "metric": "in_flight_per_replica", "target": 2}
-    assert spec["decode"] == {"kind": "hpa", "metric": "kv_usage", "target": 0.4}
+    assert spec["decode"] == {"kind": "hpa", "metric": "kv_usage", "target": 0.2}
     assert cfg["baselines"][2]["spec"]["prefill"] == {
         "kind": "hpa",
         "metric": "in_flight_per_replica",
