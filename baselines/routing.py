@@ -254,7 +254,8 @@ class WeightedRoundRobinRouter(Router):
 
 @_register
 class LeastConnectionsRouter(Router):
-    """Fewest requests in flight (queued + running).
+    """Fewest requests in flight (queued + running; at a decode replica also the requests whose KV cache
+    is in transfer to it, as the connection is open from the moment the request is sent there).
 
     nginx's ``least_conn`` counts active connections, weighted by ``weight``,
     and breaks ties by weighted round robin; here weights are equal and ties go

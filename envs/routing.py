@@ -147,12 +147,13 @@ class RoutingEnv(gym.Env):
     |-------------|----------------------------------------------------------------------|-----|-----|------|
     | 0           | 1 if the replica is READY (can be chosen)                            | 0   | 1   | 1 |
     | 1           | 1 if the replica is LOADING (cold start)                             | 0   | 1   | 1 |
-    | 2           | requests in the replica's own queue / B                              | 0   | 8   | 1 |
+    | 2           | requests waiting at the replica (its queue; at a decode replica also | 0   | 8   | 1 |
+    |             | the KV caches in transfer to it) / B                                 |     |     |   |
     | 3           | requests in its running batch / B                                    | 0   | 1   | 1 |
     | 4           | free fraction of its KV cache (1 - reserved / capacity)              | 0   | 1   | 1 |
     | 5           | its capacity (saturation req/s of its GPU type) / fastest type's     | 0   | 1   | 1 |
     | 6           | EWMA (weight 0.2) of its end-to-end latency / 10 s; 0 until measured | 0   | 8   | 1 |
-    | 7           | requests in flight (queued + running) / B                            | 0   | 8   | 1 |
+    | 7           | requests in flight (waiting + running) / B                           | 0   | 8   | 1 |
 
     ``InferGym/Routing-v1`` adds three features per slot (11 in all), from the paged engine
     (``models[].kv_policy: paged``; all 0 for ``reserve`` replicas):

@@ -48,7 +48,7 @@ from experiments.simulate import parse_set
 #: Attainment goal: DistServe's default (Sec. 2.1: "say, 90%"; its Fig. 8 uses 90%).
 DEFAULT_ATTAINMENT = 0.9
 #: KPIs reported at each deployment's goodput.
-REPORTED = ("slo_attainment", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "e2e_mean_s")
+REPORTED = ("slo_attainment", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "e2e_mean_s", "cost_usd")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class Deployment:
 
     prefill: int
     decode: int
+    #: GPU types (``gpu_types``) of the aggregated replicas, the prefill pool and the decode pool; None:
+    #: the model's own
+    gpus: Mapping[str, Sequence[str] | None] | None = None
 
     @property
     def label(self) -> str:
@@ -67,20 +70,25 @@ class Deployment:
         """The ``models[0]`` entry of this deployment, the rest of ``base`` kept."""
         keep = {k: v for k, v in base.items() if k not in ("serving", "prefill", "decode", "replicas",
                                                             "min_replicas", "max_replicas")}  # fmt: skip
+        gpus = dict(self.gpus or {})
+
+        def sized(n: int, role: str) -> dict[str, Any]:
+            types = gpus.get(role)
+            return {"replicas": n, "min_replicas": n, "max_replicas": n} | (
+                {"gpu_types": list(types)} if types else {}
+            )
+
         if self.prefill == 0:
-            n = self.decode
-            return {**keep, "replicas": n, "min_replicas": n, "max_replicas": n}
-        pools = {
-            role: {"replicas": n, "min_replicas": n, "max_replicas": n}
-            for role, n in (("prefill", self.prefill), ("decode", self.decode))
-        }
-        return {**keep, "serving": "disaggregated", **pools}
+            return {**keep, **sized(self.decode, "aggregated")}
+        return {**keep, "serving": "disaggregated", "prefill": sized(self.prefill, "prefill"),
+                "decode": sized(self.decode, "decode")}  # fmt: skip
 
 
-def deployments(replicas: int) -> list[Deployment]:
-    """Aggregated ``replicas`` and every prefill:decode split of them."""
+def deployments(replicas: int, gpus: Mapping[str, Sequence[str] | None] | None = None) -> list[Deployment]:
+    """Aggregated ``replicas`` and every prefill:decode split of them; ``gpus`` maps ``aggregated``,
+    ``prefill`` and ``decode`` to GPU types (e.g. Splitwise-HA: prefill on H100, decode on A100)."""
     check_number("replicas", replicas, ge=2, integer=True)
-    return [Deployment(0, replicas)] + [Deployment(p, replicas - p) for p in range(1, replicas)]
+    return [Deployment(0, replicas, gpus)] + [Deployment(p, replicas - p, gpus) for p in range(1, replicas)]
 
 
 def scaled_classes(sc: Scenario, scale: float) -> list[dict[str, Any]]:
@@ -151,15 +159,17 @@ def goodput(sc: Scenario, load: Load, base: Mapping[str, Any], seeds: Sequence[i
         hi /= 2
         if probe(hi)["slo_attainment"] >= goal:
             lo, hi = hi, hi * 2
-    if lo == 0.0:
-        return 0.0, probe(hi), len(cache)
-    while (hi - lo) > rtol * hi and len(cache) < max_probes:
+    while lo > 0.0 and (hi - lo) > rtol * hi and len(cache) < max_probes:
         mid = 0.5 * (lo + hi)
         if probe(mid)["slo_attainment"] >= goal:
             lo = mid
         else:
             hi = mid
-    return lo, probe(lo), len(cache)
+    at = lo if lo > 0.0 else hi
+    horizon = load.overrides(at).get("horizon_s", base.get("horizon_s", getattr(sc, "horizon_s", 0.0)))
+    kpis = dict(probe(at))
+    kpis["usd_per_hour"] = kpis.pop("cost_usd") * 3600.0 / horizon if horizon else float("nan")
+    return lo, kpis, len(cache)
 
 
 def run(
@@ -173,6 +183,7 @@ def run(
     rtol: float = 0.02,
     overrides: Mapping[str, Any] | None = None,
     decode_routing: str = "least_connections",
+    gpus: Mapping[str, Sequence[str] | None] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per (SLO scale, deployment): its goodput and the KPIs there."""
@@ -192,15 +203,16 @@ def run(
     rows = []
     for scale in slo_scales:
         classes = scaled_classes(sc, scale)
-        for dep in deployments(replicas):
+        for dep in deployments(replicas, gpus):
             t0 = time.perf_counter()
             base = {"models": [dep.model(model)], "workload.classes": classes}
             if dep.prefill:
                 base["decode_routing"] = decode_routing
             rate, kpis, probes = goodput(sc, load, base, seeds, goal, rtol)
-            gpus = replicas * gpus_per_replica
+            n_gpus = replicas * gpus_per_replica
             row = {"slo_scale": scale, "deployment": dep.label, "prefill": dep.prefill, "decode": dep.decode,
-                   "gpus": gpus, "goodput_req_s": rate, "goodput_per_gpu": rate / gpus, **kpis,
+                   "gpus": n_gpus, "goodput_req_s": rate, "goodput_per_gpu": rate / n_gpus, **kpis,
+                   "requests_per_usd": rate * 3600.0 / kpis["usd_per_hour"] if kpis["usd_per_hour"] > 0 else 0.0,
                    "probes": probes, "wall_s": time.perf_counter() - t0}  # fmt: skip
             rows.append(row)
             if progress:
@@ -216,12 +228,13 @@ def markdown(rows: Sequence[Mapping[str, Any]], goal: float) -> str:
         sub = [r for r in rows if r["slo_scale"] == scale]
         out += [f"### SLO x {scale:g} (goodput at attainment >= {goal:g})", "",
                 "| deployment | goodput (req/s) | per GPU | SLO attainment | TTFT p50 (s) | TTFT p99 (s) "
-                "| TPOT mean (ms) | end to end mean (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                "| TPOT mean (ms) | end to end mean (s) | $/h | requests per $ |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in sub:
             out.append(
                 f"| {r['deployment']} | {r['goodput_req_s']:.2f} | {r['goodput_per_gpu']:.3f} | "
                 f"{r['slo_attainment']:.3f} | {r['ttft_p50_s']:.2f} | {r['ttft_p99_s']:.2f} | "
-                f"{1e3 * r['tpot_mean_s']:.1f} | {r['e2e_mean_s']:.2f} |"
+                f"{1e3 * r['tpot_mean_s']:.1f} | {r['e2e_mean_s']:.2f} | {r['usd_per_hour']:.2f} | "
+                f"{r['requests_per_usd']:.0f} |"
             )
         agg = sub[0]
         best = max(sub[1:], key=lambda r: r["goodput_req_s"])
@@ -233,7 +246,10 @@ def markdown(rows: Sequence[Mapping[str, Any]], goal: float) -> str:
             verdict = f"Best split {best['deployment']}; aggregated meets the goal at no load."
         else:
             ratio = best["goodput_req_s"] / agg["goodput_req_s"]
-            verdict = f"Best split {best['deployment']}: {ratio:.2f} x aggregated's goodput."
+            cheap = max(sub[1:], key=lambda r: r["requests_per_usd"])
+            per_usd = cheap["requests_per_usd"] / agg["requests_per_usd"]
+            verdict = (f"Best split {best['deployment']}: {ratio:.2f} x aggregated's goodput; per dollar, "
+                       f"{cheap['deployment']}: {per_usd:.2f} x aggregated's.")  # fmt: skip
         out += ["", verdict, ""]
     return "\n".join(out)
 
@@ -252,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--attainment", type=float, default=DEFAULT_ATTAINMENT, help="SLO attainment goal (0.9)")
     p.add_argument("--horizon-s", type=float, default=600.0, help="simulated seconds per run (default 600)")
     p.add_argument("--rtol", type=float, default=0.02, help="relative precision of the goodput (0.02)")
+    for role in ("aggregated", "prefill", "decode"):
+        p.add_argument(f"--{role}-gpus", nargs="+", default=None, metavar="TYPE",
+                       help=f"GPU types of the {role} replicas (default: the model's own)")  # fmt: skip
     p.add_argument("--decode-routing", default="least_connections", help="the decode stage's router")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override, repeatable"
@@ -265,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["workload.arrival.path"] = args.trace
         rows = run(args.scenario, replicas=args.replicas, slo_scales=args.slo_scale, seeds=args.seeds,
                    goal=args.attainment, horizon_s=args.horizon_s, rtol=args.rtol, overrides=overrides,
-                   decode_routing=args.decode_routing)  # fmt: skip
+                   decode_routing=args.decode_routing,
+                   gpus={r: getattr(args, f"{r}_gpus") for r in ("aggregated", "prefill", "decode")})  # fmt: skip
     except ConfigError as exc:
         p.exit(2, f"error: {exc}\n")
     took = time.perf_counter() - t0

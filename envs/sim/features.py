@@ -28,6 +28,7 @@ from envs.sim.layout import (
     Q_PAGED,
     Q_PREEMPT,
     Q_STATE,
+    Q_XIN,
     R_ARR,
     R_CLASS,
     R_DONE,
@@ -100,7 +101,7 @@ def routing_observation(rf, ri, pf, pi, qn, mrep, mn, log_done, log_drop, gi, pc
         else:
             obs[o + 1] = 1.0
         maxb = pi[r, Q_MAXB]
-        q = qn[n_models + r]
+        q = qn[n_models + r] + pi[r, Q_XIN]  # a decode replica's caches in transfer wait there too
         run = pi[r, Q_NRUN]
         obs[o + 2] = min(q / maxb, load_high)
         obs[o + 3] = min(run / maxb, 1.0)

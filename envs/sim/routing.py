@@ -62,6 +62,7 @@ from envs.sim.layout import (
     Q_MAXB,
     Q_NRUN,
     Q_STATE,
+    Q_XIN,
     R_MODEL,
     R_PROMPT,
     R_SESSION,
@@ -93,8 +94,16 @@ class Rule(enum.IntEnum):
 
 #: Arguments of a score function, in order (name, numba type, meaning and unit).
 SCORE_ARGS: tuple[tuple[str, Any, str], ...] = (
-    ("in_flight", types.int64, "requests queued at or running on the replica"),
-    ("queued", types.int64, "requests in the replica's own queue"),
+    (
+        "in_flight",
+        types.int64,
+        "requests queued at, running on or (decode pool) pulling their KV to the replica",
+    ),
+    (
+        "queued",
+        types.int64,
+        "requests waiting at the replica: its own queue and (decode pool) KV caches in transfer",
+    ),
     ("running", types.int64, "requests in its running batch"),
     ("max_batch", types.int64, "its batch limit"),
     ("kv_reserved_tokens", types.int64, "KV tokens reserved by its running requests"),
@@ -282,8 +291,16 @@ ROUTERS.register("external", _External)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def _waiting(pi, qn, gi, r):
+    """Requests waiting at replica ``r``: its queue, and at a decode replica the requests it has admitted
+    whose KV cache is still in transfer (they hold its blocks and join its batch on arrival; a router
+    that missed them would herd requests onto a replica whose caches are on a slow link)."""
+    return qn[gi[I_NMODELS] + r] + pi[r, Q_XIN]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def _in_flight(pi, qn, gi, r):
-    return qn[gi[I_NMODELS] + r] + pi[r, Q_NRUN]
+    return _waiting(pi, qn, gi, r) + pi[r, Q_NRUN]
 
 
 @njit(cache=True, error_model="numpy")
@@ -410,7 +427,7 @@ def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i):
         r = mrep[m, k]
         if pi[r, Q_STATE] != REP_READY:
             continue
-        q = qn[gi[I_NMODELS] + r]
+        q = _waiting(pi, qn, gi, r)
         run = pi[r, Q_NRUN]
         cached = 0
         if prefixes:

@@ -122,7 +122,9 @@ class ReplicaView:
 
     @property
     def in_flight(self) -> int:
-        return self.queued + self.running
+        """Requests queued, running, or (decode replica) admitted with their KV cache still in transfer:
+        what the compiled routers count (``envs.sim.routing``)."""
+        return self.queued + self.running + self.kv_transfers_in
 
     @property
     def kv_free_tokens(self) -> int:

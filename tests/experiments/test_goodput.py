@@ -20,6 +20,8 @@ def test_deployments_cover_every_split_of_the_budget():
         and pd["prefill"]["replicas"] == 1
         and pd["decode"]["max_replicas"] == 3
     )
+    ha = G.deployments(2, {"prefill": ["h100-sxm-80gb"], "decode": None})[1].model(base)
+    assert ha["prefill"]["gpu_types"] == ["h100-sxm-80gb"] and "gpu_types" not in ha["decode"]
     with pytest.raises(ConfigError, match="replicas"):
         G.deployments(1)
 
