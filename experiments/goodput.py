@@ -136,6 +136,9 @@ class Load:
 def attainment(sc: Scenario, overrides: Mapping[str, Any], seeds: Sequence[int]) -> dict[str, float]:
     """Mean of the reported KPIs over ``seeds`` at these overrides."""
     runs = [run_scenario(sc, s, overrides=overrides) for s in seeds]
+    if any(r["placement_failures"] > 0 for r in runs):  # fewer replicas than compared: a wrong answer
+        models = overrides.get("models") or [{}]
+        raise fail("replicas", models[0], "do not all fit the scenario's nodes (placement failed)")
     return {k: float(np.nanmean([r[k] for r in runs])) for k in REPORTED}
 
 

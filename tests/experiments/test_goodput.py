@@ -94,6 +94,8 @@ def test_script_finds_a_real_goodput_and_writes_its_files(tmp_path, capsys):
     sc = load_scenario("default", {"horizon_s": 120, "scaling": "static", "models": [G.Deployment(0, 2).model(
         load_scenario("default").raw["models"][0])]})  # fmt: skip
     assert run_scenario(sc, 0, overrides={"workload.arrival.rate_per_s": rate})["slo_attainment"] >= 0.9
+    with pytest.raises(ConfigError, match=r"replicas: 20 .*do not fit"):
+        G.run("default", replicas=20, horizon_s=30, seeds=[0], progress=False)  # 16 GPUs
     with pytest.raises(SystemExit):
         G.main(["--attainment", "1.5"])
     assert "attainment" in capsys.readouterr().err
