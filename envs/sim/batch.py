@@ -25,6 +25,7 @@ costs one argument per kind, not one per array and simulation. A simulation that
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -167,10 +168,24 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
     return n_need
 
 
+def _renamed(fn: types.FunctionType, name: str) -> types.FunctionType:
+    """``fn`` under another name. numba's on-disk cache names an entry after the function's qualified
+    name and first line, not after the compile options, so two builds of one Python function (serial
+    and ``parallel=True``) would share one entry and each process would load whichever was compiled
+    first: the serial build then ran as the parallel one, with the thread pool's start-up on every call."""
+    out = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    out.__qualname__ = name
+    out.__doc__ = fn.__doc__
+    return out
+
+
 #: Serial and parallel builds of the batched routing step (the parallel one runs the simulations
-#: on all cores; for a few simulations the threads' start-up costs more than it saves).
+#: on all cores; starting numba's work-queue threads costs about 100 us a call, the work of some
+#: twenty routing steps, so few simulations run faster on one core).
 route_batch = njit(cache=True, error_model="numpy")(_route_batch)
-route_batch_parallel = njit(cache=True, error_model="numpy", parallel=True)(_route_batch)
+route_batch_parallel = njit(cache=True, error_model="numpy", parallel=True)(
+    _renamed(_route_batch, "_route_batch_parallel")
+)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -42,6 +44,40 @@ def _same_step_info(vinfo: dict, sinfo: dict, i: int) -> None:
 def test_each_sub_env_is_the_single_env_bit_for_bit(kwargs: dict, n_envs: int, steps: int) -> None:
     ends = assert_matches_single(ENV, kwargs, n_envs, steps, 7, _masked, _same_step_info)
     assert ends >= n_envs
+
+
+def test_the_parallel_build_is_the_single_env_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # below PARALLEL_FROM sub-envs the serial build runs; this forces the threaded one
+    monkeypatch.setattr("envs.vector.routing.PARALLEL_FROM", 2)
+    kwargs = {"scenario": "default", "horizon_s": 20}
+    ends = assert_matches_single(ENV, kwargs, 3, 600, 11, _masked, _same_step_info)
+    assert ends >= 3
+
+
+def test_few_sub_envs_never_start_the_thread_pool() -> None:
+    # numba caches a compiled function under its name: the serial and parallel builds of one function
+    # once shared an entry, so after a process had cached the parallel build, the serial one loaded it
+    # and started the threads (about 100 us) on every call. First run (and cache) the parallel build.
+    code = (
+        "import sys, gymnasium as gym, numpy as np, envs\n"
+        "import envs.vector.routing as R\n"
+        "from numba.np.ufunc import parallel\n"
+        "R.PARALLEL_FROM = int(sys.argv[1])\n"
+        "vec = gym.make_vec('InferGym/Routing-v2', num_envs=2, vectorization_mode='vector_entry_point',"
+        " scenario='default', horizon_s=20)\n"
+        "vec.reset(seed=0)\n"
+        "for _ in range(50):\n"
+        "    vec.step(np.argmax(vec.unwrapped.action_masks(), axis=1))\n"
+        "print(parallel._is_initialized)\n"
+    )
+
+    def threads_started(parallel_from: int) -> str:
+        out = subprocess.run([sys.executable, "-c", code, str(parallel_from)], capture_output=True, text=True,
+                             check=True, timeout=600)  # fmt: skip
+        return out.stdout.strip().splitlines()[-1]
+
+    assert threads_started(2) == "True"
+    assert threads_started(1_000) == "False"
 
 
 def test_the_decode_stage_sub_envs_are_the_single_env_bit_for_bit() -> None:
