@@ -12,11 +12,11 @@ function for N simulations in one call:
 * :func:`route_step_at` is :func:`route_step` with the state and the env's buffers passed as two
   address tables (:mod:`envs.sim.ptrs`): the single Routing env's call, two arguments instead of 37.
 * :func:`route_batch` runs :func:`route_step` for every simulation of a vector env.
-* :func:`advance_batch` runs :func:`envs.sim.kernel.advance` for every simulation to its own
-  ``until``, in parallel over the machine's cores (``numba.prange``): the simulations share no
-  array, so the threads never write the same memory.
+* :func:`advance_at` runs :func:`envs.sim.kernel.advance` for one simulation given as an address
+  table, without the GIL: the Autoscale vector env runs its simulations on several threads at once
+  (they share no array, so the threads never write the same memory).
 
-The simulations' arrays reach these functions as one numba typed ``List`` of tuples
+The simulations' arrays reach :func:`route_batch` as one numba typed ``List`` of tuples
 (:class:`StateList`), in :meth:`envs.sim.state.EngineState.kernel_args` order, so a vector step
 costs one argument per kind, not one per array and simulation. A simulation that grows its arrays
 (more replicas than rows) gets its tuple replaced before the next call (:meth:`StateList.sync`).
@@ -188,20 +188,19 @@ route_batch_parallel = njit(cache=True, error_model="numpy", parallel=True)(
 )
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def advance_batch(states, active, until, codes, now, n_released):
-    """:func:`envs.sim.kernel.advance` of every active simulation to ``until[e]`` (no routing decision
-    pending), in parallel. ``codes[e]`` is its return code, ``now[e]`` the clock afterwards and
-    ``n_released[e]`` the kernel's count of released replicas."""
-    for k in prange(len(states)):
-        e = np.int64(k)  # prange's index is unsigned; the typed list takes a signed one
-        if not active[e]:
-            continue
-        s = states[e]
-        codes[e] = advance(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13],
-                           s[14], s[15], s[16], s[17], s[18], s[19], s[20], s[21], s[22], s[23], until[e], -1)  # fmt: skip
-        now[e] = s[16][G_NOW]
-        n_released[e] = s[17][I_NRELEASED]
+@njit(cache=True, error_model="numpy", nogil=True)
+def advance_at(st, until):
+    """:func:`envs.sim.kernel.advance` of one simulation to ``until`` (no routing decision pending), its
+    state passed as an address table (:meth:`envs.sim.state.EngineState.address_table`). Releases the
+    GIL: the Autoscale vector env runs several simulations on worker threads while its own thread
+    reads and builds the other sub-envs' steps. Returns the kernel's code."""
+    return advance(
+        P.f64_2(st, 0), P.i64_2(st, 1), P.f64_2(st, 2), P.i64_2(st, 3), P.i64_2(st, 4), P.i64_2(st, 5),
+        P.i64_2(st, 6), P.i64_2(st, 7), P.i64_1(st, 8), P.i64_2(st, 9), P.i64_2(st, 10), P.i64_1(st, 11),
+        P.f64_1(st, 12), P.i64_1(st, 13), P.i64_1(st, 14), P.i64_1(st, 15), P.f64_1(st, 16), P.i64_1(st, 17),
+        P.i64_1(st, 18), P.i64_1(st, 19), P.i64_2(st, 20), P.i64_2(st, 21), P.i64_1(st, 22), P.i64_3(st, 23),
+        until, -1,
+    )  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -284,7 +283,7 @@ __all__ = [
     "N_OUT",
     "RoutingBuffers",
     "StateList",
-    "advance_batch",
+    "advance_at",
     "int_list",
     "route_batch",
     "route_batch_parallel",

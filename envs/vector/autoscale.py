@@ -3,14 +3,14 @@ in parallel by one compiled call per vector step."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numba
 import numpy as np
 
 from envs.autoscale import AutoscaleEnv, AutoscaleEnvV0, AutoscaleEnvV1, AutoscaleEnvV2
-from envs.sim.batch import StateList, advance_batch
-from envs.sim.kernel import advance
+from envs.sim.batch import advance_at
 from envs.sim.routing import Rule
 from envs.vector.base import NativeVectorEnv
 
@@ -26,16 +26,18 @@ class AutoscaleVecEnv(NativeVectorEnv):
     ## Stepping
 
     A step is one control interval of every sub-env, in three parts: each sub-env applies its
-    action in Python (replica targets, placement: the single env's code); one call into compiled
-    code (:func:`envs.sim.batch.advance_batch`) runs every simulation to its interval's end, the
-    simulations spread over all cores with ``numba.prange`` (they share no memory; with one numba
-    thread, ``numba.set_num_threads(1)`` as in the grid's workers, the simulations' compiled loops
-    are called one after another instead, the same computation without a parallel build to compile
-    on first use); each sub-env
-    then reads its interval (a compiled read) and builds its observation and reward. The
-    simulation is most of a step's cost, so the vector env's rate grows with the cores. A sub-env
-    with a fault due within the interval, or a Python router, advances in Python instead (same
-    numbers).
+    action in Python (replica targets, placement: the single env's code); its simulation runs to
+    the interval's end in compiled code (:func:`envs.sim.batch.advance_at`, one call per sub-env
+    that releases the GIL); it then reads its interval (a compiled read) and builds its observation
+    and reward. With more than one numba thread (``numba.get_num_threads()``, the machine's cores by
+    default) the simulations run on that many worker threads, pipelined with this thread's Python
+    work: while sub-env ``e + 1`` places its replicas, sub-env ``e`` simulates, and reading sub-env
+    ``e`` overlaps the simulation of the later ones. (One compiled call over all simulations with
+    ``numba.prange`` was slower here: numba's work-queue threads start in about 100 us a call and
+    a static split of the simulations leaves one thread idle while the other finishes a burst.)
+    With one thread, as in the experiment grid's workers, the simulations run in turn on this one.
+    The numbers are the same either way: the simulations share no memory. A sub-env with a fault
+    due within the interval, or a Python router, advances in Python instead (same numbers).
 
     ## Infos
 
@@ -53,22 +55,21 @@ class AutoscaleVecEnv(NativeVectorEnv):
         self, num_envs: int, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(num_envs, scenario, render_mode, **kwargs)
-        n = self.num_envs
-        self._states: StateList | None = None
-        self._until = np.zeros(n)
-        self._codes = np.zeros(n, np.int64)
-        self._now = np.zeros(n)
-        self._n_released = np.zeros(n, np.int64)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_threads = 0
 
-    def reset(self, *, seed: Any = None, options: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
-        self._states = None
-        out = super().reset(seed=seed, options=options)
-        self._states = StateList([env.sim for env in self.envs])
-        return out
-
-    def _after_reset(self, e: int) -> None:
-        if self._states is not None:
-            self._states.sync(e, self.envs[e].sim)
+    def _workers(self) -> ThreadPoolExecutor | None:
+        """The threads that help this one run the simulations: one fewer than numba's thread count
+        (None with one thread: this thread runs them all)."""
+        threads = min(numba.get_num_threads(), self.num_envs)
+        if threads <= 1:
+            return None
+        if self._pool is None or self._pool_threads != threads:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="infergym-sim")
+            self._pool_threads = threads
+        return self._pool
 
     def _step_batch(
         self, actions: np.ndarray
@@ -76,11 +77,10 @@ class AutoscaleVecEnv(NativeVectorEnv):
         n = self.num_envs
         fast = np.zeros(n, np.bool_)
         started = []
+        jobs = []
         for e, env in enumerate(self.envs):
             started.append(env._apply_action(actions[e]))
             sim, until = env.sim, env.clock.next_boundary_s
-            self._states.sync(e, sim)  # placing replicas may have grown its arrays
-            self._until[e] = until
             faults = sim.faults
             fast[e] = (
                 (faults is None or faults.next_time_s() > until)
@@ -89,12 +89,9 @@ class AutoscaleVecEnv(NativeVectorEnv):
                 and sim.router_spec.rule != Rule.EXTERNAL
                 and until >= sim.now
             )
-        if fast.any():
-            if numba.get_num_threads() > 1:
-                advance_batch(self._states.items, fast, self._until, self._codes, self._now, self._n_released)
-            else:  # one thread: the loops one after another (the same calls, and no parallel build to compile)
-                for e in np.flatnonzero(fast).tolist():
-                    advance(*self.envs[e].sim.state.kernel_args(), float(self._until[e]), -1)
+            if fast[e]:  # the table is taken after placing: placing may grow the arrays
+                jobs.append((sim.state.address_table(), float(until)))
+        self._simulate(jobs)
         results = []
         for e, env in enumerate(self.envs):
             if fast[e]:
@@ -111,19 +108,41 @@ class AutoscaleVecEnv(NativeVectorEnv):
         infos = _batch_infos([r[4] for r in results])
         return rewards, terminated, truncated, infos, lambda e: results[e][4]
 
+    def _simulate(self, jobs: list[tuple[np.ndarray, float]]) -> None:
+        """Run each ``(address table, until)`` simulation to its ``until``: on this thread and the worker
+        threads, each taking the next simulation when it is done with one (the GIL is released while a
+        simulation runs, so they run at once)."""
+        queue = iter(jobs)
+
+        def work() -> None:
+            for table, until in queue:  # next() on a list iterator is atomic under the GIL
+                advance_at(table, until)
+
+        pool = self._workers()
+        if pool is None or len(jobs) < 2:
+            work()
+            return
+        helpers = [pool.submit(work) for _ in range(self._pool_threads - 1)]
+        try:
+            work()
+        finally:
+            for job in helpers:
+                job.result()
+
     def action_masks(self) -> np.ndarray:
         """``(N, sum(nvec))`` bool: each sub-env's ``action_masks()`` (MaskablePPO's flat layout)."""
         return np.stack([env.action_masks() for env in self.envs])
 
+    def close_extras(self, **kwargs: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        super().close_extras(**kwargs)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_states"] = None  # numba typed lists do not pickle: rebuilt below
+        state["_pool"], state["_pool_threads"] = None, 0  # threads do not pickle: started again on use
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        if self._ready:
-            self._states = StateList([env.sim for env in self.envs])
 
 
 class AutoscaleVecEnvV2(AutoscaleVecEnv):

@@ -102,3 +102,32 @@ def test_one_thread_steps_the_simulations_in_turn_with_the_same_numbers() -> Non
     finally:
         numba.set_num_threads(before)
     assert ends >= 2
+
+
+@pytest.mark.skipif(
+    __import__("numba").config.NUMBA_NUM_THREADS < 2, reason="the worker threads need numba threads >= 2"
+)
+def test_worker_threads_run_the_simulations_with_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numba
+
+    import envs.vector.autoscale as VA
+
+    threads: set[str] = set()
+    advance_at = VA.advance_at
+
+    def spy(table: np.ndarray, until: float) -> int:
+        threads.add(__import__("threading").current_thread().name)
+        return advance_at(table, until)
+
+    monkeypatch.setattr(VA, "advance_at", spy)
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        ends = assert_matches_single(
+            "InferGym/Autoscale-v2", {"scenario": "bursty", "horizon_s": 300, "action_mode": "target"}, 4, 45, 3,
+            _random, _same_step_info,
+        )  # fmt: skip
+    finally:
+        numba.set_num_threads(before)
+    assert ends >= 4
+    assert any(name.startswith("infergym-sim") for name in threads), threads  # a worker ran some
