@@ -24,96 +24,85 @@ The synthetic trace of a reset is drawn here too (:func:`draw_synthetic_jobs`): 
 :func:`envs.sim.jobtrace.synthetic_job_trace`, compiled, drawing the same numbers from the same
 generator (numba's ``np.random.Generator`` support shares the generator's state and algorithms).
 
-This module's compiled functions call only each other (numba's on-disk cache is keyed on this
-file alone; see :mod:`envs.sim.jitcache`).
+The arrays' layout is :mod:`envs.placement.layout`; the episodes' drawing and encoding is
+:mod:`envs.placement.episodes`; the container of the rows is :class:`envs.placement.rows.JobBatch`.
+numba's on-disk cache is keyed on the three compiled modules together (:mod:`envs.sim.jitcache`).
 """
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import numpy as np
 from numba import njit
 
-GPU_MILLI = 1000  # = envs.sim.cluster.GPU_MILLI (a compile-time constant here)
-
-# ------------------------------------------------------------------ layout of the stacked arrays
-# si[e, :] (int64): the row's counters and cluster sums
-S_JOB = 0  # index of the waiting job (== S_N: none waits)
-S_N = 1  # jobs in the episode
-S_PLACED = 2
-S_FAILURES = 3
-S_INVALID = 4
-S_ITEMS = 5  # jobs offered so far (the waiting one included)
-S_IDLE = 6  # ClusterState.idle_gpus
-S_FREE = 7  # ClusterState.free_gpu_milli
-S_LIVE = 8  # ClusterState.live_allocations
-S_USED = 9  # ClusterState.nodes_in_use()
-S_HEAP = 10  # live jobs in the heap
-S_TOTAL = 11  # GPUs of the cluster
-S_ANY = 12  # the waiting job fits some node
-S_HIST = 13  # rows of the history
-S_ENDED = 14  # the episode ended
-S_K = 15  # FGD task types of the episode
-S_U = 16  # distinct per-GPU thresholds of those types
-S_G = 17  # GPU slots per node of this episode's cluster
-S_ACTIVE = 18  # task types offered so far: types 0 .. S_ACTIVE - 1 (numbered by first appearance)
-S_FGD = 19  # sum over nodes and task types of offered count x fragment (milli-GPU)
-N_SI = 20
-# sf[e, :] (float64)
-F_NOW = 0
-F_PHI = 1
-N_SF = 2
-# n32[e, :, n] (int32, ClusterState's int32 node arrays) and n64[e, :, n] (int64)
-N32_FULL, N32_MAXF, N32_COUNT = 0, 1, 2  # gpu_full_free, gpu_max_free, node_alloc_count
-N64_CPU, N64_MEM, N64_TOTAL, N64_VERSION = 0, 1, 2, 3  # cpu_free_milli, mem_free_mib, gpu_free_total, version
-N64_TYPE, N64_OBS_SEEN, N64_FGD_SEEN = 4, 5, 6  # GPU type (T: none), versions the observation and FGD show
-N64_CPU_CAP, N64_MEM_CAP, N64_GPUS = 7, 8, 9  # node CPU, memory, GPUs
-# what the node's FGD fragment was last computed from (free GPU milli, CPU, memory) and its weighted sum
-N64_FGD_TOTAL, N64_FGD_CPU, N64_FGD_MEM, N64_FGD_SUM = 10, 11, 12, 13
-N_N32, N_N64 = 3, 14
-# jint[e, j, :] (int64): the job's demand, its FGD column, and what placing it took
-J_NUM, J_MILLI, J_CPU, J_MEM, J_TYPESET, J_COL, J_NODE, J_HEAP = range(8)
-N_JINT = 8
-# jf[e, j, :] (float64)
-JF_CREATE, JF_DELETE, JF_HEAP = 0, 1, 2
-N_JF = 3
-# kint[e, :, k] (int64, one row per field: the loop over types reads each field contiguously): an FGD
-# task type and how many jobs of it were offered
-K_NUM, K_THRESHOLD, K_CPU, K_MEM, K_TYPESET, K_COUNT = range(6)
-K_MILLI_KEY = K_COUNT  # while encoding an episode: the type's gpu_milli (counts start at 0 in start_row)
-N_KINT = 6
-# w[:] (float64): shared parameters
-W_TERMS = 0  # 4 weights, in REWARD_TERMS order
-W_SHAPING = 4
-W_COMPENSATED = 5  # 1.0: sum the reward terms as CPython >= 3.12's sum() does
-N_W = 6
-# res[:, c] (float64): what a step gives, per stepped row c
-R_REWARD, R_TRUNCATED, R_SHAPING, R_HAS_SHAPING = 0, 1, 2, 3  # truncated: 1.0 (-1.0: the row had ended)
-R_TERMS = 4  # the 4 cost terms, in REWARD_TERMS order
-R_KPI = 8  # the KPIs, in KPI_KEYS order
-N_TERMS = 4
-KPI_KEYS = (
-    "time_s",
-    "items",
-    "placed",
-    "failures",
-    "invalid_actions",
-    "fragmented_gpus",
-    "fgd_fragmentation_milli",
-    "gpus_in_use",
-    "nodes_in_use",
-    "live_allocations",
+from envs.placement.layout import (
+    F_NOW,
+    F_PHI,
+    GPU_MILLI,
+    J_COL,
+    J_CPU,
+    J_HEAP,
+    J_MEM,
+    J_MILLI,
+    J_NODE,
+    J_NUM,
+    J_TYPESET,
+    JF_CREATE,
+    JF_DELETE,
+    JF_HEAP,
+    K_COUNT,
+    K_CPU,
+    K_MEM,
+    K_NUM,
+    K_THRESHOLD,
+    K_TYPESET,
+    N32_COUNT,
+    N32_FULL,
+    N32_MAXF,
+    N64_CPU,
+    N64_CPU_CAP,
+    N64_FGD_CPU,
+    N64_FGD_MEM,
+    N64_FGD_SEEN,
+    N64_FGD_SUM,
+    N64_FGD_TOTAL,
+    N64_GPUS,
+    N64_MEM,
+    N64_MEM_CAP,
+    N64_OBS_SEEN,
+    N64_TOTAL,
+    N64_TYPE,
+    N64_VERSION,
+    N_NODE_BASE,
+    N_TERMS,
+    R_HAS_SHAPING,
+    R_KPI,
+    R_REWARD,
+    R_SHAPING,
+    R_TERMS,
+    R_TRUNCATED,
+    S_ACTIVE,
+    S_ANY,
+    S_ENDED,
+    S_FAILURES,
+    S_FGD,
+    S_FREE,
+    S_HEAP,
+    S_HIST,
+    S_IDLE,
+    S_INVALID,
+    S_ITEMS,
+    S_JOB,
+    S_LIVE,
+    S_N,
+    S_PLACED,
+    S_TOTAL,
+    S_U,
+    S_USED,
+    W_COMPENSATED,
+    W_SHAPING,
+    W_TERMS,
 )
-N_KPI = len(KPI_KEYS)
-N_RES = R_KPI + N_KPI
-N_NODE_BASE = 7  # = envs.placement.params.N_NODE_BASE
-N_ITEM_BASE = 5  # = envs.placement.params.N_ITEM_BASE
-
-#: ``weighted_reward`` sums the four terms with Python's ``sum``, which compensates rounding from
-#: CPython 3.12 on (Neumaier); the compiled reward sums them the same way.
-COMPENSATED_SUM = sys.version_info >= (3, 12)
+from envs.sim import jitcache  # noqa: F401  (keys the compiled cache on this package's layout, step and episodes)
 
 
 # ------------------------------------------------------------------ compiled pieces
@@ -614,349 +603,3 @@ def step_rows(free, n32, n64, inv, obs, mask, jint, jf, jitem, tsok, agpus, kint
         res[R_TRUNCATED, c] = 1.0 if truncated else 0.0
         _fill_obs(e, n32, n64, inv, jint, jitem, obs, si, n_types)
     return -1
-
-
-# ------------------------------------------------------------------ episodes
-SHARE, WHOLE, CPU_ONLY = 0, 1, 2  # kinds of synthetic pod shapes
-
-
-@njit(cache=True)
-def draw_synthetic_jobs(rng, kinds, kind_code, kind_gpus, req_count, req, lo10, hi10, spec_share, node_trace_type,
-                        node_gpus, node_cpu, node_mem, trace_to_env, num, milli, cpu, mem, typeset):  # fmt: skip
-    """The per-job loop of ``synthetic_job_trace``, drawing the same numbers from ``rng`` in the same
-    order: job i of pod kind ``kinds[i]`` gets its (cpu, memory) request, its share (``lo10``..``hi10``
-    x 10 milli) and, with probability ``spec_share`` for GPU jobs, one or two GPU types among those
-    of the nodes that can host it (``Generator.choice(hosts, size, replace=False)``: Floyd's
-    sampling and the shuffle that follows, with the same bounded draws). ``typeset[i]`` is the
-    bit set of the allowed types in the environment's numbering (``trace_to_env``)."""
-    n_trace_types = len(trace_to_env)
-    present = np.zeros(n_trace_types, np.bool_)
-    hosts = np.empty(n_trace_types, np.int64)
-    chosen = np.empty(max(n_trace_types, 1), np.int64)
-    for i in range(len(kinds)):
-        k = kinds[i]
-        r = rng.integers(0, req_count[k])
-        c = req[k, r, 0]
-        m = req[k, r, 1]
-        n_gpu = kind_gpus[k]
-        if kind_code[k] == SHARE:
-            g = rng.integers(lo10, hi10 + 1) * 10
-        elif n_gpu > 0:
-            g = GPU_MILLI
-        else:
-            g = 0
-        bits = 0
-        if n_gpu > 0 and rng.random() < spec_share:
-            present[:] = False
-            for n in range(len(node_trace_type)):
-                t = node_trace_type[n]
-                if t >= 0 and node_gpus[n] >= n_gpu and node_cpu[n] >= c and node_mem[n] >= m:
-                    present[t] = True
-            h = 0
-            for t in range(n_trace_types):
-                if present[t]:
-                    hosts[h] = t
-                    h += 1
-            if h > 0:
-                size = min(h, rng.integers(1, 3))
-                for jj in range(h - size, h):  # Floyd's algorithm, as numpy's choice(replace=False)
-                    val = rng.integers(0, jj + 1)
-                    pos = jj - (h - size)
-                    seen = False
-                    for q in range(pos):
-                        if chosen[q] == val:
-                            seen = True
-                    chosen[pos] = jj if seen else val
-                for q in range(size - 1, 0, -1):  # numpy shuffles the sample afterwards
-                    x = rng.integers(0, q + 1)
-                    tmp = chosen[q]
-                    chosen[q] = chosen[x]
-                    chosen[x] = tmp
-                for q in range(size):
-                    bits |= 1 << trace_to_env[hosts[chosen[q]]]
-        num[i] = n_gpu
-        milli[i] = g
-        cpu[i] = c
-        mem[i] = m
-        typeset[i] = bits
-
-
-@njit(cache=True)
-def _slot(table, mask, h, key_of, rows, key):
-    """Open addressing: the slot of ``key`` (a row of ``rows`` matching ``key_of``) or of an empty one."""
-    i = h & mask
-    while table[i] >= 0:
-        r = table[i]
-        same = True
-        for q in range(len(key)):
-            if rows[r, key_of[q]] != key[q]:
-                same = False
-                break
-        if same:
-            return i
-        i = (i + 1) & mask
-    return i
-
-
-@njit(cache=True)
-def encode_jobs(num, milli, cpu, mem, typeset, tsok, max_gpus, max_cpu, max_mem, jint, jitem, kint, fthr):
-    """The episode's job table: ``jint[j]`` = (num_gpu, gpu_milli, cpu_milli, memory_mib, type set,
-    FGD column), ``jitem[j]`` the item features (``ItemEncoder.encode``), and the FGD task types
-    (``kint[k]`` = num_gpu, threshold index, cpu, memory, type set; ``fthr`` the thresholds) in
-    order of first appearance (``Demand.task_type``: a CPU-only job's type ignores its GPU fields).
-    Returns (task types, thresholds)."""
-    n_types = tsok.shape[1] - 1
-    size = 1
-    while size < 2 * len(num) + 2:
-        size *= 2
-    types_at = np.full(size, -1, np.int64)  # hash slot -> task type (a row of kint)
-    thr_at = np.full(size, -1, np.int64)  # hash slot -> threshold index
-    type_key = np.array([K_NUM, K_MILLI_KEY, K_CPU, K_MEM, K_TYPESET])
-    thr_key = np.array([0])
-    key = np.empty(5, np.int64)
-    one = np.empty(1, np.int64)
-    k_count = 0
-    u_count = 0
-    for j in range(len(num)):
-        g = num[j]
-        gm = milli[j] if g > 0 else 0
-        ts = typeset[j] if g > 0 else 0
-        key[0], key[1], key[2], key[3], key[4] = g, gm, cpu[j], mem[j], ts
-        h = (((g * 1000003 + gm) * 1000003 + cpu[j]) * 1000003 + mem[j]) * 1000003 + ts
-        slot = _slot(types_at, size - 1, h ^ (h >> 29), type_key, kint, key)
-        col = types_at[slot]
-        if col < 0:
-            col = k_count
-            types_at[slot] = col
-            k_count += 1
-            u = -1
-            if g > 0:
-                one[0] = gm
-                tslot = _slot(thr_at, size - 1, gm * 1000003, thr_key, fthr.reshape((-1, 1)), one)
-                u = thr_at[tslot]
-                if u < 0:
-                    u = u_count
-                    thr_at[tslot] = u
-                    fthr[u] = gm
-                    u_count += 1
-            kint[col, K_NUM] = g
-            kint[col, K_MILLI_KEY] = gm
-            kint[col, K_THRESHOLD] = u
-            kint[col, K_CPU] = cpu[j]
-            kint[col, K_MEM] = mem[j]
-            kint[col, K_TYPESET] = ts
-        jint[j, J_NUM] = g
-        jint[j, J_MILLI] = milli[j]
-        jint[j, J_CPU] = cpu[j]
-        jint[j, J_MEM] = mem[j]
-        jint[j, J_TYPESET] = typeset[j]
-        jint[j, J_COL] = col
-        vec = jitem[j]
-        vec[:] = 0.0
-        vec[0] = 1.0
-        if max_gpus:
-            vec[1] = min(g / max_gpus, 1.0)
-        vec[2] = milli[j] / GPU_MILLI if g > 0 else 0.0
-        if typeset[j] != 0:
-            for t in range(n_types):
-                if tsok[typeset[j], t]:
-                    vec[3 + t] = 1.0
-        vec[3 + n_types] = min(cpu[j] / max(max_cpu, 1), 1.0)
-        vec[4 + n_types] = min(mem[j] / max(max_mem, 1), 1.0)
-    return k_count, u_count
-
-
-class JobEpisode:
-    """What one episode of the jobs source places: its cluster's nodes and its jobs, encoded.
-
-    Node arrays (``node_type`` the environment's GPU type index, -1 none; ``node_gpus``,
-    ``node_cpu``, ``node_mem``; ``node_names``) and job tables (see :func:`encode_jobs`): ``jint``
-    int64[n, 6], ``jtime`` float64[n, 2] (creation, deletion), ``jitem`` float32[n, item_dim],
-    ``tsok`` bool[S, T + 1] (type set s allows GPU type t; row 0, no constraint, allows every type;
-    column T, a node without GPUs, none), ``typesets`` (the type indices of each set), ``kint`` and
-    ``fthr`` (the FGD task types; thresholds ascending). Treated as read-only: a file trace's
-    episode is built once.
-    """
-
-    __slots__ = ("fthr", "jint", "jitem", "jtime", "kint", "node_cpu", "node_gpus", "node_mem", "node_names",
-                 "node_type", "tsok", "typesets")  # fmt: skip
-
-    def __init__(self, node_type, node_gpus, node_cpu, node_mem, node_names, num, milli, cpu, mem, typeset,
-                 creation, deletion, tsok, typesets, max_gpus, max_cpu, max_mem):  # fmt: skip
-        self.node_type = np.asarray(node_type, np.int64)
-        self.node_gpus = np.asarray(node_gpus, np.int64)
-        self.node_cpu = np.asarray(node_cpu, np.int64)
-        self.node_mem = np.asarray(node_mem, np.int64)
-        self.node_names = tuple(node_names)
-        self.tsok = tsok
-        self.typesets = typesets
-        n = len(num)
-        n_types = tsok.shape[1] - 1
-        self.jint = np.zeros((n, 6), np.int64)
-        self.jitem = np.zeros((n, N_ITEM_BASE + n_types), np.float32)
-        kint = np.zeros((n, N_KINT), np.int64)
-        fthr = np.zeros(n, np.int64)
-        k, u = encode_jobs(
-            np.asarray(num, np.int64), np.asarray(milli, np.int64), np.asarray(cpu, np.int64),
-            np.asarray(mem, np.int64), np.asarray(typeset, np.int64), tsok, int(max_gpus), int(max_cpu),
-            int(max_mem), self.jint, self.jitem, kint, fthr,
-        )  # fmt: skip
-        # thresholds ascending (the fragment sweep walks a node's sorted free shares once)
-        order = np.argsort(fthr[:u], kind="stable")
-        rank = np.empty(u, np.int64)
-        rank[order] = np.arange(u)
-        self.kint, self.fthr = kint[:k].copy(), fthr[:u][order]
-        gpu = self.kint[:, K_NUM] > 0
-        self.kint[gpu, K_THRESHOLD] = rank[self.kint[gpu, K_THRESHOLD]]
-        self.kint[~gpu, K_THRESHOLD] = 0  # unused for CPU-only types, but read (as an index)
-        self.kint[:, K_COUNT] = 0
-        self.jtime = np.empty((n, 2))
-        self.jtime[:, 0] = creation
-        self.jtime[:, 1] = deletion
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.__slots__}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
-
-class JobBatch:
-    """The state of E jobs-source episodes ("rows") in stacked arrays, stepped by :func:`step_rows`.
-
-    Built for one environment configuration: ``n_nodes`` nodes of at most ``gpu_slots`` GPUs, at
-    most ``n_jobs`` jobs per episode, ``n_types`` GPU types, ``n_sets`` type sets, item features of
-    ``item_dim``; ``weights`` the four reward weights (``REWARD_TERMS`` order) and ``shaping``. The
-    observation rows (``obs``, float32[E, D]) and masks (``mask``, bool[E, n_nodes]) are written in
-    place by every call. :meth:`load` starts an episode in a row; :meth:`step` steps every row;
-    :meth:`cluster_view` is a :class:`~envs.sim.cluster.ClusterState` over a row's arrays.
-    """
-
-    def __init__(self, rows: int, n_nodes: int, gpu_slots: int, n_jobs: int, n_types: int, n_sets: int,
-                 item_dim: int, weights: Any, shaping: float) -> None:  # fmt: skip
-        e, n, g, j = rows, n_nodes, gpu_slots, n_jobs
-        self.rows, self.n_nodes, self.n_jobs = e, n, j
-        self.free = np.full((e, n, g), -1, np.int32)
-        self.n32 = np.zeros((e, N_N32, n), np.int32)
-        self.n64 = np.zeros((e, N_N64, n), np.int64)
-        self.inv = np.zeros((e, 4, n))
-        self.obs = np.zeros((e, n * (N_NODE_BASE + n_types) + item_dim), np.float32)
-        self.mask = np.ones((e, n), np.bool_)
-        self.jint = np.zeros((e, j, N_JINT), np.int64)
-        self.jf = np.zeros((e, j, N_JF))
-        self.jitem = np.zeros((e, j, item_dim), np.float32)
-        self.tsok = np.zeros((e, n_sets, n_types + 1), np.bool_)
-        self.agpus = np.zeros((e, j, g), np.int64)
-        self.si = np.zeros((e, N_SI), np.int64)
-        self.si[:, S_ENDED] = 1
-        self.sf = np.zeros((e, N_SF))
-        self.hist = np.zeros((e, j + 1, 3))
-        self.w = np.zeros(N_W)
-        self.w[W_TERMS : W_TERMS + N_TERMS] = weights
-        self.w[W_SHAPING] = shaping
-        self.w[W_COMPENSATED] = 1.0 if COMPENSATED_SUM else 0.0
-        self.work = np.zeros((2, g + 1), np.int64)  # a node's sorted free shares and their prefix sums
-        self.kint = None
-        self._alloc_fgd(8, 8)
-
-    def _alloc_fgd(self, k_cap: int, u_cap: int) -> None:
-        """(Re)allocate the FGD arrays for ``k_cap`` task types and ``u_cap`` thresholds, keeping rows."""
-        e, n = self.rows, self.n_nodes
-        kint = np.zeros((e, N_KINT, k_cap), np.int64)
-        fthr = np.zeros((e, u_cap), np.int64)
-        fge = np.zeros((e, n, u_cap), np.int64)
-        fsm = np.zeros((e, n, u_cap), np.int64)
-        if getattr(self, "kint", None) is not None:
-            k0, u0 = self.kint.shape[2], self.fthr.shape[1]
-            kint[:, :, :k0], fthr[:, :u0] = self.kint, self.fthr
-            fge[:, :, :u0], fsm[:, :, :u0] = self.fge, self.fsm
-        self.kint, self.fthr, self.fge, self.fsm = kint, fthr, fge, fsm
-        self._args = None
-        self.generation = (
-            getattr(self, "generation", 0) + 1
-        )  # callers holding the arrays rebuild their tuples
-
-    @property
-    def args(self) -> tuple[np.ndarray, ...]:
-        """The arrays :func:`step_rows` and :func:`start_row` take, in their order."""
-        if self._args is None:
-            self._args = (self.free, self.n32, self.n64, self.inv, self.obs, self.mask, self.jint, self.jf,
-                          self.jitem, self.tsok, self.agpus, self.kint, self.fthr, self.fge, self.fsm, self.work,
-                          self.si, self.sf, self.hist, self.w)  # fmt: skip
-        return self._args
-
-    def load(self, e: int, ep: JobEpisode, res: np.ndarray) -> None:
-        """Start episode ``ep`` in row ``e``: its KPIs go to ``res[R_KPI:, 0]``, its shaping potential
-        to ``res[R_SHAPING, 0]``, its first observation and mask to ``obs[e]`` and ``mask[e]``."""
-        n = len(ep.jint)
-        k, u = len(ep.kint), len(ep.fthr)
-        if k > self.kint.shape[2] or u > self.fthr.shape[1]:
-            self._alloc_fgd(max(k, 2 * self.kint.shape[2]), max(u, 2 * self.fthr.shape[1]))
-        n64 = self.n64[e]
-        n_types = self.tsok.shape[2] - 1
-        n64[N64_TYPE] = np.where(ep.node_type >= 0, ep.node_type, n_types)
-        n64[N64_CPU_CAP] = ep.node_cpu
-        n64[N64_MEM_CAP] = ep.node_mem
-        n64[N64_GPUS] = ep.node_gpus
-        # the observation's normalisers, as PlacementEnv._prepare_cluster computes them
-        gpus = ep.node_gpus.astype(np.float64)
-        has = gpus > 0
-        inv_gpus = np.where(has, 1.0 / np.where(has, gpus, 1.0), 0.0)
-        inv = self.inv[e]
-        inv[0] = inv_gpus
-        inv[1] = inv_gpus / GPU_MILLI
-        inv[2] = np.where(ep.node_cpu > 0, 1.0 / np.maximum(ep.node_cpu, 1), 0.0)
-        inv[3] = np.where(ep.node_mem > 0, 1.0 / np.maximum(ep.node_mem, 1), 0.0)
-        self.jint[e, :n, :6] = ep.jint
-        self.jf[e, :n, :2] = ep.jtime
-        self.jitem[e, :n] = ep.jitem
-        self.tsok[e, : len(ep.tsok)] = ep.tsok
-        self.kint[e, :, :k] = ep.kint.T
-        self.fthr[e, :u] = ep.fthr
-        si = self.si[e]
-        si[S_N], si[S_K], si[S_U] = n, k, u
-        si[S_G] = int(ep.node_gpus.max()) if len(ep.node_gpus) else 0
-        start_row(*self.args, e, res)
-
-    def step(self, lo: int, hi: int, actions: np.ndarray, res: np.ndarray) -> int:
-        """One step of rows ``lo`` .. ``hi - 1`` (see :func:`step_rows`): -1, or the first row whose
-        action is out of range (nothing was stepped then)."""
-        return step_rows(*self.args, lo, hi, actions, res)
-
-    def kpi(self, e: int, res: np.ndarray) -> None:
-        """Row ``e``'s KPIs now into ``res[R_KPI:, 0]``."""
-        kpi_row(self.free, self.n64, self.tsok, self.kint, self.fthr, self.fge, self.fsm, self.work, self.si, self.sf,
-                e, res)  # fmt: skip
-
-    def cluster_view(self, e: int, type_names: tuple[str, ...], ep: JobEpisode) -> Any:
-        """A ``ClusterState`` of row ``e``'s episode whose free-resource arrays are the row's own (it
-        follows the steps); its sums are set from the row by :meth:`sync_cluster`."""
-        from envs.sim.cluster import ClusterState
-
-        c = ClusterState(
-            type_names, ep.node_type, ep.node_gpus, ep.node_cpu, ep.node_mem, node_names=ep.node_names
-        )
-        g = c.gpu_free_milli.shape[1]
-        c.gpu_free_milli = self.free[e, :, :g]
-        c.cpu_free_milli = self.n64[e, N64_CPU]
-        c.mem_free_mib = self.n64[e, N64_MEM]
-        c.gpu_free_total = self.n64[e, N64_TOTAL]
-        c.version = self.n64[e, N64_VERSION]
-        c.gpu_full_free = self.n32[e, N32_FULL]
-        c.gpu_max_free = self.n32[e, N32_MAXF]
-        c.node_alloc_count = self.n32[e, N32_COUNT]
-        return self.sync_cluster(e, c)
-
-    def sync_cluster(self, e: int, c: Any) -> Any:
-        """Set the cluster-wide sums of ``c`` (a :meth:`cluster_view`) from row ``e``."""
-        si = self.si[e]
-        c.idle_gpus, c.free_gpu_milli, c.live_allocations, c._nodes_used = (
-            si[S_IDLE].item(), si[S_FREE].item(), si[S_LIVE].item(), si[S_USED].item()
-        )  # fmt: skip
-        return c
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_args"] = None
-        return state

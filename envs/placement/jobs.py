@@ -14,9 +14,11 @@ import gymnasium as gym
 import numpy as np
 
 from envs.common import check_action
-from envs.placement import fast
+from envs.placement import episodes, fast
+from envs.placement import layout as L
 from envs.placement.base import PlacementEnv, PlacementEnvV0
-from envs.placement.fast import (
+from envs.placement.episodes import JobEpisode
+from envs.placement.layout import (
     KPI_KEYS,
     N_RES,
     R_HAS_SHAPING,
@@ -33,10 +35,9 @@ from envs.placement.fast import (
     S_N,
     S_PLACED,
     S_TOTAL,
-    JobBatch,
-    JobEpisode,
 )
 from envs.placement.params import ENV_NAME, SYNTHETIC_GPU_TYPES
+from envs.placement.rows import JobBatch
 from envs.sim.cluster import GPU_MILLI, ClusterState, Demand
 from envs.sim.errors import check_keys, fail
 from envs.sim.jobtrace import (
@@ -52,7 +53,11 @@ _NODE_P = _NODE_P / _NODE_P.sum()
 _POD_P = np.array([s[2] for s in _POD_SHAPES])
 _POD_P = _POD_P / _POD_P.sum()
 _POD_CODE = np.array(
-    [fast.SHARE if s[0] == "share" else fast.WHOLE if s[1] else fast.CPU_ONLY for s in _POD_SHAPES], np.int64
+    [
+        episodes.SHARE if s[0] == "share" else episodes.WHOLE if s[1] else episodes.CPU_ONLY
+        for s in _POD_SHAPES
+    ],
+    np.int64,
 )
 _POD_GPUS = np.array([s[1] for s in _POD_SHAPES], np.int64)
 _POD_REQ_COUNT = np.array([len(s[3]) for s in _POD_SHAPES], np.int64)
@@ -122,7 +127,7 @@ def synthetic_episode(
     node_gpus, node_cpu, node_mem = _SHAPE_GPUS[picks], _SHAPE_CPU[picks], _SHAPE_MEM[picks]
     kinds = rng.choice(len(_POD_SHAPES), size=n_jobs, p=_POD_P)
     num, milli, cpu, mem, typeset = (np.empty(n_jobs, np.int64) for _ in range(5))
-    fast.draw_synthetic_jobs(
+    episodes.draw_synthetic_jobs(
         rng, kinds, _POD_CODE, _POD_GPUS, _POD_REQ_COUNT, _POD_REQ, 10, 50, 0.1, node_trace_type, node_gpus,
         node_cpu, node_mem, np.array(trace_types, np.int64), num, milli, cpu, mem, typeset,
     )  # fmt: skip
@@ -153,7 +158,7 @@ class JobPlacementEnv(PlacementEnv):
     cluster model, masks and costs are those of :class:`~envs.placement.base.PlacementEnv`.
 
     A step is one call into compiled code (:func:`envs.placement.fast.step_rows` on this env's row
-    of a :class:`~envs.placement.fast.JobBatch`, the code :class:`~envs.placement.vector.PlacementVecEnv`
+    of a :class:`~envs.placement.rows.JobBatch`, the code :class:`~envs.placement.vector.PlacementVecEnv`
     runs for N envs at once), which gives the numbers of the Python cluster model bit for bit;
     ``cluster`` is a :class:`~envs.sim.cluster.ClusterState` over the step's arrays (read it, do
     not change it). A reset draws the synthetic trace with a compiled loop (the same draws as
@@ -256,7 +261,7 @@ class JobPlacementEnv(PlacementEnv):
         self._cluster: ClusterState | None = None
 
     def new_batch(self, rows: int) -> JobBatch:
-        """An empty :class:`~envs.placement.fast.JobBatch` of ``rows`` episodes of this configuration."""
+        """An empty :class:`~envs.placement.rows.JobBatch` of ``rows`` episodes of this configuration."""
         w = self.scenario.reward
         return JobBatch(
             rows, self.n_nodes, self._gpu_slots, self._n_jobs, len(self.type_names), self._n_sets,
@@ -370,11 +375,11 @@ class JobPlacementEnv(PlacementEnv):
 
     @property
     def now_s(self) -> float:
-        return self._sf_row[fast.F_NOW].item()
+        return self._sf_row[L.F_NOW].item()
 
     @property
     def _phi(self) -> float:
-        return self._sf_row[fast.F_PHI].item()
+        return self._sf_row[L.F_PHI].item()
 
     @property
     def _total_gpus(self) -> int:
@@ -388,7 +393,7 @@ class JobPlacementEnv(PlacementEnv):
     @property
     def _obs_version(self) -> np.ndarray:
         """Per node, the version its observation row shows (a view: write -1 to have rows rebuilt)."""
-        return self._batch.n64[self._row, fast.N64_OBS_SEEN]
+        return self._batch.n64[self._row, L.N64_OBS_SEEN]
 
     def _observe(self) -> np.ndarray:
         b = self._batch

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from envs.placement.base import PlacementEnv, PlacementEnvV0
-from envs.placement.fast import (
+from envs.placement.layout import (
     KPI_KEYS,
     N_RES,
     N_TERMS,
@@ -41,7 +41,7 @@ class PlacementVecEnv(NativeVectorEnv):
     (tested).
 
     * ``source="jobs"``: the N sub-envs keep their episodes in the rows of one shared
-      :class:`~envs.placement.fast.JobBatch` (:meth:`JobPlacementEnv.bind
+      :class:`~envs.placement.rows.JobBatch` (:meth:`JobPlacementEnv.bind
       <envs.placement.jobs.JobPlacementEnv.bind>`), and a vector step is ONE call into compiled
       code (:func:`envs.placement.fast.step_rows`) that places every sub-env's waiting job,
       releases the jobs whose deletion time has come, moves to the next job and fills each row's

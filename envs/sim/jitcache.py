@@ -5,7 +5,8 @@ time and size of the file that defines the function. The compiled core's
 functions read constants (the state layout, routing rules) from other files of
 the core, so editing :mod:`envs.sim.layout` would leave stale machine code
 behind. This locator, installed before any core module compiles, keys the cache
-of the core's files on a hash of all of them. It uses numba's cache-locator
+of the core's files on a hash of all of them (and likewise for each group in
+:data:`GROUPS`, such as the Placement env's compiled step). It uses numba's cache-locator
 extension point (``numba.core.caching.CacheImpl._locator_classes``), which is
 internal: checked with numba 0.60-0.68.
 """
@@ -35,10 +36,19 @@ CORE_FILES = (
 )
 
 
-def core_fingerprint() -> str:
+#: Other groups of files whose compiled functions read each other's constants: the Placement env's
+#: compiled jobs step (its array layout, the step, the episodes' encoding).
+GROUPS: dict[Path, tuple[str, ...]] = {
+    _HERE: CORE_FILES,
+    _HERE.parent / "placement": ("layout.py", "fast.py", "episodes.py"),
+}
+
+
+def core_fingerprint(folder: Path = _HERE) -> str:
+    """A hash of every file of ``folder``'s group (default: the simulator core)."""
     h = hashlib.sha256()
-    for name in CORE_FILES:
-        path = _HERE / name
+    for name in GROUPS[folder]:
+        path = folder / name
         if path.exists():
             h.update(path.read_bytes())
     return h.hexdigest()
@@ -48,19 +58,22 @@ _BASE = caching.UserProvidedCacheLocator if caching.config.CACHE_DIR else cachin
 
 
 class _CoreLocator(_BASE):
-    _fingerprint: str | None = None
+    _fingerprints: dict[Path, str] = {}
 
     @classmethod
     def from_function(cls, py_func, py_file):  # noqa: ANN001, ANN206  (numba's signature)
         path = Path(py_file).resolve()
-        if path.parent != _HERE or path.name not in CORE_FILES:
+        if path.name not in GROUPS.get(path.parent, ()):
             return None
-        return super().from_function(py_func, py_file)
+        out = super().from_function(py_func, py_file)
+        out._group = path.parent
+        return out
 
     def get_source_stamp(self):  # noqa: ANN201
-        if _CoreLocator._fingerprint is None:
-            _CoreLocator._fingerprint = core_fingerprint()
-        return _CoreLocator._fingerprint
+        group = self._group
+        if group not in _CoreLocator._fingerprints:
+            _CoreLocator._fingerprints[group] = core_fingerprint(group)
+        return _CoreLocator._fingerprints[group]
 
 
 def install() -> None:

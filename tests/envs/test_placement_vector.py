@@ -21,10 +21,11 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 import envs  # noqa: F401  (registers the ids)
 from envs.common import weighted_reward
 from envs.placement import JobPlacementEnv, PlacementEnv
-from envs.placement.fast import COMPENSATED_SUM, _python_sum
+from envs.placement.fast import _python_sum
 from envs.placement.fgd import FgdTracker
 from envs.placement.items import ItemEncoder
 from envs.placement.jobs import synthetic_episode
+from envs.placement.layout import COMPENSATED_SUM
 from envs.placement.vector import PlacementVecEnv
 from envs.sim.cluster import GPU_MILLI, ClusterState
 from envs.sim.jobtrace import JobTrace, read_alibaba_trace, synthetic_job_trace
