@@ -5,28 +5,31 @@ One step is one control interval of the scenario (``control_interval_s``,
 (and, where a model may run on several GPU types, picks the type of the
 replicas it adds), the simulator runs the interval with the scenario's router
 and placer, and the agent pays for SLO misses, drops, GPU dollars and failed
-placements. :class:`ScalerPolicy` runs a classical scaler from ``baselines``
-(HPA, KPA, ...) through the same action space, so learned and classical
-scaling are measured by the same loop.
+placements. :class:`~envs.autoscale.policy.ScalerPolicy` runs a classical
+scaler from ``baselines`` (HPA, KPA, ...) through the same action space, so
+learned and classical scaling are measured by the same loop.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.autoscale.render import render_episode
 from envs.common import RESERVE_ENGINE, check_action, split_kwargs, weighted_reward
 from envs.sim.clock import ControlClock
-from envs.sim.config import ControllerSpec, Scenario
-from envs.sim.controllers import SCALERS
+from envs.sim.config import Scenario
 from envs.sim.engine import Simulator
-from envs.sim.errors import ConfigError, check_choice, check_number, fail
+from envs.sim.errors import check_choice, check_number, fail
 from envs.sim.view import ModelLoad
+
+if TYPE_CHECKING:
+    from envs.autoscale.policy import ScalerPolicy
 
 ENV_PARAMS = ("max_step", "action_mode", "router", "placer")
 #: How Autoscale reads its per-model action components (see the class docstring).
@@ -478,6 +481,8 @@ class AutoscaleEnv(gym.Env):
         """The adapter that runs the classical scaler ``spec`` (a name, a ``{"kind": ...}`` mapping, or
         None for the scenario's own) through this action space. ``seed`` is unused: scalers draw no
         random numbers."""
+        from envs.autoscale.policy import ScalerPolicy
+
         return ScalerPolicy(spec)
 
     # ------------------------------------------------------------------ scaler views and adapters
@@ -609,52 +614,7 @@ class AutoscaleEnv(gym.Env):
                 "AutoscaleEnv.render() called without a render_mode; pass render_mode='rgb_array'"
             )
             return None
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-
-        fig = Figure(figsize=(9.0, 7.0), dpi=80)
-        canvas = FigureCanvasAgg(fig)
-        axes = fig.subplots(3, 1, sharex=True)
-        if self.sim is None:
-            fig.suptitle("InferGym/Autoscale (call reset() first)")
-        else:
-            h, i = self._hist, self._step
-            t = h["t"][: i + 1]
-            for m, name in enumerate(self.model_names):
-                c = f"C{m % 10}"
-                # interval values belong to the interval that ends at t[j]; counts hold from t[j] on
-                axes[0].step(t[1:], h["arrival"][1 : i + 1, m], where="pre", color=c, label=name)
-                axes[0].step(t, h["capacity"][: i + 1, m], where="post", color=c, ls="--")
-                axes[1].step(t, h["ready"][: i + 1, m], where="post", color=c)
-                axes[1].step(
-                    t, h["ready"][: i + 1, m] + h["loading"][: i + 1, m], where="post", color=c, ls=":"
-                )
-                axes[2].step(t[1:], h["ttft_p99"][1 : i + 1, m], where="pre", color=c)
-            axes[2].axhline(self.ttft_target_s, color="k", ls="--", lw=1)
-            axes[0].set_ylabel("requests / s")
-            axes[0].set_title("arrival rate (solid) vs capacity of READY replicas (dashed)", fontsize=10)
-            axes[1].set_ylabel("replicas")
-            axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
-            axes[1].set_title("replicas: READY (solid), READY + LOADING (dotted)", fontsize=10)
-            axes[2].set_ylabel("TTFT p99 (s)")
-            axes[2].set_title("time to first token, p99 per interval; dashed: SLO target", fontsize=10)
-            axes[2].set_xlabel("simulated time (s)")
-            for ax in axes:
-                ax.grid(alpha=0.3)
-                ax.set_xlim(0.0, self.scenario.horizon_s)
-            axes[0].legend(
-                fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="model", title_fontsize=8
-            )
-            fig.suptitle(
-                f"{self.spec.id if self.spec else 'InferGym/Autoscale'}, scenario {self.scenario.name!r}: "
-                f"t = {self.sim.now:.0f} s, "
-                f"return so far {h['reward'][: i + 1].sum():.2f}",
-                fontsize=11,
-            )
-        fig.tight_layout()
-        canvas.draw()
-        return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+        return render_episode(self)
 
 
 class AutoscaleEnvV2(AutoscaleEnv):
@@ -691,92 +651,3 @@ class AutoscaleEnvV0(AutoscaleEnvV1):
             "gpu_cost": kpi["cost_usd"] / dt * 3600.0,
             "placement_failures": placement_failures,
         }
-
-
-class ScalerPolicy:
-    """A classical scaler from ``baselines.scaling`` evaluated as a policy through :class:`AutoscaleEnv`.
-
-    An :class:`agents.Policy`: ``predict(obs, env)`` ignores ``obs`` (and
-    ``deterministic``: scalers are deterministic) and reads the env's scaler views
-    (``env.model_loads``: the same :class:`~envs.sim.view.ModelLoad` that
-    ``Simulator.desired_replicas`` gives the scenario's scalers), asks one
-    scaler per model for its target, clamps it to ``[min_replicas,
-    max_replicas]`` and converts it with :meth:`AutoscaleEnv.scaler_action`.
-    The change per step is clipped to ``env.max_step``, so this is a
-    rate-limited version of the controller; make the env with ``max_step`` at
-    least ``max_replicas`` (e.g. 16) and it decides exactly as
-    :func:`envs.sim.run_scenario` does. The first decision of an episode (time
-    0, no interval observed yet) holds without asking the scalers, since
-    ``run_scenario`` first decides at the end of the first interval. The
-    scalers are reset whenever the env starts a new episode.
-
-    Args:
-        scaler: a scaler name, ``{"kind": ..., **params}`` mapping, or ``None`` for the
-            env scenario's ``scaling`` controller.
-        gpu_type: for hybrid models, how to pick the type of added replicas:
-            ``"first_fit"`` (the first allowed type, in the model's order, with a
-            node that has room for one replica; else the first type) or an index
-            into the model's allowed types.
-    """
-
-    def __init__(self, scaler: Any = None, gpu_type: str | int = "first_fit") -> None:
-        if not (gpu_type == "first_fit" or (isinstance(gpu_type, int) and not isinstance(gpu_type, bool))):
-            raise fail("gpu_type", gpu_type, "must be 'first_fit' or an index into a model's gpu_types")
-        self.spec = scaler
-        self.gpu_type = gpu_type
-        self.scalers: list[Any] = []
-        self._sim: Simulator | None = None
-
-    def reset(self, seed: int | None = None) -> None:
-        """Forget the scalers' history (also done when the env starts a new episode); ``seed`` is
-        unused, the scalers draw no random numbers."""
-        for s in self.scalers:
-            s.reset()
-
-    def _build(self, env: AutoscaleEnv) -> None:
-        # the registry holds the built-in scalers (registered when envs imported baselines) and users' own
-        make_scaler = SCALERS.build
-        spec = self.spec
-        if spec is None:
-            sc: ControllerSpec = env.scenario.scaling
-            spec = sc.as_config()
-        self.scalers = [make_scaler(spec, "scaler") for _ in range(env.n_models)]
-
-    def predict(self, obs: np.ndarray | None, env: Any, deterministic: bool = True) -> np.ndarray:
-        """The action for the env's current state (``obs`` is not used)."""
-        base: AutoscaleEnv = env.unwrapped
-        if not isinstance(base, AutoscaleEnv):
-            raise ConfigError(f"env: {type(base).__name__} must be an AutoscaleEnv")
-        if base.sim is None:
-            raise RuntimeError("ScalerPolicy.predict: reset the env first")
-        if len(self.scalers) != base.n_models:
-            self._build(base)
-        if base.sim is not self._sim:
-            self._sim = base.sim
-            self.reset()
-        if base.sim.now <= 0.0:
-            # Nothing observed yet: hold, as run_scenario first decides at the end of the first interval.
-            return base.scaler_action([ld.replicas_provisioned for ld in base.model_loads], self._types(base))
-        desired = [
-            min(max(int(s.desired_replicas(load)), base._lo[m]), base._hi[m])
-            for m, (s, load) in enumerate(zip(self.scalers, base.model_loads, strict=True))
-        ]
-        return base.scaler_action(desired, self._types(base))
-
-    def _types(self, base: AutoscaleEnv) -> list[int] | None:
-        return [self._pick_type(base, m, t) for m, t in base.hybrid] if base.hybrid else None
-
-    def _pick_type(self, base: AutoscaleEnv, m: int, types: list[int]) -> int:
-        if self.gpu_type != "first_fit":
-            if not 0 <= self.gpu_type < len(types):
-                raise fail(
-                    "gpu_type",
-                    self.gpu_type,
-                    f"must be in [0, {len(types)}) for model {base.model_names[m]!r}",
-                )
-            return int(self.gpu_type)
-        sim = base.sim
-        for j, g in enumerate(types):
-            if sim.cluster.feasible(sim.replica_demand(m, g)).any():
-                return j
-        return 0
