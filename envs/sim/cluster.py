@@ -6,291 +6,42 @@ GPU-Sharing Workloads with Fragmentation Gradient Descent", USENIX ATC 2023): ea
 milli-GPU of capacity, a task asks for either whole GPUs or a share (< 1000 milli) of exactly one
 GPU, plus CPU (milli-cores) and memory (MiB). Feasibility over all nodes is one vectorised pass over
 per-node aggregates that ``allocate``/``release`` keep current, so placers can ask it thousands of
-times per second. The module also measures GPU fragmentation two ways: the demand-free
+times per second. It also measures GPU fragmentation two ways: the demand-free
 ``fragmented_gpus`` (free shares stranded on partly used GPUs) and the FGD fragment measure of
-Weng et al. relative to a target task distribution (``fragmented_gpu_milli(demand_dist)``).
+Weng et al. relative to a target task distribution (``fragmented_gpu_milli(demand_dist)``, computed
+by :mod:`envs.sim.fragmentation`). :class:`Demand` and :class:`Allocation` live in
+:mod:`envs.sim.demand`; this module re-exports them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from numba import njit
 
-from envs.sim.errors import ConfigError, check_keys, check_number, fail
+from envs.sim.demand import GPU_MILLI, Allocation, Demand, _int
+from envs.sim.errors import ConfigError, check_keys, fail
+from envs.sim.fragmentation import (
+    TaskMix,
+    fragment_from_aggregates,
+    fragment_per_type,
+    gpu_row_aggregates,
+    refresh_fragments,
+)
 
-GPU_MILLI = 1000
-"""Capacity of one GPU in milli-GPU, the unit of the Alibaba GPU-sharing trace (``gpu_milli``)."""
-
-
-def _int(path: str, value: Any, *, ge: int | None = None, le: int | None = None) -> int:
-    """An integer check that also accepts numpy integers (arrays hand those out)."""
-    if isinstance(value, np.integer):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise fail(path, value, "must be an integer")
-    return int(check_number(path, value, ge=ge, le=le, integer=True))
-
-
-@dataclass(frozen=True)
-class Demand:
-    """The resources one task (pod, replica) asks for.
-
-    ``num_gpu`` whole GPUs (``gpu_milli == 1000``), or ``num_gpu == 1`` with ``gpu_milli < 1000`` for
-    a share of one GPU (as in the Alibaba trace, where ``gpu_milli`` describes GPU-sharing pods only),
-    or ``num_gpu == 0`` for a CPU-only task (``gpu_milli`` is then ignored; the trace writes 0).
-    ``gpu_types`` are the GPU type indices the task may run on (empty = any); ``gpu_type`` is the
-    single-type shorthand. Both are normalised: ``gpu_types`` sorted without duplicates, and
-    ``gpu_type`` is its only element or -1, so equal requirements compare equal. Type constraints
-    apply to GPU tasks only. ``model`` names the weights the task loads (-1 = none); it does not
-    change feasibility, only cache-aware placement.
-    """
-
-    num_gpu: int = 0
-    gpu_milli: int = GPU_MILLI
-    gpu_type: int = -1
-    cpu_milli: int = 0
-    memory_mib: int = 0
-    model: int = -1
-    gpu_types: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        num_gpu = _int("demand.num_gpu", self.num_gpu, ge=0)
-        if num_gpu == 0:
-            gpu_milli = _int("demand.gpu_milli", self.gpu_milli, ge=0, le=GPU_MILLI)
-        else:
-            gpu_milli = _int("demand.gpu_milli", self.gpu_milli, ge=1, le=GPU_MILLI)
-            if gpu_milli < GPU_MILLI and num_gpu != 1:
-                raise fail(
-                    "demand.gpu_milli",
-                    gpu_milli,
-                    f"must be {GPU_MILLI} when num_gpu is {num_gpu} (a GPU share is only for num_gpu == 1)",
-                )
-        gpu_type = _int("demand.gpu_type", self.gpu_type, ge=-1)
-        if isinstance(self.gpu_types, (str, bytes)) or not isinstance(self.gpu_types, Iterable):
-            raise fail("demand.gpu_types", self.gpu_types, "must be a sequence of GPU type indices")
-        types = tuple(sorted({_int(f"demand.gpu_types[{i}]", t, ge=0) for i, t in enumerate(self.gpu_types)}))
-        if gpu_type >= 0:
-            if types and types != (gpu_type,):
-                raise fail("demand.gpu_type", gpu_type, f"contradicts demand.gpu_types {types}")
-            types = (gpu_type,)
-        gpu_type = types[0] if len(types) == 1 else -1
-        object.__setattr__(self, "num_gpu", num_gpu)
-        object.__setattr__(self, "gpu_milli", gpu_milli)
-        object.__setattr__(self, "gpu_type", gpu_type)
-        object.__setattr__(self, "gpu_types", types)
-        object.__setattr__(self, "cpu_milli", _int("demand.cpu_milli", self.cpu_milli, ge=0))
-        object.__setattr__(self, "memory_mib", _int("demand.memory_mib", self.memory_mib, ge=0))
-        object.__setattr__(self, "model", _int("demand.model", self.model, ge=-1))
-
-    @property
-    def is_fractional(self) -> bool:
-        """True for a share of one GPU (``num_gpu == 1`` and ``gpu_milli < 1000``)."""
-        return self.num_gpu == 1 and self.gpu_milli < GPU_MILLI
-
-    @property
-    def gpu_milli_total(self) -> int:
-        """GPU capacity the task takes in milli-GPU (0 for CPU-only tasks)."""
-        return self.num_gpu * self.gpu_milli if self.num_gpu > 0 else 0
-
-    def task_type(self) -> Demand:
-        """The demand as a task type: without ``model``, and for CPU-only tasks without GPU fields.
-
-        Fragmentation and FGD's task popularity count by this key.
-        """
-        if self.num_gpu == 0:
-            if self.gpu_milli == 0 and not self.gpu_types and self.model == -1:
-                return self
-            return Demand(num_gpu=0, gpu_milli=0, cpu_milli=self.cpu_milli, memory_mib=self.memory_mib)
-        return self if self.model == -1 else replace(self, model=-1)
-
-
-@dataclass(frozen=True)
-class Allocation:
-    """What ``ClusterState.allocate`` took: hand it back to ``release`` unchanged.
-
-    ``milli`` is the share taken on each GPU in ``gpus`` (1000 for whole GPUs, 0 for CPU-only).
-    """
-
-    node: int
-    gpus: tuple[int, ...]
-    milli: int
-    cpu_milli: int
-    memory_mib: int
-    demand: Demand
-
-
-class TaskMix:
-    """A target workload distribution for the FGD fragment measure: task types with popularity.
-
-    Built from ``(Demand, popularity)`` pairs; popularities are normalised to sum to 1 (Weng et al.
-    2023, Sec. 4.1, weight each task type by its share of the workload). Demands are reduced to their
-    ``task_type()``; pairs of the same type are merged. The arrays are what the vectorised fragment
-    computation reads: ``threshold`` (milli a single GPU must have free to serve the type; 0 for
-    CPU-only types), ``num_gpu``, ``cpu_milli``, ``memory_mib``, ``popularity``, ``gpu_task``.
-    """
-
-    def __init__(self, demand_dist: Sequence[tuple[Demand, float]], path: str = "demand_dist") -> None:
-        if isinstance(demand_dist, Mapping):
-            demand_dist = list(demand_dist.items())
-        weights: dict[Demand, float] = {}
-        for i, item in enumerate(demand_dist):
-            if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], Demand):
-                raise fail(f"{path}[{i}]", item, "must be a (Demand, popularity) pair")
-            p = float(check_number(f"{path}[{i}].popularity", item[1], ge=0))
-            key = item[0].task_type()
-            weights[key] = weights.get(key, 0.0) + p
-        total = sum(weights.values())
-        if not weights or total <= 0:
-            raise fail(path, list(demand_dist), "must hold at least one task type with popularity > 0")
-        self.types: tuple[Demand, ...] = tuple(weights)
-        self.popularity = np.array([weights[t] for t in self.types], dtype=np.float64) / total
-        self._set_arrays()
-
-    @classmethod
-    def _from_counts(cls, types: Sequence[Demand], counts: np.ndarray) -> TaskMix:
-        mix = cls.__new__(cls)
-        mix.types = tuple(types)
-        mix.popularity = counts.astype(np.float64) / counts.sum()
-        mix._set_arrays()
-        return mix
-
-    def _set_arrays(self) -> None:
-        types = self.types
-        self.gpu_task = np.array([t.num_gpu > 0 for t in types], dtype=bool)
-        self.num_gpu = np.array([t.num_gpu for t in types], dtype=np.int64)
-        self.threshold = np.array([t.gpu_milli if t.num_gpu > 0 else 0 for t in types], dtype=np.int64)
-        self.cpu_milli = np.array([t.cpu_milli for t in types], dtype=np.int64)
-        self.memory_mib = np.array([t.memory_mib for t in types], dtype=np.int64)
-        # Fragment counts depend on GPU rows only through the threshold, and types share few of them.
-        self.thresholds, self.threshold_index = np.unique(self.threshold, return_inverse=True)
-        self._type_ok_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def type_ok(self, state: ClusterState) -> np.ndarray:
-        """bool[N, K]: node n's GPU type is allowed for task type k (always True for unconstrained)."""
-        key = id(state.node_gpu_type)
-        hit = self._type_ok_cache.get(key)
-        if hit is not None and hit[0] is state.node_gpu_type:
-            return hit[1]
-        n_types = len(state.gpu_type_names)
-        allowed = np.ones((len(self.types), n_types + 1), dtype=bool)
-        for k, t in enumerate(self.types):
-            if t.gpu_types:
-                allowed[k] = False
-                allowed[k, [g for g in t.gpu_types if g < n_types]] = True
-        allowed[:, n_types] = ~self.gpu_task  # index -1: a node without GPUs
-        ok = np.ascontiguousarray(allowed[:, state.node_gpu_type].T)
-        self._type_ok_cache = {key: (state.node_gpu_type, ok)}
-        return ok
-
-
-def gpu_row_aggregates(rows: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row and threshold t: how many GPUs have free >= t, and the free milli on GPUs with free < t.
-
-    ``rows`` is int[F, G] of free milli per GPU slot (-1 for an absent slot, which counts as neither);
-    returns (int64[F, U], int64[F, U]) for ``thresholds`` int[U].
-    """
-    ge = rows[:, :, None] >= thresholds[None, None, :]
-    count_ge = ge.sum(axis=1, dtype=np.int64)
-    free = np.maximum(rows, 0).astype(np.int64)[:, :, None]
-    small_sum = np.where(ge, 0, free).sum(axis=1)
-    return count_ge, small_sum
-
-
-def fragment_per_type(
-    mix: TaskMix,
-    gpu_free_total: np.ndarray,
-    count_ge: np.ndarray,
-    small_sum: np.ndarray,
-    cpu_free: np.ndarray,
-    mem_free: np.ndarray,
-    type_ok: np.ndarray,
-) -> np.ndarray:
-    """float64[F, K]: F_n(m), the free milli-GPU of node n that task type m cannot use.
-
-    ``count_ge``/``small_sum`` are [F, K] per task type (gather the per-threshold arrays of
-    ``gpu_row_aggregates`` with ``mix.threshold_index``); ``type_ok`` is bool[F, K].
-    """
-    can = (
-        type_ok
-        & mix.gpu_task
-        & (count_ge >= mix.num_gpu)
-        & (cpu_free[:, None] >= mix.cpu_milli)
-        & (mem_free[:, None] >= mix.memory_mib)
-    )
-    return np.where(can, small_sum, gpu_free_total[:, None]).astype(np.float64)
-
-
-@njit(cache=True)
-def refresh_fragments(
-    version: np.ndarray,
-    seen: np.ndarray,
-    gpu_free_milli: np.ndarray,
-    gpu_free_total: np.ndarray,
-    cpu_free: np.ndarray,
-    mem_free: np.ndarray,
-    type_ok: np.ndarray,
-    gpu_task: np.ndarray,
-    num_gpu: np.ndarray,
-    threshold: np.ndarray,
-    cpu_milli: np.ndarray,
-    memory_mib: np.ndarray,
-    frag: np.ndarray,
-    col_sum: np.ndarray,
-) -> None:
-    """Bring ``frag`` (float64[N, K], the ``fragment_per_type`` of every node) and its column sums
-    ``col_sum`` up to date for the nodes whose ``version`` differs from ``seen`` (then set ``seen``).
-
-    The arguments are the arrays of a ``ClusterState`` and a ``TaskMix`` (``type_ok`` is
-    ``mix.type_ok(state)``). Fragments are whole milli-GPU, so the float sums are exact and equal
-    what ``fragment_per_type`` gives in any order; one compiled pass replaces a dozen numpy calls
-    per changed node.
-    """
-    n_nodes, n_slots = gpu_free_milli.shape
-    for n in range(n_nodes):
-        if version[n] == seen[n]:
-            continue
-        seen[n] = version[n]
-        total = gpu_free_total[n]
-        for k in range(len(threshold)):
-            fits = (
-                type_ok[n, k] and gpu_task[k] and cpu_free[n] >= cpu_milli[k] and mem_free[n] >= memory_mib[k]
-            )
-            value = total
-            if fits:
-                # GPUs with at least the threshold free count; the free milli of the others is stranded
-                count = 0
-                small = 0
-                for g in range(n_slots):
-                    free = gpu_free_milli[n, g]
-                    if free >= threshold[k]:
-                        count += 1
-                    elif free > 0:
-                        small += free
-                if count >= num_gpu[k]:
-                    value = small
-            col_sum[k] += value - frag[n, k]
-            frag[n, k] = value
-
-
-def fragment_from_aggregates(
-    mix: TaskMix,
-    gpu_free_total: np.ndarray,
-    count_ge: np.ndarray,
-    small_sum: np.ndarray,
-    cpu_free: np.ndarray,
-    mem_free: np.ndarray,
-    type_ok: np.ndarray,
-) -> np.ndarray:
-    """FGD fragment F_n(M) = sum_m p_m F_n(m) in milli-GPU for each of F nodes (see
-    ``ClusterState.node_fragment_milli``), from the same inputs as ``fragment_per_type``."""
-    return (
-        fragment_per_type(mix, gpu_free_total, count_ge, small_sum, cpu_free, mem_free, type_ok)
-        @ mix.popularity
-    )
+__all__ = [
+    "GPU_MILLI",
+    "Allocation",
+    "ClusterState",
+    "Demand",
+    "TaskMix",
+    "cluster_from_nodes",
+    "fragment_from_aggregates",
+    "fragment_per_type",
+    "gpu_row_aggregates",
+    "refresh_fragments",
+]
 
 
 class ClusterState:
