@@ -47,7 +47,7 @@ import yaml
 
 import envs
 from envs.sim.errors import ConfigError, check_choice, check_keys, check_number, fail
-from experiments.grid import move_aside, start_ray, stop_ray
+from experiments.grid_ray import move_aside, start_ray, stop_ray
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 SEARCHERS = ("random", "optuna")
