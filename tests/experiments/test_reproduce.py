@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from envs.sim.errors import ConfigError
-from experiments import plot, reproduce, stats, tables
+from experiments import plot, report, reproduce, stats, tables
 
 TINY = {
     "description": "smoke table",
@@ -229,7 +229,7 @@ def test_agent_train_env_kwargs_reach_training_only():
 )
 def test_verdict_reads_both_confidence_intervals(poi, diff, expected):
     row = {"poi_low": poi[0], "poi_high": poi[1], "diff_low": diff[0], "diff_high": diff[1]}
-    assert expected in reproduce._verdict(row)
+    assert expected in report._verdict(row)
 
 
 def test_plot_redraws_the_figures_from_the_csv_files(tiny, tmp_path):
@@ -240,7 +240,7 @@ def test_plot_redraws_the_figures_from_the_csv_files(tiny, tmp_path):
     assert chosen == res["chosen"]
     # the runs rebuilt from episodes.csv give the same table as the reproduce run
     opts = tables.resolve_options(cfg, seeds=2)
-    assert reproduce.summary_rows(cfg, tables.policy_runs(cfg, opts, rows, chosen)) == res["summary"]
+    assert report.summary_rows(cfg, tables.policy_runs(cfg, opts, rows, chosen)) == res["summary"]
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
     figs = tmp_path / "figs"

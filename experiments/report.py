@@ -1,0 +1,226 @@
+"""What a reproduced table reports: the summary and improvement rows, the markdown table and the README.
+
+:func:`summary_rows` turns each policy's runs into mean and IQM with stratified-bootstrap CIs per KPI
+(:mod:`experiments.stats`); :func:`improvement_rows` gives each agent's probability of improvement
+over the best calibrated baseline and the difference of means, with a verdict that reads both
+intervals; :func:`markdown_table` and :func:`write_readme` write ``table.md`` and the table's
+README. :mod:`experiments.reproduce` runs the cells and calls these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from experiments import stats
+from experiments.tables import Options, PolicyRuns, selected_agents
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def _diff_ci(x: np.ndarray, y: np.ndarray, seed: int = 0) -> stats.Estimate:
+    """mean(x) - mean(y) with a 95% percentile bootstrap CI (x and y resampled independently)."""
+    point = float(np.mean(x) - np.mean(y))
+    if len(x) < 2 or len(y) < 2:
+        return stats.Estimate(point, float("nan"), float("nan"))
+    res = sps.bootstrap(
+        (x, y),
+        lambda a, b, axis=-1: np.mean(a, axis=axis) - np.mean(b, axis=axis),
+        n_resamples=stats.DEFAULT_RESAMPLES,
+        vectorized=True,
+        paired=False,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return stats.Estimate(point, float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def summary_rows(cfg: Mapping[str, Any], groups: Sequence[PolicyRuns]) -> list[dict[str, Any]]:
+    """One row per (scenario, policy, KPI): n, mean and IQM with 95% stratified-bootstrap CIs."""
+    out = []
+    for g in groups:
+        for k in cfg["kpis"]:
+            x = g.runs.get(k["key"])
+            if x is None or len(x) == 0:
+                continue
+            summ = stats.summarize({g.scenario: x})
+            out.append(
+                {
+                    "scenario": g.scenario,
+                    "policy": g.policy,
+                    "kind": g.kind,
+                    "param": g.param,
+                    "kpi": k["key"],
+                    "n_runs": len(x),
+                    "mean": summ.mean.value,
+                    "mean_low": summ.mean.low,
+                    "mean_high": summ.mean.high,
+                    "iqm": summ.iqm.value,
+                    "iqm_low": summ.iqm.low,
+                    "iqm_high": summ.iqm.high,
+                }
+            )
+    return out
+
+
+def improvement_rows(cfg: Mapping[str, Any], groups: Sequence[PolicyRuns]) -> list[dict[str, Any]]:
+    """Per scenario and agent: P(agent > best baseline) on ``select_by`` and the mean difference, with CIs."""
+    metric = cfg["select_by"]
+    out = []
+    for s in dict.fromkeys(g.scenario for g in groups):
+        base = [g for g in groups if g.scenario == s and g.kind == "baseline" and len(g.runs[metric])]
+        if not base:
+            continue
+        best = max(base, key=lambda g: float(np.mean(g.runs[metric])))
+        for a in (g for g in groups if g.scenario == s and g.kind == "agent" and len(g.runs[metric])):
+            poi = stats.probability_of_improvement(a.runs[metric], best.runs[metric])
+            diff = _diff_ci(a.runs[metric], best.runs[metric])
+            losses = [
+                g.policy
+                for g in base
+                if stats.probability_of_improvement(a.runs[metric], g.runs[metric]).high < 0.5
+            ]
+            out.append(
+                {
+                    "scenario": s,
+                    "agent": a.policy,
+                    "best_baseline": best.policy,
+                    "best_baseline_param": best.param,
+                    "metric": metric,
+                    "poi": poi.value,
+                    "poi_low": poi.low,
+                    "poi_high": poi.high,
+                    "diff": diff.value,
+                    "diff_low": diff.low,
+                    "diff_high": diff.high,
+                    "loses_to": ";".join(losses),
+                }
+            )
+    return out
+
+
+def _verdict(r: Mapping[str, Any]) -> str:
+    if not np.isfinite(r["poi_low"]):
+        return "too few runs for a CI"
+    if r["poi_low"] > 0.5 and r["diff_low"] > 0:
+        return "**beats** the best baseline (CI excludes no-improvement)"
+    if r["poi_high"] < 0.5:
+        return "**loses** to the best baseline (CI excludes no-difference)"
+    if r["diff_high"] < 0 or r["diff_low"] > 0:
+        side = "worse" if r["diff_high"] < 0 else "better"
+        return (
+            f"{side} on the mean (difference CI excludes 0), but the P(improvement) CI includes 0.5: "
+            "not a clear result at 95%"
+        )
+    return "not distinguishable from the best baseline at 95%"
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def _fmt_ci(v: float, lo: float, hi: float, fmt: str) -> str:
+    if not np.isfinite(lo):
+        return f"{v:{fmt}}"
+    return f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def markdown_table(
+    cfg: Mapping[str, Any], opts: Options, summary: Sequence[Mapping], improvement: Sequence[Mapping]
+) -> str:
+    """The table as markdown: one section per scenario, mean [95% CI] per KPI, IQM where asked."""
+    lines = [f"# {cfg['name']}", "", " ".join(str(cfg.get("description", "")).split()), ""]
+    lines.append(
+        f"Mean [95% CI] over runs (stratified bootstrap, {stats.DEFAULT_RESAMPLES} resamples); a baseline "
+        f"run is one evaluation episode (seeds {_seed_range(opts.eval_seeds)}), an agent run is one training "
+        f"seed (mean over the same evaluation episodes). Baseline parameters were chosen on calibration "
+        f"seeds {list(opts.calibration_seeds)}."
+        + (" **Quick mode: tiny training budgets.**" if opts.quick else "")
+    )
+    idx = {(r["scenario"], r["policy"], r["kpi"]): r for r in summary}
+    for s in opts.scenarios:
+        sc = cfg["scenarios"][s] or {}
+        lines += ["", f"## {s}" + (f" ({sc['split']})" if sc.get("split") else ""), ""]
+        head = ["policy", "parameter"]
+        for k in cfg["kpis"]:
+            head.append(f"{k.get('label', k['key'])} mean")
+            if k.get("iqm"):
+                head.append(f"{k.get('label', k['key'])} IQM")
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        pols = list(dict.fromkeys(r["policy"] for r in summary if r["scenario"] == s))
+        for p in pols:
+            any_row = next(r for r in summary if r["scenario"] == s and r["policy"] == p)
+            cells = [p, any_row["param"] or "-"]
+            for k in cfg["kpis"]:
+                r = idx.get((s, p, k["key"]))
+                fmt = k.get("fmt", ".3g")
+                cells.append(_fmt_ci(r["mean"], r["mean_low"], r["mean_high"], fmt) if r else "-")
+                if k.get("iqm"):
+                    cells.append(_fmt_ci(r["iqm"], r["iqm_low"], r["iqm_high"], fmt) if r else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+        imp = [r for r in improvement if r["scenario"] == s]
+        if imp:
+            lines.append("")
+        for r in imp:
+            lines.append(
+                f"- {r['agent']} vs best baseline {r['best_baseline']} ({r['best_baseline_param'] or 'no parameter'}) "
+                f"on {r['metric']}: P(improvement) = {_fmt_ci(r['poi'], r['poi_low'], r['poi_high'], '.2f')}, "
+                f"difference of means = {_fmt_ci(r['diff'], r['diff_low'], r['diff_high'], '.1f')}: "
+                f"{_verdict(r)}."
+                + (
+                    f" Loses (P(improvement) CI below 0.5) to: {r['loses_to'].replace(';', ', ')}."
+                    if r["loses_to"]
+                    else ""
+                )
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _seed_range(seeds: Sequence[int]) -> str:
+    return f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+
+
+def write_readme(
+    out: Path,
+    cfg: Mapping[str, Any],
+    opts: Options,
+    command: str,
+    runtimes_s: Sequence[float],
+    run_dir: Path,
+    backend: str,
+) -> None:
+    """``out/README.md``: what made the table (command, git SHA, runtime, seeds, budgets) and the files."""
+    from agents.sb3 import git_sha
+
+    sha = git_sha()
+    if sha is None:
+        sha_line = "unknown (not run from a git checkout)"
+    elif sha.endswith("-dirty"):
+        sha_line = f"`{sha}` (tracked files had uncommitted changes: the numbers may not match that commit)"
+    else:
+        sha_line = f"`{sha}`"
+    text = f"""# Results: {cfg["name"]}{" (quick)" if opts.quick else ""}
+
+{" ".join(str(cfg.get("description", "")).split())}
+
+- Command: `{command}`
+- Git SHA: {sha_line}
+- Runtime: {sum(runtimes_s) / 60:.1f} min wall clock (backend `{backend}`, {len(runtimes_s)} invocation(s) on
+  the same run folder: {", ".join(f"{t / 60:.1f}" for t in runtimes_s)} min; a rerun resumes finished cells)
+- Scenarios: {", ".join(opts.scenarios)}
+- Evaluation seeds: {list(opts.eval_seeds)}; calibration seeds: {list(opts.calibration_seeds)};
+  agent training seeds: {[int(cfg["train_seed_base"]) + i for i in range(opts.n_agent_seeds)]}
+- Agent training budget: {opts.total_timesteps or ", ".join(f"{a['name']}={a['total_timesteps']}" for a in selected_agents(cfg, opts))} env steps per run
+- Config: `experiments/configs/tables/{cfg["name"]}.yaml`
+
+Files: `table.md` / `table.csv` (mean and IQM with 95% stratified-bootstrap CIs per KPI),
+`improvement.csv` (probability of improvement of each agent over the best baseline),
+`sweep.csv` (every baseline's calibration sweep; `chosen` marks the value used), `episodes.csv`
+(one row per evaluation episode), figures `*.png`. Run folders with the trained agents and
+their tensorboard logs are under `{run_dir.as_posix()}` (not committed; `tensorboard --logdir {run_dir.as_posix()}`).
+"""
+    (out / "README.md").write_text(text)
