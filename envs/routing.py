@@ -373,20 +373,17 @@ class RoutingEnv(gym.Env):
             raise RuntimeError("RoutingEnv: the episode reached its horizon; call reset()")
         # else: the episode had no decision at all (reset already ran to the horizon): this step ends it
         t = self._terms
-        terms = {
-            "slo_violations": float(t[0]),
-            "drops": float(t[1]),
-            "latency": float(t[2]) / LATENCY_UNIT_S,
-            "invalid_actions": 1.0 if invalid else 0.0,
-        }
+        slo, drops, e2e, done = t.tolist()  # Python floats, as float(t[k]) would give, in one call
+        latency, inv = e2e / LATENCY_UNIT_S, 1.0 if invalid else 0.0
+        terms = {"slo_violations": slo, "drops": drops, "latency": latency, "invalid_actions": inv}
         kpi = {
             "time_s": sim.now,
-            "requests_completed": float(t[3]),
-            "requests_dropped": float(t[1]),
-            "slo_violations": float(t[0]),
-            "e2e_sum_s": float(t[2]),
+            "requests_completed": done,
+            "requests_dropped": drops,
+            "slo_violations": slo,
+            "e2e_sum_s": e2e,
         }
-        t[:] = 0.0
+        t.fill(0.0)
         truncated = self._pending < 0
         self._ended = truncated
         info = {"rewards": terms, "kpi": kpi, "replica": rep, "request": self._pending}
@@ -394,10 +391,7 @@ class RoutingEnv(gym.Env):
             info["episode_kpi"] = sim.episode_kpis()
         # weighted_reward(terms, weights) inlined (same sum, same order, so the same float)
         w = self._w
-        reward = -(
-            0 + w[0] * terms["slo_violations"] + w[1] * terms["drops"] + w[2] * terms["latency"]
-            + w[3] * terms["invalid_actions"]
-        )  # fmt: skip
+        reward = -(0 + w[0] * slo + w[1] * drops + w[2] * latency + w[3] * inv)
         if self.shaping > 0.0:
             phi = 0.0 if truncated else self._potential()  # the end state's potential is 0 (Ng et al.)
             info["shaping"] = shaped = self.shaping * (self._phi - phi)
