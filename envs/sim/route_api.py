@@ -138,12 +138,6 @@ class RouteAPI:
         applied on the way, as :meth:`advance` does.
         """
         faults, st = self.faults, self.state
-        if faults is None:  # the common case, about a microsecond of Python in all
-            i = route_step_at(st.address_table(), buf.table(self.slo), float(until), int(route_to), self.n_models,
-                              self.n_classes)  # fmt: skip
-            if st.gi[K.I_NRELEASED] != self._synced_releases:
-                self.sync_releases()
-            return i
         while True:
             stop = until
             if faults is not None and faults.next_time_s() <= until:
