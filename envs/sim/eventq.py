@@ -221,8 +221,39 @@ def _queues_empty(qh, gi, m, own, with_central):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def set_replica_state(pi, mrep, mn, r, state):
+    """Set replica ``r``'s state (``REP_*``), keeping its model's READY list in id order.
+
+    ``mrep`` has two rows per model: row ``m`` lists model ``m``'s live replicas and row
+    ``n_models + m`` its READY ones, both in increasing id order, ``mn`` their lengths. Routing reads
+    the READY row, so that counting, indexing and scanning the candidates costs O(1) or O(READY) per
+    arrival, not a pass over every live replica's state. Every state change goes through here.
+    """
+    old = pi[r, Q_STATE]
+    if old == state:
+        return
+    pi[r, Q_STATE] = state
+    row = mn.shape[0] // 2 + pi[r, Q_MODEL]
+    n = mn[row]
+    if old == REP_READY:  # ordered removal
+        k = 0
+        while k < n and mrep[row, k] != r:
+            k += 1
+        for j in range(k, n - 1):
+            mrep[row, j] = mrep[row, j + 1]
+        mn[row] = n - 1
+    elif state == REP_READY:  # ordered insertion (a new replica usually has the highest id: O(1))
+        k = n
+        while k > 0 and mrep[row, k - 1] > r:
+            mrep[row, k] = mrep[row, k - 1]
+            k -= 1
+        mrep[row, k] = r
+        mn[row] = n + 1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def _release(pf, pi, mrep, mn, r, t):
-    pi[r, Q_STATE] = REP_RELEASED
+    set_replica_state(pi, mrep, mn, r, REP_RELEASED)
     pi[r, Q_VERSION] += 1
     pf[r, P_RELEASE] = t
     m = pi[r, Q_MODEL]

@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit
 
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
-from envs.sim.eventq import _drop
+from envs.sim.eventq import _drop, set_replica_state
 from envs.sim.kernel import dispatch
 from envs.sim.layout import (
     DROP_FAULT,
@@ -209,7 +209,7 @@ def fail_replicas(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr
         if pi[r, Q_BUSY] == 1:
             pf[r, P_BUSY_S] += t - pf[r, P_ITER_START]
             pi[r, Q_BUSY] = 0
-        pi[r, Q_STATE] = REP_RELEASED
+        set_replica_state(pi, mrep, mn, r, REP_RELEASED)
         pi[r, Q_VERSION] += 1
         pi[r, Q_NRUN] = 0
         pi[r, Q_KVRES] = 0

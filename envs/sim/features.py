@@ -136,7 +136,7 @@ def outstanding_work_s(pf, pi, qn, mrep, mn, n_models, cap_s):
     reward term (see ``RoutingEnv``).
     """
     total = 0.0
-    for m in range(mrep.shape[0]):
+    for m in range(n_models):
         for k in range(mn[m]):
             r = mrep[m, k]
             n = qn[n_models + r] + pi[r, Q_NRUN]

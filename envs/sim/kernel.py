@@ -224,11 +224,12 @@ def _wake_for_central(pf, pi, mrep, mn, ht, hk, hr, hv, gi, m, t):
     """Model ``m``'s READY replica that should take a request just put in its central queue: the
     lowest-id idle one (-1: none; busy ones pull it at their next boundary, decode runs cut there)."""
     best = -1
-    for k in range(mn[m]):
-        c = mrep[m, k]
-        if pi[c, Q_STATE] == REP_READY and pi[c, Q_SEG] > 1:
+    row = gi[I_NMODELS] + m  # the model's READY replicas, in id order
+    for k in range(mn[row]):
+        c = mrep[row, k]
+        if pi[c, Q_SEG] > 1:
             split_decode_run(pf, pi, ht, hk, hr, hv, gi, c, t)
-        if pi[c, Q_STATE] == REP_READY and pi[c, Q_BUSY] == 0 and (best < 0 or c < best):
+        if pi[c, Q_BUSY] == 0 and best < 0:
             best = c
     return best
 
@@ -256,12 +257,13 @@ def dispatch(
     if gi[I_SVC_KIND] == SVC_PER_REQUEST:
         # No decode runs to split, and a busy replica runs exactly one request (max batch 1;
         # a replica leaves mrep only when it runs none): when the model's running requests
-        # fill every live replica none is idle, else the first idle READY one in mrep (id
+        # fill every live replica none is idle, else the first idle one of its READY list (id
         # order) is the lowest id. Saves the scan of every replica on each arrival.
         if mi[m, M_RUNNING] < mn[m]:
-            for k in range(mn[m]):
-                c = mrep[m, k]
-                if pi[c, Q_STATE] == REP_READY and pi[c, Q_BUSY] == 0:
+            row = gi[I_NMODELS] + m
+            for k in range(mn[row]):
+                c = mrep[row, k]
+                if pi[c, Q_BUSY] == 0:
                     best = c
                     break
     else:
@@ -430,7 +432,7 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
                                                    hv, gf, gi, log_drop, pc, kc, r, t_heap):  # fmt: skip
                     return STOP_ROUTE  # an external decode-stage decision is due
             else:
-                pi[r, Q_STATE] = REP_READY
+                set_replica_state(pi, mrep, mn, r, REP_READY)
                 pf[r, P_READY] = t_heap
             start_iteration(
                 rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r,

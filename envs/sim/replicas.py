@@ -20,6 +20,7 @@ from envs.sim import kernel as K
 from envs.sim.cluster import Allocation, Demand
 from envs.sim.config import ModelDeployment
 from envs.sim.eventq import _release as release_replica
+from envs.sim.eventq import set_replica_state
 from envs.sim.hardware import GpuType, default_max_batched_tokens
 from envs.sim.routing import hash64
 from envs.sim.state import ReplicaRecord
@@ -177,9 +178,9 @@ class ReplicaLifecycle:
         st = self.scenario.storage
         local = self._weights_on_node(node, m, now)
         if warm:
-            pi[r, K.Q_STATE] = K.REP_READY
+            set_replica_state(pi, state.mrep, state.mn, r, K.REP_READY)
             return True
-        pi[r, K.Q_STATE] = K.REP_LOADING
+        set_replica_state(pi, state.mrep, state.mn, r, K.REP_LOADING)
         if dep.spec.load_time_s is not None:
             self._push_ready(r, now + dep.spec.load_time_s)
         elif local:
@@ -290,7 +291,7 @@ class ReplicaLifecycle:
             return False
         # drain the replica with the least work in flight (newest on ties)
         r = min(ready, key=lambda x: (self.state.qn[self.n_models + x] + pi[x, K.Q_NRUN], -x))
-        pi[r, K.Q_STATE] = K.REP_DRAINING
+        set_replica_state(pi, self.state.mrep, self.state.mn, r, K.REP_DRAINING)
         if (pi[r, K.Q_BUSY] == 0 and pi[r, K.Q_NRUN] == 0 and self.state.qn[self.n_models + r] == 0
                 and pi[r, K.Q_XOUT] == 0 and pi[r, K.Q_XIN] == 0):  # fmt: skip
             release_replica(self.state.pf, pi, self.state.mrep, self.state.mn, r, now)

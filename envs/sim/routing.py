@@ -61,14 +61,12 @@ from envs.sim.layout import (
     Q_MATCH,
     Q_MAXB,
     Q_NRUN,
-    Q_STATE,
     Q_XIN,
     R_MODEL,
     R_PROMPT,
     R_SESSION,
     R_U1,
     R_U2,
-    REP_READY,
 )  # fmt: skip
 from envs.sim.registry import Registry
 
@@ -313,27 +311,14 @@ def hash64(x):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _kth_ready(pi, mrep, mn, m, k):
-    for j in range(mn[m]):
-        r = mrep[m, j]
-        if pi[r, Q_STATE] == REP_READY:
-            if k == 0:
-                return r
-            k -= 1
-    return -1
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _ring_next(pi, mrep, mn, m, h, inclusive):
-    """The READY replica of model ``m`` with the smallest ring hash >= ``h`` (> ``h`` unless
+def _ring_next(pi, mrep, mn, row, h, inclusive):
+    """The READY replica (list ``row`` of ``mrep``) with the smallest ring hash >= ``h`` (> ``h`` unless
     ``inclusive``), or -1. Replica hashes are distinct, so repeated calls walk the ring in
     hash order without sorting (the loop does not allocate: it is compiled without NRT)."""
     best = -1
     bh = np.uint64(0)
-    for k in range(mn[m]):
-        r = mrep[m, k]
-        if pi[r, Q_STATE] != REP_READY:
-            continue
+    for k in range(mn[row]):
+        r = mrep[row, k]
         hr = np.uint64(pi[r, Q_HASH])
         if (hr > h or (inclusive and hr == h)) and (best < 0 or hr < bh):
             best, bh = r, hr
@@ -344,40 +329,37 @@ def _ring_next(pi, mrep, mn, m, h, inclusive):
 def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i):
     """The replica the scenario's rule picks for arrived request ``i``; -1 = central queue.
 
-    ``mrep[m]`` lists the model's live replicas in increasing id order, so every
-    scan below visits candidates in id order and ties go to the lowest id.
+    The candidates are the model's READY replicas, ``mrep[row, :mn[row]]`` with ``row = n_models +
+    m``, in increasing id order (:func:`envs.sim.eventq.set_replica_state` keeps the list), so every
+    scan below visits them in id order and ties go to the lowest id; counting and indexing them is O(1).
     """
     m = ri[i, R_MODEL]
     rule = gi[I_ROUTER]
     if rule == RULE_CENTRAL_QUEUE:
         return -1
-    n = 0
-    for k in range(mn[m]):
-        if pi[mrep[m, k], Q_STATE] == REP_READY:
-            n += 1
+    row = gi[I_NMODELS] + m
+    n = mn[row]
     if n == 0:
         return -1
     if rule == RULE_RANDOM:
-        return _kth_ready(pi, mrep, mn, m, min(int(rf[i, R_U1] * n), n - 1))
+        return mrep[row, min(int(rf[i, R_U1] * n), n - 1)]
     if rule == RULE_ROUND_ROBIN:
-        c = _kth_ready(pi, mrep, mn, m, mi[m, M_RR] % n)
+        c = mrep[row, mi[m, M_RR] % n]
         mi[m, M_RR] += 1
         return c
     if rule == RULE_POWER_OF_TWO:  # two distinct uniform picks, fewer in flight wins (ties: first pick)
         ka = min(int(rf[i, R_U1] * n), n - 1)
-        a = _kth_ready(pi, mrep, mn, m, ka)
+        a = mrep[row, ka]
         if n == 1:
             return a
         j = min(int(rf[i, R_U2] * (n - 1)), n - 2)
-        b = _kth_ready(pi, mrep, mn, m, j if j < ka else j + 1)
+        b = mrep[row, j if j < ka else j + 1]
         return a if _in_flight(pi, qn, gi, a) <= _in_flight(pi, qn, gi, b) else b
     if rule == RULE_WEIGHTED_RR:  # smooth weighted round robin (nginx): weights = replica speed
         total = 0.0
         best = -1
-        for k in range(mn[m]):
-            r = mrep[m, k]
-            if pi[r, Q_STATE] != REP_READY:
-                continue
+        for k in range(n):
+            r = mrep[row, k]
             pf[r, P_WRR] += pf[r, P_SPEED]
             total += pf[r, P_SPEED]
             if best < 0 or pf[r, P_WRR] > pf[best, P_WRR]:
@@ -386,23 +368,21 @@ def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i):
         return best
     if rule == RULE_CONSISTENT_HASH:  # consistent hashing with bounded loads (Mirrokni et al. 2018)
         total = 1
-        for k in range(mn[m]):
-            r = mrep[m, k]
-            if pi[r, Q_STATE] == REP_READY:
-                total += _in_flight(pi, qn, gi, r)
+        for k in range(n):
+            total += _in_flight(pi, qn, gi, mrep[row, k])
         bound = np.ceil((1.0 + gf[G_AFFINITY_EPS]) * total / n)
         key = hash64(np.uint64(ri[i, R_SESSION]))
         # walk the ring clockwise from the key: the first replica whose hash is >= key, wrapping around
-        first = _ring_next(pi, mrep, mn, m, key, True)
+        first = _ring_next(pi, mrep, mn, row, key, True)
         if first < 0:
-            first = _ring_next(pi, mrep, mn, m, np.uint64(0), True)
+            first = _ring_next(pi, mrep, mn, row, np.uint64(0), True)
         r = first
         for _ in range(n):
             if _in_flight(pi, qn, gi, r) + 1 <= bound:
                 return r
-            r = _ring_next(pi, mrep, mn, m, np.uint64(pi[r, Q_HASH]), False)
+            r = _ring_next(pi, mrep, mn, row, np.uint64(pi[r, Q_HASH]), False)
             if r < 0:
-                r = _ring_next(pi, mrep, mn, m, np.uint64(0), True)
+                r = _ring_next(pi, mrep, mn, row, np.uint64(0), True)
         return first
     # RULE_SCORE: lowest score wins, ties to the lowest id
     score = _as_score_fn(gi[I_SCORE_FN])
@@ -411,10 +391,8 @@ def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i):
     lo = hi = top = 0
     if gi[I_SCORE_AGG] != 0:  # first pass: the aggregates (and each replica's match, kept in Q_MATCH)
         lo = -1
-        for k in range(mn[m]):
-            r = mrep[m, k]
-            if pi[r, Q_STATE] != REP_READY:
-                continue
+        for k in range(n):
+            r = mrep[row, k]
             f = _in_flight(pi, qn, gi, r)
             lo = f if lo < 0 or f < lo else lo
             hi = max(hi, f)
@@ -423,10 +401,8 @@ def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i):
                 top = max(top, pi[r, Q_MATCH])
     best = -1
     bv = INF
-    for k in range(mn[m]):
-        r = mrep[m, k]
-        if pi[r, Q_STATE] != REP_READY:
-            continue
+    for k in range(n):
+        r = mrep[row, k]
         q = _waiting(pi, qn, gi, r)
         run = pi[r, Q_NRUN]
         cached = 0

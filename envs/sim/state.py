@@ -57,7 +57,9 @@ class EngineState:
     every replica ever started, ``live`` those still holding cluster resources.
     Queues: linked lists ``qh``/``qt`` (head/tail per queue and class list) and ``qn`` (length);
     queue ``m < n_models`` is model ``m``'s central queue, queue ``n_models + r`` replica ``r``'s.
-    Models: ``mi`` counters, ``mrep``/``mn`` the live replica ids of each model in increasing order.
+    Models: ``mi`` counters; ``mrep`` rows ``m`` the live replica ids of model ``m`` and rows ``n_models + m``
+    its READY ones, both in increasing order, ``mn`` their lengths (kept by
+    :func:`envs.sim.eventq.set_replica_state`).
     Event heap: ``ht`` time, ``hk`` (priority << 48 | sequence), ``hr`` replica, ``hv`` its version.
     Scalars: ``gf`` floats, ``gi`` ints. Metrics ticks: ``tick_inflight`` / ``tick_queued`` per
     tick and model.
@@ -133,8 +135,8 @@ class EngineState:
             qt=np.full((n_models + cap, n_lists), -1, np.int64),
             qn=np.zeros(n_models + cap, np.int64),
             mi=np.zeros((n_models, L.N_MI), np.int64),
-            mrep=np.zeros((n_models, cap), np.int64),
-            mn=np.zeros(n_models, np.int64),
+            mrep=np.zeros((2 * n_models, cap), np.int64),
+            mn=np.zeros(2 * n_models, np.int64),
             ht=np.zeros(hcap),
             hk=np.zeros(hcap, np.int64),
             hr=np.zeros(hcap, np.int64),

@@ -244,7 +244,7 @@ def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo,
     when ``views``, arrivals per metrics tick and model inside the window (ticks ``win[W_K0]`` to
     ``win[W_K1] - 1``). ``single``: one model, whose rows are the window's own values.
     """
-    n_models = mn.shape[0]
+    n_models = mn.shape[0] // 2  # (its second half: the READY lists)
     # ---- replicas: busy time, allocated and READY time inside [t0, t1)
     busy = np.empty(n_rep)
     diff = np.empty(n_rep)
