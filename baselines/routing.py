@@ -4,8 +4,10 @@ Each router is a small class with its registry name, the published source of
 its rule and its validated parameters; ``kernel_spec()`` tells the compiled
 event loop which :class:`~envs.sim.routing.Rule` to run and, for score-based
 routers, which compiled score function (:func:`~envs.sim.routing.score_function`:
-lowest score wins, ties to the lowest replica id). Nothing here is special-cased
-in the loop: a user's score router is exactly as fast as ``least_connections``.
+lowest score wins, ties to the lowest replica id). A user's score router is exactly
+as fast as ``shortest_expected_delay``; ``least_connections`` runs the loop's
+``LEAST_IN_FLIGHT`` rule, an index over the replicas' counts in flight that picks
+what ``in_flight_score`` would (O(log n) per decision instead of a scan).
 :class:`RouterPolicy` evaluates a router through ``InferGym/Routing-v0``'s
 action space by asking the engine what the same rule picks for the waiting
 request (``Simulator.choose_replica``), so both give the same KPIs.
@@ -259,13 +261,14 @@ class LeastConnectionsRouter(Router):
 
     nginx's ``least_conn`` counts active connections, weighted by ``weight``,
     and breaks ties by weighted round robin; here weights are equal and ties go
-    to the lowest replica id.
+    to the lowest replica id. The loop keeps an index of the counts
+    (``Rule.LEAST_IN_FLIGHT``): the choice of a scan with ``in_flight_score``, at
+    O(log n) per decision.
     """
 
     name = "least_connections"
     source = "nginx ngx_http_upstream_module, directive `least_conn`"
-    rule = Rule.SCORE
-    score = in_flight_score
+    rule = Rule.LEAST_IN_FLIGHT
 
 
 @_register

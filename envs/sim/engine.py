@@ -288,6 +288,13 @@ class Simulator(RouteAPI, ReplicaLifecycle, SimulatorReads):
             gi[K.I_D_SCORE_AGG] = int(spec.score is not None and spec.score.aggregates)
             st.gf[K.G_D_EPS] = spec.load_bound_eps
             st.gf[K.G_D_P0 : K.G_D_P2 + 1] = spec.params
+        # the least-in-flight index is kept while the arrivals' or the decode stage's router runs it
+        rules = {
+            self.router_spec.rule,
+            None if self.decode_router_spec is None else self.decode_router_spec.rule,
+        }
+        gi[K.I_LC_ON] = int(Rule.LEAST_IN_FLIGHT in rules)
+        gi[K.I_LC_REBUILD] = 1
         self._synced_releases = 0
         # read side (envs.sim.reads): the window row and per-model rows window_stats writes
         self._win = np.zeros(N_W)

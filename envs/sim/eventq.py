@@ -1,6 +1,6 @@
 """The event queue and request queues of the compiled engine, and what both serving engines share.
 
-A binary min-heap of replica events ordered by ``(time, priority, sequence)``; per-queue linked lists
+A 4-ary min-heap of replica events ordered by ``(time, priority, sequence)``; per-queue linked lists
 of requests (one list per request class); and the replica helpers both engines use: the iteration
 time, launching an iteration or decode run, completing a request, releasing a drained replica. The
 engines are :mod:`envs.sim.kernel` (``reserve``, and the loop) and :mod:`envs.sim.paged` (``paged``,
@@ -36,11 +36,30 @@ def _less(ht, hk, a, b):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _swap(ht, hk, hr, hv, a, b):
-    ht[a], ht[b] = ht[b], ht[a]
-    hk[a], hk[b] = hk[b], hk[a]
-    hr[a], hr[b] = hr[b], hr[a]
-    hv[a], hv[b] = hv[b], hv[a]
+def _before(ht, hk, j, t, key):
+    """Entry ``j`` comes before the event ``(t, key)``."""
+    return ht[j] < t or (ht[j] == t and hk[j] < key)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _sift_down(ht, hk, hr, hv, i, n, t, key, rep, version):
+    """Put the event ``(t, key, rep, version)`` in the hole at ``i`` of the heap's first ``n`` entries,
+    moving smaller children up. The heap is 4-ary (children of ``i``: ``4i + 1 .. 4i + 4``): half the
+    levels of a binary heap, and a node's children share a cache line or two. Keys are unique, so
+    events leave in the same order whatever the heap's shape."""
+    while True:
+        c = 4 * i + 1
+        if c >= n:
+            break
+        best = c
+        for j in range(c + 1, min(c + 4, n)):
+            if _less(ht, hk, j, best):
+                best = j
+        if not _before(ht, hk, best, t, key):
+            break
+        ht[i], hk[i], hr[i], hv[i] = ht[best], hk[best], hr[best], hv[best]
+        i = best
+    ht[i], hk[i], hr[i], hv[i] = t, key, rep, version
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -48,19 +67,16 @@ def heap_push(ht, hk, hr, hv, gi, pi, t, prio, rep, version):
     n = gi[I_HEAP_N]
     if n >= len(ht):
         n = _heap_compact(ht, hk, hr, hv, gi, pi)
-    ht[n] = t
-    hk[n] = (prio << 48) | gi[I_SEQ]
+    key = (prio << 48) | gi[I_SEQ]
     gi[I_SEQ] += 1
-    hr[n] = rep
-    hv[n] = version
     gi[I_HEAP_N] = n + 1
-    while n > 0:
-        p = (n - 1) >> 1
-        if _less(ht, hk, n, p):
-            _swap(ht, hk, hr, hv, n, p)
-            n = p
-        else:
+    while n > 0:  # move larger parents down into the hole, then fill it
+        p = (n - 1) >> 2
+        if not (t < ht[p] or (t == ht[p] and key < hk[p])):
             break
+        ht[n], hk[n], hr[n], hv[n] = ht[p], hk[p], hr[p], hv[p]
+        n = p
+    ht[n], hk[n], hr[n], hv[n] = t, key, rep, version
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
@@ -77,42 +93,22 @@ def _heap_compact(ht, hk, hr, hv, gi, pi):
         if hv[k] < 0 or hv[k] == pi[hr[k], Q_VERSION]:
             ht[n], hk[n], hr[n], hv[n] = ht[k], hk[k], hr[k], hv[k]
             n += 1
-    for start in range((n - 2) >> 1, -1, -1):  # bottom-up heapify; keys are unique, so order is preserved
-        i = start
-        while True:
-            c = 2 * i + 1
-            if c >= n:
-                break
-            if c + 1 < n and _less(ht, hk, c + 1, c):
-                c += 1
-            if _less(ht, hk, c, i):
-                _swap(ht, hk, hr, hv, c, i)
-                i = c
-            else:
-                break
+    for start in range((n - 2) >> 2, -1, -1):  # bottom-up heapify; keys are unique, so order is preserved
+        _sift_down(ht, hk, hr, hv, start, n, ht[start], hk[start], hr[start], hv[start])
     gi[I_HEAP_N] = n
     return n
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def heap_pop(ht, hk, hr, hv, gi):
+    """Take the earliest event out of the heap; returns its index (now just past the heap)."""
     n = gi[I_HEAP_N] - 1
     gi[I_HEAP_N] = n
-    _swap(ht, hk, hr, hv, 0, n)
-    i = 0
-    while True:
-        left = 2 * i + 1
-        if left >= n:
-            break
-        c = left
-        if left + 1 < n and _less(ht, hk, left + 1, left):
-            c = left + 1
-        if _less(ht, hk, c, i):
-            _swap(ht, hk, hr, hv, c, i)
-            i = c
-        else:
-            break
-    return n  # index of the popped entry (now just past the heap)
+    t, key, rep, version = ht[n], hk[n], hr[n], hv[n]  # the last entry fills the root's hole
+    ht[n], hk[n], hr[n], hv[n] = ht[0], hk[0], hr[0], hv[0]
+    if n > 0:
+        _sift_down(ht, hk, hr, hv, 0, n, t, key, rep, version)
+    return n
 
 
 # ----------------------------------------------------------------------------- queues
@@ -221,18 +217,21 @@ def _queues_empty(qh, gi, m, own, with_central):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def set_replica_state(pi, mrep, mn, r, state):
+def set_replica_state(pi, mrep, mn, gi, r, state):
     """Set replica ``r``'s state (``REP_*``), keeping its model's READY list in id order.
 
-    ``mrep`` has two rows per model: row ``m`` lists model ``m``'s live replicas and row
-    ``n_models + m`` its READY ones, both in increasing id order, ``mn`` their lengths. Routing reads
-    the READY row, so that counting, indexing and scanning the candidates costs O(1) or O(READY) per
-    arrival, not a pass over every live replica's state. Every state change goes through here.
+    ``mrep`` row ``m`` lists model ``m``'s live replicas and row ``n_models + m`` its READY ones, both
+    in increasing id order, ``mn`` their lengths (its further rows: :func:`envs.sim.routing.lc_pick`'s
+    index). Routing reads the READY row, so that counting, indexing and scanning the candidates costs
+    O(1) or O(READY) per arrival, not a pass over every live replica's state. Every state change goes
+    through here.
     """
     old = pi[r, Q_STATE]
     if old == state:
         return
     pi[r, Q_STATE] = state
+    if old == REP_READY or state == REP_READY:
+        gi[I_LC_REBUILD] = 1  # the least-in-flight index's leaves follow the READY list
     row = mn.shape[0] // 2 + pi[r, Q_MODEL]
     n = mn[row]
     if old == REP_READY:  # ordered removal
@@ -252,8 +251,19 @@ def set_replica_state(pi, mrep, mn, r, state):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _release(pf, pi, mrep, mn, r, t):
-    set_replica_state(pi, mrep, mn, r, REP_RELEASED)
+def lc_mark(pi, mrep, gi, r):
+    """Replica ``r``'s requests in flight may have changed: list it for the least-in-flight index to
+    refresh at the next routing decision (:func:`envs.sim.routing.lc_pick`; only while one is kept)."""
+    if gi[I_LC_ON] != 0 and pi[r, Q_LCMARK] == 0:
+        pi[r, Q_LCMARK] = 1
+        n = gi[I_LC_NDIRTY]
+        mrep[4 * gi[I_NMODELS], n] = r
+        gi[I_LC_NDIRTY] = n + 1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _release(pf, pi, mrep, mn, gi, r, t):
+    set_replica_state(pi, mrep, mn, gi, r, REP_RELEASED)
     pi[r, Q_VERSION] += 1
     pf[r, P_RELEASE] = t
     m = pi[r, Q_MODEL]
@@ -346,5 +356,5 @@ def _release_if_drained(pf, pi, qn, mrep, mn, gi, r, t):
     """Release draining replica ``r`` once nothing runs, waits or is in transfer to or from it."""
     if (pi[r, Q_STATE] == REP_DRAINING and pi[r, Q_NRUN] == 0 and qn[gi[I_NMODELS] + r] == 0
             and pi[r, Q_XOUT] == 0 and pi[r, Q_XIN] == 0):  # fmt: skip
-        _release(pf, pi, mrep, mn, r, t)
+        _release(pf, pi, mrep, mn, gi, r, t)
         gi[I_NRELEASED] += 1  # the engine frees the replica's GPUs (Simulator.sync_releases)

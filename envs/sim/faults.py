@@ -209,7 +209,7 @@ def fail_replicas(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr
         if pi[r, Q_BUSY] == 1:
             pf[r, P_BUSY_S] += t - pf[r, P_ITER_START]
             pi[r, Q_BUSY] = 0
-        set_replica_state(pi, mrep, mn, r, REP_RELEASED)
+        set_replica_state(pi, mrep, mn, gi, r, REP_RELEASED)
         pi[r, Q_VERSION] += 1
         pi[r, Q_NRUN] = 0
         pi[r, Q_KVRES] = 0

@@ -60,6 +60,7 @@ from envs.sim.eventq import (
     _release_if_drained,
     _run_end,
     heap_pop,
+    lc_mark,
     purge_expired,
     split_decode_run,
 )  # fmt: skip
@@ -115,6 +116,7 @@ def _run_sift_down(run, ri, r, n):
 def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r,
                     t):  # fmt: skip
     """Admit what fits and start the next iteration of replica ``r`` if there is work."""
+    lc_mark(pi, mrep, gi, r)  # work was queued for it, or it admits some: its count in flight moves
     if pi[r, Q_BUSY] != 0:
         return
     if pi[r, Q_PAGED] != 0:
@@ -186,6 +188,7 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t):
+    lc_mark(pi, mrep, gi, r)  # completions (and handoffs) leave its batch
     if pi[r, Q_PAGED] != 0:
         _end_paged(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t)
         return
@@ -296,6 +299,7 @@ def hand_to(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, l
     if to >= 0:
         ri[i, R_REPLICA] = to
         _enqueue(ri, qh, qt, qn, gi[I_NMODELS] + to, i)
+        lc_mark(pi, mrep, gi, to)
         split_decode_run(pf, pi, ht, hk, hr, hv, gi, to, t)
     else:
         _enqueue(ri, qh, qt, qn, d, i)
@@ -368,6 +372,7 @@ def transfer_arrived(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk,
     waits for a batch slot there; the prefill replica's freed blocks may let it admit work (or release
     it, if it was draining). Not inlined in the loop: the aggregated engines never call it."""
     p = finish_transfer(rf, ri, pf, pi, qh, qt, qn, mi, ht, hk, hr, hv, gi, pc, kc, d)
+    lc_mark(pi, mrep, gi, d)
     _release_if_drained(pf, pi, qn, mrep, mn, gi, p, t)
     split_decode_run(pf, pi, ht, hk, hr, hv, gi, d, t)
     for r in (d, p):  # both pools run the paged engine (start_iteration's other branch never applies)
@@ -432,7 +437,7 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
                                                    hv, gf, gi, log_drop, pc, kc, r, t_heap):  # fmt: skip
                     return STOP_ROUTE  # an external decode-stage decision is due
             else:
-                set_replica_state(pi, mrep, mn, r, REP_READY)
+                set_replica_state(pi, mrep, mn, gi, r, REP_READY)
                 pf[r, P_READY] = t_heap
             start_iteration(
                 rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r,
@@ -451,7 +456,10 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
                 r, t_arr
             )  # fmt: skip
         else:
+            dropped = gi[I_NDROP]
             purge_expired(rf, ri, qh, qt, qn, mi, log_drop, gi, t_tick)
+            if gi[I_NDROP] != dropped:
+                gi[I_LC_REBUILD] = 1  # timed-out requests left replica queues
             k = gi[I_NTICK]
             if k < gi[I_TICK_CAP]:
                 for m in range(gi[I_NMODELS]):

@@ -91,7 +91,9 @@ Q_MATCH = 35  # scratch: the routed request's cached prefix on this replica (tok
 # whose KV it holds for a transfer, transfers into it in flight (a FIFO list: head, tail), transfers
 # into it completed, and requests handed off at the iteration that just ended (listed in ``pfl``)
 Q_ROLE, Q_DPOOL, Q_NODE, Q_XOUT, Q_XIN, Q_XHEAD, Q_XTAIL, Q_XN, Q_NHAND = range(36, 45)
-N_PI = 45
+# the least-in-flight index (routing.py): 1 while the replica waits in the index's list of replicas to refresh
+Q_LCMARK = 45
+N_PI = 46
 ROLE_AGGREGATED, ROLE_PREFILL, ROLE_DECODE = range(3)
 # replica states
 REP_FREE, REP_LOADING, REP_READY, REP_DRAINING, REP_RELEASED = range(5)
@@ -116,7 +118,10 @@ N_GF = 10
 # ``external`` rule, the prefill replica whose handed-off requests wait for decisions (-1: none) and
 # the position of the pending one in its list (``pfl``)
 I_D_ROUTER, I_D_SCORE_FN, I_D_SCORE_AGG, I_HAND_R, I_HAND_K = range(18, 23)
-N_GI = 23
+# the least-in-flight index (routing.py): kept at all (a router runs LEAST_IN_FLIGHT), to rebuild
+# (a READY list changed, or the arrays grew), replicas waiting to be refreshed
+I_LC_ON, I_LC_REBUILD, I_LC_NDIRTY = range(23, 26)
+N_GI = 26
 
 # prefix-cache arrays (EngineState.kc[replica, KC_*, :]): open-addressing hash table of entry
 # indices, then per entry its block hash, reference count, LRU links and the free-entry stack

@@ -47,6 +47,7 @@ from envs.sim.eventq import (
     _release_if_drained,
     _run_end,
     heap_push,
+    lc_mark,
 )  # fmt: skip
 from envs.sim.kvcache import allocate, available_blocks, cdiv, hold, match, publish, release, sync_kv_tokens
 from envs.sim.layout import *  # noqa: F403  (the state's field names, defined once there)
@@ -111,6 +112,7 @@ def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
     prompt's KV and the start of its transfer (no batch slot, no budget), then, once the cache has
     arrived, a batch slot for its decode steps (see the module docstring).
     """
+    lc_mark(pi, mrep, gi, r)  # admissions, preemptions and drops move its count in flight
     state = pi[r, Q_STATE]
     if state != REP_READY and state != REP_DRAINING:
         return

@@ -178,9 +178,9 @@ class ReplicaLifecycle:
         st = self.scenario.storage
         local = self._weights_on_node(node, m, now)
         if warm:
-            set_replica_state(pi, state.mrep, state.mn, r, K.REP_READY)
+            set_replica_state(pi, state.mrep, state.mn, state.gi, r, K.REP_READY)
             return True
-        set_replica_state(pi, state.mrep, state.mn, r, K.REP_LOADING)
+        set_replica_state(pi, state.mrep, state.mn, state.gi, r, K.REP_LOADING)
         if dep.spec.load_time_s is not None:
             self._push_ready(r, now + dep.spec.load_time_s)
         elif local:
@@ -279,7 +279,7 @@ class ReplicaLifecycle:
         if loading:
             r = max(loading)  # newest load first: it has made the least progress
             self._progress_loads(now)
-            release_replica(self.state.pf, pi, self.state.mrep, self.state.mn, r, now)
+            release_replica(self.state.pf, pi, self.state.mrep, self.state.mn, self.state.gi, r, now)
             rep = self.state.records[r]
             self._free(rep, now)
             if rep in self._loading_remote:
@@ -291,10 +291,10 @@ class ReplicaLifecycle:
             return False
         # drain the replica with the least work in flight (newest on ties)
         r = min(ready, key=lambda x: (self.state.qn[self.n_models + x] + pi[x, K.Q_NRUN], -x))
-        set_replica_state(pi, self.state.mrep, self.state.mn, r, K.REP_DRAINING)
+        set_replica_state(pi, self.state.mrep, self.state.mn, self.state.gi, r, K.REP_DRAINING)
         if (pi[r, K.Q_BUSY] == 0 and pi[r, K.Q_NRUN] == 0 and self.state.qn[self.n_models + r] == 0
                 and pi[r, K.Q_XOUT] == 0 and pi[r, K.Q_XIN] == 0):  # fmt: skip
-            release_replica(self.state.pf, pi, self.state.mrep, self.state.mn, r, now)
+            release_replica(self.state.pf, pi, self.state.mrep, self.state.mn, self.state.gi, r, now)
             self._free(self.state.records[r], now)
         return True
 

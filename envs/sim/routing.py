@@ -44,6 +44,9 @@ from envs.sim.layout import (
     G_SCORE_P1,
     G_SCORE_P2,
     I_HB,
+    I_LC_NDIRTY,
+    I_LC_ON,
+    I_LC_REBUILD,
     I_NMODELS,
     I_ROUTER,
     I_SCORE_AGG,
@@ -58,15 +61,19 @@ from envs.sim.layout import (
     Q_HASH,
     Q_KVCAP,
     Q_KVRES,
+    Q_LCMARK,
     Q_MATCH,
     Q_MAXB,
+    Q_MODEL,
     Q_NRUN,
+    Q_STATE,
     Q_XIN,
     R_MODEL,
     R_PROMPT,
     R_SESSION,
     R_U1,
     R_U2,
+    REP_READY,
 )  # fmt: skip
 from envs.sim.registry import Registry
 
@@ -75,6 +82,7 @@ INF = np.inf
 # Rule codes (the values of Rule; plain ints so compiled code folds them).
 RULE_SCORE, RULE_RANDOM, RULE_ROUND_ROBIN, RULE_WEIGHTED_RR = 0, 1, 2, 3
 RULE_POWER_OF_TWO, RULE_CONSISTENT_HASH, RULE_CENTRAL_QUEUE, RULE_EXTERNAL = 4, 5, 6, 7
+RULE_LEAST_IN_FLIGHT = 8
 
 
 class Rule(enum.IntEnum):
@@ -88,6 +96,8 @@ class Rule(enum.IntEnum):
     CONSISTENT_HASH = RULE_CONSISTENT_HASH  #: session ring with bounded loads (``load_bound_eps``)
     CENTRAL_QUEUE = RULE_CENTRAL_QUEUE  #: late binding: every request joins the central queue
     EXTERNAL = RULE_EXTERNAL  #: the loop stops at each arrival; the decision comes from outside
+    #: fewest in flight (queued + running + KV in transfer), ties to the lowest id: an index, O(log n)
+    LEAST_IN_FLIGHT = RULE_LEAST_IN_FLIGHT
 
 
 #: Arguments of a score function, in order (name, numba type, meaning and unit).
@@ -325,6 +335,103 @@ def _ring_next(pi, mrep, mn, row, h, inclusive):
     return best
 
 
+# The least-in-flight index: per model, a bottom-up segment tree (min) over its READY list, whose leaf
+# k is ``in_flight << 32 | replica`` of the list's k-th replica, so the root is the replica with fewest
+# in flight and, among those, the lowest id (what a scan in id order picks). Model m's 2 n nodes (n:
+# its READY replicas; node 1 the root, leaves n .. 2n - 1) are stored in mrep rows 2 n_models + 2 m
+# (nodes below the row width w) and the next (the rest); row 4 n_models lists the replicas whose
+# in-flight count may have changed since the last decision (eventq.lc_mark, called by the loop where
+# a replica's queue, batch or incoming transfers change). The engine keeps the index only while a
+# router runs the rule (gi[I_LC_ON]); a READY list that changed or grown arrays rebuild it.
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _lc_key(pi, qn, gi, r):
+    return (_in_flight(pi, qn, gi, r) << 32) | r
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _lc_get(mrep, base, w, j):
+    return mrep[base, j] if j < w else mrep[base + 1, j - w]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _lc_set(mrep, base, w, j, v):
+    if j < w:
+        mrep[base, j] = v
+    else:
+        mrep[base + 1, j - w] = v
+
+
+@njit(cache=True, error_model="numpy")
+def _lc_rebuild(pi, qn, mrep, mn, gi):
+    nm = gi[I_NMODELS]
+    w = mrep.shape[1]
+    for m in range(nm):
+        base = 2 * nm + 2 * m
+        n = mn[nm + m]
+        for k in range(n):
+            _lc_set(mrep, base, w, n + k, _lc_key(pi, qn, gi, mrep[nm + m, k]))
+        for j in range(n - 1, 0, -1):
+            _lc_set(mrep, base, w, j, min(_lc_get(mrep, base, w, 2 * j), _lc_get(mrep, base, w, 2 * j + 1)))
+    stack = 4 * nm
+    for k in range(gi[I_LC_NDIRTY]):
+        pi[mrep[stack, k], Q_LCMARK] = 0
+    gi[I_LC_NDIRTY] = 0
+    gi[I_LC_REBUILD] = 0
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _lc_refresh(pi, qn, mrep, mn, gi):
+    """Bring the index up to date: rebuild it, or refresh the leaves of the listed replicas."""
+    if gi[I_LC_REBUILD] != 0:
+        _lc_rebuild(pi, qn, mrep, mn, gi)
+        return
+    nm = gi[I_NMODELS]
+    w = mrep.shape[1]
+    stack = 4 * nm
+    for d in range(gi[I_LC_NDIRTY]):
+        r = mrep[stack, d]
+        pi[r, Q_LCMARK] = 0
+        if pi[r, Q_STATE] != REP_READY:
+            continue
+        m = pi[r, Q_MODEL]
+        row = nm + m
+        n = mn[row]
+        lo, hi = 0, n - 1  # its place in the READY list (sorted by id)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if mrep[row, mid] < r:
+                lo = mid + 1
+            else:
+                hi = mid
+        base = 2 * nm + 2 * m
+        j = n + lo
+        _lc_set(mrep, base, w, j, _lc_key(pi, qn, gi, r))
+        while j > 1:
+            j >>= 1
+            _lc_set(mrep, base, w, j, min(_lc_get(mrep, base, w, 2 * j), _lc_get(mrep, base, w, 2 * j + 1)))
+    gi[I_LC_NDIRTY] = 0
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def lc_pick(pi, qn, mrep, mn, gi, m):
+    """Model ``m``'s READY replica with fewest requests in flight, ties to the lowest id (it has one)."""
+    row = gi[I_NMODELS] + m
+    if gi[I_LC_ON] == 0:  # no index kept (a rule replayed from outside the loop): scan in id order
+        best = mrep[row, 0]
+        bv = _in_flight(pi, qn, gi, best)
+        for k in range(1, mn[row]):
+            r = mrep[row, k]
+            v = _in_flight(pi, qn, gi, r)
+            if v < bv:
+                best, bv = r, v
+        return best
+    _lc_refresh(pi, qn, mrep, mn, gi)
+    base = 2 * gi[I_NMODELS] + 2 * m
+    return _lc_get(mrep, base, mrep.shape[1], 1) & 0xFFFFFFFF
+
+
 @njit(cache=True, error_model="numpy", inline="always")
 def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i):
     """The replica the scenario's rule picks for arrived request ``i``; -1 = central queue.
@@ -347,6 +454,8 @@ def route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i):
         c = mrep[row, mi[m, M_RR] % n]
         mi[m, M_RR] += 1
         return c
+    if rule == RULE_LEAST_IN_FLIGHT:
+        return lc_pick(pi, qn, mrep, mn, gi, m)
     if rule == RULE_POWER_OF_TWO:  # two distinct uniform picks, fewer in flight wins (ties: first pick)
         ka = min(int(rf[i, R_U1] * n), n - 1)
         a = mrep[row, ka]

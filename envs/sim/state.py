@@ -59,7 +59,9 @@ class EngineState:
     queue ``m < n_models`` is model ``m``'s central queue, queue ``n_models + r`` replica ``r``'s.
     Models: ``mi`` counters; ``mrep`` rows ``m`` the live replica ids of model ``m`` and rows ``n_models + m``
     its READY ones, both in increasing order, ``mn`` their lengths (kept by
-    :func:`envs.sim.eventq.set_replica_state`).
+    :func:`envs.sim.eventq.set_replica_state`); its rows ``2 n_models`` to ``4 n_models`` hold the
+    least-in-flight router's index and the next row its list of replicas to refresh
+    (:func:`envs.sim.routing.lc_pick`).
     Event heap: ``ht`` time, ``hk`` (priority << 48 | sequence), ``hr`` replica, ``hv`` its version.
     Scalars: ``gf`` floats, ``gi`` ints. Metrics ticks: ``tick_inflight`` / ``tick_queued`` per
     tick and model.
@@ -135,7 +137,7 @@ class EngineState:
             qt=np.full((n_models + cap, n_lists), -1, np.int64),
             qn=np.zeros(n_models + cap, np.int64),
             mi=np.zeros((n_models, L.N_MI), np.int64),
-            mrep=np.zeros((2 * n_models, cap), np.int64),
+            mrep=np.zeros((4 * n_models + 1, cap), np.int64),
             mn=np.zeros(2 * n_models, np.int64),
             ht=np.zeros(hcap),
             hk=np.zeros(hcap, np.int64),
@@ -190,6 +192,7 @@ class EngineState:
         self.qh, self.qt = grown(self.qh, 0, -1), grown(self.qt, 0, -1)
         self.qn = grown(self.qn, 0)
         self.mrep = grown(self.mrep, 1)
+        self.gi[L.I_LC_REBUILD] = 1  # the least-in-flight index's layout follows mrep's width
         self.rep_gpus, self.rep_usd_per_s = grown(self.rep_gpus, 0), grown(self.rep_usd_per_s, 0)
         self.kc = grown(self.kc, 0, -1)
         hcap = _heap_rows(new)
