@@ -23,11 +23,13 @@ class ControlClock:
         self.horizon_s = float(sc.horizon_s)
         self.n_intervals = int(math.ceil(self.horizon_s / self.interval_s - 1e-9))
         self.k = 0  #: intervals completed
+        #: end of the interval in progress (the horizon once every interval is done); an attribute
+        #: kept with ``k`` (Routing steps read it once per request)
+        self.next_boundary_s = min(self.interval_s, self.horizon_s)
 
-    @property
-    def next_boundary_s(self) -> float:
-        """End of the interval in progress (the horizon once every interval is done)."""
-        return min((self.k + 1) * self.interval_s, self.horizon_s)
+    def _count(self) -> None:
+        self.k += 1
+        self.next_boundary_s = min((self.k + 1) * self.interval_s, self.horizon_s)
 
     @property
     def done(self) -> bool:
@@ -48,9 +50,9 @@ class ControlClock:
         """
         pending = self.sim.advance(self.next_boundary_s)
         if pending is None:
-            self.k += 1
+            self._count()
         return pending
 
     def passed(self) -> None:
         """Count the interval in progress as done (its boundary was reached by other means)."""
-        self.k += 1
+        self._count()

@@ -135,18 +135,18 @@ class RouteAPI:
         Sends the pending request (if any) to ``route_to`` (a READY replica of its model, or -1: the
         caller checked it), runs to the next arrival that needs a decision and fills ``buf`` for it;
         returns its id, or -1 when the clock reached ``until`` first. Faults due by ``until`` are
-        applied on the way, as :meth:`advance` does.
+        applied on the way, as :meth:`advance` does. ``route_to`` is an ``int`` and ``until`` a
+        ``float`` (Routing's step calls this once per request: nothing is converted here).
         """
         faults, st = self.faults, self.state
         while True:
-            stop = until
-            if faults is not None and faults.next_time_s() <= until:
-                stop = faults.next_time_s()
-            i = route_step_at(st.address_table(), buf.table(self.slo), float(stop), int(route_to), self.n_models,
+            stop = until if faults is None or faults.next_time_s() > until else faults.next_time_s()
+            i = route_step_at(st.address_table(), buf.table(self.slo), stop, route_to, self.n_models,
                               self.n_classes)  # fmt: skip
             if i >= 0 or faults is None or faults.next_time_s() > until:
-                self.sync_releases()
-                return int(i)
+                if st.gi[K.I_NRELEASED] != self._synced_releases:  # (sync_releases' own test, unrolled)
+                    self.sync_releases()
+                return i
             route_to = -1
             faults.apply(self)
 
