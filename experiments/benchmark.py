@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -188,12 +189,14 @@ def fleet_scenario(replicas: int, router: str, requests: int) -> dict:
     }
 
 
-def cost_curve(sizes: tuple[int, ...], router: str, requests: int) -> dict[int, float]:
-    """Microseconds of simulation per request at each fleet size (best of two runs)."""
-    out = {}
-    for n in sizes:
-        runs = [time_simulation(fleet_scenario(n, router, requests)) for _ in range(2)]
-        out[n] = 1e6 * min(r["sim_s"] / r["requests"] for r in runs)
+def cost_curve(sizes: tuple[int, ...], router: str, requests: int, rounds: int = 3) -> dict[int, float]:
+    """Microseconds of simulation per request at each fleet size: the best of ``rounds`` runs, each round
+    running every size once, so that a slow spell of a shared machine does not fall on one size only."""
+    out = dict.fromkeys(sizes, math.inf)
+    for _ in range(rounds):
+        for n in sizes:
+            r = time_simulation(fleet_scenario(n, router, requests))
+            out[n] = min(out[n], 1e6 * r["sim_s"] / r["requests"])
     return out
 
 

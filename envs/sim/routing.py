@@ -407,10 +407,16 @@ def _lc_refresh(pi, qn, mrep, mn, gi):
                 hi = mid
         base = 2 * nm + 2 * m
         j = n + lo
-        _lc_set(mrep, base, w, j, _lc_key(pi, qn, gi, r))
+        key = _lc_key(pi, qn, gi, r)
+        if _lc_get(mrep, base, w, j) == key:
+            continue  # its count did not change (most events: an iteration without completions)
+        _lc_set(mrep, base, w, j, key)
         while j > 1:
             j >>= 1
-            _lc_set(mrep, base, w, j, min(_lc_get(mrep, base, w, 2 * j), _lc_get(mrep, base, w, 2 * j + 1)))
+            v = min(_lc_get(mrep, base, w, 2 * j), _lc_get(mrep, base, w, 2 * j + 1))
+            if _lc_get(mrep, base, w, j) == v:
+                break  # the nodes above are unchanged too
+            _lc_set(mrep, base, w, j, v)
     gi[I_LC_NDIRTY] = 0
 
 
