@@ -278,8 +278,10 @@ def _run_cell_dict(
 ) -> list[dict[str, Any]]:
     """Worker entry point (local pool and Ray trial): the :data:`CELL_HOOK` if any, then :func:`run_cell`.
 
-    With ``workers`` processes sharing the machine, the compiled vector envs use ``cores / workers``
-    threads each, so the workers do not fight over cores (``docs/vector-envs.md``).
+    ``workers``: how many cells share the machine with this one, itself included (the local pool passes
+    the cells still to start, at most its size). The compiled vector envs use ``cores / workers``
+    threads, so the workers do not fight over cores and a cell left alone uses them all
+    (``docs/vector-envs.md``); the thread count changes no number (tested bit for bit).
     """
     import numba
 
@@ -446,16 +448,20 @@ def _run_local(
 ) -> None:
     attempts = dict.fromkeys((c.key for c in pending), 0)
     queue = list(pending)
-    pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=_mp_context())
+    size = min(workers, len(pending))
+    pool = cf.ProcessPoolExecutor(max_workers=size, mp_context=_mp_context())
     running: dict[cf.Future, Cell] = {}
     fatal: RuntimeError | None = None
     clean = False
     try:
         while queue or running:
-            while queue and fatal is None:
+            # A cell is submitted when a worker is free, and shares the cores with the cells that will
+            # start after it (at most workers - 1): the last ones use every core (as in `make run`,
+            # where the third of three trainings ran alone on one of two cores).
+            while queue and fatal is None and len(running) < size:
                 cell = queue.pop(0)
                 attempts[cell.key] += 1
-                n_workers = min(workers, len(pending))
+                n_workers = min(workers, len(queue) + 1)
                 running[pool.submit(_run_cell_dict, cell.to_dict(), str(run_dir), hook, n_workers)] = cell
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             broken = False
@@ -486,9 +492,8 @@ def _run_local(
                 running.clear()
                 pool.shutdown(wait=False, cancel_futures=True)
                 if queue and fatal is None:
-                    pool = cf.ProcessPoolExecutor(
-                        max_workers=min(workers, len(queue)), mp_context=_mp_context()
-                    )
+                    size = min(workers, len(queue))
+                    pool = cf.ProcessPoolExecutor(max_workers=size, mp_context=_mp_context())
         clean = True
     finally:
         for fut in running:
