@@ -39,6 +39,10 @@ class Faults:
         key = cell.key
         with open(fdir / "calls.log", "a") as fh:
             fh.write(key + "\n")
+        import numba  # (in the worker: numba is loaded by then)
+
+        with open(fdir / "threads.log", "a") as fh:  # the numba threads the grid gave the cell
+            fh.write(f"{key} {numba.get_num_threads()}\n")
         if _listed(fdir / "fail_always", key):
             raise RuntimeError(f"injected failure (fail_always) in cell {key}")
         if _listed(fdir / "hang", key):  # a cell that never ends
@@ -69,3 +73,10 @@ def calls(folder: Path) -> list[str]:
     """The keys of the cell runs so far, in order (one line per run, retries included)."""
     log = folder / "calls.log"
     return log.read_text().split() if log.exists() else []
+
+
+def threads(folder: Path) -> dict[str, int]:
+    """The numba thread count each cell ran with (its last run's)."""
+    log = folder / "threads.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return {key: int(n) for key, n in (ln.split() for ln in lines)}

@@ -15,7 +15,7 @@ import pytest
 from envs.sim.errors import ConfigError
 from experiments.evaluate import evaluate_policy, make_policy
 from experiments.grid import Cell, read_results, run_cell, run_grid
-from tests.experiments.grid_faults import calls
+from tests.experiments.grid_faults import calls, threads
 from tests.paths import REPO
 
 AUTOSCALE = "InferGym/Autoscale-v1"
@@ -63,6 +63,13 @@ def test_2x2_grid_writes_results_equal_to_the_evaluator_and_rerun_skips_everythi
     assert rows[3]["return"] == ev["return"] and rows[3]["slo_attainment"] == ev["slo_attainment"]
     assert rows[3]["policy_name"] == ev["policy"] and rows[3]["episode_seed"] == 1
     assert rows[3]["label"] == "hpa" and rows[3]["env_kwargs"] == SHORT
+    # a cell shares the cores with the cells still to start (at most workers): the last one runs alone
+    # and gets them all, the others half each
+    import numba
+
+    cores = min(os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS)
+    want = [max(1, cores // 2)] * 3 + [cores]
+    assert [threads(faults)[c.key] for c in cells] == want
 
     # rerun: any cell that runs raises, so equal rows prove nothing was redone
     (faults / "fail_always").write_text("*\n")
