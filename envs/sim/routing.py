@@ -6,7 +6,8 @@ with room pulls it). The core offers three ways to be one, fastest first:
 
 * **A selection rule** run inside the compiled event loop (:class:`Rule`):
   ``RANDOM``, ``ROUND_ROBIN``, ``WEIGHTED_ROUND_ROBIN``, ``POWER_OF_TWO``,
-  ``CONSISTENT_HASH`` (bounded loads), ``CENTRAL_QUEUE``, or ``SCORE``.
+  ``CONSISTENT_HASH`` (bounded loads), ``LEAST_IN_FLIGHT`` (from an index),
+  ``CENTRAL_QUEUE``, or ``SCORE``.
 * **A compiled score function** (``SCORE``): lowest score wins, ties to the
   lowest replica id. Write it as a plain Python function of the replica's
   named features (:data:`SCORE_ARGS`) and wrap it with :func:`score_function`;
