@@ -57,6 +57,7 @@ from experiments.tables import (  # the table config, options and CSV files, sha
     with_params,
     write_csv,
 )
+from experiments.warmup import warm_up
 
 # ---------------------------------------------------------------------------------------------- cells
 
@@ -344,6 +345,14 @@ def reproduce(
     # invocation, an interrupted one's too (its entry is kept up to date while it runs).
     clock = RuntimeLog(run_dir / "reproduce_runtimes.json", t0)
     try:
+        if backend == "local" and opts.scenarios:  # compile once here, not in every worker at once
+            first = opts.scenarios[0]
+            trains = bool(cfg.get("agents")) and (opts.agents is None or len(opts.agents) > 0)
+            if progress:
+                print("warm-up: compiling the simulator if numba's cache is empty (minutes on a fresh clone)",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            warm_up(cfg["env_id"], base_scenario(cfg, first), scenario_env_kwargs(cfg, opts, first, "train"),
+                    vector=trains)  # fmt: skip
         calib = calibration_cells(cfg, opts)
         rows_c = run_cells(calib, run_dir, progress_label="calibration", **grid_kw) if calib else []
         chosen, sweep = calibrate(cfg, opts, rows_c)

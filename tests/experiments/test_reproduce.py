@@ -91,15 +91,17 @@ def test_tiny_table_end_to_end_writes_table_csv_figures_readme(tiny):
 def test_tiny_table_shows_each_grids_progress_line_with_the_agents_training_steps(tiny):
     root, _ = tiny
     lines = (root / "progress.txt").read_text().splitlines()
-    # every 600 s: the first and last line of each grid. Calibration: 2 sweep values x 1 seed; then
-    # 2 evaluation episodes of hpa and 2 agents (one per training seed) of 256 steps each
-    assert [ln.split(" | ")[0] for ln in lines] == [
+    # the warm-up (compiling once before the workers), then every 600 s the first and last line of
+    # each grid. Calibration: 2 sweep values x 1 seed; then 2 evaluation episodes of hpa and 2 agents
+    # (one per training seed) of 256 steps each
+    assert lines[0].startswith("warm-up: compiling the simulator")
+    assert [ln.split(" | ")[0] for ln in lines[1:]] == [
         "calibration: ETA ?",
         "calibration: ETA 0:00",
         "agents+eval: steps 0/512 (0%)",
         "agents+eval: steps 512/512 (100%)",
     ]
-    assert " | cells 2/2 | " in lines[1] and " | cells 0/4 | " in lines[2] and " | cells 4/4 | " in lines[3]
+    assert " | cells 2/2 | " in lines[2] and " | cells 0/4 | " in lines[3] and " | cells 4/4 | " in lines[4]
 
 
 def test_table_numbers_are_the_stats_helpers_on_the_episode_returns(tiny):
