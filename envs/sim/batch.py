@@ -51,7 +51,7 @@ AUTO_TO_CENTRAL, MASKED_TO_CENTRAL = -1, -2
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def route_step(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_done, log_drop,
+def route_step(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gf, gi, log_done, log_drop,
                tick_inflight, tick_queued, pc, kc, until, route_to, slo, speed_max, n_models, n_classes, seen, terms, obs,
                mask, slot_rep, norms, decisions):  # fmt: skip
     """Route the pending request (if any) to ``route_to`` and run to the next decision or to ``until``.
@@ -64,7 +64,7 @@ def route_step(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, h
     ``AUTO_TO_CENTRAL`` in ``decisions``.
     """
     while True:
-        code = advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_done,
+        code = advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gf, gi, log_done,
                        log_drop, tick_inflight, tick_queued, pc, kc, until, route_to)  # fmt: skip
         if code != STOP_ROUTE:
             return -1
@@ -85,8 +85,8 @@ def route_step_at(st, bt, until, route_to, n_models, n_classes):
     return route_step(
         P.f64_2(st, 0), P.i64_2(st, 1), P.f64_2(st, 2), P.i64_2(st, 3), P.i64_2(st, 4), P.i64_2(st, 5),
         P.i64_2(st, 6), P.i64_2(st, 7), P.i64_1(st, 8), P.i64_2(st, 9), P.i64_2(st, 10), P.i64_1(st, 11),
-        P.f64_1(st, 12), P.i64_1(st, 13), P.i64_1(st, 14), P.i64_1(st, 15), P.f64_1(st, 16), P.i64_1(st, 17),
-        P.i64_1(st, 18), P.i64_1(st, 19), P.i64_2(st, 20), P.i64_2(st, 21), P.i64_1(st, 22), P.i64_3(st, 23),
+        P.f64_2(st, 12), P.f64_1(st, 13), P.i64_1(st, 14), P.i64_1(st, 15), P.i64_1(st, 16), P.i64_2(st, 17),
+        P.i64_2(st, 18), P.i64_1(st, 19), P.i64_3(st, 20),
         until, route_to, P.f64_2(bt, 0), P.f64_1(bt, 1), n_models, n_classes, P.i64_1(bt, 2), P.f64_1(bt, 3),
         P.f32_1(bt, 4), P.b1_1(bt, 5), P.i64_1(bt, 6), P.f64_1(bt, 7), P.i64_1(bt, 8),
     )  # fmt: skip
@@ -132,14 +132,14 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
             dec[i] = MASKED_TO_CENTRAL
             inv = 1.0
         p = route_step(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13],
-                       s[14], s[15], s[16], s[17], s[18], s[19], s[20], s[21], s[22], s[23], until[e], r, slo, speed_max,
+                       s[14], s[15], s[16], s[17], s[18], s[19], s[20], until[e], r, slo, speed_max,
                        n_models, n_classes, seen[e], terms[e], obs[e], mask[e], slot_rep[e], norms, dec)  # fmt: skip
         pending[e] = p
-        out[OUT_NOW, e] = s[16][G_NOW]
+        out[OUT_NOW, e] = s[13][G_NOW]
         out[OUT_REPLICA, e] = r
         out[OUT_INVALID, e] = inv
         flag = 0
-        if s[17][I_NRELEASED] != synced[e]:
+        if s[14][I_NRELEASED] != synced[e]:
             flag |= NEED_SYNC
         if p < 0:
             flag |= NEED_BOUNDARY
@@ -197,8 +197,8 @@ def advance_at(st, until):
     return advance(
         P.f64_2(st, 0), P.i64_2(st, 1), P.f64_2(st, 2), P.i64_2(st, 3), P.i64_2(st, 4), P.i64_2(st, 5),
         P.i64_2(st, 6), P.i64_2(st, 7), P.i64_1(st, 8), P.i64_2(st, 9), P.i64_2(st, 10), P.i64_1(st, 11),
-        P.f64_1(st, 12), P.i64_1(st, 13), P.i64_1(st, 14), P.i64_1(st, 15), P.f64_1(st, 16), P.i64_1(st, 17),
-        P.i64_1(st, 18), P.i64_1(st, 19), P.i64_2(st, 20), P.i64_2(st, 21), P.i64_1(st, 22), P.i64_3(st, 23),
+        P.f64_2(st, 12), P.f64_1(st, 13), P.i64_1(st, 14), P.i64_1(st, 15), P.i64_1(st, 16), P.i64_2(st, 17),
+        P.i64_2(st, 18), P.i64_1(st, 19), P.i64_3(st, 20),
         until, -1,
     )  # fmt: skip
 

@@ -31,60 +31,64 @@ PRIO_ARRIVAL = 3
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _sift_down(ht, hk, hr, hv, i, n, t, key, rep, version):
-    """Put the event ``(t, key, rep, version)`` in the hole at ``i`` of the heap's first ``n`` entries,
-    moving the smaller child up while it comes first. Moving entries into a hole, each column read
+def _sift_down(hp, i, n, t, key, rep, version):
+    """Put the event ``(t, key, rep, version)`` in the hole at row ``i`` of the heap's rows ``1 .. n``,
+    moving the smaller child up while it comes first. Moving entries into a hole, each field read
     once into a local, is about 3-5x faster here than swapping whole entries (numba keeps the locals
     in registers; a swap of four array elements per level it does not)."""
     while True:
-        c = 2 * i + 1
-        if c >= n:
+        c = 2 * i
+        if c > n:
             break
-        tc = ht[c]
-        if c + 1 < n:
-            t1 = ht[c + 1]
-            if t1 < tc or (t1 == tc and hk[c + 1] < hk[c]):
+        tc = hp[c, H_T]
+        kc = hp[c, H_KEY]
+        if c < n:
+            t1 = hp[c + 1, H_T]
+            k1 = hp[c + 1, H_KEY]
+            if t1 < tc or (t1 == tc and k1 < kc):
                 c += 1
                 tc = t1
-        if not (tc < t or (tc == t and hk[c] < key)):
+                kc = k1
+        if not (tc < t or (tc == t and kc < key)):
             break
-        ht[i] = tc
-        hk[i] = hk[c]
-        hr[i] = hr[c]
-        hv[i] = hv[c]
+        hp[i, H_T] = tc
+        hp[i, H_KEY] = kc
+        hp[i, H_REP] = hp[c, H_REP]
+        hp[i, H_VER] = hp[c, H_VER]
         i = c
-    ht[i] = t
-    hk[i] = key
-    hr[i] = rep
-    hv[i] = version
+    hp[i, H_T] = t
+    hp[i, H_KEY] = key
+    hp[i, H_REP] = rep
+    hp[i, H_VER] = version
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def heap_push(ht, hk, hr, hv, gi, pi, t, prio, rep, version):
+def heap_push(hp, gi, pi, t, prio, rep, version):
     n = gi[I_HEAP_N]
-    if n >= len(ht):
-        n = _heap_compact(ht, hk, hr, hv, gi, pi)
-    key = (prio << 48) | gi[I_SEQ]
+    if n >= hp.shape[0] - 1:
+        n = _heap_compact(hp, gi, pi)
+    key = float((prio << 48) | gi[I_SEQ])
     gi[I_SEQ] += 1
-    gi[I_HEAP_N] = n + 1
-    while n > 0:  # move later parents down into the hole, then fill it
-        p = (n - 1) >> 1
-        tp = ht[p]
-        if not (t < tp or (t == tp and key < hk[p])):
+    n += 1
+    gi[I_HEAP_N] = n
+    while n > 1:  # move later parents down into the hole, then fill it
+        p = n >> 1
+        tp = hp[p, H_T]
+        if not (t < tp or (t == tp and key < hp[p, H_KEY])):
             break
-        ht[n] = tp
-        hk[n] = hk[p]
-        hr[n] = hr[p]
-        hv[n] = hv[p]
+        hp[n, H_T] = tp
+        hp[n, H_KEY] = hp[p, H_KEY]
+        hp[n, H_REP] = hp[p, H_REP]
+        hp[n, H_VER] = hp[p, H_VER]
         n = p
-    ht[n] = t
-    hk[n] = key
-    hr[n] = rep
-    hv[n] = version
+    hp[n, H_T] = t
+    hp[n, H_KEY] = key
+    hp[n, H_REP] = rep
+    hp[n, H_VER] = version
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def _heap_compact(ht, hk, hr, hv, gi, pi):
+def _heap_compact(hp, gi, pi):
     """Drop cancelled events (stale replica version) and rebuild the heap; returns the new size.
 
     Each replica has at most two live events (READY or ITER_END, and the next
@@ -93,29 +97,31 @@ def _heap_compact(ht, hk, hr, hv, gi, pi):
     behind faster than they are popped).
     """
     n = 0
-    for k in range(gi[I_HEAP_N]):
-        if hv[k] < 0 or hv[k] == pi[hr[k], Q_VERSION]:
-            ht[n], hk[n], hr[n], hv[n] = ht[k], hk[k], hr[k], hv[k]
+    for k in range(1, gi[I_HEAP_N] + 1):
+        v = hp[k, H_VER]
+        if v < 0 or v == pi[int(hp[k, H_REP]), Q_VERSION]:
             n += 1
-    for start in range((n - 2) >> 1, -1, -1):  # bottom-up heapify; keys are unique, so order is preserved
-        _sift_down(ht, hk, hr, hv, start, n, ht[start], hk[start], hr[start], hv[start])
+            hp[n, H_T], hp[n, H_KEY], hp[n, H_REP], hp[n, H_VER] = hp[k, H_T], hp[k, H_KEY], hp[k, H_REP], v
+    for start in range(n >> 1, 0, -1):  # bottom-up heapify; keys are unique, so order is preserved
+        _sift_down(hp, start, n, hp[start, H_T], hp[start, H_KEY], hp[start, H_REP], hp[start, H_VER])
     gi[I_HEAP_N] = n
     return n
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def heap_pop(ht, hk, hr, hv, gi):
-    """Take the earliest event out of the heap; returns its index (now just past the heap)."""
-    n = gi[I_HEAP_N] - 1
+def heap_pop(hp, gi):
+    """Take the earliest event out of the heap; returns its row (now just past the heap)."""
+    last = gi[I_HEAP_N]
+    n = last - 1
     gi[I_HEAP_N] = n
-    t, key, rep, version = ht[n], hk[n], hr[n], hv[n]  # the last entry fills the root's hole
-    ht[n] = ht[0]
-    hk[n] = hk[0]
-    hr[n] = hr[0]
-    hv[n] = hv[0]
+    t, key, rep, version = hp[last, H_T], hp[last, H_KEY], hp[last, H_REP], hp[last, H_VER]
+    hp[last, H_T] = hp[1, H_T]  # the root moves past the end; the last entry fills the root's hole
+    hp[last, H_KEY] = hp[1, H_KEY]
+    hp[last, H_REP] = hp[1, H_REP]
+    hp[last, H_VER] = hp[1, H_VER]
     if n > 0:
-        _sift_down(ht, hk, hr, hv, 0, n, t, key, rep, version)
-    return n
+        _sift_down(hp, 1, n, t, key, rep, version)
+    return last
 
 
 # ----------------------------------------------------------------------------- queues
@@ -229,9 +235,9 @@ def set_replica_state(pi, mrep, mn, gi, r, state):
 
     ``mrep`` row ``m`` lists model ``m``'s live replicas and row ``n_models + m`` its READY ones, both
     in increasing id order, ``mn`` their lengths (its further rows: :func:`envs.sim.routing.lc_pick`'s
-    index). Routing reads the READY row, so that counting, indexing and scanning the candidates costs
-    O(1) or O(READY) per arrival, not a pass over every live replica's state. Every state change goes
-    through here.
+    index); ``pi[r, Q_RPOS]`` is a READY replica's place in its row. Routing reads the READY row, so
+    that counting, indexing and scanning the candidates costs O(1) or O(READY) per arrival, not a
+    pass over every live replica's state. Every state change goes through here.
     """
     old = pi[r, Q_STATE]
     if old == state:
@@ -242,18 +248,21 @@ def set_replica_state(pi, mrep, mn, gi, r, state):
     row = mn.shape[0] // 2 + pi[r, Q_MODEL]
     n = mn[row]
     if old == REP_READY:  # ordered removal
-        k = 0
-        while k < n and mrep[row, k] != r:
-            k += 1
-        for j in range(k, n - 1):
-            mrep[row, j] = mrep[row, j + 1]
+        for j in range(pi[r, Q_RPOS], n - 1):
+            c = mrep[row, j + 1]
+            mrep[row, j] = c
+            pi[c, Q_RPOS] = j
+        pi[r, Q_RPOS] = -1
         mn[row] = n - 1
     elif state == REP_READY:  # ordered insertion (a new replica usually has the highest id: O(1))
         k = n
         while k > 0 and mrep[row, k - 1] > r:
-            mrep[row, k] = mrep[row, k - 1]
+            c = mrep[row, k - 1]
+            mrep[row, k] = c
+            pi[c, Q_RPOS] = k
             k -= 1
         mrep[row, k] = r
+        pi[r, Q_RPOS] = k
         mn[row] = n + 1
 
 
@@ -306,7 +315,7 @@ def _run_end(pf, r, end, n_iter, n_dec, kv):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _launch(pf, pi, ht, hk, hr, hv, gi, r, t, end, n_iter, n_dec):
+def _launch(pf, pi, hp, gi, r, t, end, n_iter, n_dec):
     """Replica ``r`` is busy from ``t`` to ``end`` (``n_iter`` iterations of ``n_dec`` decode tokens
     after the first): the pending ITER_END event."""
     pi[r, Q_SEG] = n_iter
@@ -314,11 +323,11 @@ def _launch(pf, pi, ht, hk, hr, hv, gi, r, t, end, n_iter, n_dec):
     pi[r, Q_BUSY] = 1
     pf[r, P_ITER_START] = t
     pf[r, P_ITER_DUR] = end - t
-    heap_push(ht, hk, hr, hv, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
+    heap_push(hp, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def split_decode_run(pf, pi, ht, hk, hr, hv, gi, r, t):
+def split_decode_run(pf, pi, hp, gi, r, t):
     """Cut replica ``r``'s multi-iteration decode run at its first iteration boundary after ``t``.
 
     Called when work arrives for the replica; per-iteration events would have
@@ -340,7 +349,7 @@ def split_decode_run(pf, pi, ht, hk, hr, hv, gi, r, t):
     pi[r, Q_SEG] = j
     pf[r, P_ITER_DUR] = end - start
     pi[r, Q_VERSION] += 1
-    heap_push(ht, hk, hr, hv, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
+    heap_push(hp, gi, pi, end, EV_ITER_END, r, pi[r, Q_VERSION])
 
 
 @njit(cache=True, error_model="numpy", inline="always")

@@ -67,6 +67,7 @@ from envs.sim.layout import (
     REP_READY,
     REP_RELEASED,
     REQ_QUEUED,
+    RUN_ID_MASK,
 )
 from envs.sim.routing import RULE_EXTERNAL, route
 
@@ -173,7 +174,7 @@ def schedule(
 
 
 @njit(cache=True, error_model="numpy")
-def fail_replicas(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_drop, pc, kc,
+def fail_replicas(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gf, gi, log_drop, pc, kc,
                   reps, t, requeue):  # fmt: skip
     """Lose replicas ``reps`` at time ``t`` with their work; returns (requests re-queued, dropped).
 
@@ -192,7 +193,7 @@ def fail_replicas(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr
         own = n_models + r
         m = pi[r, Q_MODEL]
         for j in range(pi[r, Q_NRUN]):
-            held[k] = run[r, j]
+            held[k] = run[r, j] & RUN_ID_MASK  # the reserve engine's heap keys hold the id low
             k += 1
         for lst in range(qh.shape[1]):
             i = qh[own, lst]
@@ -245,7 +246,7 @@ def fail_replicas(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr
                 else route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i)
             )
             dispatch(
-                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i,
+                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, i,
                 dest, t
             )  # fmt: skip
             n_requeued += 1

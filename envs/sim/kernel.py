@@ -66,6 +66,7 @@ from envs.sim.eventq import (
 )  # fmt: skip
 from envs.sim.layout import *  # noqa: F403  (the state's field names, defined once there)
 from envs.sim.paged import _end_paged, _start_paged, finish_transfer
+from envs.sim.ptrs import prefetch
 from envs.sim.routing import RULE_EXTERNAL, route, route_once
 
 # advance() return codes
@@ -75,54 +76,55 @@ STOP_UNTIL, STOP_ROUTE = 0, 1
 # ----------------------------------------------------------------------------- reserve engine
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _run_before(ri, a, b):
-    fa, fb = ri[a, R_FINISH], ri[b, R_FINISH]
-    return fa < fb or (fa == fb and a < b)
+# A replica's running requests, run[r, :n], form a binary min-heap of ``finish << 32 | id``
+# (``finish``: the replica iteration at whose end the request completes; layout.RUN_ID_MASK): the
+# order is (finish, id) and the heap never reads the requests' rows, which at a thousand replicas
+# are out of the core's caches by the time the request completes.
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _run_push(run, ri, r, n, i):
-    """Add request ``i`` to replica ``r``'s running heap of size ``n``."""
-    run[r, n] = i
+def _run_push(run, r, n, key):
+    """Add ``key`` (``finish << 32 | id``) to replica ``r``'s running heap of size ``n``."""
     while n > 0:
         p = (n - 1) >> 1
-        if _run_before(ri, run[r, n], run[r, p]):
-            run[r, n], run[r, p] = run[r, p], run[r, n]
+        up = run[r, p]
+        if key < up:
+            run[r, n] = up
             n = p
         else:
             break
+    run[r, n] = key
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _run_sift_down(run, ri, r, n):
+def _run_sift_down(run, r, n):
     """Remove the top of replica ``r``'s running heap; ``n`` is the size after removal."""
-    run[r, 0] = run[r, n]
+    key = run[r, n]
     i = 0
     while True:
         c = 2 * i + 1
         if c >= n:
             break
-        if c + 1 < n and _run_before(ri, run[r, c + 1], run[r, c]):
+        kc = run[r, c]
+        if c + 1 < n and run[r, c + 1] < kc:
             c += 1
-        if _run_before(ri, run[r, c], run[r, i]):
-            run[r, c], run[r, i] = run[r, i], run[r, c]
+            kc = run[r, c]
+        if kc < key:
+            run[r, i] = kc
             i = c
         else:
             break
+    run[r, i] = key
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r,
-                    t):  # fmt: skip
+def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, r, t):
     """Admit what fits and start the next iteration of replica ``r`` if there is work."""
     lc_mark(pi, mrep, gi, r)  # work was queued for it, or it admits some: its count in flight moves
     if pi[r, Q_BUSY] != 0:
         return
     if pi[r, Q_PAGED] != 0:
-        _start_paged(
-            rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t
-        )
+        _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, r, t)
         return
     state = pi[r, Q_STATE]
     if state != REP_READY and state != REP_DRAINING:
@@ -160,8 +162,9 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
         ri[i, R_STATE] = REQ_RUNNING
         ri[i, R_REPLICA] = r
         rf[i, R_ADMIT] = t
-        ri[i, R_FINISH] = pi[r, Q_ITER] + ri[i, R_OUTPUT] - 1
-        _run_push(run, ri, r, pi[r, Q_NRUN], i)
+        fin = pi[r, Q_ITER] + ri[i, R_OUTPUT] - 1
+        ri[i, R_FINISH] = fin
+        _run_push(run, r, pi[r, Q_NRUN], (fin << 32) | i)
         pi[r, Q_NRUN] += 1
         pfl[r, admitted] = i
         admitted += 1
@@ -179,11 +182,11 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
             # known now, so one event covers them all. Their boundaries are summed exactly as
             # per-iteration events would; an arrival for this replica splits the run
             # (split_decode_run) at the first boundary after it.
-            n_iter = ri[run[r, 0], R_FINISH] - pi[r, Q_ITER] + 1
+            n_iter = (run[r, 0] >> 32) - pi[r, Q_ITER] + 1
             end = _run_end(pf, r, end, n_iter, n_dec, pi[r, Q_KVSUM])
     pi[r, Q_NPF] = admitted
     pi[r, Q_PFTOK] = pf_tokens
-    _launch(pf, pi, ht, hk, hr, hv, gi, r, t, end, n_iter, n_dec)
+    _launch(pf, pi, hp, gi, r, t, end, n_iter, n_dec)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -204,12 +207,12 @@ def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc,
     pi[r, Q_SEG] = 1
     it = pi[r, Q_ITER] + n_iter - 1  # the last iteration this event covers
     pi[r, Q_ITER] = it + 1
-    # run[r, :n] is a min-heap on (finish iteration, request id): completions pop in O(log batch)
+    # completions pop from the running heap in O(log batch)
     n = pi[r, Q_NRUN]
-    while n > 0 and ri[run[r, 0], R_FINISH] == it:
-        i = run[r, 0]
+    while n > 0 and (run[r, 0] >> 32) == it:
+        i = run[r, 0] & RUN_ID_MASK
         n -= 1
-        _run_sift_down(run, ri, r, n)
+        _run_sift_down(run, r, n)
         ctx = ri[i, R_PROMPT] + ri[i, R_OUTPUT]
         if gi[I_SVC_KIND] != SVC_PER_REQUEST:
             pi[r, Q_KVRES] -= ctx
@@ -223,7 +226,7 @@ def _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc,
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _wake_for_central(pf, pi, mrep, mn, ht, hk, hr, hv, gi, m, t):
+def _wake_for_central(pf, pi, mrep, mn, hp, gi, m, t):
     """Model ``m``'s READY replica that should take a request just put in its central queue: the
     lowest-id idle one (-1: none; busy ones pull it at their next boundary, decode runs cut there)."""
     best = -1
@@ -231,16 +234,14 @@ def _wake_for_central(pf, pi, mrep, mn, ht, hk, hr, hv, gi, m, t):
     for k in range(mn[row]):
         c = mrep[row, k]
         if pi[c, Q_SEG] > 1:
-            split_decode_run(pf, pi, ht, hk, hr, hv, gi, c, t)
+            split_decode_run(pf, pi, hp, gi, c, t)
         if pi[c, Q_BUSY] == 0 and best < 0:
             best = c
     return best
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def dispatch(
-    rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i, r, t
-):
+def dispatch(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, i, r, t):
     """Put arrived request ``i`` in replica ``r``'s queue (or the central queue if r < 0) and wake a server."""
     m = ri[i, R_MODEL]
     ri[i, R_STATE] = REQ_QUEUED
@@ -248,10 +249,8 @@ def dispatch(
     if r >= 0:
         ri[i, R_REPLICA] = r
         _enqueue(ri, qh, qt, qn, gi[I_NMODELS] + r, i)
-        split_decode_run(pf, pi, ht, hk, hr, hv, gi, r, t)
-        start_iteration(
-            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t
-        )
+        split_decode_run(pf, pi, hp, gi, r, t)
+        start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, r, t)
         return
     _enqueue(ri, qh, qt, qn, m, i)
     # busy READY replicas pull from the central queue at their next iteration boundary;
@@ -270,11 +269,9 @@ def dispatch(
                     best = c
                     break
     else:
-        best = _wake_for_central(pf, pi, mrep, mn, ht, hk, hr, hv, gi, m, t)
+        best = _wake_for_central(pf, pi, mrep, mn, hp, gi, m, t)
     if best >= 0:
-        start_iteration(
-            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, best, t
-        )
+        start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, best, t)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -290,7 +287,7 @@ def _move_to_decode(ri, mi, i, d):
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def hand_to(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i, to, t):
+def hand_to(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, i, to, t):
     """Dispatch handed-off request ``i`` (counted in its decode pool) to decode replica ``to``, or to
     the pool's central queue if ``to < 0``: ``dispatch`` for a pool that runs the paged engine."""
     d = ri[i, R_MODEL]
@@ -300,20 +297,16 @@ def hand_to(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, l
         ri[i, R_REPLICA] = to
         _enqueue(ri, qh, qt, qn, gi[I_NMODELS] + to, i)
         lc_mark(pi, mrep, gi, to)
-        split_decode_run(pf, pi, ht, hk, hr, hv, gi, to, t)
+        split_decode_run(pf, pi, hp, gi, to, t)
     else:
         _enqueue(ri, qh, qt, qn, d, i)
-        to = _wake_for_central(pf, pi, mrep, mn, ht, hk, hr, hv, gi, d, t)
+        to = _wake_for_central(pf, pi, mrep, mn, hp, gi, d, t)
     if to >= 0 and pi[to, Q_BUSY] == 0:
-        _start_paged(
-            rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, to, t
-        )
+        _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, to, t)
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def hand_off(
-    rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi, log_drop, pc, kc, r, t
-):
+def hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gf, gi, log_drop, pc, kc, r, t):
     """Prefill replica ``r``'s requests that got their first token at ``t`` move to their model's decode
     pool: counted out of one pool and into the other, routed by the decode router, dispatched. Not
     inlined in the loop (as ``transfer_arrived``): each inlined copy of the dispatch path adds minutes
@@ -335,19 +328,19 @@ def hand_off(
         _move_to_decode(ri, mi, i, d)
         to = route_once(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, i, gi[I_D_ROUTER], gi[I_D_SCORE_FN],
                         gi[I_D_SCORE_AGG], gf[G_D_EPS], gf[G_D_P0], gf[G_D_P1], gf[G_D_P2])  # fmt: skip
-        hand_to(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i, to, t)
+        hand_to(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, i, to, t)
     pi[r, Q_NHAND] = 0
     return False
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def resume_hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc,
+def resume_hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc,
                     route_to, t):  # fmt: skip
     """The external decision ``route_to`` for the pending handed-off request; then the next one is
     left pending (returns True), or, the list done, the prefill replica's next iteration starts."""
     r = gi[I_HAND_R]
     k = gi[I_HAND_K]
-    hand_to(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, pfl[r, k],
+    hand_to(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, pfl[r, k],
             route_to, t)  # fmt: skip
     k += 1
     if k < pi[r, Q_NHAND]:
@@ -359,34 +352,60 @@ def resume_hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, 
     pi[r, Q_NHAND] = 0
     gi[I_HAND_R] = -1
     gi[I_PENDING] = -1
-    start_iteration(
-        rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t
-    )
+    start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, r, t)
     return False
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def transfer_arrived(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, d,
+def transfer_arrived(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, d,
                      t):  # fmt: skip
     """The KV cache at the head of decode replica ``d``'s transfer list arrived at ``t``: the request
     waits for a batch slot there; the prefill replica's freed blocks may let it admit work (or release
     it, if it was draining). Not inlined in the loop: the aggregated engines never call it."""
-    p = finish_transfer(rf, ri, pf, pi, qh, qt, qn, mi, ht, hk, hr, hv, gi, pc, kc, d)
+    p = finish_transfer(rf, ri, pf, pi, qh, qt, qn, mi, hp, gi, pc, kc, d)
     lc_mark(pi, mrep, gi, d)
     _release_if_drained(pf, pi, qn, mrep, mn, gi, p, t)
-    split_decode_run(pf, pi, ht, hk, hr, hv, gi, d, t)
+    split_decode_run(pf, pi, hp, gi, d, t)
     for r in (d, p):  # both pools run the paged engine (start_iteration's other branch never applies)
         if pi[r, Q_BUSY] == 0:
-            _start_paged(
-                rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t
-            )
+            _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, r, t)
 
 
 # ----------------------------------------------------------------------------- main loop
 
+#: arrivals ahead of the cursor whose rows the loop asks the CPU to fetch (:func:`_prefetch_arrival`)
+ARRIVALS_AHEAD = 8
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _prefetch_replica(pf, pi, run, hp, gi):
+    """Fetch the rows of the replica whose event is next in the heap while this one runs. At a
+    thousand replicas they have left the core's caches since its last event; fetched now, its
+    misses overlap this event's work instead of stalling the next one (hints: no value changes)."""
+    if gi[I_HEAP_N] > 0:
+        r = int(hp[1, H_REP])
+        for c in range(0, N_PI, 8):
+            prefetch(pi, r, c)
+        prefetch(pi, r, N_PI - 1)
+        for c in range(0, N_PF, 8):
+            prefetch(pf, r, c)
+        prefetch(pf, r, N_PF - 1)
+        prefetch(run, r, 0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _prefetch_arrival(rf, ri, gi):
+    """Fetch the rows of the request ``ARRIVALS_AHEAD`` arrivals ahead (read in arrival order)."""
+    na = gi[I_NEXT_ARR] + ARRIVALS_AHEAD
+    prefetch(rf, na, 0)
+    for c in range(0, N_RI, 8):
+        prefetch(ri, na, c)
+
+
+
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gf, gi,
+def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gf, gi,
             log_done, log_drop, tick_inflight, tick_queued, pc, kc, until, route_to):  # fmt: skip
     """Run every event with time <= ``until``.
 
@@ -400,7 +419,7 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
     n_req = gi[I_NREQ]
     tick_s = gf[G_TICK_S]
     if gi[I_HAND_R] >= 0:  # a handed-off request waits for its external decode-stage decision
-        if resume_hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc,
+        if resume_hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc,
                            kc, route_to, gf[G_NOW]):  # fmt: skip
             return STOP_ROUTE
     elif gi[I_PENDING] >= 0:
@@ -409,38 +428,38 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
         gi[I_NEXT_ARR] += 1
         t = rf[i, R_ARR]
         dispatch(
-            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, i,
+            rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, i,
             route_to, t
         )  # fmt: skip
     while True:
         na = gi[I_NEXT_ARR]
         t_arr = rf[na, R_ARR] if na < n_req else INF
-        t_heap = ht[0] if gi[I_HEAP_N] > 0 else INF
+        t_heap = hp[1, H_T] if gi[I_HEAP_N] > 0 else INF
         t_tick = (gi[I_NTICK] + 1) * tick_s
         t_next = min(t_arr, t_heap, t_tick)
         if t_next > until:
             break
         gf[G_NOW] = t_next
         if t_heap <= t_arr and t_heap <= t_tick:
-            k = heap_pop(ht, hk, hr, hv, gi)
-            r = hr[k]
-            ev = hk[k] >> 48
+            k = heap_pop(hp, gi)
+            _prefetch_replica(pf, pi, run, hp, gi)
+            r = int(hp[k, H_REP])
+            ev = int(hp[k, H_KEY]) >> 48
             if ev == EV_XFER:  # a KV cache reached decode replica r (disaggregated serving)
-                transfer_arrived(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop,
+                transfer_arrived(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop,
                                  pc, kc, r, t_heap)  # fmt: skip
                 continue
-            if hv[k] != pi[r, Q_VERSION]:
+            if int(hp[k, H_VER]) != pi[r, Q_VERSION]:
                 continue  # cancelled (replica released or load cancelled)
             if ev == EV_ITER_END:
                 _end_iteration(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc, kc, r, t_heap)
-                if pi[r, Q_NHAND] > 0 and hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr,
-                                                   hv, gf, gi, log_drop, pc, kc, r, t_heap):  # fmt: skip
+                if pi[r, Q_NHAND] > 0 and hand_off(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gf, gi, log_drop, pc, kc, r, t_heap):  # fmt: skip
                     return STOP_ROUTE  # an external decode-stage decision is due
             else:
                 set_replica_state(pi, mrep, mn, gi, r, REP_READY)
                 pf[r, P_READY] = t_heap
             start_iteration(
-                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r,
+                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, r,
                 t_heap
             )  # fmt: skip
         elif t_arr <= t_tick:
@@ -450,9 +469,10 @@ def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
                 gi[I_PENDING] = na
                 return STOP_ROUTE
             gi[I_NEXT_ARR] = na + 1
+            _prefetch_arrival(rf, ri, gi)
             r = route(rf, ri, pf, pi, qn, mi, mrep, mn, gf, gi, pc, kc, na)
             dispatch(
-                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, na,
+                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, na,
                 r, t_arr
             )  # fmt: skip
         else:

@@ -47,7 +47,7 @@ R_ARR, R_SVC, R_U1, R_U2, R_ADMIT, R_FIRST, R_DONE, R_DEADLINE = range(8)
 N_RF = 8
 # request int columns. The fields an iteration's start and end read for every running request come
 # first, in one 64-byte cache line (rows are padded to 24 columns, three lines, and the array is
-# 64-byte aligned: ``requests.aligned_zeros``): at a thousand replicas twenty thousand requests are
+# 64-byte aligned: ``state.aligned_zeros``): at a thousand replicas twenty thousand requests are
 # in flight and a scattered walk of their rows, not the arithmetic, is the cost of an iteration.
 # prompt and output tokens; paged engine (kv_policy: paged): tokens whose KV is computed, output
 # tokens generated, leading prefix-cache entries referenced, private KV blocks held, tokens
@@ -60,6 +60,8 @@ R_HIT, R_NPREEMPT, R_REASON = range(16, 19)
 # plus one (0: none), and the private blocks and cache entries it holds there
 R_KVSRC, R_PBLOCKS, R_PHELD = range(19, 22)
 N_RI = 24  # 22 used; padded to three cache lines
+# the reserve engine's running heap (EngineState.run) holds ``finish_iteration << 32 | request_id``
+RUN_ID_MASK = (1 << 32) - 1
 # request states (TRANSFER: its KV cache is on its way from a prefill to a decode replica)
 REQ_FUTURE, REQ_QUEUED, REQ_RUNNING, REQ_DONE, REQ_DROPPED, REQ_TRANSFER = range(6)
 # why a request was dropped (R_REASON): its class timeout while queued, longer than the replica's
@@ -91,9 +93,10 @@ Q_MATCH = 35  # scratch: the routed request's cached prefix on this replica (tok
 # whose KV it holds for a transfer, transfers into it in flight (a FIFO list: head, tail), transfers
 # into it completed, and requests handed off at the iteration that just ended (listed in ``pfl``)
 Q_ROLE, Q_DPOOL, Q_NODE, Q_XOUT, Q_XIN, Q_XHEAD, Q_XTAIL, Q_XN, Q_NHAND = range(36, 45)
-# the least-in-flight index (routing.py): 1 while the replica waits in the index's list of replicas to refresh
-Q_LCMARK = 45
-N_PI = 46
+# the least-in-flight index (routing.py): 1 while the replica waits in the index's list of replicas to
+# refresh; its place in its model's READY list (eventq.set_replica_state keeps it; -1: not READY)
+Q_LCMARK, Q_RPOS = 45, 46
+N_PI = 47
 ROLE_AGGREGATED, ROLE_PREFILL, ROLE_DECODE = range(3)
 # replica states
 REP_FREE, REP_LOADING, REP_READY, REP_DRAINING, REP_RELEASED = range(5)
@@ -122,6 +125,12 @@ I_D_ROUTER, I_D_SCORE_FN, I_D_SCORE_AGG, I_HAND_R, I_HAND_K = range(18, 23)
 # (a READY list changed, or the arrays grew), replicas waiting to be refreshed
 I_LC_ON, I_LC_REBUILD, I_LC_NDIRTY = range(23, 26)
 N_GI = 26
+
+# the event heap (EngineState.hp, one row per event, rows 1 .. gi[I_HEAP_N]): time, key
+# (priority << 48 | sequence), replica, its event version (-1: never cancelled), all float64 (the
+# integers are exact below 2**53)
+H_T, H_KEY, H_REP, H_VER = range(4)
+N_H = 4
 
 # prefix-cache arrays (EngineState.kc[replica, KC_*, :]): open-addressing hash table of entry
 # indices, then per entry its block hash, reference count, LRU links and the free-entry stack

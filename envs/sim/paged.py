@@ -51,6 +51,7 @@ from envs.sim.eventq import (
 )  # fmt: skip
 from envs.sim.kvcache import allocate, available_blocks, cdiv, hold, match, publish, release, sync_kv_tokens
 from envs.sim.layout import *  # noqa: F403  (the state's field names, defined once there)
+from envs.sim.ptrs import prefetch
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -98,7 +99,7 @@ def _join_batch(ri, pi, run, mi, m, r, i):
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t):
+def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, r, t):
     """Schedule replica ``r``'s next iteration as vLLM V1's scheduler does (``vllm/v1/core/sched/
     scheduler.py``, ``Scheduler.schedule``): a token budget (``Q_BUDGET``, ``max_num_batched_tokens``)
     goes first to the running requests in admission order (one token each when decoding, the next
@@ -172,7 +173,7 @@ def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
                 break
             i = bi
             if ri[i, R_KVSRC] != 0 or ri[i, R_BLOCKS] != 0:  # a handed-off request (disaggregated)
-                code = _admit_handed_off(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi,
+                code = _admit_handed_off(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, hp, gi,
                                          log_drop, pc, kc, r, t, bq, bl, i, budget)  # fmt: skip
                 if code < 0:
                     break  # head-of-line: wait for blocks to free up
@@ -253,7 +254,7 @@ def _start_paged(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, 
         n_iter = steps
         end = _run_end(pf, r, end, n_iter, n_dec, kv_read)
     pi[r, Q_KVSUM] = kv_read
-    _launch(pf, pi, ht, hk, hr, hv, gi, r, t, end, n_iter, n_dec)
+    _launch(pf, pi, hp, gi, r, t, end, n_iter, n_dec)
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
@@ -269,6 +270,8 @@ def _end_paged(rf, ri, pf, pi, run, pfl, qn, mi, mrep, mn, log_done, gi, pc, kc,
     pi[r, Q_ITER] += n_iter
     hb = gi[I_HB]
     bt = pi[r, Q_BT]
+    for k in range(pi[r, Q_NRUN]):  # the batch's rows, scattered among the requests in flight: fetch
+        prefetch(ri, run[r, k], 0)  # them all at once, the walk below then finds them in the cache
     w = 0
     for k in range(pi[r, Q_NRUN]):
         i = run[r, k]
@@ -338,7 +341,7 @@ def _free_source(ri, pi, pc, kc, i):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _start_transfer(rf, ri, pf, pi, ht, hk, hr, hv, gi, p, d, i, t):
+def _start_transfer(rf, ri, pf, pi, hp, gi, p, d, i, t):
     """Start moving request ``i``'s prompt KV from prefill replica ``p`` to decode replica ``d`` at ``t``."""
     nbytes = ri[i, R_PROMPT] * pf[d, P_KVBYTES]
     if pi[p, Q_NODE] == pi[d, Q_NODE]:
@@ -363,14 +366,14 @@ def _start_transfer(rf, ri, pf, pi, ht, hk, hr, hv, gi, p, d, i, t):
     ri[i, R_NEXT] = -1
     if tail < 0:
         pi[d, Q_XHEAD] = i
-        heap_push(ht, hk, hr, hv, gi, pi, end, EV_XFER, d, -1)
+        heap_push(hp, gi, pi, end, EV_XFER, d, -1)
     else:
         ri[tail, R_NEXT] = i
     pi[d, Q_XTAIL] = i
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def _admit_handed_off(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr, hv, gi, log_drop, pc, kc, r, t,
+def _admit_handed_off(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, r, t,
                       bq, bl, i, budget):  # fmt: skip
     """Decode replica ``r`` takes waiting request ``i`` of a disaggregated model (the head of list ``bl``
     of queue ``bq``). Its KV still on the prefill replica: blocks for it and the transfer's start (0),
@@ -400,7 +403,7 @@ def _admit_handed_off(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr,
         ri[i, R_STATE] = REQ_TRANSFER
         ri[i, R_REPLICA] = r
         mi[ri[i, R_MODEL], M_QUEUED] -= 1
-        _start_transfer(rf, ri, pf, pi, ht, hk, hr, hv, gi, ri[i, R_KVSRC] - 1, r, i, t)
+        _start_transfer(rf, ri, pf, pi, hp, gi, ri[i, R_KVSRC] - 1, r, i, t)
         return 0
     c = ri[i, R_COMPUTED]
     new = ri[i, R_PROMPT] + ri[i, R_GEN] - c
@@ -419,7 +422,7 @@ def _admit_handed_off(rf, ri, pf, pi, run, qh, qt, qn, mi, mrep, mn, ht, hk, hr,
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def finish_transfer(rf, ri, pf, pi, qh, qt, qn, mi, ht, hk, hr, hv, gi, pc, kc, d):
+def finish_transfer(rf, ri, pf, pi, qh, qt, qn, mi, hp, gi, pc, kc, d):
     """The KV transfer at the head of decode replica ``d``'s list has arrived: the prefill replica frees
     its blocks and the request waits at the head of ``d``'s queue for a batch slot. Returns the prefill
     replica (the loop releases it if it was draining)."""
@@ -429,7 +432,7 @@ def finish_transfer(rf, ri, pf, pi, qh, qt, qn, mi, ht, hk, hr, hv, gi, pc, kc, 
     if nxt < 0:
         pi[d, Q_XTAIL] = -1
     else:
-        heap_push(ht, hk, hr, hv, gi, pi, rf[nxt, R_SVC], EV_XFER, d, -1)
+        heap_push(hp, gi, pi, rf[nxt, R_SVC], EV_XFER, d, -1)
     pi[d, Q_XIN] -= 1
     pi[d, Q_XN] += 1
     rf[i, R_SVC] = 0.0

@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from llvmlite import ir
 from numba import carray, njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
@@ -108,3 +110,27 @@ def b1_1(tab, k):
     """Entry ``k`` of ``tab`` as a 1-D bool array."""
     j = ROW * k
     return carray(_p_b1(tab[j]), (tab[j + 1],))
+
+
+@intrinsic
+def prefetch(typingctx, arr, row, col):
+    """Ask the CPU to bring in the cache line holding ``arr[row, col]`` (a 2-D C-contiguous array) —
+    LLVM's ``llvm.prefetch``: read, keep in all levels. A hint: it changes no value and never faults,
+    so ``row`` may lie past the array's end. Issued for every row a loop is about to walk, or for
+    the rows the next event will read, the misses overlap instead of coming one after another."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.layout == "C"):
+        return None
+    sig = types.void(arr, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -231,10 +231,7 @@ class ReplicaLifecycle:
     def _push_ready(self, r: int, t: float) -> None:
         self.state.pi[r, K.Q_VERSION] += 1  # invalidates an earlier READY estimate
         K.heap_push(
-            self.state.ht,
-            self.state.hk,
-            self.state.hr,
-            self.state.hv,
+            self.state.hp,
             self.state.gi,
             self.state.pi,
             float(t),

@@ -22,21 +22,9 @@ from envs.sim import prefixes as P
 from envs.sim import workload as W
 from envs.sim.config import Scenario
 from envs.sim.errors import ConfigError, fail
+from envs.sim.state import aligned_zeros
 
 N_SESSIONS = 1024  # affinity keys: requests draw a session id uniformly from this many sessions
-
-
-def aligned_zeros(shape: tuple[int, int], dtype, align: int = 64) -> np.ndarray:
-    """A C-contiguous zero array whose first byte is ``align``-byte aligned.
-
-    With rows a multiple of ``align`` bytes long, every row then starts on a cache line, and the
-    request row's hot columns (:mod:`envs.sim.layout`) are one line, not two.
-    """
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    buf = np.zeros(nbytes + align, np.uint8)
-    skip = -buf.ctypes.data % align
-    return buf[skip : skip + nbytes].view(dtype).reshape(shape)
 
 
 def _cached_trace(

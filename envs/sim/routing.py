@@ -67,6 +67,7 @@ from envs.sim.layout import (
     Q_MAXB,
     Q_MODEL,
     Q_NRUN,
+    Q_RPOS,
     Q_STATE,
     Q_XIN,
     R_MODEL,
@@ -397,17 +398,8 @@ def _lc_refresh(pi, qn, mrep, mn, gi):
         if pi[r, Q_STATE] != REP_READY:
             continue
         m = pi[r, Q_MODEL]
-        row = nm + m
-        n = mn[row]
-        lo, hi = 0, n - 1  # its place in the READY list (sorted by id)
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if mrep[row, mid] < r:
-                lo = mid + 1
-            else:
-                hi = mid
         base = 2 * nm + 2 * m
-        j = n + lo
+        j = mn[nm + m] + pi[r, Q_RPOS]  # its leaf: its place in the READY list, after the inner nodes
         key = _lc_key(pi, qn, gi, r)
         if _lc_get(mrep, base, w, j) == key:
             continue  # its count did not change (most events: an iteration without completions)

@@ -62,7 +62,9 @@ class EngineState:
     :func:`envs.sim.eventq.set_replica_state`); its rows ``2 n_models`` to ``4 n_models`` hold the
     least-in-flight router's index and the next row its list of replicas to refresh
     (:func:`envs.sim.routing.lc_pick`).
-    Event heap: ``ht`` time, ``hk`` (priority << 48 | sequence), ``hr`` replica, ``hv`` its version.
+    Event heap ``hp``: one row per event (``layout.H_*``: time, priority << 48 | sequence, replica,
+    its version), a binary heap in rows ``1 .. gi[I_HEAP_N]`` (row 0 unused): with 32-byte rows and
+    the array 64-byte aligned, the two children of a row share one cache line.
     Scalars: ``gf`` floats, ``gi`` ints. Metrics ticks: ``tick_inflight`` / ``tick_queued`` per
     tick and model.
     Prefixes (paged engine): ``pc`` the requests' prompt block hashes, request ``i``'s are
@@ -83,10 +85,7 @@ class EngineState:
     mi: np.ndarray
     mrep: np.ndarray
     mn: np.ndarray
-    ht: np.ndarray
-    hk: np.ndarray
-    hr: np.ndarray
-    hv: np.ndarray
+    hp: np.ndarray
     gf: np.ndarray
     gi: np.ndarray
     log_done: np.ndarray
@@ -139,10 +138,7 @@ class EngineState:
             mi=np.zeros((n_models, L.N_MI), np.int64),
             mrep=np.zeros((4 * n_models + 1, cap), np.int64),
             mn=np.zeros(2 * n_models, np.int64),
-            ht=np.zeros(hcap),
-            hk=np.zeros(hcap, np.int64),
-            hr=np.zeros(hcap, np.int64),
-            hv=np.zeros(hcap, np.int64),
+            hp=aligned_zeros((hcap + 1, L.N_H), np.float64),
             gf=np.zeros(L.N_GF),
             gi=np.zeros(L.N_GI, np.int64),
             log_done=np.zeros(n + 1, np.int64),
@@ -196,11 +192,9 @@ class EngineState:
         self.rep_gpus, self.rep_usd_per_s = grown(self.rep_gpus, 0), grown(self.rep_usd_per_s, 0)
         self.kc = grown(self.kc, 0, -1)
         hcap = _heap_rows(new)
-        for name in ("ht", "hk", "hr", "hv"):
-            arr = getattr(self, name)
-            out = np.zeros(hcap, arr.dtype)
-            out[: len(arr)] = arr
-            setattr(self, name, out)  # (replacing an array drops the address table: __setattr__)
+        hp = aligned_zeros((hcap + 1, L.N_H), np.float64)
+        hp[: len(self.hp)] = self.hp
+        self.hp = hp  # (replacing an array drops the address table: __setattr__)
 
     def address_table(self) -> np.ndarray:
         """:meth:`kernel_args` as one int64 table of addresses and shapes (:mod:`envs.sim.ptrs`): a
@@ -220,12 +214,25 @@ class EngineState:
     def kernel_args(self) -> tuple[np.ndarray, ...]:
         """The arrays :func:`envs.sim.kernel.advance` takes, in its order (before ``until, route_to``)."""
         return (self.rf, self.ri, self.pf, self.pi, self.run, self.pfl, self.qh, self.qt, self.qn, self.mi,
-                self.mrep, self.mn, self.ht, self.hk, self.hr, self.hv, self.gf, self.gi, self.log_done,
+                self.mrep, self.mn, self.hp, self.gf, self.gi, self.log_done,
                 self.log_drop, self.tick_inflight, self.tick_queued, self.pc, self.kc)  # fmt: skip
 
     def nbytes(self) -> int:
         """Bytes held by the arrays (what the state costs in memory)."""
         return sum(a.nbytes for a in self.kernel_args()) + self.rep_gpus.nbytes + self.rep_usd_per_s.nbytes
+
+
+def aligned_zeros(shape: tuple[int, int], dtype, align: int = 64) -> np.ndarray:
+    """A C-contiguous zero array whose first byte is ``align``-byte aligned.
+
+    With rows a multiple of ``align`` bytes long, every row then starts on a cache line, and the
+    request row's hot columns (:mod:`envs.sim.layout`) are one line, not two.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.zeros(nbytes + align, np.uint8)
+    skip = -buf.ctypes.data % align
+    return buf[skip : skip + nbytes].view(dtype).reshape(shape)
 
 
 def _heap_rows(replica_rows: int) -> int:
