@@ -12,6 +12,9 @@ replaces an array (:meth:`envs.sim.state.EngineState.address_table` does, and a 
 drops it), and must keep the arrays alive while the table is used. Each entry is
 ``ROW`` int64: address, then up to three dimensions (unused ones 1). Only C-contiguous arrays of
 the dtypes below are accepted.
+
+:func:`prefetch` is the core's other low-level hook: a cache-line hint the event loop issues for
+the rows its next event will read.
 """
 
 from __future__ import annotations
