@@ -67,3 +67,59 @@ def test_the_table_call_routes_exactly_as_the_array_call_through_fleet_growth():
         ra = rb = int(ba.slot_rep[np.flatnonzero(ba.mask)[step % max(1, ba.mask.sum())]]) if ia >= 0 else -1
     assert a.state.replica_rows > rows
     assert a.episode_kpis() == b.episode_kpis()
+
+
+def test_prefetch_is_a_hint_that_changes_nothing_and_takes_only_c_matrices():
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    from envs.sim.ptrs import prefetch
+
+    @njit
+    def touch(a, rows):
+        for r in rows:
+            prefetch(a, r, 0)  # rows past the end too: a prefetch never faults
+        return a.sum()
+
+    a = np.arange(12.0).reshape(4, 3)
+    assert touch(a, np.array([0, 3, 4, 1_000_000])) == 66.0
+    assert a.tolist() == np.arange(12.0).reshape(4, 3).tolist()
+
+    @njit
+    def flat(a):
+        prefetch(a, 0, 0)
+
+    with pytest.raises(TypingError):
+        flat(np.zeros(3))
+
+
+def test_the_event_heap_pops_in_time_priority_sequence_order():
+    from numba import njit
+
+    from envs.sim import layout as L
+    from envs.sim.eventq import heap_pop, heap_push
+    from envs.sim.state import aligned_zeros
+
+    @njit
+    def run(times, prios, hp, gi, pi):
+        for k in range(len(times)):
+            heap_push(hp, gi, pi, times[k], prios[k], k % 3, -1)
+        out = np.empty(len(times))
+        keys = np.empty(len(times), np.int64)
+        for k in range(len(times)):
+            j = heap_pop(hp, gi)
+            out[k] = hp[j, L.H_T]
+            keys[k] = int(hp[j, L.H_KEY])
+        return out, keys
+
+    rng = np.random.default_rng(0)
+    times = rng.integers(0, 50, 500).astype(np.float64)  # many ties: priority, then sequence decide
+    prios = rng.integers(0, 3, 500)
+    hp = aligned_zeros((4 * 500 + 1, L.N_H), np.float64)
+    assert hp.ctypes.data % 64 == 0
+    gi = np.zeros(L.N_GI, np.int64)
+    out, keys = run(times, prios, hp, gi, np.zeros((3, L.N_PI), np.int64))
+    expected = sorted(range(500), key=lambda k: (times[k], prios[k], k))
+    assert out.tolist() == [times[k] for k in expected]
+    assert keys.tolist() == [(int(prios[k]) << 48) | k for k in expected]
+    assert gi[L.I_HEAP_N] == 0
