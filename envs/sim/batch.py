@@ -16,10 +16,12 @@ function for N simulations in one call:
   table, without the GIL: the Autoscale vector env runs its simulations on several threads at once
   (they share no array, so the threads never write the same memory).
 
-The simulations' arrays reach :func:`route_batch` as one numba typed ``List`` of tuples
-(:class:`StateList`), in :meth:`envs.sim.state.EngineState.kernel_args` order, so a vector step
-costs one argument per kind, not one per array and simulation. A simulation that grows its arrays
-(more replicas than rows) gets its tuple replaced before the next call (:meth:`StateList.sync`).
+The simulations' arrays reach :func:`route_batch` as one flat address table (:class:`StateList`:
+each simulation's :meth:`envs.sim.state.EngineState.address_table`), so a vector step costs one
+argument per kind, not one per array and simulation, and no reference counting per array (a numba
+typed list of tuples, used before, paid 42 atomic count updates per simulation and step, a sixth of
+the step). A simulation that grows its arrays (more replicas than rows) gets its row replaced
+before the next call (:meth:`StateList.sync`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numba import config, njit, prange
-from numba.typed import List
 
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
 from envs.sim import ptrs as P
@@ -44,6 +45,12 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     # parallel kernels ran with numba's thread count and spun against it (a 20 us tanh took 2.6 ms
     # while training here). The work-queue layer has its own threads, idle when not in use.
     config.THREADING_LAYER = "workqueue"
+
+#: Arrays of :meth:`envs.sim.state.EngineState.kernel_args` (entries per simulation in a
+#: :class:`StateList`'s table).
+N_STATE_ARRAYS = 21
+#: int64 per simulation in a :class:`StateList`'s table
+ROW_WIDTH = N_STATE_ARRAYS * P.ROW
 
 #: ``decisions`` codes: an arrival that had no READY replica in a slot, and a masked action (both
 #: sent to the central queue).
@@ -114,13 +121,13 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
     simulations with a need.
     """
     n_need = 0
-    for k in prange(len(states)):
-        e = np.int64(k)  # prange's index is unsigned; the typed list takes a signed one
+    for k in prange(len(pending)):
+        e = np.int64(k)  # prange's index is unsigned
         needs[e] = 0
         if not fast[e]:
             continue
-        s = states[e]
-        dec = decisions[e]
+        b = N_STATE_ARRAYS * e  # simulation e's first entry in the table
+        dec = P.i64_1(decisions, e)
         a = actions[e]
         i = pending[e]
         if mask[e, a]:
@@ -131,15 +138,20 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
             r = -1
             dec[i] = MASKED_TO_CENTRAL
             inv = 1.0
-        p = route_step(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13],
-                       s[14], s[15], s[16], s[17], s[18], s[19], s[20], until[e], r, slo, speed_max,
+        gf, gi = P.f64_1(states, b + 13), P.i64_1(states, b + 14)
+        p = route_step(P.f64_2(states, b), P.i64_2(states, b + 1), P.f64_2(states, b + 2), P.i64_2(states, b + 3),
+                       P.i64_2(states, b + 4), P.i64_2(states, b + 5), P.i64_2(states, b + 6), P.i64_2(states, b + 7),
+                       P.i64_1(states, b + 8), P.i64_2(states, b + 9), P.i64_2(states, b + 10),
+                       P.i64_1(states, b + 11), P.f64_2(states, b + 12), gf, gi, P.i64_1(states, b + 15),
+                       P.i64_1(states, b + 16), P.i64_2(states, b + 17), P.i64_2(states, b + 18),
+                       P.i64_1(states, b + 19), P.i64_3(states, b + 20), until[e], r, slo, speed_max,
                        n_models, n_classes, seen[e], terms[e], obs[e], mask[e], slot_rep[e], norms, dec)  # fmt: skip
         pending[e] = p
-        out[OUT_NOW, e] = s[13][G_NOW]
+        out[OUT_NOW, e] = gf[G_NOW]
         out[OUT_REPLICA, e] = r
         out[OUT_INVALID, e] = inv
         flag = 0
-        if s[14][I_NRELEASED] != synced[e]:
+        if gi[I_NRELEASED] != synced[e]:
             flag |= NEED_SYNC
         if p < 0:
             flag |= NEED_BOUNDARY
@@ -148,7 +160,15 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
             latency = t[2] / latency_unit_s
             reward = -(0 + w[0] * t[0] + w[1] * t[1] + w[2] * latency + w[3] * inv)
             if shaping > 0.0:
-                phi1 = outstanding_work_s(s[2], s[3], s[8], s[10], s[11], n_models, shaping_cap_s)
+                phi1 = outstanding_work_s(
+                    P.f64_2(states, b + 2),
+                    P.i64_2(states, b + 3),
+                    P.i64_1(states, b + 8),
+                    P.i64_2(states, b + 10),
+                    P.i64_1(states, b + 11),
+                    n_models,
+                    shaping_cap_s,
+                )
                 shaped = shaping * (phi[e] - phi1)
                 phi[e] = phi1
                 reward += shaped
@@ -162,7 +182,7 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
             out[OUT_REQUEST, e] = p
             t[0] = t[1] = t[2] = t[3] = 0.0
         needs[e] = flag
-    for e in range(len(states)):
+    for e in range(len(pending)):
         if needs[e] != 0:
             n_need += 1
     return n_need
@@ -243,48 +263,64 @@ class RoutingBuffers:
 
 
 class StateList:
-    """The kernel arrays of N simulations as one numba typed ``List`` of tuples (see the module docstring).
+    """The kernel arrays of N simulations as one flat address table (:mod:`envs.sim.ptrs`): simulation
+    ``e``'s arrays are entries ``N_STATE_ARRAYS * e ..`` in :meth:`EngineState.kernel_args` order.
 
     ``sync(e, sim)`` puts simulation ``e``'s arrays in (after a reset, or whenever it may have grown
-    them); it compares array identities first, so calling it after every Python-side change costs
-    a few hundred nanoseconds when nothing moved.
+    them); it compares the state's table by identity first (a state builds a new one whenever it
+    replaces an array), so calling it after every Python-side change costs well under a microsecond
+    when nothing moved. The arrays a row points at are held here until the row is replaced, so a
+    row is never left pointing at freed memory.
     """
 
     def __init__(self, sims: Sequence[object]) -> None:
-        self.items = List()
-        self._ids: list[tuple[int, ...]] = []
-        for sim in sims:
-            args = sim.state.kernel_args()
-            self.items.append(args)
-            self._ids.append(tuple(map(id, args)))
+        self.items = np.zeros(len(sims) * ROW_WIDTH, np.int64)
+        self._held: list[tuple | None] = [None] * len(sims)
+        for e, sim in enumerate(sims):
+            self.sync(e, sim)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._held)
 
     def sync(self, e: int, sim: object) -> None:
-        args = sim.state.kernel_args()
-        ids = tuple(map(id, args))
-        if ids != self._ids[e]:
-            self.items[e] = args
-            self._ids[e] = ids
+        table = sim.state.address_table()
+        held = self._held[e]
+        if held is None or held[0] is not table:
+            k = e * ROW_WIDTH
+            self.items[k : k + len(table)] = table
+            self._held[e] = (table, sim.state.kernel_args())
 
 
-def int_list(arrays: Sequence[np.ndarray]) -> List:
-    """A numba typed ``List`` of int64 arrays (the vector envs' per-simulation ``decisions``)."""
-    out = List()
-    for a in arrays:
-        out.append(a)
-    return out
+class ArrayList:
+    """N int64 arrays (the vector envs' per-simulation ``decisions``) as one address table; item
+    assignment replaces one (and holds it while its address is in the table)."""
+
+    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
+        self._held = list(arrays)
+        self.items = P.address_table(self._held)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __getitem__(self, e: int) -> np.ndarray:
+        return self._held[e]
+
+    def __setitem__(self, e: int, array: np.ndarray) -> None:
+        if array is not self._held[e]:
+            self.items[P.ROW * e : P.ROW * (e + 1)] = P.address_table([array])
+            self._held[e] = array
 
 
 __all__ = [
     "AUTO_TO_CENTRAL",
     "MASKED_TO_CENTRAL",
+    "N_STATE_ARRAYS",
+    "ROW_WIDTH",
+    "ArrayList",
     "N_OUT",
     "RoutingBuffers",
     "StateList",
     "advance_at",
-    "int_list",
     "route_batch",
     "route_batch_parallel",
     "route_step",

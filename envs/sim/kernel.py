@@ -402,8 +402,6 @@ def _prefetch_arrival(rf, ri, gi):
         prefetch(ri, na, c)
 
 
-
-
 @njit(cache=True, error_model="numpy", _nrt=False)
 def advance(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gf, gi,
             log_done, log_drop, tick_inflight, tick_queued, pc, kc, until, route_to):  # fmt: skip

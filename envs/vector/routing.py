@@ -22,8 +22,8 @@ from envs.sim.batch import (
     OUT_REWARD,
     OUT_SHAPING,
     OUT_SLO,
+    ArrayList,
     StateList,
-    int_list,
     route_batch,
     route_batch_parallel,
 )
@@ -122,7 +122,7 @@ class RoutingVecEnv(NativeVectorEnv):
         self._states = None
         out = super().reset(seed=seed, options=options)
         self._states = StateList([env.sim for env in self.envs])
-        self._decisions = int_list([env.decisions for env in self.envs])
+        self._decisions = ArrayList([env.decisions for env in self.envs])
         self._slo = self.envs[0].sim.slo
         for e in range(self.num_envs):
             self._pull(e)
@@ -166,7 +166,7 @@ class RoutingVecEnv(NativeVectorEnv):
         shaping = self._shaping
         fast = self._fast.copy()  # the Python paths below update self._fast for the next step
         self._n_invalid += fast & ~self._mask[self._ar, actions]
-        n_need = self._route(self._states.items, self._decisions, fast, self._until, actions, self._pending,
+        n_need = self._route(self._states.items, self._decisions.items, fast, self._until, actions, self._pending,
                              self._mask, self._slot_rep, self._slo, env0.speed_max, env0.n_models, env0.n_classes,
                              self._seen, self._terms, self._obs, NORMS, self._w, LATENCY_UNIT_S, shaping,
                              SHAPING_CAP_S, self._phi, self._synced, out, needs)  # fmt: skip
@@ -276,7 +276,9 @@ class RoutingVecEnv(NativeVectorEnv):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_states"] = state["_decisions"] = None  # numba typed lists do not pickle: rebuilt below
+        state["_states"] = state["_decisions"] = (
+            None  # addresses mean nothing in another process: rebuilt below
+        )
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -295,7 +297,7 @@ class RoutingVecEnv(NativeVectorEnv):
                 )
         if self._ready:
             self._states = StateList([env.sim for env in self.envs])
-            self._decisions = int_list([env.decisions for env in self.envs])
+            self._decisions = ArrayList([env.decisions for env in self.envs])
 
 
 class RoutingVecEnvV1(RoutingVecEnv):

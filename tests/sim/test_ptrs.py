@@ -123,3 +123,19 @@ def test_the_event_heap_pops_in_time_priority_sequence_order():
     assert out.tolist() == [times[k] for k in expected]
     assert keys.tolist() == [(int(prios[k]) << 48) | k for k in expected]
     assert gi[L.I_HEAP_N] == 0
+
+
+def test_a_state_list_row_is_the_states_own_table_and_follows_growth():
+    from envs.sim.batch import N_STATE_ARRAYS, ROW_WIDTH, ArrayList, StateList
+
+    sims = [Simulator("default", s) for s in range(3)]
+    assert len(sims[0].state.kernel_args()) == N_STATE_ARRAYS
+    states = StateList(sims)
+    assert states.items.reshape(3, ROW_WIDTH).tolist() == [s.state.address_table().tolist() for s in sims]
+    sims[1].state._grow_replicas()  # replaces the replica arrays: the row must follow
+    states.sync(1, sims[1])
+    assert states.items.reshape(3, ROW_WIDTH)[1].tolist() == sims[1].state.address_table().tolist()
+    arrays = ArrayList([np.zeros(4, np.int64), np.zeros(5, np.int64)])
+    new = np.zeros(7, np.int64)
+    arrays[1] = new
+    assert arrays[1] is new and arrays.items.tolist()[4:6] == [new.ctypes.data, 7]
