@@ -130,8 +130,10 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
         dec = P.i64_1(decisions, e)
         a = actions[e]
         i = pending[e]
-        if mask[e, a]:
-            r = slot_rep[e, a]
+        # rows as views without reference counts (a[e] would update the batch's count twice each)
+        m_e, s_e, t_e = P.row(mask, e), P.row(slot_rep, e), P.row(terms, e)
+        if m_e[a]:
+            r = s_e[a]
             dec[i] = r
             inv = 0.0
         else:
@@ -145,7 +147,7 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
                        P.i64_1(states, b + 11), P.f64_2(states, b + 12), gf, gi, P.i64_1(states, b + 15),
                        P.i64_1(states, b + 16), P.i64_2(states, b + 17), P.i64_2(states, b + 18),
                        P.i64_1(states, b + 19), P.i64_3(states, b + 20), until[e], r, slo, speed_max,
-                       n_models, n_classes, seen[e], terms[e], obs[e], mask[e], slot_rep[e], norms, dec)  # fmt: skip
+                       n_models, n_classes, P.row(seen, e), t_e, P.row(obs, e), m_e, s_e, norms, dec)  # fmt: skip
         pending[e] = p
         out[OUT_NOW, e] = gf[G_NOW]
         out[OUT_REPLICA, e] = r
@@ -156,7 +158,7 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
         if p < 0:
             flag |= NEED_BOUNDARY
         else:
-            t = terms[e]
+            t = t_e
             latency = t[2] / latency_unit_s
             reward = -(0 + w[0] * t[0] + w[1] * t[1] + w[2] * latency + w[3] * inv)
             if shaping > 0.0:

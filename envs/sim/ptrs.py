@@ -116,6 +116,25 @@ def b1_1(tab, k):
 
 
 @intrinsic
+def _p_void(typingctx, addr):
+    """An int64 address as a ``void *`` (for ``carray`` with an explicit dtype)."""
+    sig = types.voidptr(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def row(a, e):
+    """Row ``e`` of the 2-D C-contiguous ``a`` as a view that carries no reference count (``a[e]``
+    shares ``a``'s and updates it atomically twice, a cost that shows in a batched step taking
+    several rows of each of its buffers per simulation); valid while ``a`` lives."""
+    return carray(_p_void(a.ctypes.data + e * a.strides[0]), (a.shape[1],), a.dtype)
+
+
+@intrinsic
 def prefetch(typingctx, arr, row, col):
     """Ask the CPU to bring in the cache line holding ``arr[row, col]`` (a 2-D C-contiguous array) —
     LLVM's ``llvm.prefetch``: read, keep in all levels. A hint: it changes no value and never faults,
