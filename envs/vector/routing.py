@@ -195,8 +195,12 @@ class RoutingVecEnv(NativeVectorEnv):
                     out[OUT_SHAPING, e] = info["shaping"]
                 self._pull(e)
 
-        def ones() -> np.ndarray:  # one mask per key: an autoreset clears an ended sub-env's entries
-            return np.ones(n, np.bool_)
+        # one mask per key (an autoreset clears an ended sub-env's entries): rows of one block, one
+        # allocation instead of fifteen
+        masks = iter(np.ones((len(_TERM_KEYS) + len(_KPI_KEYS) + 6, n), np.bool_))
+
+        def ones() -> np.ndarray:
+            return next(masks)
 
         infos: dict[str, Any] = {
             "rewards": {"slo_violations": out[OUT_SLO], "drops": out[OUT_DROPS], "latency": out[OUT_LATENCY],
