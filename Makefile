@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m experiments.reproduce autoscale --quick --scenarios bursty --agents ppo --total-timesteps 150000 --workers 3 --out runs/main/autoscale --run-dir runs/main/grid
+	$(BIN)/python -m experiments.reproduce autoscale --quick --scenarios bursty --agents ppo --total-timesteps 100000 --workers 3 --out runs/main/autoscale --run-dir runs/main/grid
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
