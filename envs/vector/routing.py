@@ -44,9 +44,10 @@ _ROWS = (
     OUT_REQUEST,
 )
 #: From this many sub-envs on, the compiled step runs them on all cores. Below, one core is faster: a
-#: routing step costs about 4 us and starting numba's work-queue threads about 100 us a call
-#: (2-core machine: 32 sub-envs 212 k env-steps/s serial vs 102 k parallel; 256: 273 k vs 354 k).
-PARALLEL_FROM = 256
+#: routing step costs about 2 us and starting numba's work-queue threads about 100 us a call
+#: (2-core machine, best of three: 32 sub-envs 410 k env-steps/s serial vs 184 k parallel; 256:
+#: 538 k vs 498 k; 1,024: 468 k vs 522 k).
+PARALLEL_FROM = 512
 
 
 def _info_values(info: dict[str, Any]) -> tuple[float, ...]:
