@@ -31,6 +31,15 @@ PRIO_ARRIVAL = 3
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def _heap_set(hp, i, t, key, rep, version):
+    """Write the event ``(t, key, rep, version)`` to heap row ``i``."""
+    hp[i, H_T] = t
+    hp[i, H_KEY] = key
+    hp[i, H_REP] = rep
+    hp[i, H_VER] = version
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def _sift_down(hp, i, n, t, key, rep, version):
     """Put the event ``(t, key, rep, version)`` in the hole at row ``i`` of the heap's rows ``1 .. n``,
     moving the smaller child up while it comes first. Moving entries into a hole, each field read
@@ -51,15 +60,9 @@ def _sift_down(hp, i, n, t, key, rep, version):
                 kc = k1
         if not (tc < t or (tc == t and kc < key)):
             break
-        hp[i, H_T] = tc
-        hp[i, H_KEY] = kc
-        hp[i, H_REP] = hp[c, H_REP]
-        hp[i, H_VER] = hp[c, H_VER]
+        _heap_set(hp, i, tc, kc, hp[c, H_REP], hp[c, H_VER])
         i = c
-    hp[i, H_T] = t
-    hp[i, H_KEY] = key
-    hp[i, H_REP] = rep
-    hp[i, H_VER] = version
+    _heap_set(hp, i, t, key, rep, version)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -76,15 +79,9 @@ def heap_push(hp, gi, pi, t, prio, rep, version):
         tp = hp[p, H_T]
         if not (t < tp or (t == tp and key < hp[p, H_KEY])):
             break
-        hp[n, H_T] = tp
-        hp[n, H_KEY] = hp[p, H_KEY]
-        hp[n, H_REP] = hp[p, H_REP]
-        hp[n, H_VER] = hp[p, H_VER]
+        _heap_set(hp, n, tp, hp[p, H_KEY], hp[p, H_REP], hp[p, H_VER])
         n = p
-    hp[n, H_T] = t
-    hp[n, H_KEY] = key
-    hp[n, H_REP] = rep
-    hp[n, H_VER] = version
+    _heap_set(hp, n, t, key, rep, version)
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
@@ -101,7 +98,7 @@ def _heap_compact(hp, gi, pi):
         v = hp[k, H_VER]
         if v < 0 or v == pi[int(hp[k, H_REP]), Q_VERSION]:
             n += 1
-            hp[n, H_T], hp[n, H_KEY], hp[n, H_REP], hp[n, H_VER] = hp[k, H_T], hp[k, H_KEY], hp[k, H_REP], v
+            _heap_set(hp, n, hp[k, H_T], hp[k, H_KEY], hp[k, H_REP], v)
     for start in range(n >> 1, 0, -1):  # bottom-up heapify; keys are unique, so order is preserved
         _sift_down(hp, start, n, hp[start, H_T], hp[start, H_KEY], hp[start, H_REP], hp[start, H_VER])
     gi[I_HEAP_N] = n
@@ -115,10 +112,7 @@ def heap_pop(hp, gi):
     n = last - 1
     gi[I_HEAP_N] = n
     t, key, rep, version = hp[last, H_T], hp[last, H_KEY], hp[last, H_REP], hp[last, H_VER]
-    hp[last, H_T] = hp[1, H_T]  # the root moves past the end; the last entry fills the root's hole
-    hp[last, H_KEY] = hp[1, H_KEY]
-    hp[last, H_REP] = hp[1, H_REP]
-    hp[last, H_VER] = hp[1, H_VER]
+    _heap_set(hp, last, hp[1, H_T], hp[1, H_KEY], hp[1, H_REP], hp[1, H_VER])  # the root moves past the end
     if n > 0:
         _sift_down(hp, 1, n, t, key, rep, version)
     return last
