@@ -357,6 +357,37 @@ def training_steps_per_s(backend: str, n_envs: int, steps: int, scenario: str = 
     return out
 
 
+def rollout_ceiling_steps_per_s(n_envs: int, steps: int, scenario: str = "bursty", seed: int = 0) -> float:
+    """The env as PPO's rollouts see it, with no policy and no updates: the native vector env of
+    ``n_envs`` ``Autoscale-v2``/``scenario`` envs (target actions) under the table's frame stack of 12
+    and VecNormalize, stepped with uniformly random actions (which, like a fresh policy's, move the
+    fleet every step). No trainer on this env can step faster; it is the bound of
+    :func:`training_steps_per_s`."""
+    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+
+    from agents.sb3 import make_vec
+
+    vec = make_vec(
+        "InferGym/Autoscale-v2", scenario, n_envs, seed, {"action_mode": "target"}, backend="native"
+    )
+    vec = VecNormalize(VecFrameStack(vec, 12), norm_reward=False)  # as ppo.yaml's vecnormalize
+    rng = np.random.default_rng(seed)
+    nvec = vec.action_space.nvec
+
+    def act() -> np.ndarray:
+        return rng.integers(0, nvec, size=(n_envs, len(nvec)))
+
+    vec.reset()
+    for _ in range(64):  # warm-up: compiled kernels, the first episode's set-up
+        vec.step(act())
+    t0 = time.perf_counter()
+    for _ in range(max(1, steps // n_envs)):
+        vec.step(act())
+    out = max(1, steps // n_envs) * n_envs / (time.perf_counter() - t0)
+    vec.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -486,6 +517,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         tps = training_steps_per_s(backend, n_envs, t_steps, **hp)
         result[f"ppo_train_{backend}_{n_envs}_steps_per_s"] = round(tps)
         print(f"{label:<36} {tps:>12,.0f}")
+    # the bound of any trainer: the same env and wrappers stepped with random actions, no policy
+    ceiling = rollout_ceiling_steps_per_s(8, t_steps)
+    result["autoscale_bursty_native8_random_steps_per_s"] = round(ceiling)
+    result["ppo_train_native_8_vs_env"] = round(result["ppo_train_native_8_steps_per_s"] / ceiling, 2)
+    print(f"{'env alone, 8 envs, random actions':<36} {ceiling:>12,.0f}")
+    print(f"{'PPO / env alone':<36} {result['ppo_train_native_8_vs_env']:>12.2f}")
     result["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
     print()
     print(json.dumps(result))

@@ -66,6 +66,7 @@ def test_benchmark_quick_ends_with_a_json_line_of_measurements(capsys):
     result = json.loads(last)
     for key in ("mmc_requests_per_s", "simpy_mmc_requests_per_s", "llm_requests_per_s", "autoscale_steps_per_s",
                 "routing_steps_per_s", "placement_steps_per_s", "run_scenario_default_requests_per_s",
-                "bare_loop_bursty_requests_per_s"):  # fmt: skip
+                "bare_loop_bursty_requests_per_s", "ppo_train_native_8_steps_per_s",
+                "autoscale_bursty_native8_random_steps_per_s", "ppo_train_native_8_vs_env"):  # fmt: skip
         assert result[key] > 0, key
     assert 0 < result["run_scenario_default_vs_bare"] <= 1.5  # controllers cost something
