@@ -414,8 +414,9 @@ def _progress(
 # ----------------------------------------------------------------------------------------------- backends
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    # torch + fork is unsafe (threads and locks copied mid-flight); forkserver where available.
+def mp_context() -> multiprocessing.context.BaseContext:
+    """The start method of the grid's worker processes (and of the warm-up's helper): forkserver where
+    available, else spawn. torch + fork is unsafe (threads and locks copied mid-flight)."""
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
@@ -449,7 +450,7 @@ def _run_local(
     attempts = dict.fromkeys((c.key for c in pending), 0)
     queue = list(pending)
     size = min(workers, len(pending))
-    pool = cf.ProcessPoolExecutor(max_workers=size, mp_context=_mp_context())
+    pool = cf.ProcessPoolExecutor(max_workers=size, mp_context=mp_context())
     running: dict[cf.Future, Cell] = {}
     fatal: RuntimeError | None = None
     clean = False
@@ -493,7 +494,7 @@ def _run_local(
                 pool.shutdown(wait=False, cancel_futures=True)
                 if queue and fatal is None:
                     size = min(workers, len(queue))
-                    pool = cf.ProcessPoolExecutor(max_workers=size, mp_context=_mp_context())
+                    pool = cf.ProcessPoolExecutor(max_workers=size, mp_context=mp_context())
         clean = True
     finally:
         for fut in running:

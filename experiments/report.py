@@ -184,6 +184,19 @@ def _seed_range(seeds: Sequence[int]) -> str:
     return f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
 
 
+def revision_line(revisions: Sequence[str | None], end: str | None) -> str:
+    """The README's git revision: ``end`` (HEAD when the table was written) when every invocation
+    started there, else the revisions the invocations started at (what ran) and ``end``."""
+    started = list(dict.fromkeys(r for r in revisions if r))  # distinct, in order
+    dirty = any(r.endswith("-dirty") for r in [*started, end or ""])
+    note = " (tracked files had uncommitted changes: the numbers may not match that commit)" if dirty else ""
+    if not started or started == [end]:
+        return f"`{end}`{note}" if end is not None else "unknown (not run from a git checkout)"
+    names = ", ".join(f"`{r}`" for r in started)
+    what = "the run started there" if len(started) == 1 else "the revisions its invocations started at"
+    return f"{names} ({what}; HEAD was `{end}` when it ended){note}"
+
+
 def write_readme(
     out: Path,
     cfg: Mapping[str, Any],
@@ -192,17 +205,15 @@ def write_readme(
     runtimes_s: Sequence[float],
     run_dir: Path,
     backend: str,
+    revisions: Sequence[str | None] = (),
 ) -> None:
-    """``out/README.md``: what made the table (command, git SHA, runtime, seeds, budgets) and the files."""
+    """``out/README.md``: what made the table (command, git SHA, runtime, seeds, budgets) and the files.
+
+    ``revisions``: the git revision each invocation on the run folder started at (None where not
+    recorded); the README names them when they differ from the revision at the end."""
     from agents.sb3 import git_sha
 
-    sha = git_sha()
-    if sha is None:
-        sha_line = "unknown (not run from a git checkout)"
-    elif sha.endswith("-dirty"):
-        sha_line = f"`{sha}` (tracked files had uncommitted changes: the numbers may not match that commit)"
-    else:
-        sha_line = f"`{sha}`"
+    sha_line = revision_line(revisions, git_sha())
     text = f"""# Results: {cfg["name"]}{" (quick)" if opts.quick else ""}
 
 {" ".join(str(cfg.get("description", "")).split())}

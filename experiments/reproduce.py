@@ -80,10 +80,16 @@ class RuntimeLog:
     time to within ``every_s``. :meth:`stop` writes the final value and returns the whole list.
     """
 
-    def __init__(self, path: Path, t0: float, every_s: float = 30.0) -> None:
+    def __init__(self, path: Path, t0: float, every_s: float = 30.0, revision: str | None = None) -> None:
         self.path, self.t0 = Path(path), t0
         self.runtimes: list[float] = json.loads(self.path.read_text()) if self.path.exists() else []
         self.runtimes.append(0.0)
+        # the git revision each invocation started at (None: not recorded), in a file beside the times
+        self.revisions_path = self.path.with_name("reproduce_revisions.json")
+        known = json.loads(self.revisions_path.read_text()) if self.revisions_path.exists() else []
+        self.revisions: list[str | None] = (known + [None] * len(self.runtimes))[: len(self.runtimes) - 1]
+        self.revisions.append(revision)
+        self.revisions_path.write_text(json.dumps(self.revisions) + "\n")
         self._done = threading.Event()
         self._write()
         self._thread = threading.Thread(target=self._tick, args=(every_s,), daemon=True)
@@ -343,7 +349,10 @@ def reproduce(
 
     # A resumed run only redoes what is missing, so the README reports the wall clock of every
     # invocation, an interrupted one's too (its entry is kept up to date while it runs).
-    clock = RuntimeLog(run_dir / "reproduce_runtimes.json", t0)
+    # the revision that runs is the one at the start: commits made while a long run goes on are not in it
+    from agents.sb3 import git_sha
+
+    clock = RuntimeLog(run_dir / "reproduce_runtimes.json", t0, revision=git_sha())
     try:
         if backend == "local" and opts.scenarios:  # compile once here, not in every worker at once
             first = opts.scenarios[0]
@@ -378,7 +387,7 @@ def reproduce(
         fig_paths = plot.table_figures(cfg, opts, groups, rows_e, chosen, agent_dirs(run_dir, rows_e), out)
     cmd = command or shlex.join(["python", "-m", "experiments.reproduce", *sys.argv[1:]])
     runtimes = clock.stop()
-    write_readme(out, cfg, opts, cmd, runtimes, run_dir, backend)
+    write_readme(out, cfg, opts, cmd, runtimes, run_dir, backend, revisions=clock.revisions)
     return {
         "markdown": md,
         "summary": summary,

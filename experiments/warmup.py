@@ -39,12 +39,12 @@ def step_once(env_id: str, scenario: str, env_kwargs: Mapping[str, Any], vector:
 def warm_up(env_id: str, scenario: str, env_kwargs: Mapping[str, Any], *, vector: bool) -> None:
     """Fill numba's cache for ``env_id``: its single env here, its native vector env (if ``vector``:
     the grid will train) in a helper process at the same time. Raises what making the env raises."""
-    from experiments.grid import _mp_context
+    from experiments.grid import mp_context
 
     if not vector:
         step_once(env_id, scenario, env_kwargs, False)
         return
-    with cf.ProcessPoolExecutor(max_workers=1, mp_context=_mp_context()) as pool:
+    with cf.ProcessPoolExecutor(max_workers=1, mp_context=mp_context()) as pool:
         helper = pool.submit(step_once, env_id, scenario, dict(env_kwargs), True)
         step_once(env_id, scenario, env_kwargs, False)
         helper.result()

@@ -359,3 +359,29 @@ def test_episode_figure_of_a_disaggregated_model_counts_arrivals_once_and_draws_
     assert (tr["replicas_prefill"] == 2).all() and (tr["replicas_decode"] == 2).all()
     assert np.isnan(tr["capacity_rps"]).all()
     assert plot.plot_episode({"static": tr}, tmp_path / "ep.png").stat().st_size > 0
+
+
+def test_runtime_log_records_the_revision_each_invocation_started_at(tmp_path):
+    import json
+    import time
+
+    path = tmp_path / "reproduce_runtimes.json"
+    path.write_text("[120.0]\n")  # an earlier invocation, from before revisions were recorded
+    log = reproduce.RuntimeLog(path, time.perf_counter(), every_s=60.0, revision="abc")
+    log.stop()
+    assert json.loads((tmp_path / "reproduce_revisions.json").read_text()) == [None, "abc"]
+    log = reproduce.RuntimeLog(path, time.perf_counter(), every_s=60.0, revision="def")
+    assert log.stop()[0] == 120.0 and log.revisions == [None, "abc", "def"]
+
+
+def test_readme_names_the_revision_a_run_started_at_when_head_moved():
+    from experiments.report import revision_line
+
+    assert revision_line(["abc"], "abc") == "`abc`"
+    assert revision_line([], "abc") == "`abc`"  # nothing recorded: HEAD at the end
+    assert revision_line([None], None) == "unknown (not run from a git checkout)"
+    assert revision_line(["abc"], "def") == "`abc` (the run started there; HEAD was `def` when it ended)"
+    line = revision_line(["abc", None, "def", "abc"], "def")
+    assert line.startswith("`abc`, `def` (the revisions its invocations started at; HEAD was `def`")
+    assert "uncommitted changes" in revision_line(["abc-dirty"], "abc-dirty")
+    assert "uncommitted changes" in revision_line(["abc"], "def-dirty")
