@@ -1,8 +1,8 @@
 """``InferGym/Autoscale``: the agent is the replica autoscaler of an LLM inference cluster.
 
-The environment and its versions (:mod:`envs.autoscale.env`), the adapter that runs classical
-scalers through its action space (:mod:`envs.autoscale.policy`) and its ``rgb_array`` frame
-(:mod:`envs.autoscale.render`).
+The environment and its versions (:mod:`envs.autoscale.env`), its observation and episode history
+(:mod:`envs.autoscale.observation`), the adapter that runs classical scalers through its action
+space (:mod:`envs.autoscale.policy`) and its ``rgb_array`` frame (:mod:`envs.autoscale.render`).
 """
 
 from envs.autoscale.env import (
