@@ -14,11 +14,8 @@ few stacked arrays rather than arrays per episode.
 
 Every number is the one the cluster model gives (``ClusterState.feasible``, ``allocate``,
 ``release``, ``fragmented_gpus``, ``gpus_in_use``): the same float64 operations in the same order.
-The FGD fragmentation (Weng et al., "Beware of Fragmentation", USENIX ATC 2023; ``FgdTracker``,
-``refresh_fragments``) is kept as one integer, the sum over nodes and offered task types of count x
-F_n(type): a node that changed recomputes its part over the offered types, an offered job adds its
-type's F_n over the nodes. Fragments are whole milli-GPU, so this equals the tracker's float sums
-exactly. The tests replay the Python cluster model against this code bit for bit.
+The FGD fragmentation is kept incrementally (:mod:`envs.placement.fragments`). The tests replay
+the Python cluster model against this code bit for bit.
 
 The synthetic trace of a reset is drawn here too (:func:`draw_synthetic_jobs`): the per-job loop of
 :func:`envs.sim.jobtrace.synthetic_job_trace`, compiled, drawing the same numbers from the same
@@ -26,7 +23,7 @@ generator (numba's ``np.random.Generator`` support shares the generator's state 
 
 The arrays' layout is :mod:`envs.placement.layout`; the episodes' drawing and encoding is
 :mod:`envs.placement.episodes`; the container of the rows is :class:`envs.placement.rows.JobBatch`.
-numba's on-disk cache is keyed on the three compiled modules together (:mod:`envs.sim.jitcache`).
+numba's on-disk cache is keyed on the four compiled modules together (:mod:`envs.sim.jitcache`).
 """
 
 from __future__ import annotations
@@ -34,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from envs.placement.fragments import fgd_refresh, fgd_see, fgd_value
 from envs.placement.layout import (
     F_NOW,
     F_PHI,
@@ -50,21 +48,13 @@ from envs.placement.layout import (
     JF_DELETE,
     JF_HEAP,
     K_COUNT,
-    K_CPU,
-    K_MEM,
-    K_NUM,
-    K_THRESHOLD,
-    K_TYPESET,
     N32_COUNT,
     N32_FULL,
     N32_MAXF,
     N64_CPU,
     N64_CPU_CAP,
-    N64_FGD_CPU,
-    N64_FGD_MEM,
     N64_FGD_SEEN,
     N64_FGD_SUM,
-    N64_FGD_TOTAL,
     N64_GPUS,
     N64_MEM,
     N64_MEM_CAP,
@@ -96,7 +86,6 @@ from envs.placement.layout import (
     S_N,
     S_PLACED,
     S_TOTAL,
-    S_U,
     S_USED,
     W_COMPENSATED,
     W_SHAPING,
@@ -267,100 +256,6 @@ def _set_mask(e, j, n32, n64, jint, tsok, mask, si):
 
 
 @njit(cache=True, _nrt=False)
-def _fgd_refresh(e, free, n64, tsok, kint, fthr, fge, fsm, work, si):
-    """Recompute the fragments of the nodes whose version moved: per threshold t (ascending), the
-    node's GPUs with at least t free and the free milli on the others; then the node's sum over the
-    offered task types of count x fragment, and the row's total (si[e, S_FGD])."""
-    n_thr = si[e, S_U]
-    n_active = si[e, S_ACTIVE]
-    num, threshold, need_cpu = kint[e, K_NUM], kint[e, K_THRESHOLD], kint[e, K_CPU]
-    need_mem, typeset, count = kint[e, K_MEM], kint[e, K_TYPESET], kint[e, K_COUNT]
-    for n in range(free.shape[1]):
-        version = n64[e, N64_VERSION, n]
-        if version == n64[e, N64_FGD_SEEN, n]:
-            continue
-        n64[e, N64_FGD_SEEN, n] = version
-        # the node's free shares, sorted, and their prefix sums
-        m = 0
-        for g in range(free.shape[2]):
-            f = free[e, n, g]
-            if f < 0:
-                continue
-            q = m
-            while q > 0 and work[0, q - 1] > f:
-                work[0, q] = work[0, q - 1]
-                q -= 1
-            work[0, q] = f
-            m += 1
-        acc = 0
-        for q in range(m):
-            work[1, q] = acc
-            acc += work[0, q]
-        work[1, m] = acc
-        p = 0
-        for u in range(n_thr):
-            thr = fthr[e, u]
-            while p < m and work[0, p] < thr:
-                p += 1
-            fge[e, n, u] = m - p
-            fsm[e, n, u] = work[1, p]
-        n64[e, N64_FGD_TOTAL, n] = n64[e, N64_TOTAL, n]
-        n64[e, N64_FGD_CPU, n] = n64[e, N64_CPU, n]
-        n64[e, N64_FGD_MEM, n] = n64[e, N64_MEM, n]
-        total = n64[e, N64_TOTAL, n]
-        cpu = n64[e, N64_CPU, n]
-        mem = n64[e, N64_MEM, n]
-        allowed = tsok[e, :, n64[e, N64_TYPE, n]]
-        at_least, stranded = fge[e, n], fsm[e, n]
-        weighted = 0
-        for k in range(n_active):  # sum of count x F_n(k), without branches (about twice as fast)
-            u = threshold[k]
-            fits = (num[k] > 0) & (cpu >= need_cpu[k]) & (mem >= need_mem[k]) & allowed[typeset[k]]
-            fits &= at_least[u] >= num[k]
-            weighted += count[k] * (stranded[u] if fits else total)
-        si[e, S_FGD] += weighted - n64[e, N64_FGD_SUM, n]
-        n64[e, N64_FGD_SUM, n] = weighted
-
-
-@njit(cache=True, _nrt=False)
-def _fgd_see(e, k, n64, tsok, kint, fge, fsm, si):
-    """One more offered job of task type k (FgdTracker.see): every node's sum gains its F_n(k), from
-    what the node's fragments were last computed from (the N64_FGD_* rows, fge, fsm)."""
-    if kint[e, K_COUNT, k] == 0:  # types are numbered by first appearance: k is the next one
-        si[e, S_ACTIVE] += 1
-    kint[e, K_COUNT, k] += 1
-    num = kint[e, K_NUM, k]
-    cpu = kint[e, K_CPU, k]
-    mem = kint[e, K_MEM, k]
-    allowed = tsok[e, kint[e, K_TYPESET, k]]
-    u = kint[e, K_THRESHOLD, k]
-    total, free_cpu, free_mem = n64[e, N64_FGD_TOTAL], n64[e, N64_FGD_CPU], n64[e, N64_FGD_MEM]
-    node_type, sums = n64[e, N64_TYPE], n64[e, N64_FGD_SUM]
-    added = 0
-    for n in range(n64.shape[2]):
-        fits = (num > 0) & (free_cpu[n] >= cpu) & (free_mem[n] >= mem) & allowed[node_type[n]]
-        fits &= fge[e, n, u] >= num
-        f = fsm[e, n, u] if fits else total[n]
-        sums[n] += f
-        added += f
-    si[e, S_FGD] += added
-
-
-@njit(cache=True, _nrt=False)
-def _fgd_value(e, free, n64, tsok, kint, fthr, fge, fsm, work, si):
-    """FgdTracker.value(): the FGD fragmentation in milli-GPU over the task types offered so far.
-
-    The sum over nodes and types of count x F_n(type) is kept current as types are offered and
-    nodes change; fragments are whole milli-GPU, so the integer sum is the float sum of
-    ``col_sum @ counts`` exactly, whatever the order."""
-    items = si[e, S_ITEMS]
-    if items == 0:
-        return 0.0
-    _fgd_refresh(e, free, n64, tsok, kint, fthr, fge, fsm, work, si)
-    return float(si[e, S_FGD]) / float(items)
-
-
-@njit(cache=True, _nrt=False)
 def _next_job(e, i, free, n32, n64, jint, jf, agpus, tsok, kint, fge, fsm, mask, si, sf):
     """Make job i wait (none past the end), releasing first the jobs whose deletion time has come."""
     si[e, S_JOB] = i
@@ -373,7 +268,7 @@ def _next_job(e, i, free, n32, n64, jint, jf, agpus, tsok, kint, fge, fsm, mask,
         _release(e, _heap_pop(e, jf, jint, si), free, n32, n64, jint, agpus, si)
     sf[e, F_NOW] = now
     si[e, S_ITEMS] += 1
-    _fgd_see(e, jint[e, i, J_COL], n64, tsok, kint, fge, fsm, si)
+    fgd_see(e, jint[e, i, J_COL], n64, tsok, kint, fge, fsm, si)
     _set_mask(e, i, n32, n64, jint, tsok, mask, si)
 
 
@@ -439,7 +334,7 @@ def _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, res, c):
     res[R_KPI + 3, c] = float(si[e, S_FAILURES])
     res[R_KPI + 4, c] = float(si[e, S_INVALID])
     res[R_KPI + 5, c] = frag_gpus
-    res[R_KPI + 6, c] = _fgd_value(e, free, n64, tsok, kint, fthr, fge, fsm, work, si)
+    res[R_KPI + 6, c] = fgd_value(e, free, n64, tsok, kint, fthr, fge, fsm, work, si)
     res[R_KPI + 7, c] = float(in_use)
     res[R_KPI + 8, c] = float(si[e, S_USED])
     res[R_KPI + 9, c] = float(si[e, S_LIVE])
@@ -516,7 +411,7 @@ def start_row(free, n32, n64, inv, obs, mask, jint, jf, jitem, tsok, agpus, kint
         if t < n_types:
             obs[e, n * node_dim + 3 + t] = 1.0
     sf[e, F_NOW] = jf[e, 0, JF_CREATE] if si[e, S_N] > 0 else 0.0
-    _fgd_refresh(e, free, n64, tsok, kint, fthr, fge, fsm, work, si)  # every node, nothing offered yet
+    fgd_refresh(e, free, n64, tsok, kint, fthr, fge, fsm, work, si)  # every node, nothing offered yet
     _next_job(e, 0, free, n32, n64, jint, jf, agpus, tsok, kint, fge, fsm, mask, si, sf)
     frag_gpus, in_use = _kpi_fill(e, free, n64, tsok, kint, fthr, fge, fsm, work, si, sf, res, 0)
     _record(e, hist, si, sf, frag_gpus, in_use)

@@ -40,7 +40,7 @@ CORE_FILES = (
 #: compiled jobs step (its array layout, the step, the episodes' encoding).
 GROUPS: dict[Path, tuple[str, ...]] = {
     _HERE: CORE_FILES,
-    _HERE.parent / "placement": ("layout.py", "fast.py", "episodes.py"),
+    _HERE.parent / "placement": ("layout.py", "fast.py", "fragments.py", "episodes.py"),
 }
 
 
