@@ -109,18 +109,23 @@ NEED_BOUNDARY, NEED_SYNC = 1, 2
 
 def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_rep, slo, speed_max, n_models,
                  n_classes, seen, terms, obs, norms, w, latency_unit_s, shaping, shaping_cap_s, phi, synced, out,
-                 needs):  # fmt: skip
+                 needs, n_invalid, counts):  # fmt: skip
     """One ``InferGym/Routing-v0`` step of every simulation ``e`` with ``fast[e]`` (see :func:`route_step`).
 
     The action ``actions[e]`` is a slot: a masked slot sends the pending request to the central
-    queue (``decisions`` code -2, an invalid action), another routes it to ``slot_rep[e, a]``. The
-    step's reward and info values go to ``out[:, e]`` (rows ``OUT_*``), computed as the single env
-    does, operation for operation. A simulation that reached ``until[e]`` before its next decision
-    gets ``needs[e] |= NEED_BOUNDARY`` and nothing else (its costs stay in ``terms[e]``); one whose
-    kernel released replicas since ``synced[e]`` gets ``NEED_SYNC``. Returns the number of
-    simulations with a need.
+    queue (``decisions`` code -2, an invalid action, counted in ``n_invalid[e]``), another routes it
+    to ``slot_rep[e, a]``. The step's reward and info values go to ``out[:, e]`` (rows ``OUT_*``),
+    computed as the single env does, operation for operation. A simulation that reached ``until[e]``
+    before its next decision gets ``needs[e] |= NEED_BOUNDARY`` and nothing else (its costs stay in
+    ``terms[e]``); one whose kernel released replicas since ``synced[e]`` gets ``NEED_SYNC``.
+    ``counts`` gets the number of simulations with a need and of those without ``fast``; that first
+    number is returned, or -1, before anything changes, if an action is not a slot
+    (``0 <= actions[e] < mask.shape[1]``).
     """
-    n_need = 0
+    n_slots = mask.shape[1]
+    for e in range(len(pending)):
+        if actions[e] < 0 or actions[e] >= n_slots:
+            return -1
     for k in prange(len(pending)):
         e = np.int64(k)  # prange's index is unsigned
         needs[e] = 0
@@ -140,6 +145,7 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
             r = -1
             dec[i] = MASKED_TO_CENTRAL
             inv = 1.0
+            n_invalid[e] += 1
         gf, gi = P.f64_1(states, b + 13), P.i64_1(states, b + 14)
         p = route_step(P.f64_2(states, b), P.i64_2(states, b + 1), P.f64_2(states, b + 2), P.i64_2(states, b + 3),
                        P.i64_2(states, b + 4), P.i64_2(states, b + 5), P.i64_2(states, b + 6), P.i64_2(states, b + 7),
@@ -184,9 +190,14 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
             out[OUT_REQUEST, e] = p
             t[0] = t[1] = t[2] = t[3] = 0.0
         needs[e] = flag
+    n_need = n_slow = 0
     for e in range(len(pending)):
         if needs[e] != 0:
             n_need += 1
+        if not fast[e]:
+            n_slow += 1
+    counts[0] = n_need
+    counts[1] = n_slow
     return n_need
 
 
