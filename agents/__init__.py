@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["EpisodeKpis", "Policy", "RandomPolicy"]
+__all__ = ["EpisodeKpis", "Policy", "RandomPolicy", "step_kpis_cumulative"]
 
 
 @runtime_checkable
@@ -88,6 +88,14 @@ _PER_COMPLETED = frozenset({"wait_mean_s", "e2e_mean_s", "ttft_p50_s", "tpot_mea
 _PER_FINISHED = frozenset({"slo_attainment"})
 _TAILS = frozenset({"ttft_p99_s", "e2e_p99_s"})
 _LAST = frozenset({"time_s"})
+
+
+def step_kpis_cumulative(env_id: str) -> bool:
+    """Whether ``env_id``'s ``info["kpi"]`` holds the episode's levels so far (its class's
+    ``STEP_KPIS_CUMULATIVE``, e.g. Placement's) rather than the step's own numbers."""
+    import envs
+
+    return bool(getattr(envs.env_class(env_id), "STEP_KPIS_CUMULATIVE", False))
 
 
 class EpisodeKpis:

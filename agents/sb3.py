@@ -56,7 +56,7 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack, VecNormalize
 
 import envs
-from agents import EpisodeKpis
+from agents import EpisodeKpis, step_kpis_cumulative
 from agents import checkpoints as C
 from agents.policies import POLICIES
 from agents.progress import PROGRESS_FILE, ProgressCallback
@@ -232,15 +232,16 @@ class KpiLogCallback(BaseCallback):
     ended since the last log dump.
     """
 
-    def __init__(self, kpi_keys: Sequence[str] = KPI_LOG_KEYS) -> None:
+    def __init__(self, kpi_keys: Sequence[str] = KPI_LOG_KEYS, cumulative: bool = False) -> None:
         super().__init__()
         self.kpi_keys = tuple(kpi_keys)
+        self.cumulative = cumulative  # the env's step KPIs are levels so far (agents.step_kpis_cumulative)
         self._acc: list[EpisodeKpis] = []
         self._t0 = 0.0
         self._steps0 = 0
 
     def _on_training_start(self) -> None:
-        self._acc = [EpisodeKpis() for _ in range(self.training_env.num_envs)]
+        self._acc = [EpisodeKpis(self.cumulative) for _ in range(self.training_env.num_envs)]
         self._t0, self._steps0 = time.perf_counter(), self.num_timesteps
 
     def _on_step(self) -> bool:
@@ -255,7 +256,7 @@ class KpiLogCallback(BaseCallback):
                 for key in self.kpi_keys:
                     if key in kpis:
                         self.logger.record_mean(f"kpi/{key}", kpis[key])
-                self._acc[i] = EpisodeKpis()
+                self._acc[i] = EpisodeKpis(self.cumulative)
         return True
 
     def _on_rollout_end(self) -> None:
@@ -478,7 +479,10 @@ def train(
         progress_bar = all(importlib.util.find_spec(m) is not None for m in ("tqdm", "rich"))
     remaining = int(total_timesteps) - int(model.num_timesteps)
     if remaining > 0:
-        callbacks = [C.RolloutCheckpoint(run_dir / "checkpoints", checkpoint_freq), KpiLogCallback()]
+        callbacks = [
+            C.RolloutCheckpoint(run_dir / "checkpoints", checkpoint_freq),
+            KpiLogCallback(cumulative=step_kpis_cumulative(env_id)),
+        ]
         callbacks.append(ProgressCallback(run_dir / PROGRESS_FILE, total_timesteps))  # read by the grid
         model.learn(
             remaining,

@@ -34,13 +34,12 @@ import numpy as np
 import yaml
 
 import envs
-from agents import EpisodeKpis, Policy, RandomPolicy
+from agents import EpisodeKpis, Policy, RandomPolicy, step_kpis_cumulative
 from envs.sim.errors import ConfigError, check_choice, fail
 
 __all__ = ["RandomPolicy", "evaluate_policy", "make_policy", "main"]
 
 # Envs whose info["kpi"] holds levels "so far" rather than per-step amounts (see their docstrings).
-CUMULATIVE_STEP_KPIS = frozenset({"InferGym/Placement-v0"})
 META_KEYS = ("env_id", "scenario", "policy", "seed", "return", "steps", "kpi_source")
 
 
@@ -116,7 +115,7 @@ def evaluate_policy(
             seed = int(seed)
             obs, info = env.reset(seed=seed)
             pol.reset(seed=seed)
-            agg = EpisodeKpis(cumulative=env_id in CUMULATIVE_STEP_KPIS)
+            agg = EpisodeKpis(cumulative=step_kpis_cumulative(env_id))
             terms: dict[str, float] = {}
             ret, n = 0.0, 0
             done = False

@@ -157,6 +157,9 @@ class PlacementEnv(gym.Env):
 
     #: The ``source`` argument a subclass serves (set by every subclass).
     source: ClassVar[str]
+    #: ``info["kpi"]`` holds the episode's levels so far (counts since reset, current fragmentation),
+    #: so an episode's KPIs are its last step's (:class:`agents.EpisodeKpis` with ``cumulative``).
+    STEP_KPIS_CUMULATIVE: ClassVar[bool] = True
     #: Keys of ``info["rewards"]``, in the order the weighted reward sums them.
     REWARD_TERMS: ClassVar[tuple[str, ...]] = ("placement_failures", "invalid_actions", "fragmented_gpus",
                                                "gpus_in_use")  # fmt: skip

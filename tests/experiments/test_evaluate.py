@@ -122,3 +122,15 @@ def test_cli_writes_one_row_per_seed(tmp_path, capsys):
     assert main(["--env", AUTOSCALE, "--policy", "random", "--env-kwargs", "bogus_key=1"]) == 2
     with pytest.raises(SystemExit):
         main(["--help"])
+
+
+@pytest.mark.parametrize("env_id", ["InferGym/Placement-v0", "InferGym/Placement-v1"])
+def test_placement_episode_kpis_are_the_last_steps_levels(env_id):
+    # Placement's info["kpi"] holds counts and levels so far: an episode's are its last step's
+    # (Placement-v1 had been left out and got step averages: items 25.5 for 50 jobs)
+    from agents import step_kpis_cumulative
+
+    assert step_kpis_cumulative(env_id) and not step_kpis_cumulative(AUTOSCALE)
+    policy = make_policy(env_id, "first_fit")
+    row = evaluate_policy(env_id, policy, "default", [0], {"source": "jobs", "n_jobs": 50})[0]
+    assert row["items"] == 50.0 and row["placed"] + row["failures"] == 50.0
