@@ -3,8 +3,6 @@ in parallel by one compiled call per vector step."""
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,11 +29,10 @@ class AutoscaleVecEnv(NativeVectorEnv):
     action in Python (replica targets, placement: the single env's code); its simulation runs to
     the interval's end in compiled code (:func:`envs.sim.batch.advance_at`, one call per sub-env
     that releases the GIL); it then reads its interval (a compiled read) and builds its observation
-    and reward. With ``k > 1`` numba threads (``numba.get_num_threads()``, the machine's cores by
-    default) ``k - 1`` worker threads run the simulations, pipelined with this thread's Python work
-    (:class:`_Jobs`): while sub-env ``e + 1`` places its replicas, sub-env ``e`` simulates; reading
-    sub-env ``e`` overlaps the simulation of the later ones, and this thread runs queued simulations
-    itself while it waits for one. (One compiled call over all simulations with
+    and reward. With more than one numba thread (``numba.get_num_threads()``, the machine's cores by
+    default) the simulations run on that many worker threads, pipelined with this thread's Python
+    work: while sub-env ``e + 1`` places its replicas, sub-env ``e`` simulates, and reading sub-env
+    ``e`` overlaps the simulation of the later ones. (One compiled call over all simulations with
     ``numba.prange`` was slower here: numba's work-queue threads start in about 100 us a call and
     a static split of the simulations leaves one thread idle while the other finishes a burst.)
     With one thread, as in the experiment grid's workers, the simulations run in turn on this one.
@@ -77,47 +74,32 @@ class AutoscaleVecEnv(NativeVectorEnv):
     def _step_batch(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], Any]:
-        pool = self._workers()
-        jobs = _Jobs(self.num_envs) if pool is not None else None
-        helpers = [pool.submit(jobs.work) for _ in range(self._pool_threads - 1)] if jobs is not None else []
-        started: list[tuple[int, int, float]] = []
-        fast: list[bool] = []
+        n = self.num_envs
+        fast = np.zeros(n, np.bool_)
+        started = []
+        jobs = []
+        for e, env in enumerate(self.envs):
+            started.append(env._apply_action(actions[e]))
+            sim, until = env.sim, env.clock.next_boundary_s
+            faults = sim.faults
+            fast[e] = (
+                (faults is None or faults.next_time_s() > until)
+                and sim.python_router is None
+                and sim.python_decode_router is None
+                and sim.router_spec.rule != Rule.EXTERNAL
+                and until >= sim.now
+            )
+            if fast[e]:  # the table is taken after placing: placing may grow the arrays
+                jobs.append((sim.state.address_table(), float(until)))
+        self._simulate(jobs)
         results = []
-        try:
-            for e, env in enumerate(self.envs):
-                started.append(env._apply_action(actions[e]))
-                sim, until = env.sim, env.clock.next_boundary_s
-                faults = sim.faults
-                fast.append(
-                    (faults is None or faults.next_time_s() > until)
-                    and sim.python_router is None
-                    and sim.python_decode_router is None
-                    and sim.router_spec.rule != Rule.EXTERNAL
-                    and until >= sim.now
-                )
-                if not fast[e]:
-                    continue
-                table = sim.state.address_table()  # taken after placing: placing may grow the arrays
-                if jobs is None:
-                    advance_at(table, float(until))  # one thread: each sub-env in turn
-                else:
-                    jobs.put(e, table, float(until))  # a worker starts it while this thread places the next
-            if jobs is not None:
-                jobs.close()
-            for e, env in enumerate(self.envs):
-                if fast[e]:
-                    if jobs is not None:
-                        jobs.wait(e)  # running queued simulations itself meanwhile
-                    env.sim.sync_releases()  # what Simulator.advance does after its compiled call
-                    env.clock.passed()
-                else:
-                    env.clock.advance()
-                results.append(env._finish_step(started[e]))
-        finally:
-            if jobs is not None:
-                jobs.close()
-                for job in helpers:
-                    job.result()
+        for e, env in enumerate(self.envs):
+            if fast[e]:
+                env.sim.sync_releases()  # what Simulator.advance does after its compiled call
+                env.clock.passed()
+            else:
+                env.clock.advance()
+            results.append(env._finish_step(started[e]))
         rewards = np.array([r[1] for r in results], np.float64)
         terminated = np.array([r[2] for r in results], np.bool_)
         truncated = np.array([r[3] for r in results], np.bool_)
@@ -125,6 +107,27 @@ class AutoscaleVecEnv(NativeVectorEnv):
             self._obs[e] = r[0]
         infos = _batch_infos([r[4] for r in results])
         return rewards, terminated, truncated, infos, lambda e: results[e][4]
+
+    def _simulate(self, jobs: list[tuple[np.ndarray, float]]) -> None:
+        """Run each ``(address table, until)`` simulation to its ``until``: on this thread and the worker
+        threads, each taking the next simulation when it is done with one (the GIL is released while a
+        simulation runs, so they run at once)."""
+        queue = iter(jobs)
+
+        def work() -> None:
+            for table, until in queue:  # next() on a list iterator is atomic under the GIL
+                advance_at(table, until)
+
+        pool = self._workers()
+        if pool is None or len(jobs) < 2:
+            work()
+            return
+        helpers = [pool.submit(work) for _ in range(self._pool_threads - 1)]
+        try:
+            work()
+        finally:
+            for job in helpers:
+                job.result()
 
     def action_masks(self) -> np.ndarray:
         """``(N, sum(nvec))`` bool: each sub-env's ``action_masks()`` (MaskablePPO's flat layout)."""
@@ -158,72 +161,6 @@ class AutoscaleVecEnvV0(AutoscaleVecEnv):
     """N ``InferGym/Autoscale-v0`` environments (v0's reward; see :class:`AutoscaleVecEnv`)."""
 
     env_class = AutoscaleEnvV0
-
-
-class _Jobs:
-    """One vector step's simulations, handed to worker threads as their sub-envs are placed.
-
-    This thread puts sub-env ``e``'s simulation in the queue once it applied ``e``'s action and goes
-    on to the next sub-env; the workers take the oldest queued simulation whenever they are free
-    (:meth:`work`). Afterwards this thread finishes the sub-envs in order: waiting for ``e``
-    (:meth:`wait`), it runs ``e`` itself if no worker took it yet, and otherwise the newest queued
-    simulation, so both cores stay busy until the last. ``advance_at`` releases the GIL, so the
-    simulations run while this thread works in Python. The simulations share no memory: which
-    thread runs which changes no number.
-    """
-
-    def __init__(self, n: int) -> None:
-        self._cv = threading.Condition()
-        self._queue: deque[tuple[int, np.ndarray, float]] = deque()
-        self._done = [False] * n
-        self._errors: dict[int, BaseException] = {}
-        self._closed = False
-
-    def put(self, e: int, table: np.ndarray, until: float) -> None:
-        with self._cv:
-            self._queue.append((e, table, until))
-            self._cv.notify()
-
-    def close(self) -> None:
-        """No more simulations: the workers return once the queue is empty."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-
-    def _run(self, job: tuple[int, np.ndarray, float]) -> None:
-        e, table, until = job
-        try:
-            advance_at(table, until)
-        except BaseException as exc:  # raised again by wait(e), in the stepping thread
-            self._errors[e] = exc
-        with self._cv:
-            self._done[e] = True
-            self._cv.notify_all()
-
-    def work(self) -> None:
-        """A worker thread's loop: the oldest queued simulation, until the queue is closed and empty."""
-        while True:
-            with self._cv:
-                while not self._queue and not self._closed:
-                    self._cv.wait()
-                if not self._queue:
-                    return
-                job = self._queue.popleft()
-            self._run(job)
-
-    def wait(self, e: int) -> None:
-        """Return once sub-env ``e``'s simulation is done, running queued ones meanwhile."""
-        while True:
-            with self._cv:
-                if self._done[e]:
-                    break
-                if not self._queue:
-                    self._cv.wait()
-                    continue
-                job = self._queue.popleft() if self._queue[0][0] == e else self._queue.pop()
-            self._run(job)
-        if e in self._errors:
-            raise self._errors.pop(e)
 
 
 def _batch_infos(infos: list[dict[str, Any]]) -> dict[str, Any]:

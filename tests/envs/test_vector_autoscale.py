@@ -131,37 +131,3 @@ def test_worker_threads_run_the_simulations_with_the_same_numbers(monkeypatch: p
         numba.set_num_threads(before)
     assert ends >= 4
     assert any(name.startswith("infergym-sim") for name in threads), threads  # a worker ran some
-
-
-def test_pipeline_runs_every_simulation_once_and_raises_a_failed_one_in_the_stepping_thread(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import threading
-
-    import envs.vector.autoscale as VA
-
-    ran: list[tuple[int, str]] = []
-
-    def fake(table: np.ndarray, until: float) -> int:
-        e = int(table[0])
-        ran.append((e, threading.current_thread().name))
-        if e == 3:
-            raise RuntimeError("simulation 3 failed")
-        return 0
-
-    monkeypatch.setattr(VA, "advance_at", fake)
-    jobs = VA._Jobs(6)
-    worker = threading.Thread(target=jobs.work, name="worker")
-    worker.start()
-    for e in range(6):
-        jobs.put(e, np.array([e]), 1.0)
-    jobs.close()
-    for e in (0, 1, 2):
-        jobs.wait(e)
-    with pytest.raises(RuntimeError, match="simulation 3 failed"):
-        jobs.wait(3)
-    jobs.wait(4)
-    jobs.wait(5)
-    worker.join(timeout=10)
-    assert not worker.is_alive()
-    assert sorted(e for e, _ in ran) == list(range(6))  # each exactly once, on whichever thread
