@@ -25,17 +25,19 @@ class AutoscaleVecEnv(NativeVectorEnv):
 
     ## Stepping
 
-    A step is one control interval of every sub-env, in three parts: each sub-env applies its
-    action in Python (replica targets, placement: the single env's code); its simulation runs to
-    the interval's end in compiled code (:func:`envs.sim.batch.advance_at`, one call per sub-env
-    that releases the GIL); it then reads its interval (a compiled read) and builds its observation
-    and reward. With more than one numba thread (``numba.get_num_threads()``, the machine's cores by
-    default) the simulations run on that many worker threads, pipelined with this thread's Python
-    work: while sub-env ``e + 1`` places its replicas, sub-env ``e`` simulates, and reading sub-env
-    ``e`` overlaps the simulation of the later ones. (One compiled call over all simulations with
+    A step is one control interval of every sub-env, in three phases: every sub-env applies its
+    action in Python (replica targets, placement: the single env's code); every simulation runs to
+    its interval's end in compiled code (:func:`envs.sim.batch.advance_at`, one call per sub-env
+    that releases the GIL); then every sub-env reads its interval (a compiled read) and builds its
+    observation and reward. With ``k > 1`` numba threads (``numba.get_num_threads()``, the
+    machine's cores by default) this thread and ``k - 1`` worker threads run the simulations, each
+    taking the next one when done with one. (One compiled call over all simulations with
     ``numba.prange`` was slower here: numba's work-queue threads start in about 100 us a call and
-    a static split of the simulations leaves one thread idle while the other finishes a burst.)
-    With one thread, as in the experiment grid's workers, the simulations run in turn on this one.
+    a static split of the simulations leaves one thread idle while the other finishes a burst.
+    Overlapping the Python phases with the simulations was no faster: a worker needs the GIL to
+    start and end each call and waits for it while this thread runs Python; see
+    ``docs/vector-envs.md``.) With one thread, as in the experiment grid's workers, the simulations
+    run in turn on this one.
     The numbers are the same either way: the simulations share no memory. A sub-env with a fault
     due within the interval, or a Python router, advances in Python instead (same numbers).
 
