@@ -89,7 +89,9 @@ class RuntimeLog:
         known = json.loads(self.revisions_path.read_text()) if self.revisions_path.exists() else []
         self.revisions: list[str | None] = (known + [None] * len(self.runtimes))[: len(self.runtimes) - 1]
         self.revisions.append(revision)
-        self.revisions_path.write_text(json.dumps(self.revisions) + "\n")
+        tmp = self.revisions_path.with_name(self.revisions_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.revisions) + "\n")
+        os.replace(tmp, self.revisions_path)  # atomic, as the runtimes
         self._done = threading.Event()
         self._write()
         self._thread = threading.Thread(target=self._tick, args=(every_s,), daemon=True)
