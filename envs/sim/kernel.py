@@ -162,8 +162,7 @@ def start_iteration(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, 
         ri[i, R_STATE] = REQ_RUNNING
         ri[i, R_REPLICA] = r
         rf[i, R_ADMIT] = t
-        fin = pi[r, Q_ITER] + ri[i, R_OUTPUT] - 1
-        ri[i, R_FINISH] = fin
+        fin = pi[r, Q_ITER] + ri[i, R_OUTPUT] - 1  # the iteration at whose end it completes
         _run_push(run, r, pi[r, Q_NRUN], (fin << 32) | i)
         pi[r, Q_NRUN] += 1
         pfl[r, admitted] = i

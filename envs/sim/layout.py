@@ -21,7 +21,6 @@ Requests (one row each, ``rf`` floats and ``ri`` ints):
 ``R_LIST``      queue list (one per class, in priority order)
 ``R_REPLICA``   replica it was routed to (-1: central queue / none)
 ``R_STATE``     ``REQ_*`` code; ``R_NEXT`` next in its queue list
-``R_FINISH``    replica iteration at whose end it completes
 ``R_SESSION``   session key (affinity routing)
 ``R_KVSRC``     disaggregated: prefill replica + 1 holding its KV (0: none)
 ==============  ==========================================================  =====
@@ -51,15 +50,16 @@ N_RF = 8
 # in flight and a scattered walk of their rows, not the arithmetic, is the cost of an iteration.
 # prompt and output tokens; paged engine (kv_policy: paged): tokens whose KV is computed, output
 # tokens generated, leading prefix-cache entries referenced, private KV blocks held, tokens
-# scheduled in the running iteration; reserve engine: the iteration its decode finishes
-R_PROMPT, R_OUTPUT, R_COMPUTED, R_GEN, R_HELD, R_BLOCKS, R_SCHED, R_FINISH = range(8)
+# scheduled in the running iteration (column 7 is free: the reserve engine keeps the iteration a
+# request finishes in its running heap's key, RUN_ID_MASK below)
+R_PROMPT, R_OUTPUT, R_COMPUTED, R_GEN, R_HELD, R_BLOCKS, R_SCHED = range(7)
 R_MODEL, R_LIST, R_REPLICA, R_STATE, R_NEXT, R_CLASS, R_SESSION, R_PRIO = range(8, 16)
 # cached prompt tokens at first admission, times preempted, drop reason (DROP_*)
 R_HIT, R_NPREEMPT, R_REASON = range(16, 19)
 # disaggregated serving (envs.sim.paged): the prefill replica holding the request's KV for a transfer
 # plus one (0: none), and the private blocks and cache entries it holds there
 R_KVSRC, R_PBLOCKS, R_PHELD = range(19, 22)
-N_RI = 24  # 22 used; padded to three cache lines
+N_RI = 24  # 21 used; padded to three cache lines
 # the reserve engine's running heap (EngineState.run) holds ``finish_iteration << 32 | request_id``
 RUN_ID_MASK = (1 << 32) - 1
 # request states (TRANSFER: its KV cache is on its way from a prefill to a decode replica)
