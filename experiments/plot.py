@@ -28,7 +28,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from agents import Policy  # noqa: E402
-from envs.sim.config_workload import TRACE_FORMATS  # noqa: E402
 from envs.sim.errors import ConfigError, check_choice  # noqa: E402
 from experiments import stats, tables  # noqa: E402
 
@@ -292,37 +291,17 @@ def figures_from_csv(
     from ``run_dir/agents`` when it exists.
     """
     cfg = tables.load_table(table)
-    results = Path(results)
-    rows = tables.read_episodes(results / "episodes.csv")
-    labels = [str(r.get("label", "")).split("|") for r in rows]
-    present = {lab[1] for lab in labels if len(lab) > 1 and lab[0] in ("eval", "train")}
-    if not present:
-        raise ConfigError(f"{results / 'episodes.csv'}: holds no evaluation rows")
-    for s in scenarios or ():
-        check_choice("scenarios", s, sorted(present))
-    names = [s for s in cfg["scenarios"] if s in present and (not scenarios or s in scenarios)]
-    agents = [
-        a["name"]
-        for a in cfg["agents"]
-        if any(lab[0] == "train" and lab[2:3] == [a["name"]] for lab in labels)
-    ]
-    n_seeds = len({r["seed"] for r, lab in zip(rows, labels, strict=True) if lab[0] == "eval"})
     if figures is not None:
         for f in figures:
             check_choice("figures", f, tables.FIGURES)
         cfg = {**cfg, "figures": list(figures)}
     if trace is None and not {"episode", "ttft_cdf"} & set(cfg["figures"]):
         # only the episode figures build envs, so only they need the replayed trace files
-        trace = {fmt: "(unused)" for fmt in TRACE_FORMATS}
-    opts = tables.resolve_options(
-        cfg, quick=quick, seeds=max(n_seeds, 1), scenarios=names, trace=trace, agents=agents
+        trace = tables.STATISTICS_ONLY
+    results = Path(results)
+    opts, rows, chosen, groups = tables.runs_from_results(
+        cfg, results, quick=quick, trace=trace, scenarios=scenarios
     )
-    chosen = tables.read_chosen(cfg, results / "sweep.csv")
-    for s in opts.scenarios:
-        for b in tables.baselines_on(cfg, s):
-            if b.get("sweep") and (s, b["name"]) not in chosen:
-                raise ConfigError(f"{results / 'sweep.csv'}: no chosen value of {b['name']} on {s}")
-    groups = tables.policy_runs(cfg, opts, rows, chosen)
     dirs = tables.agent_dirs(Path(run_dir), rows) if run_dir is not None else {}
     out = Path(out) if out is not None else results
     out.mkdir(parents=True, exist_ok=True)

@@ -77,13 +77,8 @@ def improvement_rows(cfg: Mapping[str, Any], groups: Sequence[PolicyRuns]) -> li
             continue
         best = max(base, key=lambda g: float(np.mean(g.runs[metric])))
         for a in (g for g in groups if g.scenario == s and g.kind == "agent" and len(g.runs[metric])):
-            poi = stats.probability_of_improvement(a.runs[metric], best.runs[metric])
-            diff = _diff_ci(a.runs[metric], best.runs[metric])
-            losses = [
-                g.policy
-                for g in base
-                if stats.probability_of_improvement(a.runs[metric], g.runs[metric]).high < 0.5
-            ]
+            poi, diff, paired = compare(a, best, metric)
+            losses = [g.policy for g in base if compare(a, g, metric)[0].high < 0.5]
             out.append(
                 {
                     "scenario": s,
@@ -91,6 +86,7 @@ def improvement_rows(cfg: Mapping[str, Any], groups: Sequence[PolicyRuns]) -> li
                     "best_baseline": best.policy,
                     "best_baseline_param": best.param,
                     "metric": metric,
+                    "paired": paired,
                     "poi": poi.value,
                     "poi_low": poi.low,
                     "poi_high": poi.high,
@@ -101,6 +97,22 @@ def improvement_rows(cfg: Mapping[str, Any], groups: Sequence[PolicyRuns]) -> li
                 }
             )
     return out
+
+
+def compare(a: PolicyRuns, b: PolicyRuns, metric: str) -> tuple[stats.Estimate, stats.Estimate, bool]:
+    """``(P(a > b), mean(a) - mean(b), paired)`` on ``metric``, each estimate with a 95% CI.
+
+    Paired by evaluation episode (:func:`experiments.stats.paired_comparison`) when both policies'
+    runs were scored on the same episodes, as a table's are; otherwise unpaired (runs resampled
+    independently: :func:`experiments.stats.probability_of_improvement` and a bootstrap of the
+    difference of means).
+    """
+    xa, xb = a.by_episode.get(metric), b.by_episode.get(metric)
+    if xa is not None and xb is not None and a.episode_seeds == b.episode_seeds:
+        res = stats.paired_comparison(xa, xb)
+        return res.p_improvement, res.difference, True
+    poi = stats.probability_of_improvement(a.runs[metric], b.runs[metric])
+    return poi, _diff_ci(a.runs[metric], b.runs[metric]), False
 
 
 def _verdict(r: Mapping[str, Any]) -> str:
@@ -137,7 +149,9 @@ def markdown_table(
         f"Mean [95% CI] over runs (stratified bootstrap, {stats.DEFAULT_RESAMPLES} resamples); a baseline "
         f"run is one evaluation episode (seeds {_seed_range(opts.eval_seeds)}), an agent run is one training "
         f"seed (mean over the same evaluation episodes). Baseline parameters were chosen on calibration "
-        f"seeds {list(opts.calibration_seeds)}."
+        f"seeds {list(opts.calibration_seeds)}. An agent is compared with a baseline on the same evaluation "
+        f"episodes (paired): P(improvement) is how often a training seed's agent beats the baseline on an "
+        f"episode, and the CIs of the comparisons resample training seeds and episodes (multiway bootstrap)."
         + (" **Quick mode: tiny training budgets.**" if opts.quick else "")
     )
     idx = {(r["scenario"], r["policy"], r["kpi"]): r for r in summary}
@@ -168,7 +182,8 @@ def markdown_table(
         for r in imp:
             lines.append(
                 f"- {r['agent']} vs best baseline {r['best_baseline']} ({r['best_baseline_param'] or 'no parameter'}) "
-                f"on {r['metric']}: P(improvement) = {_fmt_ci(r['poi'], r['poi_low'], r['poi_high'], '.2f')}, "
+                f"on {r['metric']}{'' if r.get('paired', True) else ' (unpaired: not all on the same episodes)'}: "
+                f"P(improvement) = {_fmt_ci(r['poi'], r['poi_low'], r['poi_high'], '.2f')}, "
                 f"difference of means = {_fmt_ci(r['diff'], r['diff_low'], r['diff_high'], '.1f')}: "
                 f"{_verdict(r)}."
                 + (
@@ -235,3 +250,101 @@ Files: `table.md` / `table.csv` (mean and IQM with 95% stratified-bootstrap CIs 
 their tensorboard logs are under `{run_dir.as_posix()}` (not committed; `tensorboard --logdir {run_dir.as_posix()}`).
 """
     (out / "README.md").write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def report_from_csv(
+    table: str | Path | Mapping[str, Any],
+    results: str | Path,
+    *,
+    quick: bool = False,
+    total_timesteps: int | None = None,
+    out: str | Path | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Recompute a reproduced table's statistics from its ``episodes.csv`` and ``sweep.csv`` and write
+    ``table.md``, ``table.csv`` and ``improvement.csv`` to ``out`` (default: the results folder).
+
+    Nothing is simulated or trained: this is how a table follows a change of the statistics. The
+    figures are left as they are; so is the README (command, revision and runtime of the run), but
+    for one line naming ``command`` and the revision that recomputed the statistics, when given."""
+    from experiments import tables
+
+    cfg = tables.load_table(table)
+    results = Path(results)
+    opts, _, _, groups = tables.runs_from_results(
+        cfg, results, quick=quick, trace=tables.STATISTICS_ONLY, total_timesteps=total_timesteps
+    )
+    summary = summary_rows(cfg, groups)
+    improvement = improvement_rows(cfg, groups)
+    md = markdown_table(cfg, opts, summary, improvement)
+    dest = Path(out) if out is not None else results
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "table.md").write_text(md)
+    tables.write_csv(summary, dest / "table.csv")
+    if improvement:
+        tables.write_csv(improvement, dest / "improvement.csv")
+    if command is not None and (dest / "README.md").exists():
+        note_recomputed(dest / "README.md", command)
+    return {"markdown": md, "summary": summary, "improvement": improvement}
+
+
+RECOMPUTED = "- Statistics recomputed from `episodes.csv`"
+
+
+def note_recomputed(readme: Path, command: str) -> None:
+    """Say in a table's README (below its ``Config`` line) that its statistics were recomputed, by
+    which command and at which revision; replaces an earlier such line."""
+    from agents.sb3 import git_sha
+
+    line = f"{RECOMPUTED} by `{command}` at revision `{git_sha()}` (nothing rerun)"
+    lines = [ln for ln in readme.read_text().splitlines() if not ln.startswith(RECOMPUTED)]
+    at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("- Config:")), len(lines))
+    lines.insert(at, line)
+    readme.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import shlex
+    import sys
+
+    from envs.sim.errors import ConfigError
+    from experiments import tables
+
+    ap = argparse.ArgumentParser(
+        prog="python -m experiments.report",
+        description="Recompute a reproduced table's statistics (table.md, table.csv, improvement.csv) from "
+        "its episodes.csv and sweep.csv; nothing is rerun.",
+    )
+    ap.add_argument("table", help=f"table name ({', '.join(tables.table_names())}) or a table YAML path")
+    ap.add_argument("--quick", action="store_true", help="the table was reproduced with --quick")
+    ap.add_argument("--total-timesteps", type=int, default=None,
+                    help="the training budget the table was reproduced with, if it was overridden (the agents' rows name it)")  # fmt: skip
+    ap.add_argument("--results", default=None,
+                    help="the reproduced table's output folder (default results/<table>[-quick])")  # fmt: skip
+    ap.add_argument("--out", default=None, help="where to write (default: the results folder)")
+    args = ap.parse_args(argv)
+    results = Path(args.results or tables.default_dirs(args.table, args.quick)[0])
+    try:
+        res = report_from_csv(
+            args.table,
+            results,
+            quick=args.quick,
+            total_timesteps=args.total_timesteps,
+            out=args.out,
+            command=shlex.join(
+                ["python", "-m", "experiments.report", *(argv if argv is not None else sys.argv[1:])]
+            ),
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(res["markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

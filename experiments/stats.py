@@ -4,7 +4,8 @@ Follows Agarwal et al., "Deep Reinforcement Learning at the Edge of the
 Statistical Precipice", NeurIPS 2021 (the ``rliable`` library): report the
 interquartile mean (IQM, the 25%-75% trimmed mean of all runs) and the mean,
 each with a 95% *stratified* bootstrap confidence interval, and the
-probability of improvement P(X > Y) from the Mann-Whitney U statistic. A
+probability of improvement P(X > Y) from the Mann-Whitney U statistic (or, for runs scored on the
+same evaluation episodes, its paired form with a multiway bootstrap: :func:`paired_comparison`). A
 "task" here is one (environment, scenario) cell; stratified means every
 bootstrap replicate resamples the seeds *within* each task independently, so
 each task keeps its number of runs and no task can drop out of a replicate.
@@ -181,3 +182,73 @@ def probability_of_improvement(
 
     lo, hi = _bootstrap_ci(xs + ys, statistic, confidence, n_resamples, seed)
     return Estimate(float(point), lo, hi)
+
+
+class PairedComparison(NamedTuple):
+    """X against Y on the same evaluation episodes: difference of means and P(X > Y), each with a CI."""
+
+    difference: Estimate
+    p_improvement: Estimate
+
+
+def _as_runs_by_episode(a: np.ndarray | Sequence[Sequence[float]], name: str) -> np.ndarray:
+    """``a`` as a finite 2-D float array ``(runs, episodes)``; a 1-D array is one run."""
+    arr = np.asarray(a, dtype=float)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.size == 0:
+        raise ConfigError(f"{name}: must be scores of shape (runs, episodes), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ConfigError(f"{name}: scores must be finite, got {arr.tolist()}")
+    return arr
+
+
+def paired_comparison(
+    x: np.ndarray | Sequence[Sequence[float]],
+    y: np.ndarray | Sequence[Sequence[float]],
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> PairedComparison:
+    """X against Y where every run of both was scored on the same evaluation episodes (common random
+    numbers: episode ``e`` is the same workload draw for X and for Y).
+
+    ``x`` has shape ``(runs of X, episodes)`` (e.g. training seeds x evaluation episodes) and ``y``
+    ``(runs of Y, episodes)`` with the episodes in the same order (a deterministic baseline is one
+    run: shape ``(1, episodes)`` or ``(episodes,)``). The difference of means is
+    ``mean(x) - mean(y)``; P(X > Y) is how often a run of X beats a run of Y *on the same episode*
+    (ties count one half), the paired form of :func:`probability_of_improvement`. Comparing on the
+    same episode takes the episodes' own spread (a heavy hour is heavy for both) out of the
+    comparison, which unpaired statistics leave in.
+
+    The CIs come from one multiway ("pigeonhole") bootstrap: every replicate resamples the runs of X,
+    the runs of Y and the episodes independently, each with replacement (Owen, "The pigeonhole
+    bootstrap", Ann. Appl. Stat. 2007, for scores with two or more crossed random factors; mildly
+    conservative). A factor with one level is not resampled; with one level in all three the CIs are
+    NaN. Percentile intervals, as elsewhere in this module.
+    """
+    _check(confidence, n_resamples)
+    xa, ya = _as_runs_by_episode(x, "x"), _as_runs_by_episode(y, "y")
+    if xa.shape[1] != ya.shape[1]:
+        raise ConfigError(
+            f"paired_comparison: x and y must hold the same episodes, got {xa.shape[1]} and {ya.shape[1]}"
+        )
+    # wins[i, j, e]: run i of X against run j of Y on episode e
+    wins = (xa[:, None, :] > ya[None, :, :]) + 0.5 * (xa[:, None, :] == ya[None, :, :])
+    diff = float(np.mean(xa) - np.mean(ya))
+    poi = float(np.mean(wins))
+    (n, e), m = xa.shape, ya.shape[0]
+    if n == 1 and m == 1 and e == 1:
+        nan = float("nan")
+        return PairedComparison(Estimate(diff, nan, nan), Estimate(poi, nan, nan))
+    rng = np.random.default_rng(seed)
+    ix = rng.integers(0, n, (n_resamples, n)) if n > 1 else np.zeros((n_resamples, 1), np.int64)
+    iy = rng.integers(0, m, (n_resamples, m)) if m > 1 else np.zeros((n_resamples, 1), np.int64)
+    ie = rng.integers(0, e, (n_resamples, e)) if e > 1 else np.zeros((n_resamples, 1), np.int64)
+    x_rep = xa[ix[:, :, None], ie[:, None, :]].mean(axis=(1, 2))
+    y_rep = ya[iy[:, :, None], ie[:, None, :]].mean(axis=(1, 2))
+    w_rep = wins[ix[:, :, None, None], iy[:, None, :, None], ie[:, None, None, :]].mean(axis=(1, 2, 3))
+    q = [(1 - confidence) / 2, (1 + confidence) / 2]
+    d_lo, d_hi = np.quantile(x_rep - y_rep, q)
+    p_lo, p_hi = np.quantile(w_rep, q)
+    return PairedComparison(Estimate(diff, float(d_lo), float(d_hi)), Estimate(poi, float(p_lo), float(p_hi)))

@@ -295,13 +295,21 @@ def point_params(b: Mapping[str, Any], value: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PolicyRuns:
-    """The runs of one policy on one scenario: one value per run for every KPI."""
+    """The runs of one policy on one scenario: one value per run for every KPI.
+
+    ``by_episode`` holds the same scores per run and evaluation episode, shape ``(runs, episodes)``
+    with the episodes in the order of ``episode_seeds`` (a baseline: one run, its episodes; an
+    agent: one row per training seed), for comparisons paired by episode; empty when the runs were
+    not all scored on the same episodes.
+    """
 
     scenario: str
     policy: str
     kind: str  # "baseline" | "agent"
     param: str
     runs: Mapping[str, np.ndarray]
+    by_episode: Mapping[str, np.ndarray] = field(default_factory=dict)
+    episode_seeds: tuple[int, ...] = ()
 
 
 def policy_runs(
@@ -318,7 +326,7 @@ def policy_runs(
             chosen_params = point_params(b, chosen[(s, b["name"])]) if b.get("sweep") else {}
             param = ", ".join(f"{p}={value_str(v)}" for p, v in chosen_params.items())
             runs = {k: np.array([float(r[k]) for r in rs if k in r]) for k in keys}
-            out.append(PolicyRuns(s, b["name"], "baseline", param, runs))
+            out.append(PolicyRuns(s, b["name"], "baseline", param, runs, *_by_episode([rs], keys)))
         for a in selected_agents(cfg, opts):
             by_seed: dict[str, list] = {}
             for r in rows:
@@ -329,8 +337,84 @@ def policy_runs(
                 for k in keys
             }
             steps = opts.total_timesteps or int(a["total_timesteps"])
-            out.append(PolicyRuns(s, a["name"], "agent", f"{steps} steps", runs))
+            per_run = [rs for _, rs in sorted(by_seed.items())]
+            out.append(PolicyRuns(s, a["name"], "agent", f"{steps} steps", runs, *_by_episode(per_run, keys)))
     return out
+
+
+def _episode_seed(r: Mapping[str, Any]) -> int:
+    # a baseline's evaluation cell is one episode: its seed is the episode's
+    return int(r["episode_seed"] if "episode_seed" in r else r["seed"])
+
+
+def _by_episode(
+    per_run: Sequence[Sequence[Mapping[str, Any]]], keys: Sequence[str]
+) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
+    """``({kpi: scores (runs, episodes)}, episode seeds)`` of runs' evaluation rows when every run was
+    scored once on each of the same episodes (and has the KPI); else ``({}, ())``."""
+    if not per_run or not per_run[0]:
+        return {}, ()
+    seeds = tuple(sorted(_episode_seed(r) for r in per_run[0]))
+    if len(set(seeds)) != len(seeds) or any(
+        tuple(sorted(_episode_seed(r) for r in rs)) != seeds for rs in per_run
+    ):
+        return {}, ()
+    out = {}
+    for k in keys:
+        if all(k in r for rs in per_run for r in rs):
+            out[k] = np.array([[float(r[k]) for r in sorted(rs, key=_episode_seed)] for rs in per_run])
+    return out, seeds
+
+
+#: ``trace`` of :func:`runs_from_results` for a caller that builds no env (statistics, bar charts)
+STATISTICS_ONLY = {fmt: "(unused)" for fmt in TRACE_FORMATS}
+
+
+def runs_from_results(
+    cfg: Mapping[str, Any],
+    results: Path,
+    *,
+    quick: bool = False,
+    trace: str | Sequence[str] | Mapping[str, str] | None = None,
+    scenarios: Sequence[str] | None = None,
+    total_timesteps: int | None = None,
+) -> tuple[Options, list[dict[str, Any]], dict[tuple[str, str], Any], list[PolicyRuns]]:
+    """``(options, episode rows, chosen sweep values, runs per policy)`` of a reproduced table's output
+    folder (its ``episodes.csv`` and ``sweep.csv``), without rerunning anything.
+
+    Scenarios, agents and evaluation seeds are those of ``episodes.csv`` (``scenarios`` narrows them);
+    ``quick``, ``total_timesteps`` and ``trace`` must be what the table was reproduced with (the
+    trace files only when the caller builds envs:
+    :data:`STATISTICS_ONLY` stands in for them otherwise)."""
+    results = Path(results)
+    rows = read_episodes(results / "episodes.csv")
+    labels = [str(r.get("label", "")).split("|") for r in rows]
+    present = {lab[1] for lab in labels if len(lab) > 1 and lab[0] in ("eval", "train")}
+    if not present:
+        raise ConfigError(f"{results / 'episodes.csv'}: holds no evaluation rows")
+    made_on = sorted({str(r["env_id"]) for r in rows if "env_id" in r})
+    if made_on and made_on != [cfg["env_id"]]:
+        raise ConfigError(
+            f"{results / 'episodes.csv'}: made on {', '.join(made_on)}, but the table config {cfg['name']!r} "
+            f"now names {cfg['env_id']}: reproduce the table, or pass the config it was made with (a YAML path)"
+        )
+    for s in scenarios or ():
+        check_choice("scenarios", s, sorted(present))
+    names = [s for s in cfg["scenarios"] if s in present and (not scenarios or s in scenarios)]
+    agents = [
+        a["name"]
+        for a in cfg["agents"]
+        if any(lab[0] == "train" and lab[2:3] == [a["name"]] for lab in labels)
+    ]
+    n_seeds = len({r["seed"] for r, lab in zip(rows, labels, strict=True) if lab[0] == "eval"})
+    opts = resolve_options(cfg, quick=quick, seeds=max(n_seeds, 1), scenarios=names, trace=trace, agents=agents,
+                           total_timesteps=total_timesteps)  # fmt: skip
+    chosen = read_chosen(cfg, results / "sweep.csv")
+    for s in opts.scenarios:
+        for b in baselines_on(cfg, s):
+            if b.get("sweep") and (s, b["name"]) not in chosen:
+                raise ConfigError(f"{results / 'sweep.csv'}: no chosen value of {b['name']} on {s}")
+    return opts, rows, chosen, policy_runs(cfg, opts, rows, chosen)
 
 
 def agent_dirs(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:

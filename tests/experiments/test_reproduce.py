@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import sys
 
 import numpy as np
@@ -117,6 +118,52 @@ def test_table_numbers_are_the_stats_helpers_on_the_episode_returns(tiny):
     # the agent's run is one training seed, scored as the mean over its evaluation episodes
     ppo = next(r for r in res["summary"] if r["policy"] == "ppo" and r["kpi"] == "return")
     assert ppo["n_runs"] == 2
+
+
+def test_agents_are_compared_with_baselines_paired_by_evaluation_episode(tiny):
+    root, res = tiny
+    cfg = tables.load_table(TINY)
+    opts, rows, _, groups = tables.runs_from_results(cfg, root / "out", trace=tables.STATISTICS_ONLY)
+    hpa = next(g for g in groups if g.policy == "hpa")
+    ppo = next(g for g in groups if g.policy == "ppo")
+    assert hpa.episode_seeds == ppo.episode_seeds == (0, 1)
+    assert hpa.by_episode["return"].shape == (1, 2) and ppo.by_episode["return"].shape == (2, 2)
+    # a row per training seed, a column per episode; the run's score is its row's mean
+    np.testing.assert_allclose(ppo.by_episode["return"].mean(axis=1), ppo.runs["return"])
+    (imp,) = res["improvement"]
+    assert imp["paired"] is True
+    ref = stats.paired_comparison(ppo.by_episode["return"], hpa.by_episode["return"])
+    assert (imp["poi"], imp["poi_low"], imp["poi_high"]) == pytest.approx(tuple(ref.p_improvement))
+    assert (imp["diff"], imp["diff_low"], imp["diff_high"]) == pytest.approx(tuple(ref.difference))
+    # runs not scored on the same episodes fall back to the unpaired statistics
+    partial = [r for r in rows if not (r["label"].startswith("train|") and r["episode_seed"] == 1
+                                       and r["label"].endswith("|10000"))]  # fmt: skip
+    groups = tables.policy_runs(cfg, opts, partial, res["chosen"])
+    assert next(g for g in groups if g.policy == "ppo").by_episode == {}
+    assert report.improvement_rows(cfg, groups)[0]["paired"] is False
+
+
+def test_report_recomputes_the_table_from_its_csv_files(tiny, tmp_path):
+    root, res = tiny
+    path = tmp_path / "table.yaml"  # a dict config is named "table"
+    path.write_text(yaml.safe_dump(TINY))
+    assert report.main([str(path), "--results", str(root / "out"), "--out", str(tmp_path / "re")]) == 0
+    assert (tmp_path / "re" / "table.md").read_text() == (root / "out" / "table.md").read_text()
+    assert (tmp_path / "re" / "improvement.csv").read_text() == (root / "out" / "improvement.csv").read_text()
+    # in place, the README keeps the run's provenance and gains one line saying what recomputed it
+    shutil.copytree(root / "out", tmp_path / "copy")
+    before = (tmp_path / "copy" / "README.md").read_text()
+    for _ in range(2):
+        assert report.main([str(path), "--results", str(tmp_path / "copy")]) == 0
+    after = (tmp_path / "copy" / "README.md").read_text().splitlines()
+    (line,) = [ln for ln in after if ln.startswith(report.RECOMPUTED)]
+    assert "python -m experiments.report" in line and "--results" in line
+    assert [ln for ln in after if ln != line] == before.splitlines()
+    assert report.main([str(path), "--results", str(tmp_path / "nothing")]) == 2
+    # statistics under a config naming another env than the episodes were made on: refused
+    path.write_text(yaml.safe_dump({**TINY, "env_id": "InferGym/Autoscale-v2"}))
+    with pytest.raises(ConfigError, match="made on InferGym/Autoscale-v1, but the table config"):
+        report.report_from_csv(path, root / "out", out=tmp_path / "re2")
 
 
 def test_calibration_uses_only_calibration_seeds_and_the_chosen_value_is_reported(tiny):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from envs.sim.errors import ConfigError
-from experiments.stats import iqm, mean_ci, probability_of_improvement, summarize
+from experiments.stats import iqm, mean_ci, paired_comparison, probability_of_improvement, summarize
 
 
 def test_iqm_is_the_25_75_trimmed_mean():
@@ -77,3 +77,46 @@ def test_degenerate_samples():
         mean_ci([1.0, float("nan")])
     with pytest.raises(ConfigError, match="confidence"):
         mean_ci([1.0, 2.0], confidence=1.5)
+
+
+def test_paired_comparison_known_values():
+    # two runs of X and one of Y on the same three episodes
+    x = np.array([[1.0, 2.0, 3.0], [2.0, 3.0, 4.0]])
+    y = np.array([0.0, 2.0, 5.0])
+    res = paired_comparison(x, y)
+    assert res.difference.value == pytest.approx(np.mean(x) - np.mean(y))
+    # episode by episode: run 0 wins, ties, loses; run 1 wins, wins, loses -> (1 + .5 + 0 + 1 + 1 + 0) / 6
+    assert res.p_improvement.value == pytest.approx(3.5 / 6)
+    assert res.difference.low <= res.difference.value <= res.difference.high
+    assert paired_comparison(x, y) == res, "same seed, same intervals"
+    assert paired_comparison(x, y, seed=1).difference.low != res.difference.low
+    # several runs of Y: every run of X meets every run of Y on each episode
+    assert paired_comparison(x, np.stack([y, y])).p_improvement.value == pytest.approx(3.5 / 6)
+
+
+def test_pairing_takes_the_episodes_spread_out_of_the_comparison():
+    # episodes differ a lot (a heavy hour is heavy for everyone); X is better by 1 on every one
+    rng = np.random.default_rng(0)
+    episodes = rng.normal(0.0, 50.0, 5)
+    y = episodes
+    x = episodes[None, :] + 1.0 + rng.normal(0.0, 0.1, (5, 5))  # five training seeds
+    paired = paired_comparison(x, y)
+    assert paired.p_improvement.value == 1.0 and paired.p_improvement.low == 1.0
+    assert 0.0 < paired.difference.low < 1.0 < paired.difference.high < 2.0
+    # unpaired, the episodes' spread swamps the same difference
+    unpaired = probability_of_improvement(x.mean(axis=1), y)
+    assert unpaired.low < 0.5 < unpaired.high
+
+
+def test_paired_comparison_resamples_only_factors_with_several_levels():
+    one = paired_comparison([[1.0]], [0.0])
+    assert one.difference.value == 1.0 and np.isnan(one.difference.low) and np.isnan(one.p_improvement.high)
+    # one episode, several runs of X: the runs are resampled
+    res = paired_comparison([[1.0], [3.0], [2.0]], [2.0])
+    assert res.difference.low < 0.0 < res.difference.high
+    with pytest.raises(ConfigError, match="same episodes"):
+        paired_comparison([[1.0, 2.0]], [1.0, 2.0, 3.0])
+    with pytest.raises(ConfigError, match="finite"):
+        paired_comparison([[1.0, float("nan")]], [1.0, 2.0])
+    with pytest.raises(ConfigError, match="shape"):
+        paired_comparison(np.zeros((2, 2, 2)), [1.0, 2.0])
