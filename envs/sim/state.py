@@ -179,7 +179,10 @@ class EngineState:
         def grown(a: np.ndarray, axis: int, fill: int = 0) -> np.ndarray:
             shape = list(a.shape)
             shape[axis] = new if axis == 1 else a.shape[0] + old
-            out = np.full(shape, fill, a.dtype)
+            # zeros come from calloc: the OS maps zero pages on first touch, so the rows no replica
+            # ever uses (most of a batch row's columns) cost nothing; np.full writes every page now
+            # (page faults: about 7 ms per growth of the paged engine's batch rows at 1,024 replicas)
+            out = np.zeros(shape, a.dtype) if fill == 0 else np.full(shape, fill, a.dtype)
             out[tuple(slice(0, s) for s in a.shape)] = a
             return out
 
