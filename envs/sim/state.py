@@ -172,7 +172,8 @@ class EngineState:
         return r
 
     def _grow_replicas(self) -> None:
-        """Double every replica-sized array (queues and model lists included); contents are kept."""
+        """Double every replica-sized array (queues and model lists included); contents are kept
+        (released replicas' batch rows, which nothing reads, start again at zero)."""
         old = self.replica_rows
         new = 2 * old
 
@@ -186,8 +187,16 @@ class EngineState:
             out[tuple(slice(0, s) for s in a.shape)] = a
             return out
 
+        # A batch row (run, pfl) is read only up to its replica's batch or hand-off count, which is 0
+        # once the replica is released: only the other replicas' rows move (a fleet that churns has
+        # started hundreds of replicas, of which a few are live).
+        live = np.flatnonzero(self.pi[: self.n_replicas, L.Q_STATE] != L.REP_RELEASED)
         self.pf, self.pi = grown(self.pf, 0), grown(self.pi, 0)
-        self.run, self.pfl = grown(self.run, 0), grown(self.pfl, 0)
+        for name in ("run", "pfl"):
+            a = getattr(self, name)
+            out = np.zeros((a.shape[0] + old, a.shape[1]), a.dtype)
+            out[live] = a[live]
+            setattr(self, name, out)
         self.qh, self.qt = grown(self.qh, 0, -1), grown(self.qt, 0, -1)
         self.qn = grown(self.qn, 0)
         self.mrep = grown(self.mrep, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from envs.sim import layout as L
 from envs.sim.engine import Simulator
 from envs.sim.state import MIN_REPLICA_ROWS
 
@@ -40,3 +41,22 @@ def test_growing_the_state_mid_run_changes_no_number():
     n = small.n_replicas
     np.testing.assert_array_equal(small.state.pf[:n], large.state.pf[:n])
     np.testing.assert_array_equal(small.state.ri, large.state.ri)
+
+
+def test_growth_moves_the_batch_rows_of_unreleased_replicas_only():
+    sim = Simulator("default", 3, overrides=BIG_FLEET)
+    sim.set_target_replicas(0, 12)
+    sim.advance(60.0)
+    sim.set_target_replicas(0, 4)  # 8 replicas drain their batches, then are released
+    sim.advance(100.0)
+    st = sim.state
+    state = st.pi[: st.n_replicas, L.Q_STATE]
+    gone, kept = np.flatnonzero(state == L.REP_RELEASED), np.flatnonzero(state != L.REP_RELEASED)
+    assert len(gone) and len(kept) and np.count_nonzero(st.pi[kept, L.Q_NRUN])  # some batches run
+    st.run[gone, :] = 7  # stale contents of released rows: nothing reads them
+    run, pfl = st.run.copy(), st.pfl.copy()
+    st._grow_replicas()
+    np.testing.assert_array_equal(st.run[kept], run[kept])
+    np.testing.assert_array_equal(st.pfl[kept], pfl[kept])
+    assert not st.run[gone].any() and not st.run[len(run) :].any()
+    assert np.all(st.pi[gone, L.Q_NRUN] == 0)  # why they need not move
