@@ -4,11 +4,15 @@
 (:mod:`experiments.stats`); :func:`improvement_rows` gives each agent's probability of improvement
 over the best calibrated baseline and the difference of means, with a verdict that reads both
 intervals; :func:`markdown_table` and :func:`write_readme` write ``table.md`` and the table's
-README. :mod:`experiments.reproduce` runs the cells and calls these.
+README. :mod:`experiments.reproduce` runs the cells and calls these; ``python -m experiments.report``
+(:func:`report_from_csv`) recomputes a reproduced table's statistics from its CSV files.
 """
 
 from __future__ import annotations
 
+import argparse
+import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from experiments import stats
+from envs.sim.errors import ConfigError
+from experiments import stats, tables
 from experiments.tables import Options, PolicyRuns, selected_agents
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -68,7 +73,8 @@ def summary_rows(cfg: Mapping[str, Any], groups: Sequence[PolicyRuns]) -> list[d
 
 
 def improvement_rows(cfg: Mapping[str, Any], groups: Sequence[PolicyRuns]) -> list[dict[str, Any]]:
-    """Per scenario and agent: P(agent > best baseline) on ``select_by`` and the mean difference, with CIs."""
+    """Per scenario and agent: P(agent > best baseline) on ``select_by`` and the mean difference, with CIs
+    (paired by evaluation episode where the runs allow it: :func:`compare`)."""
     metric = cfg["select_by"]
     out = []
     for s in dict.fromkeys(g.scenario for g in groups):
@@ -270,8 +276,6 @@ def report_from_csv(
     Nothing is simulated or trained: this is how a table follows a change of the statistics. The
     figures are left as they are; so is the README (command, revision and runtime of the run), but
     for one line naming ``command`` and the revision that recomputed the statistics, when given."""
-    from experiments import tables
-
     cfg = tables.load_table(table)
     results = Path(results)
     opts, _, _, groups = tables.runs_from_results(
@@ -307,13 +311,6 @@ def note_recomputed(readme: Path, command: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-    import shlex
-    import sys
-
-    from envs.sim.errors import ConfigError
-    from experiments import tables
-
     ap = argparse.ArgumentParser(
         prog="python -m experiments.report",
         description="Recompute a reproduced table's statistics (table.md, table.csv, improvement.csv) from "
