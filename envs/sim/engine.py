@@ -181,6 +181,10 @@ class Simulator(RouteAPI, ReplicaLifecycle, SimulatorReads):
                 self.cluster.touch_cache(node, m, 0.0)
         self._node_price = price
         self._demands: dict[tuple[int, int], Demand] = {}  # (model, GPU type) -> one replica's demand
+        # (model, GPU type) -> a new replica's pf and pi rows and USD/s (ReplicaLifecycle._replica_template)
+        self._templates: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
+        # per model: its GPU types' indices, in the order its deployment lists them (placement tries them so)
+        self._type_order = [tuple(names.index(g) for g in dep.gpu_types) for dep in sc.models]
         self.cluster.node_spot[:] = [pool.spot is not None for pool in sc.nodes for _ in range(pool.count)]
         # per (model, gpu type): kernel coefficients, KV capacity, speed; None where the model does not fit
         self._rep_params: dict[tuple[int, int], tuple[np.ndarray, int, float] | None] = {}

@@ -82,15 +82,14 @@ class ReplicaLifecycle:
                 return self._place(m, gpu_type, node)
             finally:
                 cl.excluding = False
-        dep = self.scenario.models[m]
-        names = [g.name for g in self.gpu_types]
-        types = [names.index(g) for g in dep.gpu_types] if gpu_type is None else [gpu_type]
+        types = self._type_order[m] if gpu_type is None else (gpu_type,)
         for g in types:
             if self._rep_params.get((m, g)) is None:
                 continue
             d = self._demands.get((m, g))
             if d is None:  # Demand validates its fields: build each (model, GPU type) once
-                d = self._demands[m, g] = Demand(num_gpu=dep.tensor_parallel, gpu_type=g, model=m)
+                d = Demand(num_gpu=self.scenario.models[m].tensor_parallel, gpu_type=g, model=m)
+                self._demands[m, g] = d
             if node is None:
                 chosen = self.placer.select(self.cluster, d, self.rng)
                 if chosen >= 0 and self.cluster.excluding and not self.cluster.fits(chosen, d):
@@ -144,29 +143,20 @@ class ReplicaLifecycle:
         alloc, g = placed
         state = self.state
         r = state.new_replica_row()
-        coef, kv_cap, speed = self._rep_params[m, g]
         dep = self.scenario.models[m]
         now = self.now
-        pf, pi = self.state.pf, self.state.pi
-        pf[r, K.P_CTOK : K.P_OVH + 1] = coef[:4]
-        pf[r, K.P_TILE] = coef[4]
+        pf, pi = state.pf, state.pi
+        tmpl = self._templates.get((m, g))
+        if tmpl is None:
+            tmpl = self._templates[m, g] = self._replica_template(m, g)
+        pf[r], pi[r], usd_per_s = tmpl  # a new row: every field the template does not set is 0
         pf[r, K.P_ALLOC] = now
         pf[r, K.P_READY] = now if warm else math.inf
-        pf[r, K.P_RELEASE] = math.inf
-        pf[r, K.P_SPEED] = speed
-        pf[r, K.P_EWMA] = -1.0
-        pi[r, K.Q_MODEL] = m
-        pi[r, K.Q_MAXB] = 1 if self.per_request else dep.max_batch
-        pi[r, K.Q_KVCAP] = kv_cap
         pi[r, K.Q_HASH] = int(hash64(np.uint64(r + 1)) >> np.uint64(1))
-        if dep.kv_policy == "paged":
-            self._set_paged(r, dep, kv_cap, self.gpu_types[g])
         if dep.role != "aggregated":
             self._set_role(r, m, dep, alloc.node)
-        self.state.mrep[m, self.state.mn[m]] = r
-        self.state.mn[m] += 1
-        gpu = self.gpu_types[g]
-        usd_per_s = dep.tensor_parallel * gpu.usd_per_hour / 3600.0
+        state.mrep[m, state.mn[m]] = r
+        state.mn[m] += 1
         if self._node_price[alloc.node] != 1.0:  # a spot node (multiplying by 1.0 would change no bit)
             usd_per_s *= self._node_price[alloc.node]
         rep = ReplicaRecord(r, m, g, alloc, dep.tensor_parallel, usd_per_s)
@@ -174,16 +164,14 @@ class ReplicaLifecycle:
         self.state.live.append(rep)
         state.rep_gpus[r] = rep.gpus
         state.rep_usd_per_s[r] = rep.usd_per_s
-        node = alloc.node
-        st = self.scenario.storage
-        local = self._weights_on_node(node, m, now)
         if warm:
             set_replica_state(pi, state.mrep, state.mn, state.gi, r, K.REP_READY)
             return True
         set_replica_state(pi, state.mrep, state.mn, state.gi, r, K.REP_LOADING)
+        st = self.scenario.storage
         if dep.spec.load_time_s is not None:
             self._push_ready(r, now + dep.spec.load_time_s)
-        elif local:
+        elif self._weights_on_node(alloc.node, m, now):
             self._push_ready(r, now + dep.spec.weight_bytes / (st.local_bandwidth_gbps * 1e9) + st.startup_s)
         else:
             self._progress_loads(now)
@@ -193,25 +181,45 @@ class ReplicaLifecycle:
             self._schedule_remote_loads(now)
         return True
 
-    def _set_paged(self, r: int, dep: ModelDeployment, kv_cap: int, gpu: GpuType) -> None:
-        """Replica ``r``'s paged-engine settings (see :mod:`envs.sim.kernel` and :mod:`envs.sim.kvcache`)."""
-        pi, st = self.state.pi, self.state
+    def _replica_template(self, m: int, g: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(pf row, pi row, USD per second)`` every new replica of model ``m`` on GPU type ``g``
+        starts from, before its own fields (allocation time, readiness, hash, role and links) are set.
+        Built once per (model, GPU type): a row copy costs what two of its scalar writes do."""
+        coef, kv_cap, speed = self._rep_params[m, g]
+        dep = self.scenario.models[m]
+        pf, pi = np.zeros(K.N_PF), np.zeros(K.N_PI, np.int64)
+        pf[K.P_CTOK : K.P_OVH + 1] = coef[:4]
+        pf[K.P_TILE] = coef[4]
+        pf[K.P_RELEASE] = math.inf
+        pf[K.P_SPEED] = speed
+        pf[K.P_EWMA] = -1.0
+        pi[K.Q_MODEL] = m
+        pi[K.Q_MAXB] = 1 if self.per_request else dep.max_batch
+        pi[K.Q_KVCAP] = kv_cap
+        if dep.kv_policy == "paged":
+            self._set_paged(pi, dep, kv_cap, self.gpu_types[g])
+        return pf, pi, dep.tensor_parallel * self.gpu_types[g].usd_per_hour / 3600.0
+
+    def _set_paged(self, pi: np.ndarray, dep: ModelDeployment, kv_cap: int, gpu: GpuType) -> None:
+        """A replica's paged-engine settings in its ``pi`` row (see :mod:`envs.sim.kernel` and
+        :mod:`envs.sim.kvcache`)."""
+        st = self.state
         bt = dep.kv_block_tokens
         max_len = dep.max_model_len if dep.max_model_len is not None else dep.spec.max_context
         budget = (
             dep.max_batched_tokens if dep.max_batched_tokens is not None else default_max_batched_tokens(gpu)
         )
         cache = dep.prefix_caching and st.kc.shape[2] > 0
-        pi[r, K.Q_PAGED] = 1
-        pi[r, K.Q_BT] = bt
-        pi[r, K.Q_BLKCAP] = kv_cap // bt
-        pi[r, K.Q_MAXLEN] = max_len
-        pi[r, K.Q_CHUNKED] = int(dep.chunked_prefill)
+        pi[K.Q_PAGED] = 1
+        pi[K.Q_BT] = bt
+        pi[K.Q_BLKCAP] = kv_cap // bt
+        pi[K.Q_MAXLEN] = max_len
+        pi[K.Q_CHUNKED] = int(dep.chunked_prefill)
         # without chunking a prompt is never split, so the budget holds the longest (vLLM V0's rule)
-        pi[r, K.Q_BUDGET] = budget if dep.chunked_prefill else max(budget, max_len)
-        pi[r, K.Q_CACHE] = int(cache)
-        pi[r, K.Q_EB] = self.prefix.block_tokens // bt if cache else 1
-        pi[r, K.Q_LRUH] = pi[r, K.Q_LRUT] = -1
+        pi[K.Q_BUDGET] = budget if dep.chunked_prefill else max(budget, max_len)
+        pi[K.Q_CACHE] = int(cache)
+        pi[K.Q_EB] = self.prefix.block_tokens // bt if cache else 1
+        pi[K.Q_LRUH] = pi[K.Q_LRUT] = -1
 
     def _set_role(self, r: int, m: int, dep: ModelDeployment, node: int) -> None:
         """Replica ``r``'s pool role and KV-transfer links (disaggregated serving, :mod:`envs.sim.paged`)."""
@@ -270,11 +278,12 @@ class ReplicaLifecycle:
     def _remove_replica(self, m: int) -> bool:
         """Take one replica of model ``m`` out of service: cancel a load, else drain a READY one."""
         pi = self.state.pi
-        live = [int(r) for r in self.state.mrep[m, : self.state.mn[m]]]
-        loading = [r for r in live if pi[r, K.Q_STATE] == K.REP_LOADING]
+        live = self.state.mrep[m, : self.state.mn[m]]
+        states = pi[live, K.Q_STATE]
+        loading = live[states == K.REP_LOADING]
         now = self.now
-        if loading:
-            r = max(loading)  # newest load first: it has made the least progress
+        if loading.size:
+            r = int(loading.max())  # newest load first: it has made the least progress
             self._progress_loads(now)
             release_replica(self.state.pf, pi, self.state.mrep, self.state.mn, self.state.gi, r, now)
             rep = self.state.records[r]
@@ -283,11 +292,12 @@ class ReplicaLifecycle:
                 self._loading_remote.remove(rep)
                 self._schedule_remote_loads(now)
             return True
-        ready = [r for r in live if pi[r, K.Q_STATE] == K.REP_READY]
-        if not ready:
+        ready = live[states == K.REP_READY]
+        if not ready.size:
             return False
         # drain the replica with the least work in flight (newest on ties)
-        r = min(ready, key=lambda x: (self.state.qn[self.n_models + x] + pi[x, K.Q_NRUN], -x))
+        work = self.state.qn[self.n_models + ready] + pi[ready, K.Q_NRUN]
+        r = int(ready[work == work.min()].max())
         set_replica_state(pi, self.state.mrep, self.state.mn, self.state.gi, r, K.REP_DRAINING)
         if (pi[r, K.Q_BUSY] == 0 and pi[r, K.Q_NRUN] == 0 and self.state.qn[self.n_models + r] == 0
                 and pi[r, K.Q_XOUT] == 0 and pi[r, K.Q_XIN] == 0):  # fmt: skip
