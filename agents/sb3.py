@@ -4,9 +4,10 @@ Hyperparameters come per (algorithm, env id) from ``agents/hyperparams/<algo>.ya
 (a ``default`` entry with per-env-id entries merged over it, then ``key=value``
 command-line overrides parsed with ``yaml.safe_load``, dotted keys for nested
 values; never ``eval``). Besides the algorithm's own arguments the table takes
-``vecnormalize`` (VecNormalize arguments) and ``frame_stack`` (k >= 1: the policy
+``vecnormalize`` (VecNormalize arguments), ``frame_stack`` (k >= 1: the policy
 sees the observations of the last k steps, SB3's ``VecFrameStack``; the
-evaluator rebuilds the same stack). ``policy`` is an SB3 policy name or one of
+evaluator rebuilds the same stack) and ``n_envs`` (environment copies the trainer
+steps, 2 where unset, as rl-zoo3's key of that name; :func:`train`'s argument wins). ``policy`` is an SB3 policy name or one of
 :data:`agents.policies.POLICIES` (``SlotPolicy``: MaskablePPO on Routing and
 Placement, its observation layout taken from the env). :func:`train` writes a self-describing run folder::
 
@@ -90,6 +91,10 @@ ACTIVATIONS = {
 VECNORMALIZE_KEYS = ("norm_obs", "norm_reward", "clip_obs", "clip_reward", "gamma", "epsilon")
 # Set by train() itself, so not hyperparameters.
 _RESERVED = {"self", "env", "seed", "tensorboard_log", "verbose", "_init_setup_model"}
+#: hyperparameter keys the trainer reads itself (not the algorithm's arguments)
+TRAINER_KEYS = frozenset({"vecnormalize", "frame_stack", "n_envs"})
+#: environment copies where neither :func:`train`'s caller nor the hyperparameters say
+DEFAULT_N_ENVS = 2
 TB_RUN_NAME = "run"
 KPI_LOG_KEYS = ("slo_attainment", "ttft_p99_s", "cost_usd", "requests_dropped")
 
@@ -143,12 +148,11 @@ def load_hyperparams(
     hp = deep_merge(table["default"], table.get(env_id))
     hp = deep_merge(hp, parse_overrides(overrides))
     cls = algo_class(algo)
-    allowed = (set(inspect.signature(cls.__init__).parameters) - _RESERVED) | {"vecnormalize", "frame_stack"}
+    allowed = (set(inspect.signature(cls.__init__).parameters) - _RESERVED) | TRAINER_KEYS
     check_keys("hyperparams", hp, allowed)
-    if "frame_stack" in hp:  # observations of the last k steps, concatenated (SB3 VecFrameStack)
-        hp["frame_stack"] = int(
-            check_number("hyperparams.frame_stack", hp["frame_stack"], ge=1, integer=True)
-        )
+    for key in ("frame_stack", "n_envs"):  # frame_stack: the last k observations (SB3 VecFrameStack)
+        if key in hp:
+            hp[key] = int(check_number(f"hyperparams.{key}", hp[key], ge=1, integer=True))
     vn = hp.setdefault("vecnormalize", {"norm_obs": True, "norm_reward": False})
     check_keys("hyperparams.vecnormalize", vn, VECNORMALIZE_KEYS)
     act = (hp.get("policy_kwargs") or {}).get("activation_fn")
@@ -158,7 +162,7 @@ def load_hyperparams(
 
 
 def _model_kwargs(hp: Mapping[str, Any]) -> dict[str, Any]:
-    kw = {k: copy.deepcopy(v) for k, v in hp.items() if k not in ("vecnormalize", "frame_stack")}
+    kw = {k: copy.deepcopy(v) for k, v in hp.items() if k not in TRAINER_KEYS}
     pk = kw.get("policy_kwargs")
     if pk and "activation_fn" in pk:
         pk["activation_fn"] = ACTIVATIONS[pk["activation_fn"]]
@@ -372,7 +376,7 @@ def train(
     total_timesteps: int,
     seed: int,
     run_dir: str | Path,
-    n_envs: int = 2,
+    n_envs: int | None = None,
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
     env_kwargs: Mapping[str, Any] | None = None,
     checkpoint_freq: int = 10_000,
@@ -384,15 +388,14 @@ def train(
 ) -> BaseAlgorithm:
     """Train (or resume) ``algo`` on ``env_id`` until ``total_timesteps`` steps; return the model.
 
-    ``checkpoint_freq`` is in environment steps (summed over the ``n_envs``
-    copies). ``progress_bar=None`` shows SB3's bar when tqdm and rich are
-    installed. ``command`` is recorded in run.json (default: this process's argv). ``backend``
+    ``n_envs`` defaults to the hyperparameters' ``n_envs`` (else 2); ``checkpoint_freq`` is in
+    environment steps (summed over the copies). ``progress_bar=None`` shows SB3's bar when tqdm and
+    rich are installed. ``command`` is recorded in run.json (default: this process's argv). ``backend``
     steps the environments (:data:`VEC_BACKENDS`: the native vector env by default; ``dummy`` gives
     the same numbers slower; ``subproc=True`` is ``backend="subproc"``).
     """
     check_number("total_timesteps", total_timesteps, gt=0, integer=True)
     check_number("seed", seed, ge=0, integer=True)
-    check_number("n_envs", n_envs, ge=1, integer=True)
     check_number("checkpoint_freq", checkpoint_freq, ge=1, integer=True)
     if not isinstance(scenario, str):
         raise fail(
@@ -401,6 +404,10 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     hp = load_hyperparams(algo, env_id, overrides)
+    n_envs = hp.get("n_envs", DEFAULT_N_ENVS) if n_envs is None else n_envs
+    check_number("n_envs", n_envs, ge=1, integer=True)
+    if "n_envs" in hp:
+        hp["n_envs"] = int(n_envs)  # what runs (the caller's value wins), as run.json records it
     config = {
         "env_id": env_id,
         "algo": algo,

@@ -47,7 +47,10 @@ class TrainArgs:
         default=100_000, metadata=_help("environment steps in total, over all copies")
     )
     seed: int = field(default=0, metadata=_help("seed of the model and of the environment copies"))
-    n_envs: int = field(default=2, metadata=_help("parallel environment copies"))
+    n_envs: int | None = field(
+        default=None,
+        metadata=_help("parallel environment copies (default: the hyperparameters' n_envs, else 2)"),
+    )
     subproc: bool = field(default=False, metadata=_help("run the copies in subprocesses (SubprocVecEnv)"))
     checkpoint_freq: int = field(
         default=10_000, metadata=_help("checkpoint every this many environment steps")
@@ -75,14 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         has_default = f.default is not dataclasses.MISSING
         help_text = f.metadata["help"] + (
-            f" (default: {f.default})" if has_default and f.default != () else ""
+            f" (default: {f.default})" if has_default and f.default not in ((), None) else ""
         )
         if f.type == "bool":
             ap.add_argument(flag, action="store_true", help=help_text)
         elif f.type == "tuple[str, ...]":
             ap.add_argument(flag, nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
         else:
-            kind = int if f.type == "int" else str
+            kind = int if f.type in ("int", "int | None") else str
             # required fields may come from --config, so they are checked after parsing
             ap.add_argument(flag, type=kind, default=None if not has_default else f.default,
                             help=help_text + ("" if has_default else " (required)"))  # fmt: skip

@@ -122,7 +122,7 @@ class SearchConfig:
     seed: int = 0
     search_seed: int = 0
     trials: int = 8
-    n_envs: int = 2
+    n_envs: int | None = None  # None: the hyperparameters' n_envs (agents.sb3.train)
     search: str = "random"
 
     def __post_init__(self) -> None:
@@ -143,7 +143,8 @@ class SearchConfig:
         check_number("seed", self.seed, ge=0, integer=True)
         check_number("search_seed", self.search_seed, ge=0, integer=True)
         check_number("trials", self.trials, ge=1, integer=True)
-        check_number("n_envs", self.n_envs, ge=1, integer=True)
+        if self.n_envs is not None:
+            check_number("n_envs", self.n_envs, ge=1, integer=True)
         check_choice("search", self.search, SEARCHERS)
         if not self.space:
             raise fail("space", {}, "must name at least one hyperparameter")

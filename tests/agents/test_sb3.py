@@ -19,9 +19,10 @@ TINY = ["n_steps=64", "batch_size=64", "n_epochs=2", "policy_kwargs.net_arch=[16
 
 def test_hyperparams_default_env_entry_and_overrides():
     hp = load_hyperparams("ppo", AUTOSCALE)
-    assert hp["n_steps"] == 256, "the env entry overrides the default"
-    assert hp["batch_size"] == 64 and hp["vecnormalize"] == {"norm_obs": True, "norm_reward": False}
+    assert hp["n_steps"] == 64 and hp["n_envs"] == 8, "the env entry overrides the default"
+    assert hp["n_epochs"] == 10 and hp["vecnormalize"] == {"norm_obs": True, "norm_reward": False}
     assert load_hyperparams("ppo", "InferGym/Routing-v0")["n_steps"] == 1024
+    assert "n_envs" not in load_hyperparams("ppo", "InferGym/Routing-v0")  # train() steps 2 copies
     hp = load_hyperparams("ppo", AUTOSCALE, ["learning_rate=1e-3", "policy_kwargs.net_arch=[8]"])
     assert hp["learning_rate"] == 1e-3 and hp["policy_kwargs"] == {"net_arch": [8], "activation_fn": "tanh"}
 
@@ -128,7 +129,7 @@ def test_train_cli_parses_typed_args_and_runs(tmp_path, capsys):
     args = parse_args(
         ["--env", AUTOSCALE, "--algo", "a2c", "--run-dir", "r", "--hp", "n_steps=8", "--seed", "3"]
     )
-    assert args.seed == 3 and args.hp == ("n_steps=8",) and args.n_envs == 2 and args.scenario == "default"
+    assert args.seed == 3 and args.hp == ("n_steps=8",) and args.n_envs is None and args.scenario == "default"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("env: InferGym/Routing-v0\nalgo: maskable_ppo\nseed: 5\nenv_kwargs: {horizon_s: 60}\n")
     args = parse_args(["--config", str(cfg), "--run-dir", "r", "--seed", "6"])
@@ -154,3 +155,17 @@ def test_train_cli_parses_typed_args_and_runs(tmp_path, capsys):
         train_main(["--env", AUTOSCALE, "--algo", "a2c", "--run-dir", str(tmp_path / "y"), "--hp", "bogus=1"])
         == 2
     )
+
+
+def test_n_envs_comes_from_the_hyperparameters_unless_the_caller_names_it(tmp_path):
+    tiny = ["n_steps=8", "batch_size=16", "n_epochs=1", "policy_kwargs.net_arch=[8]"]
+    kw = {"env_kwargs": {"horizon_s": 120.0}, "progress_bar": False}
+    model = train(AUTOSCALE, "ppo", "default", 64, 0, tmp_path / "a", overrides=tiny, **kw)
+    assert model.n_envs == 8  # ppo.yaml's Autoscale entry
+    config = json.loads((tmp_path / "a" / "run.json").read_text())["config"]
+    assert config["n_envs"] == 8 and config["hyperparams"]["n_envs"] == 8
+    model = train(AUTOSCALE, "ppo", "default", 32, 0, tmp_path / "b", n_envs=2, overrides=tiny, **kw)
+    config = json.loads((tmp_path / "b" / "run.json").read_text())["config"]
+    assert model.n_envs == 2 and config["n_envs"] == 2 and config["hyperparams"]["n_envs"] == 2
+    with pytest.raises(ConfigError, match="hyperparams.n_envs"):
+        load_hyperparams("ppo", AUTOSCALE, ["n_envs=0"])

@@ -27,7 +27,7 @@ pytest.importorskip(
 
 import stable_baselines3 as sb3  # noqa: E402
 
-# a whole number of rollouts: PPO one (n_steps 256 x 2 envs), A2C 20 (5 x 2)
+# a whole number of rollouts: PPO one (n_steps 64 x 8 envs), A2C 5 (5 x 8)
 STEPS = {"ppo": 512, "a2c": 200}
 
 
@@ -61,7 +61,7 @@ def test_zoo_train_writes_a_loadable_model_equal_to_ours(tmp_path, algo, env_id)
     assert [m.out_features for m in layers if isinstance(m, th.nn.Linear)] == [64, 64]
     assert isinstance(layers[1], th.nn.Tanh)
 
-    ours = train(env_id, algo, "default", STEPS[algo], 0, tmp_path / "ours", n_envs=2, progress_bar=False)
+    ours = train(env_id, algo, "default", STEPS[algo], 0, tmp_path / "ours", progress_bar=False)
     a, b = ours.policy.state_dict(), zoo.policy.state_dict()
     assert a.keys() == b.keys()
     diff = {k: float((a[k] - b[k]).abs().max()) for k in a if not th.equal(a[k], b[k])}
