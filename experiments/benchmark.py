@@ -532,8 +532,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"{'PPO training, Autoscale-v2 bursty':<36} {'env-steps/s':>12}")
     t_steps = 4_096 if args.quick else 40_960
     for label, backend, n_envs, hp in (
-        ("DummyVecEnv, 2 envs (round 1)", "dummy", 2, {}),
-        # what the autoscale table's PPO runs (experiments/configs/tables/autoscale.yaml)
+        # round 1's settings (2 envs x 256 steps, minibatches of 64), before the defaults moved to 8 x 64
+        ("DummyVecEnv, 2 envs (round 1)", "dummy", 2, {"n_steps": 256, "batch_size": 64}),
+        # what the autoscale table's PPO runs (experiments/configs/tables/autoscale.yaml; ppo.yaml's defaults)
         ("native, 8 envs, the table's PPO", "native", 8, {"n_steps": 64, "batch_size": 256}),
     ):
         tps = training_steps_per_s(backend, n_envs, t_steps, **hp)
