@@ -7,9 +7,10 @@ values; never ``eval``). Besides the algorithm's own arguments the table takes
 ``vecnormalize`` (VecNormalize arguments), ``frame_stack`` (k >= 1: the policy
 sees the observations of the last k steps, SB3's ``VecFrameStack``; the
 evaluator rebuilds the same stack) and ``n_envs`` (environment copies the trainer
-steps, 2 where unset, as rl-zoo3's key of that name; :func:`train`'s argument wins). ``policy`` is an SB3 policy name or one of
-:data:`agents.policies.POLICIES` (``SlotPolicy``: MaskablePPO on Routing and
-Placement, its observation layout taken from the env). :func:`train` writes a self-describing run folder::
+steps, 2 where unset, as rl-zoo3's key of that name; :func:`train`'s argument
+wins). ``policy`` is an SB3 policy name or one of :data:`agents.policies.POLICIES`
+(``SlotPolicy``: MaskablePPO on Routing and Placement, its observation layout taken
+from the env). :func:`train` writes a self-describing run folder::
 
     run_dir/run.json                    resolved config, command line, git SHA, seed, versions, resumes
     run_dir/tb/run_1/                   tensorboard: charts/, kpi/, SB3's rollout/ train/ time/

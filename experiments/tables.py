@@ -383,9 +383,9 @@ def runs_from_results(
     folder (its ``episodes.csv`` and ``sweep.csv``), without rerunning anything.
 
     Scenarios, agents and evaluation seeds are those of ``episodes.csv`` (``scenarios`` narrows them);
-    ``quick``, ``total_timesteps`` and ``trace`` must be what the table was reproduced with (the
-    trace files only when the caller builds envs:
-    :data:`STATISTICS_ONLY` stands in for them otherwise)."""
+    ``quick`` and ``total_timesteps`` must be what the table was reproduced with, and so must
+    ``trace`` when the caller builds envs (:data:`STATISTICS_ONLY` stands in for the trace files of
+    one that does not). Episodes made on another env id than the config names are an error."""
     results = Path(results)
     rows = read_episodes(results / "episodes.csv")
     labels = [str(r.get("label", "")).split("|") for r in rows]

@@ -134,6 +134,11 @@ class Simulator(RouteAPI, ReplicaLifecycle, SimulatorReads):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A score function's entry point is an address in the process that compiled it: refresh it.
         self.__dict__.update(state)
+        # caches added after a simulator may have been pickled (a checkpoint from an earlier version)
+        self.__dict__.setdefault("_templates", {})
+        if "_type_order" not in self.__dict__:
+            names = [g.name for g in self.gpu_types]
+            self._type_order = [tuple(names.index(g) for g in d.gpu_types) for d in self.scenario.models]
         score = self.router_spec.score
         self.state.gi[K.I_SCORE_FN] = score.address if score is not None else 0
         spec = self.__dict__.get("decode_router_spec")

@@ -60,3 +60,11 @@ def test_growth_moves_the_batch_rows_of_unreleased_replicas_only():
     np.testing.assert_array_equal(st.pfl[kept], pfl[kept])
     assert not st.run[gone].any() and not st.run[len(run) :].any()
     assert np.all(st.pi[gone, L.Q_NRUN] == 0)  # why they need not move
+
+
+def test_a_simulator_pickled_without_the_replica_caches_still_adds_replicas():
+    """A checkpoint's simulator from before the replica templates were cached restores and runs."""
+    sim = Simulator("default", 0)
+    old = Simulator.__new__(Simulator)
+    old.__setstate__({k: v for k, v in sim.__dict__.items() if k not in ("_templates", "_type_order")})
+    assert old.set_target_replicas(0, 6) == 6 and old.replicas_of(0)["loading"] == 2
