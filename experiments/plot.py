@@ -14,7 +14,6 @@ rerunning the grid; give it the table and ``--quick`` as given to :mod:`experime
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -309,14 +308,12 @@ def figures_from_csv(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m experiments.plot",
-        description="Redraw the figures of a reproduced table from its episodes.csv and sweep.csv "
+    ap = tables.table_parser(
+        "experiments.plot",
+        "Redraw the figures of a reproduced table from its episodes.csv and sweep.csv "
         "(no grid is rerun; the episode figures replay one evaluation episode per policy).",
+        "the table was reproduced with --quick (its default folders and quick env settings)",
     )
-    ap.add_argument("table", help=f"table name ({', '.join(tables.table_names())}) or a table YAML path")
-    ap.add_argument("--quick", action="store_true",
-                    help="the table was reproduced with --quick (its default folders and quick env settings)")  # fmt: skip
     ap.add_argument(
         "--trace",
         nargs="+",

@@ -10,8 +10,6 @@ README. :mod:`experiments.reproduce` runs the cells and calls these; ``python -m
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -311,13 +309,12 @@ def note_recomputed(readme: Path, command: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m experiments.report",
-        description="Recompute a reproduced table's statistics (table.md, table.csv, improvement.csv) from "
-        "its episodes.csv and sweep.csv; nothing is rerun.",
+    ap = tables.table_parser(
+        "experiments.report",
+        "Recompute a reproduced table's statistics (table.md, table.csv, improvement.csv) from its "
+        "episodes.csv and sweep.csv; nothing is rerun.",
+        "the table was reproduced with --quick",
     )
-    ap.add_argument("table", help=f"table name ({', '.join(tables.table_names())}) or a table YAML path")
-    ap.add_argument("--quick", action="store_true", help="the table was reproduced with --quick")
     ap.add_argument("--total-timesteps", type=int, default=None,
                     help="the training budget the table was reproduced with, if it was overridden (the agents' rows name it)")  # fmt: skip
     ap.add_argument("--results", default=None,
@@ -332,9 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quick=args.quick,
             total_timesteps=args.total_timesteps,
             out=args.out,
-            command=shlex.join(
-                ["python", "-m", "experiments.report", *(argv if argv is not None else sys.argv[1:])]
-            ),
+            command=tables.invocation("experiments.report", argv),
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

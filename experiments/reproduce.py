@@ -22,11 +22,9 @@ when stderr is not a terminal (a log file); ``--no-progress`` turns the line off
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import shlex
 import sys
 import threading
 import time
@@ -44,6 +42,7 @@ from experiments.tables import (  # the table config, options and CSV files, sha
     base_scenario,
     baselines_on,
     default_dirs,
+    invocation,
     load_table,
     point_params,
     policy_runs,
@@ -52,7 +51,7 @@ from experiments.tables import (  # the table config, options and CSV files, sha
     selected_agents,
     spec_string,
     sweep_points,
-    table_names,
+    table_parser,
     value_str,
     with_params,
     write_csv,
@@ -387,7 +386,7 @@ def reproduce(
         from experiments import plot
 
         fig_paths = plot.table_figures(cfg, opts, groups, rows_e, chosen, agent_dirs(run_dir, rows_e), out)
-    cmd = command or shlex.join(["python", "-m", "experiments.reproduce", *sys.argv[1:]])
+    cmd = command or invocation("experiments.reproduce", None)
     runtimes = clock.stop()
     write_readme(out, cfg, opts, cmd, runtimes, run_dir, backend, revisions=clock.revisions)
     return {
@@ -401,12 +400,11 @@ def reproduce(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m experiments.reproduce",
-        description="Reproduce a results table (calibrated baselines vs trained agents, 95% bootstrap CIs).",
+    ap = table_parser(
+        "experiments.reproduce",
+        "Reproduce a results table (calibrated baselines vs trained agents, 95% bootstrap CIs).",
+        "tiny training budgets and 3 evaluation seeds",
     )
-    ap.add_argument("table", help=f"table name ({', '.join(table_names())}) or a table YAML path")
-    ap.add_argument("--quick", action="store_true", help="tiny training budgets and 3 evaluation seeds")
     ap.add_argument("--seeds", type=int, default=None, help="evaluation episodes (= agent training seeds)")
     ap.add_argument("--scenarios", nargs="+", default=None, help="restrict to these scenarios of the table")
     ap.add_argument(
@@ -452,9 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures=not args.no_figures,
             progress=not args.no_progress,
             progress_every=args.progress_every,
-            command=shlex.join(
-                ["python", "-m", "experiments.reproduce", *(argv if argv is not None else sys.argv[1:])]
-            ),
+            command=invocation("experiments.reproduce", argv),
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

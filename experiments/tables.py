@@ -9,10 +9,13 @@ table's CSV files. This module imports neither of them.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import csv
 import itertools
 import json
+import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,6 +367,21 @@ def _by_episode(
         if all(k in r for rs in per_run for r in rs):
             out[k] = np.array([[float(r[k]) for r in sorted(rs, key=_episode_seed)] for rs in per_run])
     return out, seeds
+
+
+def table_parser(module: str, description: str, quick_help: str) -> argparse.ArgumentParser:
+    """The argument parser of a table script (``python -m <module>``): its positional ``table`` (a
+    shipped name or a YAML path) and ``--quick``; the script adds the rest."""
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    ap.add_argument("table", help=f"table name ({', '.join(table_names())}) or a table YAML path")
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    return ap
+
+
+def invocation(module: str, argv: Sequence[str] | None) -> str:
+    """The command line that ran ``python -m <module>`` with ``argv`` (default: this process's), as a
+    table's README records it."""
+    return shlex.join(["python", "-m", module, *(argv if argv is not None else sys.argv[1:])])
 
 
 #: ``trace`` of :func:`runs_from_results` for a caller that builds no env (statistics, bar charts)
