@@ -39,7 +39,6 @@ from envs.sim.errors import ConfigError, check_choice, fail
 
 __all__ = ["RandomPolicy", "evaluate_policy", "make_policy", "main"]
 
-# Envs whose info["kpi"] holds levels "so far" rather than per-step amounts (see their docstrings).
 META_KEYS = ("env_id", "scenario", "policy", "seed", "return", "steps", "kpi_source")
 
 

@@ -81,8 +81,9 @@ def improvement_rows(cfg: Mapping[str, Any], groups: Sequence[PolicyRuns]) -> li
             continue
         best = max(base, key=lambda g: float(np.mean(g.runs[metric])))
         for a in (g for g in groups if g.scenario == s and g.kind == "agent" and len(g.runs[metric])):
-            poi, diff, paired = compare(a, best, metric)
-            losses = [g.policy for g in base if compare(a, g, metric)[0].high < 0.5]
+            against = {g.policy: compare(a, g, metric) for g in base}  # each bootstrap once
+            poi, diff, paired = against[best.policy]
+            losses = [p for p, (p_imp, _, _) in against.items() if p_imp.high < 0.5]
             out.append(
                 {
                     "scenario": s,

@@ -109,7 +109,7 @@ NEED_BOUNDARY, NEED_SYNC = 1, 2
 
 def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_rep, slo, speed_max, n_models,
                  n_classes, seen, terms, obs, norms, w, latency_unit_s, shaping, shaping_cap_s, phi, synced, out,
-                 needs, n_invalid, counts):  # fmt: skip
+                 needs, n_invalid, n_slow):  # fmt: skip
     """One ``InferGym/Routing-v0`` step of every simulation ``e`` with ``fast[e]`` (see :func:`route_step`).
 
     The action ``actions[e]`` is a slot: a masked slot sends the pending request to the central
@@ -118,9 +118,8 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
     computed as the single env does, operation for operation. A simulation that reached ``until[e]``
     before its next decision gets ``needs[e] |= NEED_BOUNDARY`` and nothing else (its costs stay in
     ``terms[e]``); one whose kernel released replicas since ``synced[e]`` gets ``NEED_SYNC``.
-    ``counts`` gets the number of simulations with a need and of those without ``fast``; that first
-    number is returned, or -1, before anything changes, if an action is not a slot
-    (``0 <= actions[e] < mask.shape[1]``).
+    Returns the number of simulations with a need (``n_slow[0]`` gets the number without ``fast``),
+    or -1, before anything changes, if an action is not a slot (``0 <= actions[e] < mask.shape[1]``).
     """
     n_slots = mask.shape[1]
     for e in range(len(pending)):
@@ -190,14 +189,13 @@ def _route_batch(states, decisions, fast, until, actions, pending, mask, slot_re
             out[OUT_REQUEST, e] = p
             t[0] = t[1] = t[2] = t[3] = 0.0
         needs[e] = flag
-    n_need = n_slow = 0
+    n_need = slow = 0
     for e in range(len(pending)):
         if needs[e] != 0:
             n_need += 1
         if not fast[e]:
-            n_slow += 1
-    counts[0] = n_need
-    counts[1] = n_slow
+            slow += 1
+    n_slow[0] = slow
     return n_need
 
 

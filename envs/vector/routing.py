@@ -114,7 +114,7 @@ class RoutingVecEnv(NativeVectorEnv):
         self._states: StateList | None = None
         self._decisions = None
         self._needs = np.zeros(n, np.int8)
-        self._counts = np.zeros(2, np.int64)
+        self._n_slow = np.zeros(1, np.int64)
         self._w = np.array(first._w, np.float64)
         self._route = route_batch_parallel if n >= PARALLEL_FROM else route_batch
         self._act_shape = self.action_space.shape
@@ -168,11 +168,10 @@ class RoutingVecEnv(NativeVectorEnv):
         needs = self._needs
         shaping = self._shaping
         fast = self._fast.copy()  # the Python paths below update self._fast for the next step
-        counts = self._counts
         n_need = self._route(self._states.items, self._decisions.items, fast, self._until, actions, self._pending,
                              self._mask, self._slot_rep, self._slo, env0.speed_max, env0.n_models, env0.n_classes,
                              self._seen, self._terms, self._obs, NORMS, self._w, LATENCY_UNIT_S, shaping,
-                             SHAPING_CAP_S, self._phi, self._synced, out, needs, self._n_invalid, counts)  # fmt: skip
+                             SHAPING_CAP_S, self._phi, self._synced, out, needs, self._n_invalid, self._n_slow)  # fmt: skip
         if n_need < 0:  # nothing changed
             raise fail("actions", actions, f"must lie in {self.action_space}")
         truncated = np.zeros(n, np.bool_)
@@ -186,7 +185,7 @@ class RoutingVecEnv(NativeVectorEnv):
                     truncated[e] = self._boundary(e, out)
         # the rest take the single env's own step (a fault due in the interval, or nothing to decide)
         slow_infos: dict[int, dict[str, Any]] = {}
-        if counts[1]:
+        if self._n_slow[0]:
             for e in np.flatnonzero(~fast).tolist():
                 env = self.envs[e]
                 self._push(e)
