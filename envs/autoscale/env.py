@@ -402,13 +402,16 @@ class AutoscaleEnv(AutoscaleObservation, gym.Env):
         self._step += 1
         return failures0, clamped, sim.now
 
-    def _finish_step(self, started: tuple[int, int, float]) -> tuple[np.ndarray, float, bool, bool, dict]:
+    def _finish_step(
+        self, started: tuple[int, int, float], precomputed: tuple | None = None
+    ) -> tuple[np.ndarray, float, bool, bool, dict]:
         """The second half of a step, once the simulation reached the interval's end: read the
-        interval, compute the reward and the observation."""
+        interval, compute the reward and the observation. ``precomputed``: the read's compiled part
+        (:meth:`~envs.sim.engine.Simulator.precompute_read`), if already computed."""
         failures0, clamped, t0 = started
         sim = self.sim
         dt = sim.now - t0
-        self.model_loads, kpi = sim.step_views()
+        self.model_loads, kpi = sim.step_views(precomputed)
         self._arrived += kpi["requests_arrived"]
         terms = self._terms(kpi, dt, float(sim.placement_failures - failures0))
         reward = self.reward_from_terms(terms)

@@ -136,6 +136,7 @@ class Simulator(RouteAPI, ReplicaLifecycle, SimulatorReads):
         self.__dict__.update(state)
         # caches added after a simulator may have been pickled (a checkpoint from an earlier version)
         self.__dict__.setdefault("_templates", {})
+        self.__dict__.setdefault("_stats_calls", 0)
         if "_type_order" not in self.__dict__:
             names = [g.name for g in self.gpu_types]
             self._type_order = [tuple(names.index(g) for g in d.gpu_types) for d in self.scenario.models]
@@ -307,6 +308,7 @@ class Simulator(RouteAPI, ReplicaLifecycle, SimulatorReads):
         self._synced_releases = 0
         # read side (envs.sim.reads): the window row and per-model rows window_stats writes
         self._win = np.zeros(N_W)
+        self._stats_calls = 0  # calls of _stats (its buffers' writes), for precompute_read's validity
         self._per_model = np.zeros((self.n_models, N_V))
         # where each deployment's requests arrive: a decode pool's prefill pool, else itself
         self._origin = np.array(

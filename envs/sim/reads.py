@@ -126,7 +126,8 @@ class SimulatorReads:
     def _stats(self, t0: float, t1: float, done: np.ndarray, drops: np.ndarray, busy0: np.ndarray,
                views: bool, only: int = -1) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Run :func:`~envs.sim.window.window_stats`; returns (busy, tick_arrivals) and fills
-        ``self._win`` and ``self._per_model``."""
+        ``self._win`` and ``self._per_model`` (a :meth:`precompute_read`'s result is void after another call)."""
+        self._stats_calls += 1
         return window_stats(
             self.state.rf, self.state.ri, self.state.pf, self.state.pi, self.state.mi, self.state.mrep, self.state.mn, self.state.gi, self.state.tick_inflight,
             self._arrival_times, self.slo, self._nominal_speeds, self.state.rep_gpus, self.state.rep_usd_per_s, self.n_replicas, self.now, float(t0), float(t1),
@@ -255,29 +256,31 @@ class SimulatorReads:
         """KPIs of the default window (since the previous call, or the start, up to now); moves it on."""
         return self.read_window(self.window, views=False)[1]
 
-    def step_views(self) -> tuple[list[ModelLoad], dict[str, float]]:
-        """:meth:`model_loads`, then :meth:`interval_kpis` (which moves the default window on), in one pass."""
-        loads, kpis = self.read_window(self.window, views=True)
+    def step_views(self, precomputed: tuple | None = None) -> tuple[list[ModelLoad], dict[str, float]]:
+        """:meth:`model_loads`, then :meth:`interval_kpis` (which moves the default window on), in one
+        pass (``precomputed``: see :meth:`read_window`)."""
+        loads, kpis = self.read_window(self.window, views=True, precomputed=precomputed)
         return loads, kpis  # type: ignore[return-value]
 
     def read_window(
-        self, window: KpiWindow, *, views: bool, move: bool = True
+        self, window: KpiWindow, *, views: bool, move: bool = True, precomputed: tuple | None = None
     ) -> tuple[list[ModelLoad] | None, dict[str, float]]:
         """The window from ``window``'s position to now: every model's :class:`ModelLoad` (if ``views``)
         and the interval KPIs. ``move`` sets the cursor to now (the next read starts here).
+        ``precomputed``: :meth:`precompute_read`'s result for this read (used if still valid).
 
         Reading changes nothing in the simulation; the cursor is the caller's (the simulator's own,
         :attr:`window`, serves :meth:`interval_kpis`, :meth:`model_loads` and :meth:`step_views`).
         """
         t0, t1 = window.t0, self.now
-        nd, nx, na = (
-            int(self.state.gi[K.I_NDONE]),
-            int(self.state.gi[K.I_NDROP]),
-            int(self.state.gi[K.I_NEXT_ARR]),
-        )
-        done = self.state.log_done[window.done : nd]
+        key = self._read_key(window, views)
+        nd, nx, na = key[-3:]
         drops = self.state.log_drop[window.dropped : nx]
-        busy, tick_arr = self._stats(t0, t1, done, drops, window.busy0, views)
+        if precomputed is not None and precomputed[0] == key:
+            busy, tick_arr = precomputed[1]  # computed by precompute_read at this same point
+        else:
+            done = self.state.log_done[window.done : nd]
+            busy, tick_arr = self._stats(t0, t1, done, drops, window.busy0, views)
         out = self._window_kpis(nx - window.dropped, na - window.arrived, self._unfinished_at_horizon())
         if self.paged:
             counters = self.serving_counters()
@@ -297,6 +300,26 @@ class SimulatorReads:
             if self.scenario.disaggregated:
                 window.transfer0 = transfers
         return loads, out
+
+    def _read_key(self, window: KpiWindow, views: bool) -> tuple:
+        """What a read of ``window`` now depends on: the window and its cursor, ``views``, the clock,
+        the replicas, the buffers ``_stats`` writes and the completion, drop and arrival counts (last)."""
+        gi = self.state.gi
+        return (window, id(window.busy0), window.t0, window.done, window.dropped, views, self.now,
+                self.n_replicas, self._stats_calls, int(gi[K.I_NDONE]), int(gi[K.I_NDROP]),
+                int(gi[K.I_NEXT_ARR]))  # fmt: skip
+
+    def precompute_read(self, window: KpiWindow, *, views: bool) -> tuple:
+        """The compiled part of :meth:`read_window` (``window``, ``views``), computed now; pass it to
+        that read as ``precomputed`` to skip computing it again (same numbers). It is valid until the
+        simulation or ``window`` changes or another read runs; a void one is recomputed. The
+        Autoscale vector env runs it on the thread that ran the simulation, so that it runs on
+        several threads at once (:func:`~envs.sim.window.window_stats` releases the GIL)."""
+        key = self._read_key(window, views)
+        done = self.state.log_done[window.done : key[-3]]
+        drops = self.state.log_drop[window.dropped : key[-2]]
+        stats = self._stats(window.t0, self.now, done, drops, window.busy0, views)
+        return (self._read_key(window, views), stats)  # the key after the call: _stats counts it
 
     def _unfinished_at_horizon(self) -> int:
         """Requests in the system once the horizon is reached (they will never finish), else 0."""

@@ -231,7 +231,7 @@ def _size_sums(ri, done, n, row):
     row[V_OUTPUT_SUM] = output
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def window_stats(rf, ri, pf, pi, mi, mrep, mn, gi, tick_inflight, arrivals, slo, nominal_speed, rep_gpus, rep_usd,
                  n_rep, now, t0, t1, tick_s, done, drops, busy0, views, only, single, origin, win, per_model):  # fmt: skip
     """The KPI window ``[t0, t1)`` given its completed requests ``done`` and dropped ones ``drops``.

@@ -73,3 +73,31 @@ def test_skipping_unread_windows_changes_no_number():
         assert sim_fast.control_step(kpis=False) is None
         sim_full.control_step()
     assert sim_fast.placement_failures == sim_full.placement_failures == 20  # one per interval
+
+
+def test_a_precomputed_read_is_the_read_and_a_void_one_is_recomputed():
+    """precompute_read + read_window(precomputed=...) gives read_window's numbers and skips the compiled
+    pass; a precomputed read the simulation or another read has since voided is computed again."""
+    a = Simulator("bursty", 4, overrides={"horizon_s": 600.0})
+    b = Simulator("bursty", 4, overrides={"horizon_s": 600.0})
+    for k in range(1, 31):
+        a.advance(15.0 * k)
+        b.advance(15.0 * k)
+        pre = a.precompute_read(a.window, views=True)
+        calls = a._stats_calls
+        if k % 3 == 1:  # a replica added since: the read must see it
+            a.set_target_replicas(0, int(a.target[0]) + 1)
+            b.set_target_replicas(0, int(b.target[0]) + 1)
+        elif k % 3 == 2:  # another read since: its buffers were overwritten
+            a.read_window(KpiWindow(), views=True)
+            b.read_window(KpiWindow(), views=True)
+        loads, kpis = a.step_views(pre)
+        ref_loads, ref_kpis = b.step_views()
+        assert kpis == ref_kpis
+        for x, y in zip(loads, ref_loads, strict=True):
+            assert x.replicas_ready == y.replicas_ready and x.replicas_loading == y.replicas_loading
+            assert x.ttft_p99_s == y.ttft_p99_s and x.in_flight_mean == y.in_flight_mean
+            assert np.array_equal(x.tick_arrivals, y.tick_arrivals)
+        # used as is only when nothing happened in between
+        assert a._stats_calls - calls == (0 if k % 3 == 0 else 1 if k % 3 == 1 else 2)
+    assert a.episode_kpis() == b.episode_kpis()
