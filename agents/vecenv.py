@@ -26,13 +26,14 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.vector import NativeVectorEnv
+from envs.vector.procs import ProcessVectorEnv
 
 
 class NativeVecEnv(VecEnv):
     """SB3's ``VecEnv`` over a native InferGym vector env (see the module docstring)."""
 
-    def __init__(self, vector_env: NativeVectorEnv) -> None:
-        if not isinstance(vector_env, NativeVectorEnv):
+    def __init__(self, vector_env: NativeVectorEnv | ProcessVectorEnv) -> None:
+        if not isinstance(vector_env, (NativeVectorEnv, ProcessVectorEnv)):
             raise TypeError(f"vector_env: {vector_env!r} must be an InferGym native vector env")
         self.vector_env = vector_env
         super().__init__(
@@ -100,12 +101,13 @@ class NativeVecEnv(VecEnv):
     def get_images(self) -> Sequence[np.ndarray | None]:
         return [None] * self.num_envs
 
+    # sub-env access goes through the vector env's own methods: its sub-envs may live in worker
+    # processes (envs.vector.procs)
     def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-        return [getattr(self.vector_env.envs[i], attr_name) for i in self._get_indices(indices)]
+        return self.vector_env.get_sub_attr(attr_name, list(self._get_indices(indices)))
 
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-        for i in self._get_indices(indices):
-            setattr(self.vector_env.envs[i], attr_name, value)
+        self.vector_env.set_sub_attr(attr_name, value, list(self._get_indices(indices)))
 
     def env_method(
         self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any
@@ -114,7 +116,7 @@ class NativeVecEnv(VecEnv):
         if method_name == "action_masks" and not method_args and not method_kwargs:
             masks = self.vector_env.action_masks()  # one batched call (MaskablePPO asks every step)
             return [masks[i] for i in idx]
-        return [getattr(self.vector_env.envs[i], method_name)(*method_args, **method_kwargs) for i in idx]
+        return self.vector_env.call_sub(method_name, *method_args, indices=idx, **method_kwargs)
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: Any = None) -> list[bool]:
         # Monitor's statistics are written by this adapter itself, so evaluate_policy trusts "episode"

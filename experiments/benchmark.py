@@ -283,7 +283,9 @@ def env_steps_per_s(env_id: str, steps: int, seed: int = 0, **env_kwargs) -> flo
     return steps / spent
 
 
-def vector_vs_single(env_id: str, n_envs: int, steps: int, seed: int = 0, **env_kwargs) -> dict[str, float]:
+def vector_vs_single(
+    env_id: str, n_envs: int, steps: int, seed: int = 0, vector_kwargs: dict | None = None, **env_kwargs
+) -> dict[str, float]:
     """Env-steps/s of ``env_id``'s native vector env with ``n_envs`` sub-envs and of ``n_envs`` single
     envs stepped one after another, on the same work: the same seeds and the same actions (drawn up
     front: random valid slots where there are masks, uniform components otherwise), so both runs
@@ -291,13 +293,16 @@ def vector_vs_single(env_id: str, n_envs: int, steps: int, seed: int = 0, **env_
 
     ``vector`` and ``single`` time the steps (and the single envs' resets, which the vector env does
     inside its step); ``*_with_draw`` also time the random policy's choice from the masks between
-    steps (``argmax`` of uniform draws times ``action_masks()``), as an agent's loop would."""
+    steps (``argmax`` of uniform draws times ``action_masks()``), as an agent's loop would.
+    ``vector_kwargs`` go to the vector env only (``{"processes": 2}``: :mod:`envs.vector.procs`)."""
     import gymnasium as gym
 
     import envs  # noqa: F401  (registers the ids)
 
     kwargs = {"scenario": "default", **env_kwargs}
-    vec = gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
+    vec = gym.make_vec(
+        env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs, **(vector_kwargs or {})
+    )
     singles = [gym.make(env_id, **kwargs).unwrapped for _ in range(n_envs)]
     space = vec.single_action_space
     rng = np.random.default_rng(seed)
@@ -509,15 +514,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     n_vec = 32
     print(f"{'native vector env, ' + str(n_vec) + ' sub-envs':<36} {'env-steps/s':>12} {'single envs':>12} {'ratio':>6}"
           f"{'with policy draw':>30}   (same seeds and actions)")  # fmt: skip
-    for key, env_id, kwargs, label in (
-        ("autoscale", "InferGym/Autoscale-v2", {}, ""),
-        ("routing", "InferGym/Routing-v2", {}, ""),
-        ("placement", "InferGym/Placement-v1", {"source": "jobs"}, " (jobs)"),
+    for key, env_id, kwargs, label, vec_kwargs in (
+        ("autoscale", "InferGym/Autoscale-v2", {}, "", {}),
+        # the same sub-envs in two shares, this process's and a worker process's (envs.vector.procs)
+        ("autoscale_processes2", "InferGym/Autoscale-v2", {}, ", 2 processes", {"processes": 2}),
+        ("routing", "InferGym/Routing-v2", {}, "", {}),
+        ("placement", "InferGym/Placement-v1", {"source": "jobs"}, " (jobs)", {}),
     ):
-        steps = max(10, args.env_steps // (20 if key == "autoscale" else 2))
+        steps = max(10, args.env_steps // (20 if key.startswith("autoscale") else 2))
         try:
-            r = max((vector_vs_single(env_id, n_vec, steps, **kwargs) for _ in range(args.repeats)),
-                    key=lambda x: x["ratio"])  # fmt: skip
+            r = max((vector_vs_single(env_id, n_vec, steps, vector_kwargs=vec_kwargs, **kwargs)
+                     for _ in range(args.repeats)), key=lambda x: x["ratio"])  # fmt: skip
         except Exception as exc:  # noqa: BLE001  (a vector env not built yet must not hide the other numbers)
             print(f"{env_id + label:<36} not available: {exc}")
             continue

@@ -6,7 +6,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numba
 import numpy as np
 
 from envs.autoscale import AutoscaleEnv, AutoscaleEnvV0, AutoscaleEnvV1, AutoscaleEnvV2
@@ -62,8 +61,8 @@ class AutoscaleVecEnv(NativeVectorEnv):
 
     def _workers(self) -> ThreadPoolExecutor | None:
         """The threads that help this one run the simulations: one fewer than numba's thread count
-        (None with one thread: this thread runs them all)."""
-        threads = min(numba.get_num_threads(), self.num_envs)
+        (at most ``max_threads``; None with one thread: this thread runs them all)."""
+        threads = min(self._thread_budget(), self.num_envs)
         if threads <= 1:
             return None
         if self._pool is None or self._pool_threads != threads:
@@ -92,8 +91,8 @@ class AutoscaleVecEnv(NativeVectorEnv):
                 and until >= sim.now
             )
             if fast[e]:  # the table is taken after placing: placing may grow the arrays
-                jobs.append((sim.state.address_table(), float(until)))
-        self._simulate(jobs)
+                jobs.append((e, sim, sim.state.address_table(), float(until)))
+        reads = self._simulate(jobs)
         results = []
         for e, env in enumerate(self.envs):
             if fast[e]:
@@ -101,7 +100,7 @@ class AutoscaleVecEnv(NativeVectorEnv):
                 env.clock.passed()
             else:
                 env.clock.advance()
-            results.append(env._finish_step(started[e]))
+            results.append(env._finish_step(started[e], reads.get(e)))
         rewards = np.array([r[1] for r in results], np.float64)
         terminated = np.array([r[2] for r in results], np.bool_)
         truncated = np.array([r[3] for r in results], np.bool_)
@@ -110,30 +109,36 @@ class AutoscaleVecEnv(NativeVectorEnv):
         infos = _batch_infos([r[4] for r in results])
         return rewards, terminated, truncated, infos, lambda e: results[e][4]
 
-    def _simulate(self, jobs: list[tuple[np.ndarray, float]]) -> None:
-        """Run each ``(address table, until)`` simulation to its ``until``: on this thread and the worker
-        threads, each taking the next simulation when it is done with one (the GIL is released while a
-        simulation runs, so they run at once)."""
+    def _simulate(self, jobs: list[tuple[int, Any, np.ndarray, float]]) -> dict[int, tuple]:
+        """Run each ``(sub-env, simulator, address table, until)`` simulation to its ``until`` and compute
+        the compiled part of its step's window read (:meth:`~envs.sim.engine.Simulator.precompute_read`):
+        on this thread and the worker threads, each taking the next simulation when it is done with
+        one (the GIL is released while a simulation runs or its window is read, so they run at once).
+        Returns the reads by sub-env."""
         queue = iter(jobs)
+        reads: dict[int, tuple] = {}
 
         def work() -> None:
-            for table, until in queue:  # next() on a list iterator is atomic under the GIL
+            for e, sim, table, until in queue:  # next() on a list iterator is atomic under the GIL
                 advance_at(table, until)
+                reads[e] = sim.precompute_read(sim.window, views=True)
 
         pool = self._workers()
         if pool is None or len(jobs) < 2:
             work()
-            return
+            return reads
         helpers = [pool.submit(work) for _ in range(self._pool_threads - 1)]
         try:
             work()
         finally:
             for job in helpers:
                 job.result()
+        return reads
 
     def action_masks(self) -> np.ndarray:
-        """``(N, sum(nvec))`` bool: each sub-env's ``action_masks()`` (MaskablePPO's flat layout)."""
-        return np.stack([env.action_masks() for env in self.envs])
+        """``(N, sum(nvec))`` bool, all True (MaskablePPO's flat layout): every action is valid (the
+        single env clamps replica targets to the model's bounds and counts the clamped replicas)."""
+        return np.ones((self.num_envs, int(np.sum(self.single_action_space.nvec))), np.bool_)
 
     def close_extras(self, **kwargs: Any) -> None:
         if self._pool is not None:

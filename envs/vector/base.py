@@ -42,8 +42,24 @@ class NativeVectorEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
     env_class: type[gym.Env]
 
+    def __new__(cls, num_envs: int = 1, *args: Any, processes: int = 1, **kwargs: Any) -> Any:
+        """With ``processes=k > 1``, a :class:`~envs.vector.procs.ProcessVectorEnv` of this class (its
+        sub-envs split over ``k`` worker processes; ``threads`` and ``start_method`` go to it too);
+        else this class."""
+        k = check_number("processes", processes, ge=1, integer=True)
+        if k > 1:
+            from envs.vector.procs import ProcessVectorEnv
+
+            return ProcessVectorEnv(cls, num_envs, *args, processes=int(k), **kwargs)
+        return super().__new__(cls)
+
     def __init__(
-        self, num_envs: int, scenario: Any = "default", render_mode: str | None = None, **kwargs: Any
+        self,
+        num_envs: int,
+        scenario: Any = "default",
+        render_mode: str | None = None,
+        processes: int = 1,
+        **kwargs: Any,
     ) -> None:
         self.num_envs = int(check_number("num_envs", num_envs, ge=1, integer=True))
         if render_mode is not None:
@@ -69,6 +85,16 @@ class NativeVectorEnv(VectorEnv):
         else:
             raise TypeError(f"{type(self).__name__}: batched action space {space} is not discrete")
         self._ready = False
+        #: the most threads this env's simulations may use (None: numba's thread count); a
+        #: :class:`~envs.vector.procs.ProcessVectorEnv` sets it for each share
+        self.max_threads: int | None = None
+
+    def _thread_budget(self) -> int:
+        """Threads this env's simulations may use: numba's thread count, at most ``max_threads``."""
+        import numba
+
+        cap = getattr(self, "max_threads", None)  # (absent from envs pickled before it existed)
+        return numba.get_num_threads() if cap is None else max(1, min(cap, numba.get_num_threads()))
 
     # ------------------------------------------------------------------ gymnasium API
 
@@ -114,6 +140,26 @@ class NativeVectorEnv(VectorEnv):
     def action_masks(self) -> np.ndarray:
         """``(num_envs, n)`` bool: each sub-env's ``action_masks()`` (for sb3-contrib's MaskablePPO)."""
         return np.stack([env.action_masks() for env in self.envs])
+
+    def get_sub_attr(self, name: str, indices: Any = None) -> list[Any]:
+        """Attribute ``name`` of sub-envs ``indices`` (None: all), in order."""
+        return [getattr(self.envs[i], name) for i in self._indices(indices)]
+
+    def set_sub_attr(self, name: str, value: Any, indices: Any = None) -> None:
+        """Set attribute ``name`` of sub-envs ``indices`` (None: all) to ``value``."""
+        for i in self._indices(indices):
+            setattr(self.envs[i], name, value)
+
+    def call_sub(self, name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
+        """Call method ``name`` of sub-envs ``indices`` (None: all), in order; their results."""
+        return [getattr(self.envs[i], name)(*args, **kwargs) for i in self._indices(indices)]
+
+    def _indices(self, indices: Any) -> list[int]:
+        idx = range(self.num_envs) if indices is None else [indices] if isinstance(indices, int) else indices
+        out = [int(i) for i in idx]
+        if any(not 0 <= i < self.num_envs for i in out):
+            raise fail("indices", indices, f"must be sub-env indices in [0, {self.num_envs})")
+        return out
 
     def close_extras(self, **kwargs: Any) -> None:
         for env in self.envs:

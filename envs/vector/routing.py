@@ -168,7 +168,10 @@ class RoutingVecEnv(NativeVectorEnv):
         needs = self._needs
         shaping = self._shaping
         fast = self._fast.copy()  # the Python paths below update self._fast for the next step
-        n_need = self._route(self._states.items, self._decisions.items, fast, self._until, actions, self._pending,
+        # limited to one thread (a ProcessVectorEnv's share): the serial build. (Not get_num_threads():
+        # asking numba's thread count starts its threads.)
+        route = route_batch if (getattr(self, "max_threads", None) or 2) <= 1 else self._route
+        n_need = route(self._states.items, self._decisions.items, fast, self._until, actions, self._pending,
                              self._mask, self._slot_rep, self._slo, env0.speed_max, env0.n_models, env0.n_classes,
                              self._seen, self._terms, self._obs, NORMS, self._w, LATENCY_UNIT_S, shaping,
                              SHAPING_CAP_S, self._phi, self._synced, out, needs, self._n_invalid, self._n_slow)  # fmt: skip

@@ -90,6 +90,31 @@ def test_bad_actions_are_named_errors() -> None:
         vec.step(np.zeros(2, np.int64))
 
 
+def test_action_masks_allow_every_action() -> None:
+    """Autoscale has no invalid action (targets are clamped): MaskablePPO's flat masks are all True."""
+    vec = AutoscaleVecEnv(3, scenario="spot", horizon_s=300)
+    masks = vec.action_masks()
+    assert masks.shape == (3, int(vec.single_action_space.nvec.sum())) and masks.dtype == np.bool_
+    assert masks.all()
+
+
+def test_a_step_reads_each_window_once() -> None:
+    """The window's compiled read runs after each simulation (on its thread) and the step uses it: one
+    read per sub-env and step, none repeated in the step's Python phase (a sub-env with a fault due
+    in the interval advances in Python and reads its window there, also once)."""
+    vec = gym.make_vec("InferGym/Autoscale-v2", num_envs=3, vectorization_mode="vector_entry_point",
+                       scenario="default", horizon_s=300, faults=[{**FAULTS[0], "at_s": 60.0}])  # fmt: skip
+    vec.reset(seed=5)
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        sims = [env.sim for env in vec.unwrapped.envs]
+        calls = [sim._stats_calls for sim in sims]
+        vec.step(_random(rng, vec.unwrapped))
+        for sim, before in zip(sims, calls, strict=True):
+            assert sim._stats_calls - before == 1
+    vec.close()
+
+
 def test_one_thread_steps_the_simulations_in_turn_with_the_same_numbers() -> None:
     import numba
 
