@@ -222,11 +222,6 @@ class Scenario:
             raise fail("faults", faults_raw, "must be a list of {at_s, pool, nodes, duration_s}")
         faults = tuple(ScriptedFault.from_config(f, f"faults[{i}]", nodes) for i, f in enumerate(faults_raw))
         fault_policy = check_choice("fault_policy", raw.get("fault_policy", "requeue"), FAULT_POLICIES)
-        if decode_pools and (faults or any(p.mtbf_s is not None or p.spot is not None for p in nodes)
-                             or any(m.replica_crash_per_hour > 0 for m in models)):  # fmt: skip
-            raise fail("models", [d.group for d in decode_pools],
-                       "serve disaggregated: faults (faults, nodes[].mtbf_s, nodes[].spot, "
-                       "replica_crash_per_hour) are not modelled with KV transfers in flight yet")  # fmt: skip
         reward_raw = raw.get("reward", DEFAULT_REWARD)
         if not isinstance(reward_raw, Mapping):
             raise fail("reward", reward_raw, "must be a mapping of reward term name to weight")

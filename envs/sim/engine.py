@@ -351,7 +351,7 @@ class Simulator(RouteAPI, ReplicaLifecycle, SimulatorReads):
                 self._schedule_remote_loads(t)
         reps = np.array([rec.rid for rec in recs], np.int64)
         n_requeued, n_dropped = fail_replicas(
-            *st.kernel_args()[:15], st.log_drop, st.pc, st.kc, reps, float(t), bool(requeue)
+            *st.kernel_args()[:15], st.log_drop, st.pc, st.kc, reps, float(t), bool(requeue), self._origin
         )
         for rec in recs:
             rec.freed = True

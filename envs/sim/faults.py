@@ -18,7 +18,10 @@ What happens to the requests the lost replicas held is the scenario's ``fault_po
   an external (Python or agent) router the request waits in its model's central queue instead.
 * ``drop``: each request is dropped (it counts in ``requests_dropped``).
 
-Both are counted: ``requests_requeued``, ``requests_lost_to_faults``. A replica can also crash on
+Both are counted: ``requests_requeued``, ``requests_lost_to_faults``. With disaggregated serving a
+lost replica also loses the KV caches in transfer to it, or, for a prefill replica, the prompt KV it
+kept for the decode pool (and so the requests waiting for it); every lost request starts again from
+its prompt at the prefill pool (:func:`fail_replicas`). A replica can also crash on
 its own (``models[].replica_crash_per_hour``): its work goes the same way and it restarts in place. Requests are conserved
 through every fault: arrived = completed + dropped + in the system.
 """
@@ -33,12 +36,16 @@ import numpy as np
 from numba import njit
 
 from envs.sim import jitcache  # noqa: F401  (installs the core's cache locator before anything compiles)
-from envs.sim.eventq import _drop, set_replica_state
-from envs.sim.kernel import dispatch
+from envs.sim.eventq import EV_XFER, _drop, _release_if_drained, heap_push, set_replica_state
+from envs.sim.kernel import dispatch, start_iteration
+from envs.sim.kvcache import release, sync_kv_tokens
 from envs.sim.layout import (
     DROP_FAULT,
+    I_LC_REBUILD,
+    I_NEXT_ARR,
     I_NMODELS,
     I_ROUTER,
+    M_INFLIGHT,
     M_QUEUED,
     M_RUNNING,
     P_BUSY_S,
@@ -48,9 +55,15 @@ from envs.sim.layout import (
     Q_KVRES,
     Q_KVSUM,
     Q_MODEL,
+    Q_NHAND,
     Q_NRUN,
+    Q_ROLE,
     Q_STATE,
     Q_VERSION,
+    Q_XHEAD,
+    Q_XIN,
+    Q_XOUT,
+    Q_XTAIL,
     R_ADMIT,
     R_BLOCKS,
     R_COMPUTED,
@@ -58,17 +71,25 @@ from envs.sim.layout import (
     R_FIRST,
     R_GEN,
     R_HELD,
+    R_KVSRC,
     R_MODEL,
     R_NEXT,
+    R_PBLOCKS,
+    R_PHELD,
     R_REASON,
     R_REPLICA,
     R_SCHED,
     R_STATE,
+    R_SVC,
     REP_READY,
     REP_RELEASED,
     REQ_QUEUED,
+    REQ_TRANSFER,
+    ROLE_DECODE,
+    ROLE_PREFILL,
     RUN_ID_MASK,
 )
+from envs.sim.paged import _free_source
 from envs.sim.routing import RULE_EXTERNAL, route
 
 FAIL, REPAIR, NOTICE, CRASH = 0, 1, 2, 3
@@ -173,21 +194,60 @@ def schedule(
     return out
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _filter_list(ri, head, gone):
+    """The linked list (``R_NEXT``) from ``head`` without the requests flagged in ``gone``:
+    (new head, new tail, removed)."""
+    new_head = new_tail = -1
+    removed = 0
+    i = head
+    while i >= 0:
+        nxt = ri[i, R_NEXT]
+        if gone[i]:
+            removed += 1
+        else:
+            if new_tail < 0:
+                new_head = i
+            else:
+                ri[new_tail, R_NEXT] = i
+            new_tail = i
+            ri[i, R_NEXT] = -1
+        i = nxt
+    return new_head, new_tail, removed
+
+
 @njit(cache=True, error_model="numpy")
 def fail_replicas(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gf, gi, log_drop, pc, kc,
-                  reps, t, requeue):  # fmt: skip
+                  reps, t, requeue, origin):  # fmt: skip
     """Lose replicas ``reps`` at time ``t`` with their work; returns (requests re-queued, dropped).
 
     Every replica is taken out first (RELEASED at ``t``, its pending event cancelled, its busy time
     counted up to ``t``), so no request is re-routed to another replica that is being lost. Then
     their running and queued requests, in arrival (id) order, are re-routed (``requeue``) or
     dropped. The caller frees the GPUs.
+
+    Disaggregated serving (``origin[m]``: the pool where model ``m``'s requests arrive, ``m`` itself
+    but for a decode pool): a lost decode replica also loses the requests whose KV is in transfer to
+    it; their prompt KV stays where it was computed, and its prefill replica frees it. A lost prefill
+    replica loses the prompt KV it kept for the decode pool (a request's KV stays on its prefill
+    replica until read: ``envs.sim.paged``), so the requests waiting for that KV in a decode replica's
+    queue, its pool's central queue or its transfer list are lost too, and the decode replica frees
+    the blocks it had taken for them. Every lost request of a decode pool starts again from its
+    prompt at the prefill pool (counted out of one pool and into the other), as a retry from the
+    client or gateway would. A transfer list that loses its head gets an event for the new head
+    (the old event finds nothing to deliver: ``kernel.transfer_arrived``).
     """
     n_models = gi[I_NMODELS]
+    n_arr = gi[I_NEXT_ARR]  # requests in the system have ids below it (a pending one is in no queue)
+    lost = np.zeros(pi.shape[0], np.bool_)
+    for r in reps:
+        lost[r] = True
+    touched = np.zeros(pi.shape[0], np.bool_)  # surviving replicas whose blocks or transfers changed
     total = 0
     for r in reps:
-        total += pi[r, Q_NRUN] + qn[n_models + r]
-    held = np.empty(total, np.int64)
+        total += pi[r, Q_NRUN] + qn[n_models + r] + (pi[r, Q_XIN] if pi[r, Q_ROLE] == ROLE_DECODE else 0)
+    held = np.empty(total + n_arr, np.int64)
+    taken = np.zeros(n_arr + 1, np.bool_)
     k = 0
     for r in reps:
         own = n_models + r
@@ -204,6 +264,20 @@ def fail_replicas(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gf, gi
             qh[own, lst] = -1
             qt[own, lst] = -1
         qn[own] = 0
+        if pi[r, Q_ROLE] == ROLE_DECODE:  # KV caches in transfer to it: counted as queued again
+            i = pi[r, Q_XHEAD]
+            while i >= 0:
+                held[k] = i
+                k += 1
+                mi[ri[i, R_MODEL], M_QUEUED] += 1
+                rf[i, R_SVC] = 0.0  # it held the transfer's arrival time
+                i = ri[i, R_NEXT]
+            pi[r, Q_XHEAD] = -1
+            pi[r, Q_XTAIL] = -1
+            pi[r, Q_XIN] = 0
+        elif pi[r, Q_ROLE] == ROLE_PREFILL:  # the KV it kept for the decode pool is lost (below)
+            pi[r, Q_XOUT] = 0
+            pi[r, Q_NHAND] = 0
         # running requests count as queued again (dispatch and _drop expect queued ones)
         mi[m, M_RUNNING] -= pi[r, Q_NRUN]
         mi[m, M_QUEUED] += pi[r, Q_NRUN]
@@ -223,11 +297,71 @@ def fail_replicas(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gf, gi
                     mrep[m, b] = mrep[m, b + 1]
                 mn[m] = n - 1
                 break
+    for j in range(k):
+        taken[held[j]] = True
+    # the requests above that still hold prompt KV on a surviving prefill replica: it is freed there
+    for j in range(k):
+        i = held[j]
+        if ri[i, R_KVSRC] > 0 and not lost[ri[i, R_KVSRC] - 1]:
+            ri[i, R_BLOCKS] = 0  # its blocks on the lost decode replica went with it
+            ri[i, R_HELD] = 0
+            touched[_free_source(ri, pi, pc, kc, i)] = True
+    # requests elsewhere whose prompt KV was on a lost prefill replica
+    orphan = np.zeros(n_arr + 1, np.bool_)
+    n_orphans = 0
+    for i in range(n_arr):
+        src = ri[i, R_KVSRC]
+        if src <= 0 or taken[i] or not lost[src - 1]:
+            continue
+        state = ri[i, R_STATE]
+        if state != REQ_QUEUED and state != REQ_TRANSFER:
+            continue
+        orphan[i] = True
+        n_orphans += 1
+        held[k] = i
+        k += 1
+        if state == REQ_TRANSFER:  # its decode replica frees the blocks it took for the KV
+            d = ri[i, R_REPLICA]
+            release(ri, pi, pc, kc, d, i)
+            pi[d, Q_XIN] -= 1
+            touched[d] = True
+            mi[ri[i, R_MODEL], M_QUEUED] += 1
+            rf[i, R_SVC] = 0.0
+    if n_orphans > 0:
+        for q in range(qh.shape[0]):  # out of every queue (a decode replica's or its pool's central one)
+            if qn[q] == 0:
+                continue
+            for lst in range(qh.shape[1]):
+                h, tl, removed = _filter_list(ri, qh[q, lst], orphan)
+                qh[q, lst] = h
+                qt[q, lst] = tl
+                qn[q] -= removed
+        for d in range(pi.shape[0]):  # out of every surviving transfer list
+            head = pi[d, Q_XHEAD]
+            if lost[d] or pi[d, Q_ROLE] != ROLE_DECODE or head < 0:
+                continue
+            h, tl, removed = _filter_list(ri, head, orphan)
+            pi[d, Q_XHEAD] = h
+            pi[d, Q_XTAIL] = tl
+            if h >= 0 and h != head:  # the new head's arrival (the old head's event finds nothing)
+                heap_push(hp, gi, pi, rf[h, R_SVC], EV_XFER, d, -1)
+        gi[I_LC_REBUILD] = 1  # requests left replica queues
     held = np.sort(held[:k])
     n_requeued = 0
     n_dropped = 0
     for i in held:
         m = ri[i, R_MODEL]
+        o = origin[m]
+        if o != m:  # a decode pool's request starts again at its prefill pool
+            mi[m, M_QUEUED] -= 1
+            mi[m, M_INFLIGHT] -= 1
+            mi[o, M_QUEUED] += 1
+            mi[o, M_INFLIGHT] += 1
+            ri[i, R_MODEL] = o
+            m = o
+        ri[i, R_KVSRC] = 0
+        ri[i, R_PBLOCKS] = 0
+        ri[i, R_PHELD] = 0
         ri[i, R_STATE] = REQ_QUEUED
         ri[i, R_REPLICA] = -1  # dispatch sets it again unless the request waits in a central queue
         rf[i, R_ADMIT] = np.nan
@@ -255,6 +389,15 @@ def fail_replicas(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gf, gi
             if rf[i, R_DEADLINE] > t:
                 ri[i, R_REASON] = DROP_FAULT
             n_dropped += 1
+    # surviving replicas that got blocks back or lost transfers: released if drained, else they may
+    # admit what waited for blocks
+    for r in range(pi.shape[0]):
+        if touched[r] and not lost[r]:
+            sync_kv_tokens(pi, r)
+            _release_if_drained(pf, pi, qn, mrep, mn, gi, r, t)
+            start_iteration(
+                rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi, log_drop, pc, kc, r, t
+            )
     return n_requeued, n_dropped
 
 

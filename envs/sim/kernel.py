@@ -360,7 +360,12 @@ def transfer_arrived(rf, ri, pf, pi, run, pfl, qh, qt, qn, mi, mrep, mn, hp, gi,
                      t):  # fmt: skip
     """The KV cache at the head of decode replica ``d``'s transfer list arrived at ``t``: the request
     waits for a batch slot there; the prefill replica's freed blocks may let it admit work (or release
-    it, if it was draining). Not inlined in the loop: the aggregated engines never call it."""
+    it, if it was draining). Not inlined in the loop: the aggregated engines never call it. An event
+    whose transfer is gone (the list lost its head to a failed prefill replica, or ``d`` itself
+    failed: :func:`envs.sim.faults.fail_replicas`) finds a head due later, or none, and does nothing."""
+    h = pi[d, Q_XHEAD]
+    if h < 0 or rf[h, R_SVC] > t:
+        return
     p = finish_transfer(rf, ri, pf, pi, qh, qt, qn, mi, hp, gi, pc, kc, d)
     lc_mark(pi, mrep, gi, d)
     _release_if_drained(pf, pi, qn, mrep, mn, gi, p, t)

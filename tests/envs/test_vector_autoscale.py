@@ -36,8 +36,17 @@ def _same_step_info(vinfo: dict, sinfo: dict, i: int) -> None:
         ("InferGym/Autoscale-v2", {"scenario": "default", "horizon_s": 450, "faults": FAULTS}, 2, 40),
         ("InferGym/Autoscale-v1", {"scenario": "default", "horizon_s": 300}, 2, 25),
         ("InferGym/Autoscale-v3", {"scenario": "disaggregated", "horizon_s": 300}, 2, 25),
+        ("InferGym/Autoscale-v3", {"scenario": "disaggregated", "horizon_s": 300, "faults": FAULTS}, 2, 25),
     ],
-    ids=["default", "bursty-target", "v0-multi-model", "faults", "v1-reserve", "v3-disaggregated"],
+    ids=[
+        "default",
+        "bursty-target",
+        "v0-multi-model",
+        "faults",
+        "v1-reserve",
+        "v3-disaggregated",
+        "v3-disaggregated-faults",
+    ],
 )
 def test_each_sub_env_is_the_single_env_bit_for_bit(
     env_id: str, kwargs: dict, n_envs: int, steps: int

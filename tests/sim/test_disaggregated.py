@@ -104,7 +104,6 @@ def test_a_disaggregated_model_is_two_pools():
         ({"decode_routing": "round_robin", "models": [{"name": MODEL}]}, "decode_routing"),
         ({"decode_routing": "external"}, "decode_routing"),
         ({"decode_routing": "no_such_router"}, "decode_routing"),
-        ({"faults": [{"at_s": 10, "pool": 0}]}, "models"),
         (
             {"nodes": [{"gpu": "a100-80gb", "count": 1, "gpus_per_node": 4, "network_gbps": 0}]},
             "nodes[0].network_gbps",

@@ -178,3 +178,119 @@ def test_a_crashed_replica_restarts_on_its_node_and_crashes_come_at_the_configur
     total = sum(run_scenario("default", s, overrides=crashy)["replica_crashes"] for s in range(8))
     expected = 8 * 4 * 4.0 * 0.5  # seeds x replicas x per hour x hours (less the restarts' cold starts)
     assert 0.75 * expected < total <= expected * 1.25
+
+
+def check_consistent(sim: Simulator) -> None:
+    """The engine's counters agree with its requests: per pool queued / running / in flight, the KV
+    transfer lists and counts, every replica's private blocks, the queues' lengths, conservation."""
+    st = sim.state
+    ri, gi, pi, mi, qh, qn = st.ri, st.gi, st.pi, st.mi, st.qh, st.qn
+    na, n = int(gi[L.I_NEXT_ARR]), st.n_replicas
+    state, model = ri[:na, L.R_STATE], ri[:na, L.R_MODEL]
+    for m in range(sim.n_models):
+        mine = model == m
+        assert mi[m, L.M_QUEUED] == np.count_nonzero(mine & (state == L.REQ_QUEUED)), m
+        assert mi[m, L.M_RUNNING] == np.count_nonzero(mine & (state == L.REQ_RUNNING)), m
+        flight = (state == L.REQ_QUEUED) | (state == L.REQ_RUNNING) | (state == L.REQ_TRANSFER)
+        assert mi[m, L.M_INFLIGHT] == np.count_nonzero(mine & flight), m
+    queued = []
+    for q in range(qh.shape[0]):
+        members = []
+        for lst in range(qh.shape[1]):
+            i = qh[q, lst]
+            while i >= 0:
+                members.append(i)
+                i = ri[i, L.R_NEXT]
+        assert len(members) == qn[q], q
+        queued += members
+    assert sorted(queued) == np.flatnonzero(state == L.REQ_QUEUED).tolist()
+    live = (state == L.REQ_QUEUED) | (state == L.REQ_RUNNING) | (state == L.REQ_TRANSFER)
+    for r in range(n):
+        fifo, i = [], pi[r, L.Q_XHEAD]
+        while i >= 0:
+            fifo.append(i)
+            i = ri[i, L.R_NEXT]
+        assert len(fifo) == pi[r, L.Q_XIN], r
+        assert all(ri[i, L.R_STATE] == L.REQ_TRANSFER and ri[i, L.R_REPLICA] == r for i in fifo)
+        if pi[r, L.Q_STATE] == L.REP_RELEASED:
+            continue
+        assert pi[r, L.Q_XOUT] == np.count_nonzero(live & (ri[:na, L.R_KVSRC] == r + 1)), r
+        resident = live & (ri[:na, L.R_REPLICA] == r)  # running, in transfer, or queued holding blocks
+        blocks = ri[:na, L.R_BLOCKS][resident].sum() + ri[:na, L.R_PBLOCKS][ri[:na, L.R_KVSRC] == r + 1].sum()
+        assert pi[r, L.Q_BLKPRIV] == blocks, (r, pi[r, L.Q_BLKPRIV], blocks)
+    assert na == int(gi[L.I_NDONE]) + int(gi[L.I_NDROP]) + np.count_nonzero(live)
+
+
+PD_FAULTS = {
+    "nodes": [{"name": "a100", "gpu": "a100-80gb", "count": 4, "gpus_per_node": 2, "mtbf_s": 400.0,
+               "mttr_s": 60.0, "cached_models": ["llama-3-8b"]}],
+    "models": [{"name": "llama-3-8b", "serving": "disaggregated", "replica_crash_per_hour": 6.0,
+                "prefill": {"replicas": 3, "max_replicas": 8}, "decode": {"replicas": 3, "max_replicas": 8}}],
+    "workload": {"arrival": {"kind": "poisson", "rate_per_s": 30}},
+    "horizon_s": 900.0,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("policy", ["requeue", "drop"])
+def test_disaggregated_serving_through_node_failures_and_crashes(policy):
+    """Failures take prefill and decode replicas with KV in transfer between them: every counter stays
+    consistent, every request is conserved, and the lost requests restart at the prefill pool."""
+    sim = Simulator("disaggregated", 4, overrides={**PD_FAULTS, "fault_policy": policy})
+    clock = ControlClock(sim)
+    while not clock.done:
+        clock.advance()
+        check_consistent(sim)
+        sim.control_step()  # the static scaler starts replacements for the lost replicas
+        check_consistent(sim)
+    kpi = sim.episode_kpis()
+    assert kpi["node_failures"] >= 3 and kpi["replica_crashes"] >= 1
+    moved = kpi["requests_requeued"] if policy == "requeue" else kpi["requests_lost_to_faults"]
+    assert moved > 0
+    assert kpi["requests_handed_off"] > 0.9 * kpi["requests_completed"]
+    again = run_scenario("disaggregated", 4, overrides={**PD_FAULTS, "fault_policy": policy})
+    assert again == run_scenario("disaggregated", 4, overrides={**PD_FAULTS, "fault_policy": policy})
+
+
+def test_a_failed_prefill_replica_takes_the_transfers_it_was_the_source_of():
+    """At the instant a prefill replica fails, the requests whose KV it kept for the decode pool, in
+    transfer or waiting, go back to the prefill pool; the decode replicas free the blocks they took."""
+    # a slow network between nodes: transfers queue up behind each other
+    over = {**PD_FAULTS, "nodes": [{**PD_FAULTS["nodes"][0], "mtbf_s": None, "network_gbps": 4.0}],
+            "faults": [{"at_s": 200.0, "pool": "a100", "nodes": [0], "duration_s": 100.0},
+                       {"at_s": 300.0, "pool": "a100", "nodes": [2], "duration_s": 100.0}]}  # fmt: skip
+    over["models"] = [{**PD_FAULTS["models"][0], "replica_crash_per_hour": 0.0}]
+    sim = Simulator("disaggregated", 1, overrides=over)
+    sim.advance(np.nextafter(200.0, 0.0))
+    on_node = {r.rid for r in sim.state.live if r.alloc.node == 0}
+    ri = sim.state.ri
+    na = int(sim.state.gi[L.I_NEXT_ARR])
+    sources = ri[:na, L.R_KVSRC] - 1
+    waiting = np.isin(sources, list(on_node)) & np.isin(ri[:na, L.R_STATE], [L.REQ_QUEUED, L.REQ_TRANSFER])
+    in_transfer = waiting & (ri[:na, L.R_STATE] == L.REQ_TRANSFER)
+    assert on_node and in_transfer.any() and (waiting & ~in_transfer).any()
+    decode = [r for r in range(sim.state.n_replicas) if sim.state.pi[r, L.Q_ROLE] == L.ROLE_DECODE]
+    kv_before = sim.state.pi[decode, L.Q_BLKPRIV].copy()
+    sim.advance(200.0)
+    check_consistent(sim)
+    back = np.flatnonzero(waiting)
+    assert (ri[back, L.R_KVSRC] == 0).all()
+    assert set(ri[back, L.R_MODEL].tolist()) == {sim.scenario.model_index("llama-3-8b:prefill")}
+    assert (sim.state.pi[decode, L.Q_BLKPRIV] < kv_before).any()  # the blocks taken for their KV, freed
+    # then the node of two decode replicas: the transfers into them end, their sources free the KV
+    sim.advance(np.nextafter(300.0, 0.0))
+    check_consistent(sim)
+    lost = {r.rid for r in sim.state.live if r.alloc.node == 2}
+    na = int(sim.state.gi[L.I_NEXT_ARR])
+    incoming = np.flatnonzero(
+        (ri[:na, L.R_STATE] == L.REQ_TRANSFER) & np.isin(ri[:na, L.R_REPLICA], list(lost))
+    )
+    assert lost and len(incoming) and all(sim.state.pi[r, L.Q_ROLE] == L.ROLE_DECODE for r in lost)
+    sources = ri[incoming, L.R_KVSRC] - 1
+    xout = {int(p): int(sim.state.pi[p, L.Q_XOUT]) for p in sources}
+    sim.advance(300.0)
+    check_consistent(sim)
+    assert (ri[incoming, L.R_KVSRC] == 0).all() and (ri[incoming, L.R_STATE] != L.REQ_TRANSFER).all()
+    for p, before in xout.items():
+        assert sim.state.pi[p, L.Q_XOUT] <= before - np.count_nonzero(sources == p)
+    sim.advance(500.0)
+    check_consistent(sim)
