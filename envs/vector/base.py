@@ -155,11 +155,7 @@ class NativeVectorEnv(VectorEnv):
         return [getattr(self.envs[i], name)(*args, **kwargs) for i in self._indices(indices)]
 
     def _indices(self, indices: Any) -> list[int]:
-        idx = range(self.num_envs) if indices is None else [indices] if isinstance(indices, int) else indices
-        out = [int(i) for i in idx]
-        if any(not 0 <= i < self.num_envs for i in out):
-            raise fail("indices", indices, f"must be sub-env indices in [0, {self.num_envs})")
-        return out
+        return sub_env_indices(indices, self.num_envs)
 
     def close_extras(self, **kwargs: Any) -> None:
         for env in self.envs:
@@ -191,6 +187,15 @@ class NativeVectorEnv(VectorEnv):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_envs={self.num_envs}, scenario={self.envs[0].scenario.name!r})"
+
+
+def sub_env_indices(indices: Any, n: int) -> list[int]:
+    """Sub-env ``indices`` (an int, a sequence of ints, or None: all ``n``) as a list, or a ValueError."""
+    idx = range(n) if indices is None else [indices] if isinstance(indices, (int, np.integer)) else indices
+    out = [int(i) for i in idx]
+    if any(not 0 <= i < n for i in out):
+        raise fail("indices", indices, f"must be sub-env indices in [0, {n})")
+    return out
 
 
 def masks(n: int) -> np.ndarray:

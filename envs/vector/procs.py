@@ -38,13 +38,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import traceback
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.sim.errors import check_number, fail
+from envs.vector.base import NativeVectorEnv, sub_env_indices
 
 
 def _local_command(vec: Any, cmd: str, data: Any) -> Any:
@@ -127,9 +128,9 @@ def merge_infos(parts: Sequence[Mapping[str, Any]], sizes: Sequence[int]) -> dic
 
 
 class ProcessVectorEnv(VectorEnv):
-    """``num_envs`` sub-envs of the native vector env ``vec_class`` split over ``processes`` workers
-    (see the module docstring). Same spaces, autoreset mode (``SAME_STEP``), infos and numbers as
-    ``vec_class(num_envs, scenario, **kwargs)``."""
+    """``num_envs`` sub-envs of the native vector env ``vec_class`` in ``processes`` shares: one stepped
+    in this process, ``processes - 1`` in worker processes (see the module docstring). Same spaces,
+    autoreset mode (``SAME_STEP``), infos and numbers as ``vec_class(num_envs, scenario, **kwargs)``."""
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
@@ -207,38 +208,38 @@ class ProcessVectorEnv(VectorEnv):
 
     # ------------------------------------------------------------------ pipes
 
-    def _gather(self) -> list[Any]:
-        """Every worker's answer, in order; the first error is raised after all have answered."""
-        answers, error = [], None
-        for j, conn in enumerate(self._conns):
-            try:
-                status, value = conn.recv()
-            except EOFError:
-                status, value = "error", (RuntimeError(f"worker {j + 1} of {type(self).__name__} died"), "")
-            if status == "error" and error is None:
-                error = value
-            answers.append(value)
-        if error is not None:
-            exc, trace = error
-            if trace:
-                exc.add_note(f"in a worker process of {type(self).__name__}:\n{trace}")
-            raise exc
-        return answers
+    def _gather(self) -> None:
+        """Wait for every worker's answer (its start); the first error is raised after all have answered."""
+        errors = [value for status, value in (self._receive(j) for j in range(1, len(self._conns) + 1))
+                  if status == "error"]  # fmt: skip
+        if errors:
+            self._raise(errors[0])
+
+    def _receive(self, j: int) -> tuple[str, Any]:
+        """Share ``j``'s worker's answer: ``("ok", value)`` or ``("error", (exception, traceback))``."""
+        try:
+            return self._conns[j - 1].recv()
+        except EOFError:
+            return "error", (RuntimeError(f"worker {j} of {type(self).__name__} died"), "")
+
+    def _raise(self, error: tuple[BaseException, str]) -> NoReturn:
+        exc, trace = error
+        if trace:
+            exc.add_note(f"in a worker process of {type(self).__name__}:\n{trace}")
+        raise exc
 
     def _share(self, j: int) -> slice:
         return slice(self.offsets[j], self.offsets[j + 1])
 
-    def _by_worker(self, indices: Any) -> dict[int, list[int]]:
-        """Sub-env ``indices`` (None: all) grouped by worker, as the worker's local indices."""
-        idx = range(self.num_envs) if indices is None else [indices] if isinstance(indices, int) else indices
+    def _by_share(self, indices: Any) -> dict[int, list[int]]:
+        """Sub-env ``indices`` (None: all) grouped by share, as the share's own indices."""
         out: dict[int, list[int]] = {}
-        for i in idx:
-            i = int(i)
-            if not 0 <= i < self.num_envs:
-                raise fail("indices", indices, f"must be sub-env indices in [0, {self.num_envs})")
-            j = int(np.searchsorted(self.offsets, i, side="right")) - 1
-            out.setdefault(j, []).append(i - self.offsets[j])
+        for i in sub_env_indices(indices, self.num_envs):
+            out.setdefault(self._share_of(i), []).append(i - self.offsets[self._share_of(i)])
         return out
+
+    def _share_of(self, i: int) -> int:
+        return int(np.searchsorted(self.offsets, i, side="right")) - 1
 
     def _ask(self, per_share: dict[int, tuple[str, Any]]) -> dict[int, Any]:
         """Run one command per share (0: this process's) and return the answers by share."""
@@ -255,15 +256,12 @@ class ProcessVectorEnv(VectorEnv):
                 error = (exc, "")
         for j in per_share:
             if j > 0:
-                status, value = self._conns[j - 1].recv()
+                status, value = self._receive(j)
                 if status == "error" and error is None:
                     error = value
                 answers[j] = value
         if error is not None:
-            exc, trace = error
-            if trace:
-                exc.add_note(f"in a worker process of {type(self).__name__}:\n{trace}")
-            raise exc
+            self._raise(error)
         return answers
 
     # ------------------------------------------------------------------ gymnasium API
@@ -289,8 +287,6 @@ class ProcessVectorEnv(VectorEnv):
         self._check_open()
         if not self._ready:
             raise RuntimeError(f"{type(self).__name__}: call reset() before step()")
-        from envs.vector.base import NativeVectorEnv
-
         a = NativeVectorEnv._check_actions(self, actions)
         answers = self._ask({j: ("step", a[self._share(j)]) for j in range(len(self.sizes))})
         parts = [answers[j] for j in range(len(self.sizes))]
@@ -306,27 +302,25 @@ class ProcessVectorEnv(VectorEnv):
 
     def get_sub_attr(self, name: str, indices: Any = None) -> list[Any]:
         """Attribute ``name`` of sub-envs ``indices`` (None: all), in order."""
-        groups = self._by_worker(indices)
+        groups = self._by_share(indices)
         answers = self._ask({j: ("get", (local, name)) for j, local in groups.items()})
-        return self._in_order(indices, groups, answers)
+        return self._in_order(indices, answers)
 
     def set_sub_attr(self, name: str, value: Any, indices: Any = None) -> None:
         """Set attribute ``name`` of sub-envs ``indices`` (None: all) to ``value``."""
-        groups = self._by_worker(indices)
+        groups = self._by_share(indices)
         self._ask({j: ("set", (local, name, value)) for j, local in groups.items()})
 
     def call_sub(self, name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
         """Call method ``name`` of sub-envs ``indices`` (None: all), in order; their results."""
-        groups = self._by_worker(indices)
+        groups = self._by_share(indices)
         answers = self._ask({j: ("call", (local, name, args, kwargs)) for j, local in groups.items()})
-        return self._in_order(indices, groups, answers)
+        return self._in_order(indices, answers)
 
-    def _in_order(
-        self, indices: Any, groups: dict[int, list[int]], answers: dict[int, list[Any]]
-    ) -> list[Any]:
+    def _in_order(self, indices: Any, answers: dict[int, list[Any]]) -> list[Any]:
+        """The shares' answers back in the order of ``indices``."""
         pos = {j: iter(vals) for j, vals in answers.items()}
-        idx = range(self.num_envs) if indices is None else [indices] if isinstance(indices, int) else indices
-        return [next(pos[int(np.searchsorted(self.offsets, int(i), side="right")) - 1]) for i in idx]
+        return [next(pos[self._share_of(i)]) for i in sub_env_indices(indices, self.num_envs)]
 
     def close_extras(self, **kwargs: Any) -> None:
         self._stop()
