@@ -220,7 +220,11 @@ class ProcessVectorEnv(VectorEnv):
         try:
             return self._conns[j - 1].recv()
         except EOFError:
-            return "error", (RuntimeError(f"worker {j} of {type(self).__name__} died"), "")
+            died = RuntimeError(f"worker {j} of {type(self).__name__} died")
+            if self.start_method != "fork":
+                died.add_note('(a script that builds one needs Python\'s `if __name__ == "__main__":` guard: '
+                              f"the {self.start_method} start method imports the main module in each worker)")  # fmt: skip
+            return "error", (died, "")
 
     def _raise(self, error: tuple[BaseException, str]) -> NoReturn:
         exc, trace = error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -163,3 +164,20 @@ def test_merge_infos_fills_what_a_share_lacks_as_gymnasium_does() -> None:
     assert list(out["final_obs"][:2]) == [None, None] and out["final_obs"][2].shape == (2,)
     np.testing.assert_array_equal(out["_final_obs"], [False, False, True])
     assert out["replicas"].shape == (3, 2, 3) and out["replicas"][:2].sum() == 0
+
+
+def test_a_script_without_the_main_guard_is_told_why_its_worker_died(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import gymnasium as gym, envs\n"
+        "gym.make_vec('InferGym/Autoscale-v2', num_envs=2, vectorization_mode='vector_entry_point',"
+        " processes=2, horizon_s=300)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=Path.cwd()
+    )
+    assert out.returncode != 0
+    assert "worker 1 of ProcessVectorEnv died" in out.stderr and '__name__ == "__main__"' in out.stderr
