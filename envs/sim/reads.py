@@ -273,10 +273,10 @@ class SimulatorReads:
         :attr:`window`, serves :meth:`interval_kpis`, :meth:`model_loads` and :meth:`step_views`).
         """
         t0, t1 = window.t0, self.now
-        key = self._read_key(window, views)
-        nd, nx, na = key[-3:]
+        gi = self.state.gi
+        nd, nx, na = int(gi[K.I_NDONE]), int(gi[K.I_NDROP]), int(gi[K.I_NEXT_ARR])
         drops = self.state.log_drop[window.dropped : nx]
-        if precomputed is not None and precomputed[0] == key:
+        if precomputed is not None and precomputed[0] == self._read_key(window, views):
             busy, tick_arr = precomputed[1]  # computed by precompute_read at this same point
         else:
             done = self.state.log_done[window.done : nd]
@@ -303,7 +303,7 @@ class SimulatorReads:
 
     def _read_key(self, window: KpiWindow, views: bool) -> tuple:
         """What a read of ``window`` now depends on: the window and its cursor, ``views``, the clock,
-        the replicas, the buffers ``_stats`` writes and the completion, drop and arrival counts (last)."""
+        the replicas, the buffers ``_stats`` writes and the completion, drop and arrival counts."""
         gi = self.state.gi
         return (window, id(window.busy0), window.t0, window.done, window.dropped, views, self.now,
                 self.n_replicas, self._stats_calls, int(gi[K.I_NDONE]), int(gi[K.I_NDROP]),
@@ -315,9 +315,9 @@ class SimulatorReads:
         simulation or ``window`` changes or another read runs; a void one is recomputed. The
         Autoscale vector env runs it on the thread that ran the simulation, so that it runs on
         several threads at once (:func:`~envs.sim.window.window_stats` releases the GIL)."""
-        key = self._read_key(window, views)
-        done = self.state.log_done[window.done : key[-3]]
-        drops = self.state.log_drop[window.dropped : key[-2]]
+        gi = self.state.gi
+        done = self.state.log_done[window.done : int(gi[K.I_NDONE])]
+        drops = self.state.log_drop[window.dropped : int(gi[K.I_NDROP])]
         stats = self._stats(window.t0, self.now, done, drops, window.busy0, views)
         return (self._read_key(window, views), stats)  # the key after the call: _stats counts it
 

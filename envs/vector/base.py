@@ -58,7 +58,7 @@ class NativeVectorEnv(VectorEnv):
         num_envs: int,
         scenario: Any = "default",
         render_mode: str | None = None,
-        processes: int = 1,
+        processes: int = 1,  # handled by __new__: 1 here
         **kwargs: Any,
     ) -> None:
         self.num_envs = int(check_number("num_envs", num_envs, ge=1, integer=True))
@@ -90,11 +90,14 @@ class NativeVectorEnv(VectorEnv):
         self.max_threads: int | None = None
 
     def _thread_budget(self) -> int:
-        """Threads this env's simulations may use: numba's thread count, at most ``max_threads``."""
+        """Threads this env's simulations may use: numba's thread count, at most ``max_threads``.
+        (A budget of one does not ask numba: asking its thread count starts its threads.)"""
+        cap = getattr(self, "max_threads", None)  # (absent from envs pickled before it existed)
+        if cap is not None and cap <= 1:
+            return 1
         import numba
 
-        cap = getattr(self, "max_threads", None)  # (absent from envs pickled before it existed)
-        return numba.get_num_threads() if cap is None else max(1, min(cap, numba.get_num_threads()))
+        return numba.get_num_threads() if cap is None else min(cap, numba.get_num_threads())
 
     # ------------------------------------------------------------------ gymnasium API
 

@@ -239,7 +239,8 @@ class ProcessVectorEnv(VectorEnv):
         """Sub-env ``indices`` (None: all) grouped by share, as the share's own indices."""
         out: dict[int, list[int]] = {}
         for i in sub_env_indices(indices, self.num_envs):
-            out.setdefault(self._share_of(i), []).append(i - self.offsets[self._share_of(i)])
+            j = self._share_of(i)
+            out.setdefault(j, []).append(i - self.offsets[j])
         return out
 
     def _share_of(self, i: int) -> int:

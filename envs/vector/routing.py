@@ -168,9 +168,9 @@ class RoutingVecEnv(NativeVectorEnv):
         needs = self._needs
         shaping = self._shaping
         fast = self._fast.copy()  # the Python paths below update self._fast for the next step
-        # limited to one thread (a ProcessVectorEnv's share): the serial build. (Not get_num_threads():
-        # asking numba's thread count starts its threads.)
-        route = route_batch if (getattr(self, "max_threads", None) or 2) <= 1 else self._route
+        # the parallel build (many sub-envs) only with more than one thread (a ProcessVectorEnv's share
+        # may have one); the serial build never asks numba, whose thread count starts its threads
+        route = self._route if self._route is route_batch or self._thread_budget() > 1 else route_batch
         n_need = route(self._states.items, self._decisions.items, fast, self._until, actions, self._pending,
                              self._mask, self._slot_rep, self._slo, env0.speed_max, env0.n_models, env0.n_classes,
                              self._seen, self._terms, self._obs, NORMS, self._w, LATENCY_UNIT_S, shaping,
